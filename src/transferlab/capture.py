@@ -1,0 +1,134 @@
+"""Capture: one batched, left-padded forward that records activations.
+
+``model.capture(prompts, sites=["v_proj@27", "resid_post@18", "kv"])`` runs
+the prompts through the model in left-padded batches (one forward per batch,
+whatever the number of hook points) and returns :class:`Activations`: for each
+hook point a ``[tokens, width]`` tensor per prompt, over that prompt's real
+tokens only, and for ``"kv"`` the per-layer keys/values per prompt with the
+positions they were computed at.
+
+Which tokens are kept follows the BOS rule of :mod:`transferlab.batching`:
+without a window, every real token (BOS included); with ``window=W``, the last
+``min(W, n_tokens)`` tokens, never BOS. ``Activations.positions[i]`` gives the
+absolute positions kept for prompt ``i``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .batching import Batch, encode, left_pad, pad_id_of
+from .hooks import hooked
+from .kvcache import get_kv, n_cache_layers, output_cache
+from .sites import HookPoint, parse_hook_point
+
+
+@dataclass
+class Activations:
+    """Activations of a list of prompts at some hook points (and optionally the KV cache)."""
+
+    prompts: list[str]
+    token_ids: list[list[int]]
+    has_bos: list[bool]
+    positions: list[torch.Tensor]
+    points: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    kv: list[list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+    n_layers: int = 0
+    window: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, key: str | HookPoint) -> list[torch.Tensor]:
+        point = str(parse_hook_point(key, self.n_layers)) if self.n_layers else str(key)
+        if point not in self.points:
+            raise KeyError(f"{key!r} was not captured; captured: {', '.join(self.points) or 'none'}")
+        return self.points[point]
+
+    def n_tokens(self, i: int) -> int:
+        """Tokens of prompt ``i`` without BOS (the length windows are measured against)."""
+        return len(self.token_ids[i]) - int(self.has_bos[i])
+
+    def cpu(self) -> "Activations":
+        kv = None
+        if self.kv is not None:
+            kv = [[(k.cpu(), v.cpu()) for k, v in per] for per in self.kv]
+        return Activations(
+            self.prompts, self.token_ids, self.has_bos, [p.cpu() for p in self.positions],
+            {k: [t.cpu() for t in v] for k, v in self.points.items()}, kv, self.n_layers, self.window,
+        )
+
+
+def kept_slice(length: int, has_bos: bool, width: int, window: int | None) -> tuple[int, int]:
+    """Columns ``[start, stop)`` of a left-padded row of ``width`` that capture keeps."""
+    stop = width
+    first_real = width - length
+    if window is None:
+        return first_real, stop
+    first_kept = first_real + int(has_bos)
+    return max(first_kept, stop - window), stop
+
+
+def forward_capture(model, batch: Batch, points: list[HookPoint], want_kv: bool):
+    """One forward of a left-padded batch; returns ``({point: [B,T,W]}, cache | None, logits)``."""
+    adapter = model.adapter
+    store: dict[str, torch.Tensor] = {}
+
+    def recorder(name: str):
+        def fn(x: torch.Tensor):
+            store[name] = x.detach()
+            return None
+
+        return fn
+
+    pairs = [(adapter.handle(p), recorder(str(p))) for p in points]
+    with torch.inference_mode(), hooked(pairs):
+        out = model.hf(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=want_kv,
+        )
+    return store, (output_cache(out) if want_kv else None), out.logits
+
+
+def capture(
+    model,
+    prompts: list[str],
+    sites: list[str | HookPoint] = ("v_proj@-1",),
+    window: int | None = None,
+    batch_size: int | None = None,
+) -> Activations:
+    """Capture activations at ``sites`` for ``prompts`` (see module docstring)."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if window is not None and window < 1:
+        raise ValueError(f"window must be a positive number of tokens, got {window}")
+    n_layers = model.adapter.n_layers
+    want_kv = any(str(s).strip() == "kv" for s in sites)
+    points = [parse_hook_point(s, n_layers) for s in sites if str(s).strip() != "kv"]
+    points = list(dict.fromkeys(points))
+    ids = encode(model.tokenizer, prompts)
+    bs = batch_size or model.default_batch_size
+    pad, bos = pad_id_of(model.tokenizer), model.tokenizer.bos_token_id
+    acts = Activations(list(prompts), ids, [], [], {str(p): [] for p in points}, [] if want_kv else None, n_layers, window)
+    for start in range(0, len(ids), bs):
+        chunk = ids[start : start + bs]
+        batch = left_pad(chunk, pad, bos, device=model.device)
+        store, cache, _ = forward_capture(model, batch, points, want_kv)
+        for row, length in enumerate(batch.lengths):
+            a, b = kept_slice(length, batch.has_bos[row], batch.width, window)
+            acts.has_bos.append(batch.has_bos[row])
+            acts.positions.append(batch.position_ids[row, a:b].clone())
+            for name, t in store.items():
+                acts.points[name].append(t[row, a:b].clone())
+            if want_kv:
+                acts.kv.append(
+                    [
+                        tuple(x[row, :, a:b].clone() for x in get_kv(cache, layer))
+                        for layer in range(n_cache_layers(cache))
+                    ]
+                )
+    return acts

@@ -1,0 +1,152 @@
+"""``load_model``: one entry point for every way a model can be named.
+
+``spec`` may be:
+
+* ``"stories260K"`` (the default): the 260K-parameter TinyStories Llama shipped
+  inside this package as a GGUF file (with its MIT licence beside it);
+* ``"tiny:<family>"``: a tiny seeded random model (tests; see :mod:`.tiny`);
+* a path to a ``.gguf`` file;
+* a local Hugging Face model directory (``config.json`` and weights);
+* a Hugging Face hub id such as ``mistralai/Mistral-7B-Instruct-v0.2``, which
+  needs the hub (or its local cache). Offline, the error names the id, the
+  cache that was searched and how to point at a local directory instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .adapters import make_adapter
+from .model import Model
+
+EMBEDDED = "stories260K"
+
+
+class ModelLoadError(RuntimeError):
+    """A model spec that could not be loaded, with what to do about it."""
+
+
+def embedded_path() -> Path:
+    return Path(str(resources.files("transferlab.models") / "data" / "stories260K.gguf"))
+
+
+@functools.lru_cache(maxsize=1)
+def _embedded():
+    from .gguf import load_gguf
+
+    return load_gguf(embedded_path())
+
+
+def embedded_tokenizer():
+    """The stories260K tokenizer (shared by the tiny test models)."""
+    return _embedded()[1]
+
+
+def _dtype(dtype, device: torch.device) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
+    return names[dtype]
+
+
+def _device(device) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _hub_cache() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except Exception:  # pragma: no cover
+        return os.path.expanduser("~/.cache/huggingface/hub")
+
+
+def _load_hf(spec: str, dtype: torch.dtype, device: torch.device, attn: str | None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"dtype": dtype}
+    if attn:
+        kwargs["attn_implementation"] = attn
+    if device.type == "cuda" and os.environ.get("TRANSFERLAB_DEVICE_MAP") == "auto":
+        kwargs["device_map"] = "auto"
+    try:
+        tok = AutoTokenizer.from_pretrained(spec)
+        hf = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
+    except (OSError, ValueError) as exc:
+        if Path(spec).exists():
+            raise ModelLoadError(f"could not load the local model directory {spec}: {exc}") from exc
+        raise ModelLoadError(
+            f"could not load model {spec!r}: it is not a local path, and the Hugging Face hub "
+            f"(or its cache at {_hub_cache()}) did not provide it ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}). Offline, download it elsewhere "
+            f"and pass the local directory (e.g. --model /path/to/{spec.split('/')[-1]}), "
+            f"set HF_HOME to a cache that holds it, or use the embedded model 'stories260K'."
+        ) from exc
+    if "device_map" not in kwargs:
+        hf = hf.to(device)
+    return hf.eval(), tok
+
+
+def load_model(
+    spec: str = EMBEDDED,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    attn_implementation: str | None = None,
+) -> Model:
+    """Load a model by spec (see module docstring) and wrap it with its adapter."""
+    dev = _device(device)
+    dt = _dtype(dtype, dev)
+    spec = str(spec)
+    if spec.startswith("tiny:"):
+        from .tiny import build_tiny
+
+        family, _, seed = spec[5:].partition(":")
+        model = build_tiny(family, seed=int(seed or 0), attn_implementation=attn_implementation or "sdpa")
+        model.hf.to(device=dev, dtype=dt)
+        return model
+    if spec == EMBEDDED or spec.lower().endswith(".gguf"):
+        from .gguf import load_gguf
+
+        path = embedded_path() if spec == EMBEDDED else Path(spec)
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}")
+        hf, tok = _embedded() if spec == EMBEDDED else load_gguf(path)
+        if spec == EMBEDDED:  # the cached copy is shared; give each caller its own weights
+            import copy
+
+            hf = copy.deepcopy(hf)
+        if attn_implementation:
+            hf.config._attn_implementation = attn_implementation
+        hf = hf.to(device=dev, dtype=dt).eval()
+        source = {"kind": "gguf", "path": str(path), "sha256": file_sha256(path)}
+        return Model(hf=hf, tokenizer=tok, adapter=make_adapter(hf), name=spec if spec == EMBEDDED else path.name, source=source)
+    hf, tok = _load_hf(spec, dt, dev, attn_implementation)
+    source = {"kind": "hf", "id": spec, "revision": getattr(hf.config, "_commit_hash", None)}
+    if Path(spec).is_dir():
+        source["files_sha256"] = {
+            p.name: file_sha256(p) for p in sorted(Path(spec).glob("*.safetensors"))[:8]
+        }
+    return Model(hf=hf, tokenizer=tok, adapter=make_adapter(hf), name=spec, source=source)

@@ -1,0 +1,67 @@
+"""``Model``: a loaded HF causal LM, its tokenizer and its architecture adapter.
+
+This is the object every other part of transferlab takes. It is deliberately
+thin: it owns no numerics of its own (the forward is always Hugging Face's),
+it only knows how to resolve layers and sites, and it offers ``capture`` and
+``generate`` as methods for convenience.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..sites import HookPoint, parse_hook_point, resolve_layer
+from .adapters import Adapter
+
+
+@dataclass
+class Model:
+    """A causal LM ready for capture and intervention."""
+
+    hf: torch.nn.Module
+    tokenizer: object
+    adapter: Adapter
+    name: str
+    source: dict = field(default_factory=dict)  # how it was loaded: kind, path, id, file hashes
+    default_batch_size: int = 32
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    @property
+    def n_layers(self) -> int:
+        return self.adapter.n_layers
+
+    def layer(self, layer: int | float | str) -> int:
+        """Resolve an index, negative index or depth fraction to a layer index."""
+        return resolve_layer(layer, self.adapter.n_layers)
+
+    def hook_point(self, text: str | HookPoint) -> HookPoint:
+        return parse_hook_point(text, self.adapter.n_layers)
+
+    def capture(self, prompts, sites=("v_proj@-1",), window=None, batch_size=None):
+        """See :func:`transferlab.capture.capture`."""
+        from ..capture import capture
+
+        return capture(self, prompts, sites=sites, window=window, batch_size=batch_size)
+
+    def generate(self, targets, **kwargs):
+        """See :func:`transferlab.generation.generate`."""
+        from ..generation import generate
+
+        return generate(self, targets, **kwargs)
+
+    def info(self) -> dict:
+        out = {"name": self.name, **self.adapter.describe()}
+        out["vocab_size"] = int(self.hf.config.vocab_size)
+        out["device"] = str(self.device)
+        out["dtype"] = str(self.dtype).replace("torch.", "")
+        out["parameters"] = sum(p.numel() for p in self.hf.parameters())
+        return out
