@@ -6,4 +6,7 @@ from .sites import HookPoint, SiteError
 
 __version__ = "0.1.0"
 
-__all__ = ["Activations", "capture", "Model", "ModelLoadError", "load_model", "HookPoint", "SiteError", "__version__"]
+from .generation import Generation, generate
+from .interventions import Ablate, HeadPatch, KVSplice, Noise, Patch, Plan, Steer
+
+__all__ = ["Generation", "generate", "Ablate", "HeadPatch", "KVSplice", "Noise", "Patch", "Plan", "Steer", "Activations", "capture", "Model", "ModelLoadError", "load_model", "HookPoint", "SiteError", "__version__"]

@@ -1,0 +1,357 @@
+"""Batched generation under a plan: the engine.
+
+``generate(model, targets, sources=..., plan=...)`` runs every example's own
+plan with its own source, many examples per batch (left-padded, sorted by
+length), and returns a :class:`Generation` with the texts, the token ids, why
+each example stopped, and the audit of every intervention.
+
+The loop, corrected flavour (default):
+
+1. capture the batch's sources (one forward: every hook point the plans read,
+   plus the KV cache if any plan splices);
+2. process each target's prefix (all tokens but the last) with prompt-phase
+   interventions in place; apply KV splices to that prefix cache;
+3. process the last prompt token on top of it; its logits give new token 0;
+4. feed each new token once (decode phase) until ``max_new_tokens`` tokens
+   exist or every example has ended; decode-phase interventions act at every
+   such forward, i.e. on new tokens 0 .. n-2 (the last sampled token is never
+   fed).
+
+Seed flavour reproduces the seed's code: the whole prompt is processed, KV
+splices use the seed's rule, and every example whose plan is not empty then
+re-feeds its last prompt token as the first decode step (its first new token
+comes from that second pass). Examples with an empty plan take their first
+token from the prompt's own forward, as the seed's baselines (``model.generate``)
+did. Activation patches follow the seed's patcher (see :mod:`.interventions.binding`).
+
+Everything about an example -- its tokens, its sampling stream, its noise --
+depends only on that example, never on the batch it shares.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import rng
+from .batching import encode, left_pad, pad_id_of
+from .capture import forward_capture
+from .hooks import hooked
+from .interventions.audit import Counters, audit_rows, audit_table, never_fired
+from .interventions.binding import BoundActivation, SourceBatch
+from .interventions.context import StepContext
+from .interventions.plan import Plan, as_plan
+from .interventions.splice import SourceKV, apply_prepend, apply_splice
+from .interventions.types import InterventionError, KVSplice
+from .kvcache import cache_kwargs, get_kv, n_cache_layers, output_cache
+from .sampling import Sampler
+from .sites import HookPoint
+
+FLAVOURS = ("corrected", "seed")
+
+
+@dataclass
+class Generation:
+    """What ``generate`` returns, in the order the targets were given."""
+
+    texts: list[str]
+    token_ids: list[list[int]]
+    finish_reasons: list[str]  # "eos" or "length"
+    audit: pd.DataFrame
+    example_ids: list
+    prompt_lengths: list[int]
+    flavour: str
+    logmass: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def never_fired(self) -> pd.DataFrame:
+        return never_fired(self.audit)
+
+
+def _per_example(value, n: int, what: str) -> list:
+    if value is None or isinstance(value, (str, Plan)) or not isinstance(value, (list, tuple)):
+        return [value] * n
+    if len(value) != n:
+        raise ValueError(f"{what}: got {len(value)} for {n} targets; give one per target or a single one for all")
+    return list(value)
+
+
+def _resolve(model, inter):
+    if isinstance(inter, KVSplice):
+        return inter
+    return replace(inter, layer=model.layer(inter.layer))
+
+
+def _auto_batch_size(model, n: int) -> int:
+    if model.device.type != "cuda":
+        return min(n, 64)
+    from .speed import auto_batch_size
+
+    return auto_batch_size(model, n)
+
+
+def generate(
+    model,
+    targets,
+    *,
+    sources=None,
+    plan=None,
+    max_new_tokens: int = 150,
+    temperature: float = 0.8,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    greedy: bool = False,
+    seed: int = 0,
+    stop_at_eos: bool = True,
+    batch_size: int | None = None,
+    flavour: str = "corrected",
+    example_ids: list | None = None,
+    record_logits: dict | None = None,
+    progress: bool = False,
+) -> Generation:
+    """Generate continuations of ``targets`` under ``plan`` (see module docstring).
+
+    ``plan`` and ``sources`` are either one for all targets or a list with one
+    per target (``None`` entries allowed where the plan needs no source).
+    ``example_ids`` key each example's random streams (default: its index).
+    ``record_logits`` maps a name to token ids (one list for all, or one list
+    per example); ``Generation.logmass[name]`` then holds, per example and
+    step, the log-probability mass the tempered next-token distribution puts
+    on those ids (NaN after the example ended).
+    """
+    if flavour not in FLAVOURS:
+        raise ValueError(f"flavour must be one of {FLAVOURS}; got {flavour!r}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
+    if isinstance(targets, str):
+        targets = [targets]
+    targets = list(targets)
+    n = len(targets)
+    if n == 0:
+        raise ValueError("no targets given")
+    plans = [as_plan(p) for p in _per_example(plan, n, "plan")]
+    srcs = _per_example(sources, n, "sources")
+    for i, (p, s) in enumerate(zip(plans, srcs)):
+        if p.needs_source and s is None:
+            raise InterventionError(f"example {i}: the plan '{p}' needs a source prompt, but none was given (pass sources=...)")
+        if s is not None and not isinstance(s, str):
+            raise TypeError(f"sources must be strings (or None); example {i} has {type(s).__name__}")
+    ids = example_ids if example_ids is not None else list(range(n))
+    if len(ids) != n:
+        raise ValueError(f"example_ids: got {len(ids)} for {n} targets")
+    keys = torch.tensor([rng.example_key(x) for x in ids], dtype=torch.long)
+    sampler = Sampler(temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy)
+    tgt_ids = encode(model.tokenizer, targets)
+    src_ids = [encode(model.tokenizer, [s])[0] if s is not None else None for s in srcs]
+    per_row_sets = _logit_sets(record_logits, n, model)
+    order = sorted(range(n), key=lambda i: (len(tgt_ids[i]), len(src_ids[i] or ())))
+    bs = batch_size or _auto_batch_size(model, n)
+    out_tokens: list = [None] * n
+    out_reason: list = [None] * n
+    out_mass = {name: np.full((n, max_new_tokens), np.nan) for name in per_row_sets}
+    audit: list[dict] = []
+    chunks = [order[i : i + bs] for i in range(0, n, bs)]
+    bar = _progress(progress, len(chunks))
+    for chunk in chunks:
+        toks, reasons, masses, rows = _generate_batch(
+            model, chunk, tgt_ids, src_ids, plans, keys, sampler, max_new_tokens, stop_at_eos,
+            flavour, per_row_sets, ids,
+        )
+        for b, i in enumerate(chunk):
+            out_tokens[i], out_reason[i] = toks[b], reasons[b]
+            for name in out_mass:
+                out_mass[name][i] = masses[name][b]
+        audit.extend(rows)
+        if bar is not None:
+            bar.advance(bar.task_ids[0])
+    if bar is not None:
+        bar.stop()
+    texts = [model.tokenizer.decode(t, skip_special_tokens=True) for t in out_tokens]
+    return Generation(texts, out_tokens, out_reason, audit_table(audit), list(ids),
+                      [len(t) for t in tgt_ids], flavour, out_mass)
+
+
+def _progress(enabled: bool, total: int):
+    if not enabled:
+        return None
+    from rich.progress import Progress
+
+    bar = Progress(transient=True)
+    bar.add_task("generating", total=total)
+    bar.start()
+    return bar
+
+
+def _logit_sets(record, n: int, model) -> dict[str, list[list[int]]]:
+    if not record:
+        return {}
+    out = {}
+    vocab = int(model.hf.config.vocab_size)
+    for name, value in record.items():
+        value = list(value)
+        per_row = value if value and isinstance(value[0], (list, tuple)) else [value] * n
+        if len(per_row) != n:
+            raise ValueError(f"record_logits[{name!r}]: one id list for all, or one per target ({n})")
+        for ids in per_row:
+            bad = [i for i in ids if not 0 <= int(i) < vocab]
+            if bad:
+                raise ValueError(f"record_logits[{name!r}]: token ids {bad[:5]} outside the vocabulary (0..{vocab - 1})")
+        out[name] = [list(map(int, r)) for r in per_row]
+    return out
+
+
+def _capture_sources(model, chunk, tgt_ids, src_ids, points, want_kv, flavour):
+    """One forward over the batch's sources (the target stands in where there is none)."""
+    tok = model.tokenizer
+    seqs = [src_ids[i] if src_ids[i] is not None else tgt_ids[i] for i in chunk]
+    sb = left_pad(seqs, pad_id_of(tok), tok.bos_token_id, device=model.device)
+    store, cache, _ = forward_capture(model, sb, points, want_kv)
+    acts = SourceBatch(store, sb.lengths, sb.has_bos, [src_ids[i] is not None for i in chunk], [None] * len(chunk))
+    kv = None
+    if want_kv:
+        n_layers = n_cache_layers(cache)
+        ks = [get_kv(cache, layer)[0] for layer in range(n_layers)]
+        vs = [get_kv(cache, layer)[1] for layer in range(n_layers)]
+        if flavour == "seed":
+            kv = SourceKV(ks, vs, list(sb.lengths), sb.width)
+        else:
+            kv = SourceKV(ks, vs, [L - 1 for L in sb.lengths], sb.width - 1)
+    return acts, kv
+
+
+def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, max_new, stop_at_eos,
+                    flavour, logit_sets, example_ids):
+    hf, tok, device = model.hf, model.tokenizer, model.device
+    B = len(chunk)
+    batch = left_pad([tgt_ids[i] for i in chunk], pad_id_of(tok), tok.bos_token_id, device=device)
+    keys = all_keys[chunk].to(device)
+    # distinct interventions of the batch, each with the rows whose plan holds it
+    entries: dict[str, dict] = {}
+    for b, i in enumerate(chunk):
+        for j, inter in enumerate(plans[i]):
+            res = _resolve(model, inter)
+            k = json.dumps(res.to_dict(), sort_keys=True, default=str)
+            e = entries.setdefault(k, {"inter": res, "rows": torch.zeros(B, dtype=torch.bool), "index": j})
+            e["rows"][b] = True
+    splices = [e for e in entries.values() if isinstance(e["inter"], KVSplice)]
+    acts_e = [e for e in entries.values() if not isinstance(e["inter"], KVSplice)]
+    points = sorted({HookPoint(e["inter"].site, e["inter"].layer) for e in acts_e if e["inter"].needs_source})
+    sources, source_kv = (None, None)
+    if points or splices:
+        sources, source_kv = _capture_sources(model, chunk, tgt_ids, src_ids, points, bool(splices), flavour)
+    ctx = StepContext(flavour=flavour)
+    bound, hooks, audit_bound = [], [], []
+    for e in acts_e:
+        inter = e["inter"]
+        point = HookPoint(inter.site, inter.layer)
+        bi = BoundActivation(model, inter, point, e["rows"].to(device), ctx, batch.lengths, batch.has_bos,
+                             sources, keys, flavour)
+        bound.append(bi)
+        hooks.append((model.adapter.handle(point), bi))
+        audit_bound.append((e["index"], inter, str(point), bi.counters, e["rows"]))
+    splice_counters = []
+    for e in splices:
+        c = Counters(B, device)
+        splice_counters.append(c)
+        audit_bound.append((e["index"], e["inter"], "kv", c, e["rows"]))
+    refeed = torch.tensor([flavour == "seed" and len(plans[i]) > 0 for i in chunk], device=device)
+    names = list(logit_sets)
+    masks = {}
+    vocab = int(hf.config.vocab_size)
+    for name in names:
+        m = torch.zeros(B, vocab, dtype=torch.bool, device=device)
+        for b, i in enumerate(chunk):
+            m[b, logit_sets[name][i]] = True
+        masks[name] = m
+    mass = {name: torch.full((B, max_new), float("nan"), dtype=torch.float64, device=device) for name in names}
+    ids, attn, pos = batch.input_ids, batch.attention_mask, batch.position_ids
+    lengths = torch.tensor(batch.lengths, device=device)
+    with torch.inference_mode(), hooked(hooks):
+        ctx.phase = "prompt"
+        if flavour == "corrected":
+            if splices and batch.width < 2:
+                raise InterventionError("a KV splice needs targets of at least 2 tokens (a prefix and a last token)")
+            cache, offset = None, torch.zeros(B, dtype=torch.long, device=device)
+            attn_prefix = attn[:, :-1]
+            if batch.width > 1:
+                ctx.positions, ctx.valid = pos[:, :-1], attn_prefix.bool()
+                out = hf(input_ids=ids[:, :-1], attention_mask=attn_prefix, position_ids=pos[:, :-1], use_cache=True)
+                cache = output_cache(out)
+                prefix_len = [L - 1 for L in batch.lengths]
+                for e, c in zip(splices, splice_counters):
+                    rows = e["rows"].to(device)
+                    if e["inter"].align == "prepend":
+                        attn_prefix, offset = apply_prepend(model, cache, e["inter"], rows, source_kv, prefix_len, c)
+                    else:
+                        apply_splice(model, cache, e["inter"], rows, source_kv, prefix_len, flavour, c)
+            ctx.positions, ctx.valid = pos[:, -1:], attn[:, -1:].bool()
+            attn = torch.cat([attn_prefix, attn[:, -1:]], dim=1)
+            model_pos = pos[:, -1:] + offset[:, None]
+            out = hf(input_ids=ids[:, -1:], attention_mask=attn, position_ids=model_pos, use_cache=True,
+                     **cache_kwargs(hf, cache))
+            cache = output_cache(out)
+            logits = out.logits[:, -1]
+            next_pos = model_pos[:, 0] + 1
+        else:
+            ctx.positions, ctx.valid = pos, attn.bool()
+            out = hf(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+            cache = output_cache(out)
+            logits = out.logits[:, -1]
+            for e, c in zip(splices, splice_counters):
+                apply_splice(model, cache, e["inter"], e["rows"].to(device), source_kv, batch.lengths, flavour, c)
+            next_pos = lengths.clone()
+            if bool(refeed.any()):
+                # the seed's loop feeds generated_ids[:, -1:] first: the last prompt token, again
+                ctx.phase, ctx.step, ctx.seed_refeed = "decode", -1, True
+                ctx.positions, ctx.valid = (lengths - 1)[:, None], refeed[:, None]
+                attn = torch.cat([attn, refeed.long()[:, None]], dim=1)
+                out = hf(input_ids=ids[:, -1:], attention_mask=attn, position_ids=lengths[:, None], use_cache=True,
+                         **cache_kwargs(hf, cache))
+                cache = output_cache(out)
+                logits = torch.where(refeed[:, None], out.logits[:, -1], logits)
+                next_pos = lengths + refeed.long()
+                ctx.seed_refeed = False
+        eos = tok.eos_token_id
+        fill = eos if eos is not None else pad_id_of(tok)
+        generated = torch.full((B, max_new), fill, dtype=torch.long, device=device)
+        finished = torch.zeros(B, dtype=torch.bool, device=device)
+        for step in range(max_new):
+            for name in names:
+                lp = sampler.log_probs(logits)
+                val = torch.logsumexp(lp.masked_fill(~masks[name], float("-inf")), dim=-1).double()
+                mass[name][:, step] = torch.where(finished, torch.full_like(val, float("nan")), val)
+            token = sampler.sample(logits, keys, step)
+            token = torch.where(finished, torch.full_like(token, fill), token)
+            generated[:, step] = token
+            if stop_at_eos and eos is not None:
+                finished = finished | (token == eos)
+            if step == max_new - 1:
+                break
+            if stop_at_eos and step % 8 == 7 and bool(finished.all()):
+                break
+            ctx.phase, ctx.step = "decode", step
+            ctx.positions = (lengths + step)[:, None]
+            ctx.valid = ~finished[:, None] if stop_at_eos else torch.ones(B, 1, dtype=torch.bool, device=device)
+            attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=device)], dim=1)
+            out = hf(input_ids=token[:, None], attention_mask=attn, position_ids=next_pos[:, None], use_cache=True,
+                     **cache_kwargs(hf, cache))
+            cache = output_cache(out)
+            logits = out.logits[:, -1]
+            next_pos = next_pos + 1
+    gen = generated.cpu().tolist()
+    toks, reasons = [], []
+    for row in gen:
+        if stop_at_eos and eos is not None and eos in row:
+            toks.append(row[: row.index(eos)])
+            reasons.append("eos")
+        else:
+            toks.append(row)
+            reasons.append("length")
+    masses = {name: mass[name].cpu().numpy() for name in names}
+    return toks, reasons, masses, audit_rows(example_ids, chunk, audit_bound)

@@ -1,0 +1,298 @@
+"""Binding activation interventions to a batch: from declarations to hook functions.
+
+Binding happens once per batch, before the prompt is processed. For each
+intervention and each example whose plan holds it, the rules of
+:mod:`.types` are turned into index tables (which target position receives
+which source row, what each decode step writes), so the hook itself is a few
+batched tensor operations with no Python loop over examples.
+
+Examples whose plan does not hold an intervention are masked out of it; this is
+how one batch mixes conditions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .. import rng
+from ..sites import HookPoint
+from .audit import Counters
+from .context import StepContext
+from .types import Ablate, HeadPatch, InterventionError, Noise, Patch, Steer
+
+SEED_WINDOW = 16  # the seed's hard-coded window_size
+
+
+@dataclass
+class SourceBatch:
+    """Source activations for a batch, row-aligned with the targets (zeros where no source)."""
+
+    acts: dict[str, torch.Tensor]  # hook point -> [B, Ws, W], left-padded
+    lengths: list[int]  # source tokens per row (BOS included); 0 where no source
+    has_bos: list[bool]
+    has_source: list[bool]
+    texts: list[str | None]
+
+    @property
+    def width(self) -> int:
+        return next(iter(self.acts.values())).shape[1] if self.acts else max(self.lengths or [0])
+
+
+def _channel_mask(model, inter, width: int, device) -> torch.Tensor | None:
+    heads = getattr(inter, "heads", None)
+    if heads is None:
+        return None
+    ad = model.adapter
+    kind = getattr(inter, "head_kind", "kv")
+    if inter.site == "q_proj":
+        n = ad.n_heads
+        kv_heads = list(heads)
+    else:
+        n = ad.n_kv_heads
+        if kind == "query":
+            for h in heads:
+                if not 0 <= h < ad.n_heads:
+                    raise InterventionError(f"query head {h} does not exist: the model has {ad.n_heads} query heads (0..{ad.n_heads - 1})")
+            group = ad.n_heads // ad.n_kv_heads
+            kv_heads = sorted({h // group for h in heads})
+        else:
+            kv_heads = list(heads)
+    for h in kv_heads:
+        if not 0 <= h < n:
+            what = "query" if inter.site == "q_proj" else "key/value"
+            raise InterventionError(f"{what} head {h} does not exist at {inter.site}: the model has {n} {what} heads (0..{n - 1})")
+    mask = torch.zeros(width, dtype=torch.bool, device=device)
+    hd = ad.head_dim
+    for h in kv_heads:
+        mask[h * hd : (h + 1) * hd] = True
+    return mask
+
+
+def _source_rows(inter, ns: int, bs: int, ls: int, where: str) -> list[int]:
+    """Source positions an intervention draws from (independent of the target)."""
+    if getattr(inter, "window", None) is not None:
+        if inter.window > ns:
+            raise InterventionError(f"{where}: window {inter.window} is longer than the source ({ns} tokens without BOS); use a smaller window or a longer source")
+        return list(range(ls - inter.window, ls))
+    if getattr(inter, "fraction", None) is not None:
+        k = max(1, math.ceil(inter.fraction * ns))
+        return list(range(bs, bs + k))
+    if getattr(inter, "positions", None) is not None:
+        a, b = inter.positions
+        if b > ls:
+            raise InterventionError(f"{where}: positions {a}-{b} run past the source's {ls} tokens")
+        return [p for p in range(a, b) if p >= bs]
+    return list(range(bs, ls))
+
+
+def _prompt_map(inter, nt: int, bt: int, lt: int, ns: int, bs: int, ls: int, where: str) -> list[tuple[int, int]]:
+    """(target position, source position) pairs written at prefill (corrected flavour)."""
+    if isinstance(inter, (Ablate, Steer)):
+        return [(p, p) for p in range(bt, lt)]
+    if inter.window is not None:
+        if inter.window > ns:
+            raise InterventionError(f"{where}: window {inter.window} is longer than the source ({ns} tokens without BOS); use a smaller window or a longer source")
+        k = min(inter.window, nt)
+        return [(lt - k + j, ls - k + j) for j in range(k)]
+    if inter.fraction is not None:
+        k = min(max(1, math.ceil(inter.fraction * nt)), ns)
+        return [(bt + j, bs + j) for j in range(k)]
+    if inter.positions is not None:
+        a, b = inter.positions
+        if b > lt or b > ls:
+            raise InterventionError(f"{where}: positions {a}-{b} run past the target ({lt} tokens) or the source ({ls} tokens)")
+        return [(p, p) for p in range(max(a, bt, bs), b)]
+    k = min(nt, ns)
+    return [(lt - k + j, ls - k + j) for j in range(k)]
+
+
+class BoundActivation:
+    """One activation intervention bound to a batch; ``__call__`` is its site function."""
+
+    def __init__(self, model, inter, point: HookPoint, rows: torch.Tensor, ctx: StepContext,
+                 target_lengths: list[int], target_bos: list[bool], sources: SourceBatch | None,
+                 keys: torch.Tensor, flavour: str):
+        self.inter, self.point, self.ctx, self.flavour = inter, point, ctx, flavour
+        device = rows.device
+        self.rows = rows
+        B = len(target_lengths)
+        width = model.adapter.width(point.site)
+        self.channels = _channel_mask(model, inter, width, device)
+        self.counters = Counters(B, device)
+        self.keys = keys.to(device)
+        self.acts_prompt = inter.phase in ("prompt", "both")
+        self.acts_decode = inter.phase in ("decode", "both")
+        if flavour == "seed" and not isinstance(inter, (Ablate, Steer)):
+            # the seed registered its patcher after prefill: "both" means decode only
+            self.acts_prompt = inter.phase == "prompt"
+            self.acts_decode = inter.phase in ("decode", "both")
+        src = sources.acts.get(str(point)) if sources is not None else None
+        self.src = src
+        Ws = src.shape[1] if src is not None else 0
+        dtype = model.dtype
+        pmax = max(target_lengths)
+        index = torch.full((B, pmax), -1, dtype=torch.long)
+        dec_rows: list[list[int]] = [[] for _ in range(B)]
+        needs = inter.needs_source
+        for b in range(B):
+            if not bool(rows[b]):
+                continue
+            where = f"{inter.describe()} (example {b})"
+            lt, bt = target_lengths[b], int(target_bos[b])
+            if needs:
+                if sources is None or not sources.has_source[b]:
+                    raise InterventionError(f"{where} needs a source prompt, but none was given for this example")
+                ls, bs = sources.lengths[b], int(sources.has_bos[b])
+            else:
+                ls, bs = lt, bt
+            ns, nt = ls - bs, lt - bt
+            if flavour == "seed" and not isinstance(inter, (Ablate, Steer)):
+                continue  # seed windows are relative to each call; see _seed_values
+            for pt, ps in _prompt_map(inter, nt, bt, lt, ns, bs, ls, where):
+                index[b, pt] = (Ws - ls + ps) if needs else ps
+            if isinstance(inter, Patch):
+                dec_rows[b] = [(Ws - ls + p) if needs else p for p in _source_rows(inter, ns, bs, ls, where)]
+        self.index = index.to(device)
+        self.seed_window = getattr(inter, "window", None) or SEED_WINDOW
+        if flavour == "seed" and src is not None and inter.needs_source:
+            # the seed's patcher: ``L = min(T_cur, T_source); if L >= W`` -> needs >= W source tokens
+            src_len = torch.tensor(sources.lengths, device=device)
+            self.seed_source_ok = src_len >= self.seed_window
+        else:
+            self.seed_source_ok = torch.ones(B, dtype=torch.bool, device=device)
+        # what a decode step writes
+        self.cycle_len = torch.ones(B, dtype=torch.long, device=device)
+        self.decode_table = None
+        if isinstance(inter, Patch) and src is not None:
+            C = max(1, max(len(r) for r in dec_rows))
+            table = torch.zeros(B, C, width, dtype=src.dtype, device=device)
+            for b, cols in enumerate(dec_rows):
+                if not cols:
+                    continue
+                block = src[b, cols]
+                if inter.decode == "last":
+                    table[b, 0] = src[b, Ws - 1]
+                elif inter.decode == "mean":
+                    table[b, 0] = block.float().mean(0).to(src.dtype)
+                else:
+                    table[b, : len(cols)] = block
+                    self.cycle_len[b] = len(cols)
+            self.decode_table = table
+        self.mean = None
+        if isinstance(inter, Ablate) and inter.how == "mean":
+            means = torch.zeros(B, width, dtype=dtype, device=device)
+            for b in range(B):
+                if bool(rows[b]):
+                    ls, bs = sources.lengths[b], int(sources.has_bos[b])
+                    means[b] = src[b, Ws - ls + bs :].float().mean(0).to(dtype)
+            self.mean = means
+        self.vector = None
+        if isinstance(inter, Steer):
+            if len(inter.vector) != width:
+                raise InterventionError(f"{inter.describe()}: vector has {len(inter.vector)} dims, {point.site} has {width}")
+            self.vector = torch.tensor(inter.vector, dtype=dtype, device=device)
+
+    # -- values -------------------------------------------------------------
+    def _noise(self, positions: torch.Tensor, width: int, like: torch.Tensor) -> torch.Tensor:
+        code = positions if self.ctx.phase == "prompt" else positions + (1 << 40)
+        ch = torch.arange(width, device=positions.device)
+        key = rng.combine(self.inter.seed, self.keys[:, None, None], code[..., None], ch)
+        return rng.normal(key).to(device=like.device, dtype=like.dtype)
+
+    def _values(self, x: torch.Tensor):
+        """``(written [B,T], source value [B,T,W])`` for the current call, or None."""
+        ctx, inter = self.ctx, self.inter
+        B, T, W = x.shape
+        valid = ctx.valid
+        if self.flavour == "seed" and not isinstance(inter, (Ablate, Steer)):
+            return self._seed_values(x)
+        if ctx.phase == "prompt":
+            if not self.acts_prompt:
+                return None
+            pos = ctx.positions.clamp(max=self.index.shape[1] - 1)
+            idx = self.index.gather(1, pos)
+            written = (idx >= 0) & valid & self.rows[:, None]
+            if isinstance(inter, Steer):
+                return written, self.vector.expand(B, T, W)
+            if isinstance(inter, Ablate):
+                val = torch.zeros_like(x) if self.mean is None else self.mean[:, None, :].expand(B, T, W)
+                return written, val
+            if self.src is not None:
+                val = self.src.gather(1, idx.clamp(min=0)[..., None].expand(B, T, W))
+            else:
+                val = None
+        else:
+            if not self.acts_decode:
+                return None
+            written = valid & self.rows[:, None]
+            if isinstance(inter, Steer):
+                return written, self.vector.expand(B, T, W)
+            if isinstance(inter, Ablate):
+                val = torch.zeros_like(x) if self.mean is None else self.mean[:, None, :].expand(B, T, W)
+                return written, val
+            if self.decode_table is not None:
+                k = (ctx.step % self.cycle_len)[:, None, None].expand(B, 1, W)
+                val = self.decode_table.gather(1, k).expand(B, T, W)
+            else:
+                val = None
+        if isinstance(inter, Noise):
+            noise = self._noise(ctx.positions, W, x)
+            if inter.norm_matched:
+                ref = val if val is not None else x
+                noise = noise / noise.float().norm(dim=-1, keepdim=True).clamp(min=1e-12).to(noise.dtype)
+                noise = noise * ref.float().norm(dim=-1, keepdim=True).to(noise.dtype)
+            else:
+                noise = noise * inter.std
+            val = noise
+        return written, val
+
+    def _seed_values(self, x: torch.Tensor):
+        """The seed's patcher: the last W columns of the call, if the call has >= W real tokens."""
+        ctx = self.ctx
+        if (ctx.phase == "prompt" and not self.acts_prompt) or (ctx.phase == "decode" and not self.acts_decode):
+            return None
+        B, T, W = x.shape
+        w = self.seed_window
+        n_cur = ctx.valid.sum(dim=1)
+        fires = (n_cur >= w) & self.rows & self.seed_source_ok
+        cols = torch.arange(T, device=x.device)
+        written = fires[:, None] & (cols >= T - w)[None, :] & ctx.valid
+        if self.src is None:
+            val = torch.zeros_like(x)
+        else:
+            Ws = self.src.shape[1]
+            src_cols = (Ws - (T - cols)).clamp(min=0)
+            val = self.src[:, src_cols]
+        if isinstance(self.inter, Noise):
+            noise = self._noise(ctx.positions, W, x)
+            if self.inter.norm_matched:
+                noise = noise / noise.float().norm(dim=-1, keepdim=True).clamp(min=1e-12).to(noise.dtype)
+                noise = noise * val.float().norm(dim=-1, keepdim=True).to(noise.dtype)
+            else:
+                noise = noise * self.inter.std
+            val = noise
+        return written, val
+
+    def __call__(self, x: torch.Tensor):
+        out = self._values(x)
+        if out is None:
+            return None
+        written, val = out
+        inter = self.inter
+        mode = getattr(inter, "mode", "replace")
+        if isinstance(inter, Steer):
+            new = x + inter.alpha * val
+        elif mode == "replace" or isinstance(inter, Ablate):
+            new = val.to(x.dtype)
+        elif mode == "add":
+            new = x + inter.alpha * val.to(x.dtype)
+        else:
+            new = (1 - inter.alpha) * x + inter.alpha * val.to(x.dtype)
+        if self.channels is not None:
+            new = torch.where(self.channels, new, x)
+        new = torch.where(written[..., None], new, x)
+        self.counters.record(self.ctx.phase, written, x, new)
+        return new

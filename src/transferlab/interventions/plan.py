@@ -1,0 +1,291 @@
+"""Plans, and the plan mini-language of the command line.
+
+A :class:`Plan` is an ordered list of interventions; a condition in an
+experiment is a named plan. Plans round-trip through plain dicts (TOML) and
+through a one-line mini-language::
+
+    kv:all + v_proj@27:w16:both
+
+Items are joined by ``+``; each item is a head followed by ``:``-separated
+options.
+
+=====================================  =============================================
+item                                    meaning
+=====================================  =============================================
+``kv[:LAYERS][:ALIGN][:ROPE][:wN]``    KVSplice. LAYERS ``all`` (default) or
+                                        ``18,25,27`` (indices or depth fractions);
+                                        ALIGN ``right``/``left``/``prepend`` or
+                                        ``pA-B`` (range); ROPE ``reposition``/``keep``
+``SITE@LAYER[:opts]``                   Patch. opts: ``wN`` window, ``fX`` fraction,
+                                        ``pA-B`` positions, ``prompt``/``decode``/
+                                        ``both``, ``replace``/``add``/``mix``, ``aX``
+                                        alpha, ``last``/``mean``/``cycle`` decode value,
+                                        ``hI,J`` kv heads or ``qhI,J`` query heads
+                                        (makes it a HeadPatch)
+``ablate:SITE@LAYER[:zero|mean]``       Ablate (``hI,J``/``qhI,J`` heads, a phase)
+``noise:SITE@LAYER[:opts]``             Noise, norm-matched unless ``raw``;
+                                        ``seedN``, ``sdX``, and the Patch opts
+=====================================  =============================================
+
+``Steer`` carries a vector and exists only in the dict/TOML form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+from .types import (
+    ALIGNS, DECODE_VALUES, MODES, PHASES, ROPES, Ablate, HeadPatch, Intervention,
+    InterventionError, KVSplice, Noise, Patch, Steer, intervention_from_dict,
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An ordered list of interventions (empty = the unpatched baseline)."""
+
+    interventions: tuple[Intervention, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        object.__setattr__(self, "interventions", tuple(self.interventions))
+        for item in self.interventions:
+            if not isinstance(item, Intervention):
+                raise InterventionError(f"a plan holds interventions, got {type(item).__name__}")
+        splices = [i for i in self.interventions if isinstance(i, KVSplice)]
+        if any(s.align == "prepend" for s in splices) and len(splices) > 1:
+            raise InterventionError("a prepend KVSplice cannot be combined with another KVSplice")
+
+    def __iter__(self) -> Iterator[Intervention]:
+        return iter(self.interventions)
+
+    def __len__(self) -> int:
+        return len(self.interventions)
+
+    def __add__(self, other: "Plan | Intervention") -> "Plan":
+        extra = other.interventions if isinstance(other, Plan) else (other,)
+        return Plan(self.interventions + tuple(extra))
+
+    @property
+    def needs_source(self) -> bool:
+        return any(i.needs_source for i in self.interventions)
+
+    def to_dicts(self) -> list[dict]:
+        return [i.to_dict() for i in self.interventions]
+
+    @classmethod
+    def from_dicts(cls, items: Iterable[dict]) -> "Plan":
+        return cls(tuple(intervention_from_dict(d) for d in items))
+
+    @classmethod
+    def parse(cls, text: str) -> "Plan":
+        return parse_plan(text)
+
+    def __str__(self) -> str:
+        return " + ".join(format_intervention(i) for i in self.interventions) or "(none)"
+
+
+def as_plan(value) -> Plan:
+    """Accept a Plan, an intervention, a list of them or of dicts, or mini-language text."""
+    if value is None:
+        return Plan()
+    if isinstance(value, Plan):
+        return value
+    if isinstance(value, Intervention):
+        return Plan((value,))
+    if isinstance(value, str):
+        return parse_plan(value)
+    items = list(value)
+    return Plan(tuple(intervention_from_dict(v) if isinstance(v, dict) else v for v in items))
+
+
+def _num(text: str):
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+def _layers_text(layers) -> str:
+    return "all" if layers == "all" else ",".join(str(x) for x in layers)
+
+
+def _parse_heads(opt: str, where: str):
+    try:
+        return tuple(int(h) for h in opt.split(",") if h != "")
+    except ValueError:
+        raise InterventionError(f"{where}: heads must be integers, got {opt!r}") from None
+
+
+def _parse_patch_opts(opts: list[str], where: str) -> dict:
+    kw: dict = {}
+    for opt in opts:
+        if opt in PHASES:
+            kw["phase"] = opt
+        elif opt in MODES:
+            kw["mode"] = opt
+        elif opt in DECODE_VALUES:
+            kw["decode"] = opt
+        elif opt.startswith("qh"):
+            kw["heads"], kw["head_kind"] = _parse_heads(opt[2:], where), "query"
+        elif opt.startswith("h") and opt[1:2].isdigit():
+            kw["heads"] = _parse_heads(opt[1:], where)
+        elif opt.startswith("w") and opt[1:].isdigit():
+            kw["window"] = int(opt[1:])
+        elif opt.startswith("f"):
+            kw["fraction"] = float(opt[1:])
+        elif opt.startswith("p") and "-" in opt:
+            a, b = opt[1:].split("-", 1)
+            kw["positions"] = (int(a), int(b))
+        elif opt.startswith("a"):
+            kw["alpha"] = float(opt[1:])
+        else:
+            raise InterventionError(f"{where}: unknown option {opt!r}")
+    return kw
+
+
+def _site_layer(text: str, where: str):
+    if "@" not in text:
+        raise InterventionError(f"{where}: expected SITE@LAYER (e.g. v_proj@27), got {text!r}")
+    site, layer = text.split("@", 1)
+    try:
+        return site, _num(layer)
+    except ValueError:
+        raise InterventionError(f"{where}: layer {layer!r} is not a number") from None
+
+
+def parse_intervention(text: str) -> Intervention:
+    text = text.strip()
+    parts = [p.strip() for p in text.split(":")]
+    head, opts = parts[0], parts[1:]
+    where = f"plan item {text!r}"
+    try:
+        if head == "kv":
+            kw: dict = {}
+            for opt in opts:
+                if opt == "all":
+                    kw["layers"] = "all"
+                elif opt and (opt[0].isdigit() or opt[0] in "-."):
+                    kw["layers"] = tuple(_num(x) for x in opt.split(",") if x)
+                elif opt in ALIGNS:
+                    kw["align"] = opt
+                elif opt in ROPES:
+                    kw["rope"] = opt
+                elif opt.startswith("w") and opt[1:].isdigit():
+                    kw["window"] = int(opt[1:])
+                elif opt.startswith("p") and "-" in opt:
+                    a, b = opt[1:].split("-", 1)
+                    kw["align"], kw["positions"] = "range", (int(a), int(b))
+                else:
+                    raise InterventionError(f"{where}: unknown kv option {opt!r}")
+            return KVSplice(**kw)
+        if head in ("ablate", "noise"):
+            if not opts:
+                raise InterventionError(f"{where}: expected {head}:SITE@LAYER")
+            site, layer = _site_layer(opts[0], where)
+            rest = opts[1:]
+            if head == "ablate":
+                kw = {"site": site, "layer": layer}
+                for opt in rest:
+                    if opt in ("zero", "mean"):
+                        kw["how"] = opt
+                    elif opt in PHASES:
+                        kw["phase"] = opt
+                    elif opt.startswith("qh"):
+                        kw["heads"], kw["head_kind"] = _parse_heads(opt[2:], where), "query"
+                    elif opt.startswith("h"):
+                        kw["heads"] = _parse_heads(opt[1:], where)
+                    else:
+                        raise InterventionError(f"{where}: unknown ablate option {opt!r}")
+                return Ablate(**kw)
+            kw = {"site": site, "layer": layer}
+            patch_opts = []
+            for opt in rest:
+                if opt == "raw":
+                    kw["norm_matched"] = False
+                elif opt.startswith("seed"):
+                    kw["seed"] = int(opt[4:])
+                elif opt.startswith("sd"):
+                    kw["std"] = float(opt[2:])
+                else:
+                    patch_opts.append(opt)
+            kw.update(_parse_patch_opts(patch_opts, where))
+            if "heads" in kw:
+                raise InterventionError(f"{where}: noise does not take heads")
+            return Noise(**kw)
+        if head == "steer":
+            raise InterventionError("steer carries a vector: build Steer(...) in Python or TOML, not in the mini-language")
+        site, layer = _site_layer(head, where)
+        kw = {"site": site, "layer": layer, **_parse_patch_opts(opts, where)}
+        return HeadPatch(**kw) if "heads" in kw else Patch(**kw)
+    except TypeError as exc:  # pragma: no cover - defensive
+        raise InterventionError(f"{where}: {exc}") from None
+
+
+def parse_plan(text: str) -> Plan:
+    """Parse the mini-language (see module docstring). Empty text or 'none' is the empty plan."""
+    text = text.strip()
+    if text in ("", "none", "baseline", "(none)"):
+        return Plan()
+    return Plan(tuple(parse_intervention(item) for item in text.split("+")))
+
+
+def _fmt_num(x) -> str:
+    return repr(x) if isinstance(x, float) else str(x)
+
+
+def _patch_opts(p: Patch, defaults: Patch) -> list[str]:
+    out = []
+    if p.window is not None:
+        out.append(f"w{p.window}")
+    if p.fraction is not None:
+        out.append(f"f{p.fraction!r}")
+    if p.positions is not None:
+        out.append(f"p{p.positions[0]}-{p.positions[1]}")
+    if p.phase != defaults.phase:
+        out.append(p.phase)
+    if p.mode != defaults.mode:
+        out.append(p.mode)
+    if p.alpha != defaults.alpha:
+        out.append(f"a{p.alpha!r}")
+    if p.decode != defaults.decode:
+        out.append(p.decode)
+    return out
+
+
+def format_intervention(i: Intervention) -> str:
+    """The mini-language form of one intervention (inverse of :func:`parse_intervention`)."""
+    if isinstance(i, KVSplice):
+        out = ["kv", _layers_text(i.layers)]
+        if i.align == "range":
+            out.append(f"p{i.positions[0]}-{i.positions[1]}")
+        elif i.align != "right":
+            out.append(i.align)
+        if i.rope != "reposition":
+            out.append(i.rope)
+        if i.window is not None:
+            out.append(f"w{i.window}")
+        return ":".join(out)
+    if isinstance(i, Noise):
+        out = ["noise", f"{i.site}@{_fmt_num(i.layer)}"]
+        if not i.norm_matched:
+            out.append("raw")
+        if i.seed != 0:
+            out.append(f"seed{i.seed}")
+        if i.std != 1.0:
+            out.append(f"sd{i.std!r}")
+        return ":".join(out + _patch_opts(i, Noise()))
+    if isinstance(i, HeadPatch):
+        heads = ("qh" if i.head_kind == "query" else "h") + ",".join(map(str, i.heads))
+        return ":".join([f"{i.site}@{_fmt_num(i.layer)}", heads] + _patch_opts(i, Patch()))
+    if isinstance(i, Patch):
+        return ":".join([f"{i.site}@{_fmt_num(i.layer)}"] + _patch_opts(i, Patch()))
+    if isinstance(i, Ablate):
+        out = ["ablate", f"{i.site}@{_fmt_num(i.layer)}"]
+        if i.how != "zero":
+            out.append(i.how)
+        if i.heads is not None:
+            out.append(("qh" if i.head_kind == "query" else "h") + ",".join(map(str, i.heads)))
+        if i.phase != "both":
+            out.append(i.phase)
+        return ":".join(out)
+    if isinstance(i, Steer):
+        return f"steer:{i.site}@{_fmt_num(i.layer)}({len(i.vector)}-dim, alpha {i.alpha})"
+    raise InterventionError(f"cannot format {i!r}")  # pragma: no cover

@@ -1,0 +1,175 @@
+"""KV-cache splicing: writing a source's cached keys/values into a target's cache.
+
+Corrected flavour (default)
+    The target's prompt is processed in two calls: its prefix (every token but
+    the last), then its last token. The splice acts between them, on the
+    prefix cache, with the source's prefix cache (the source's tokens but its
+    last). So the last target token is computed once, on top of the spliced
+    cache, and the first new token comes from that forward. With equal lengths
+    and the same last token, a whole-prefix splice reproduces the source's own
+    run exactly.
+
+Seed flavour
+    The target's whole prompt is processed, then its cache's last
+    ``n = min(T_target, T_source)`` slots are overwritten by the source's last
+    n slots with keys left at their source rotations (``rope="keep"``,
+    ``align="right"``), whatever the splice asked for, as the seed's code did.
+
+Alignment (corrected): ``right`` -- the last n = min(P, S) slots of the target
+prefix (P slots) get the source prefix's last n (S slots); ``left`` -- the
+first n; ``range`` -- the same slots ``[a, b)`` of both; ``prepend`` -- the
+whole source prefix goes before the target prefix, whose keys move S slots
+later. ``window=W`` caps n at W. With ``rope="reposition"`` every moved key is
+re-rotated by (landing position - source position) (:mod:`.rope`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..kvcache import get_kv, n_cache_layers, set_kv
+from ..sites import resolve_layer
+from .audit import Counters
+from .rope import inverse_frequencies, rotate_keys
+from .types import InterventionError, KVSplice
+
+
+@dataclass
+class SourceKV:
+    """Source keys/values per layer, ``[B, H, Ws, hd]``, left-padded, row-aligned with targets."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    lengths: list[int]  # slots usable for splicing (the source prefix in corrected flavour)
+    end: int  # column after the last usable slot (Ws - 1 in corrected flavour, Ws in seed)
+
+
+def splice_layers(splice: KVSplice, n_layers: int) -> list[int]:
+    if splice.layers == "all":
+        return list(range(n_layers))
+    out = sorted({resolve_layer(x, n_layers) for x in splice.layers})
+    return out
+
+
+def _slot_maps(splice: KVSplice, flavour: str, rows: list[bool], tgt_len: list[int], src_len: list[int], tgt_w: int, src_end: int):
+    """Per row: source column for each target column (-1 = untouched) and the position shift."""
+    B = len(rows)
+    index = torch.full((B, tgt_w), -1, dtype=torch.long)
+    delta = torch.zeros(B, dtype=torch.long)
+    count = torch.zeros(B, dtype=torch.long)
+    for b in range(B):
+        if not rows[b]:
+            continue
+        P, S = tgt_len[b], src_len[b]
+        align = "right" if flavour == "seed" else splice.align
+        cap = splice.window if splice.window is not None else 10**9
+        if align == "right":
+            n = min(P, S, cap)
+            tgt = range(tgt_w - n, tgt_w)
+            src = range(src_end - n, src_end)
+            delta[b] = P - S
+        elif align == "left":
+            n = min(P, S, cap)
+            tgt = range(tgt_w - P, tgt_w - P + n)
+            src = range(src_end - S, src_end - S + n)
+        else:  # range
+            a, z = splice.positions
+            if z > min(P, S):
+                raise InterventionError(
+                    f"{splice.describe()} (example {b}): slots {a}-{z} run past the target prefix "
+                    f"({P} slots) or the source prefix ({S} slots)"
+                )
+            tgt = range(tgt_w - P + a, tgt_w - P + z)
+            src = range(src_end - S + a, src_end - S + z)
+        for t, s in zip(tgt, src):
+            index[b, t] = s
+        count[b] = len(tgt)
+    return index, delta, count
+
+
+def apply_splice(model, cache, splice: KVSplice, rows: torch.Tensor, source: SourceKV,
+                 tgt_len: list[int], flavour: str, counters: Counters) -> None:
+    """Overwrite slots of ``cache`` in place (right/left/range alignment)."""
+    layers = splice_layers(splice, n_cache_layers(cache))
+    k0, _ = get_kv(cache, layers[0])
+    tgt_w = k0.shape[2]
+    index, delta, count = _slot_maps(splice, flavour, rows.tolist(), tgt_len, source.lengths, tgt_w, source.end)
+    device = k0.device
+    index, delta = index.to(device), delta.to(device)
+    reposition = flavour != "seed" and splice.rope == "reposition"
+    inv = inverse_frequencies(model) if reposition else None
+    hit = index >= 0
+    sq = torch.zeros(index.shape[0], dtype=torch.float64, device=device)
+    for layer in layers:
+        k, v = get_kv(cache, layer)
+        sk, sv = source.keys[layer], source.values[layer]
+        H, hd = k.shape[1], k.shape[3]
+        gidx = index.clamp(min=0)[:, None, :, None].expand(-1, H, -1, hd)
+        nk = sk.gather(2, gidx).to(k.dtype)
+        nv = sv.gather(2, gidx).to(v.dtype)
+        if reposition:
+            nk = rotate_keys(nk, delta[:, None, None], inv)
+        m = hit[:, None, :, None]
+        new_k, new_v = torch.where(m, nk, k), torch.where(m, nv, v)
+        sq += ((new_k.float() - k.float()) ** 2).sum(dim=(1, 2, 3)).double()
+        sq += ((new_v.float() - v.float()) ** 2).sum(dim=(1, 2, 3)).double()
+        set_kv(cache, layer, new_k, new_v)
+    counters.fired_prompt += (count.to(device) > 0).long() * rows.long()
+    counters.positions += count.to(device) * rows.long()
+    counters.sq_change += sq * rows.double()
+
+
+def apply_prepend(model, cache, splice: KVSplice, rows: torch.Tensor, source: SourceKV,
+                  tgt_len: list[int], counters: Counters):
+    """Rebuild the cache as [source prefix | target prefix] per row.
+
+    Returns ``(attention mask [B, W_new], position offset per row)``: rows not
+    in the splice keep their own cache (offset 0).
+    """
+    n_layers = n_cache_layers(cache)
+    k0, _ = get_kv(cache, 0)
+    device = k0.device
+    tgt_w = k0.shape[2]
+    B = len(tgt_len)
+    in_rows = rows.tolist()
+    new_len = [tgt_len[b] + (source.lengths[b] if in_rows[b] else 0) for b in range(B)]
+    W = max(new_len)
+    Ws = source.keys[0].shape[2]
+    # index into the concatenation [source (Ws cols) | target (tgt_w cols)]
+    index = torch.zeros(B, W, dtype=torch.long)
+    shift = torch.zeros(B, W, dtype=torch.long)
+    mask = torch.zeros(B, W, dtype=torch.long)
+    offset = torch.zeros(B, dtype=torch.long)
+    for b in range(B):
+        P = tgt_len[b]
+        S = source.lengths[b] if in_rows[b] else 0
+        start = W - P - S
+        for j in range(S):
+            index[b, start + j] = source.end - S + j
+        for j in range(P):
+            index[b, start + S + j] = Ws + tgt_w - P + j
+            shift[b, start + S + j] = S
+        mask[b, start:] = 1
+        offset[b] = S
+    index, shift = index.to(device), shift.to(device)
+    reposition = splice.rope == "reposition"
+    inv = inverse_frequencies(model) if reposition else None
+    for layer in range(n_layers):
+        k, v = get_kv(cache, layer)
+        cat_k = torch.cat([source.keys[layer].to(k.dtype), k], dim=2)
+        cat_v = torch.cat([source.values[layer].to(v.dtype), v], dim=2)
+        H, hd = k.shape[1], k.shape[3]
+        g = index[:, None, :, None].expand(-1, H, -1, hd)
+        nk, nv = cat_k.gather(2, g), cat_v.gather(2, g)
+        if reposition:
+            nk = rotate_keys(nk, shift[:, None, :], inv)
+        set_kv(cache, layer, nk, nv)
+        lay = cache.layers[layer] if hasattr(cache, "layers") else None
+        if lay is not None and hasattr(lay, "cumulative_length"):
+            lay.cumulative_length = W
+    slots = torch.tensor([source.lengths[b] if in_rows[b] else 0 for b in range(B)], device=device)
+    counters.fired_prompt += (slots > 0).long()
+    counters.positions += slots
+    return mask.to(device), offset.to(device)

@@ -1,0 +1,281 @@
+"""The intervention types: declarative, serializable edits of a forward pass.
+
+Every intervention is a frozen dataclass that converts to and from a plain
+dict (``to_dict`` / :func:`intervention_from_dict`), so plans live in TOML
+configs and in result tables. Layers stay as the user wrote them (an index, a
+negative index or a depth fraction) until the plan is bound to a model.
+
+Where an intervention writes, and what it writes
+------------------------------------------------
+Activation interventions act on a hook point (``site@layer``) in two phases:
+
+* ``prompt`` -- while the target prompt is processed (prefill). Positions are
+  absolute prompt positions of the target; BOS is never written.
+
+  - ``window=W``: the target's last ``W`` prompt tokens receive the source's
+    last ``W`` tokens (right-aligned). ``W`` larger than the source's tokens
+    is an error; a target shorter than ``W`` receives only its own length
+    (the audit records how many positions were written).
+  - ``fraction=f``: the first ``ceil(f * n)`` tokens of the target
+    (``n`` = its tokens without BOS) receive the source's first tokens (the
+    seed's "first 25% of tokens" is ``fraction=0.25``).
+  - ``positions=(a, b)``: absolute positions ``a..b-1`` receive the source's
+    tokens at the same positions.
+  - none of these: the last ``min(n_target, n_source)`` tokens, right-aligned.
+
+* ``decode`` -- at every newly generated token (one position per step). What
+  is written there is set by ``decode``:
+
+  - ``"last"`` (default): the source's last-token activation, the position
+    from which the source itself would predict its next token;
+  - ``"mean"``: the mean of the source's window (or of all its tokens);
+  - ``"cycle"``: step k receives the window's row ``k mod W``, walking the
+    source's last W tokens in order.
+
+``mode`` says how the source value ``s`` meets the activation ``x``:
+``replace`` (``x <- s``), ``add`` (``x <- x + alpha * s``) or ``mix``
+(``x <- (1 - alpha) * x + alpha * s``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..sites import ACTIVATION_SITES, SiteError
+
+PHASES = ("prompt", "decode", "both")
+MODES = ("replace", "add", "mix")
+DECODE_VALUES = ("last", "mean", "cycle")
+ALIGNS = ("right", "left", "prepend", "range")
+ROPES = ("reposition", "keep")
+
+
+class InterventionError(ValueError):
+    """An intervention or plan that is malformed or cannot act on this model or input."""
+
+
+def _check(value, allowed, name):
+    if value not in allowed:
+        raise InterventionError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def _check_site(site: str) -> None:
+    if site not in ACTIVATION_SITES:
+        raise SiteError(f"unknown site {site!r}; activation sites are: {', '.join(ACTIVATION_SITES)} (and 'kv' for KVSplice)")
+
+
+def _pair(value):
+    if value is None:
+        return None
+    if len(value) != 2 or int(value[0]) < 0 or int(value[1]) <= int(value[0]):
+        raise InterventionError(f"positions must be (start, stop) with 0 <= start < stop; got {value!r}")
+    return (int(value[0]), int(value[1]))
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """Base class; ``kind`` names the type in serialized form."""
+
+    kind: ClassVar[str] = ""
+    needs_source: ClassVar[bool] = True
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"kind": self.kind}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    def describe(self) -> str:
+        from .plan import format_intervention
+
+        return format_intervention(self)
+
+
+@dataclass(frozen=True)
+class KVSplice(Intervention):
+    """Write the source's cached keys/values into the target's cache.
+
+    ``align``: ``right`` (the seed's rule: the last n = min(T_target, T_source)
+    slots), ``left`` (the first n slots), ``range`` (slots ``positions=(a, b)``
+    of both), or ``prepend`` (the whole source cache placed before the
+    target's, which then follows at shifted positions). ``window=W`` limits a
+    right/left splice to W slots. ``rope``: ``reposition`` re-rotates keys to
+    the positions they land at (exact for rotary embeddings whose angle is
+    position x frequency: default, linear, llama3, yarn); ``keep`` leaves them
+    rotated for their source positions, as the seed did.
+    """
+
+    kind: ClassVar[str] = "kv_splice"
+    layers: Any = "all"
+    align: str = "right"
+    rope: str = "reposition"
+    positions: tuple[int, int] | None = None
+    window: int | None = None
+
+    def __post_init__(self):
+        _check(self.align, ALIGNS, "KVSplice.align")
+        _check(self.rope, ROPES, "KVSplice.rope")
+        object.__setattr__(self, "positions", _pair(self.positions))
+        if isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        if self.align == "range" and self.positions is None:
+            raise InterventionError("KVSplice(align='range') needs positions=(start, stop)")
+        if self.align == "prepend" and self.layers != "all":
+            raise InterventionError("KVSplice(align='prepend') lengthens the cache, so it needs layers='all'")
+        if self.window is not None and self.window < 1:
+            raise InterventionError(f"KVSplice.window must be >= 1; got {self.window}")
+
+
+@dataclass(frozen=True)
+class Patch(Intervention):
+    """Overwrite (or add to, or mix) the activation at ``site@layer`` with the source's."""
+
+    kind: ClassVar[str] = "patch"
+    site: str = "v_proj"
+    layer: Any = -1
+    window: int | None = None
+    positions: tuple[int, int] | None = None
+    fraction: float | None = None
+    phase: str = "both"
+    mode: str = "replace"
+    alpha: float = 1.0
+    decode: str = "last"
+
+    def __post_init__(self):
+        _check_site(self.site)
+        _check(self.phase, PHASES, f"{type(self).__name__}.phase")
+        _check(self.mode, MODES, f"{type(self).__name__}.mode")
+        _check(self.decode, DECODE_VALUES, f"{type(self).__name__}.decode")
+        object.__setattr__(self, "positions", _pair(self.positions))
+        chosen = [n for n in ("window", "positions", "fraction") if getattr(self, n) is not None]
+        if len(chosen) > 1:
+            raise InterventionError(f"give at most one of window, positions, fraction; got {', '.join(chosen)}")
+        if self.window is not None and self.window < 1:
+            raise InterventionError(f"window must be >= 1 token; got {self.window}")
+        if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
+            raise InterventionError(f"fraction must lie in (0, 1]; got {self.fraction}")
+
+
+@dataclass(frozen=True)
+class HeadPatch(Patch):
+    """A patch restricted to some attention heads of ``q_proj``, ``k_proj`` or ``v_proj``.
+
+    ``head_kind="kv"`` (default for k/v) numbers key/value heads;
+    ``head_kind="query"`` numbers query heads: on ``k_proj``/``v_proj`` a query
+    head selects the key/value head its group reads (GQA: query head h reads
+    kv head ``h // (n_heads // n_kv_heads)``), which every query head of that
+    group shares. On ``q_proj`` heads are always query heads.
+    """
+
+    kind: ClassVar[str] = "head_patch"
+    heads: tuple[int, ...] = ()
+    head_kind: str = "kv"
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "heads", tuple(int(h) for h in self.heads))
+        if self.site not in ("q_proj", "k_proj", "v_proj"):
+            raise InterventionError(f"HeadPatch acts on q_proj, k_proj or v_proj; got {self.site!r}")
+        if not self.heads:
+            raise InterventionError("HeadPatch needs at least one head")
+        _check(self.head_kind, ("kv", "query"), "HeadPatch.head_kind")
+
+
+@dataclass(frozen=True)
+class Ablate(Intervention):
+    """Zero, or replace by the source's mean, the activation at a hook point (optionally some heads).
+
+    ``how="zero"`` needs no source. ``how="mean"`` writes the mean of the
+    example's source activation over its tokens (BOS excluded); pass the
+    target itself as source for a self-mean ablation.
+    """
+
+    kind: ClassVar[str] = "ablate"
+    site: str = "v_proj"
+    layer: Any = -1
+    heads: tuple[int, ...] | None = None
+    how: str = "zero"
+    phase: str = "both"
+    head_kind: str = "kv"
+
+    def __post_init__(self):
+        _check_site(self.site)
+        _check(self.how, ("zero", "mean"), "Ablate.how")
+        _check(self.phase, PHASES, "Ablate.phase")
+        if self.heads is not None:
+            object.__setattr__(self, "heads", tuple(int(h) for h in self.heads))
+            if self.site not in ("q_proj", "k_proj", "v_proj"):
+                raise InterventionError(f"Ablate(heads=...) acts on q_proj, k_proj or v_proj; got {self.site!r}")
+
+    @property
+    def needs_source(self) -> bool:  # type: ignore[override]
+        return self.how == "mean"
+
+
+@dataclass(frozen=True)
+class Noise(Patch):
+    """A control: Gaussian noise in place of the source's activation.
+
+    Positions and phases follow :class:`Patch`. With ``norm_matched=True``
+    each written vector is rescaled to the norm of the source vector it stands
+    in for (so the control differs from the transfer in direction only);
+    otherwise it is plain ``N(0, std^2)`` noise, as in the seed's "random"
+    control. The noise of an example depends only on ``seed``, the example's
+    id and the position, never on the batch.
+    """
+
+    kind: ClassVar[str] = "noise"
+    norm_matched: bool = True
+    seed: int = 0
+    std: float = 1.0
+
+    @property
+    def needs_source(self) -> bool:  # type: ignore[override]
+        return self.norm_matched
+
+
+@dataclass(frozen=True)
+class Steer(Intervention):
+    """Add ``alpha * vector`` to the activation at a hook point (every real position, both phases)."""
+
+    kind: ClassVar[str] = "steer"
+    needs_source: ClassVar[bool] = False
+    site: str = "resid_post"
+    layer: Any = -1
+    vector: tuple[float, ...] = field(default=())
+    alpha: float = 1.0
+    phase: str = "both"
+
+    def __post_init__(self):
+        _check_site(self.site)
+        _check(self.phase, PHASES, "Steer.phase")
+        object.__setattr__(self, "vector", tuple(float(v) for v in self.vector))
+        if not self.vector:
+            raise InterventionError("Steer needs a non-empty vector")
+
+
+KINDS: dict[str, type[Intervention]] = {
+    cls.kind: cls for cls in (KVSplice, Patch, HeadPatch, Ablate, Noise, Steer)
+}
+
+
+def intervention_from_dict(data: dict) -> Intervention:
+    """Rebuild an intervention from ``to_dict`` output (or a TOML table)."""
+    data = dict(data)
+    kind = data.pop("kind", None)
+    if kind not in KINDS:
+        raise InterventionError(f"unknown intervention kind {kind!r}; known: {', '.join(KINDS)}")
+    cls = KINDS[kind]
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise InterventionError(f"{kind}: unknown field(s) {', '.join(sorted(unknown))}; fields are {', '.join(sorted(names))}")
+    for key in ("positions", "heads", "vector"):
+        if isinstance(data.get(key), list):
+            data[key] = tuple(data[key])
+    return cls(**data)
