@@ -145,7 +145,7 @@ def generate(
     ids = example_ids if example_ids is not None else list(range(n))
     if len(ids) != n:
         raise ValueError(f"example_ids: got {len(ids)} for {n} targets")
-    keys = torch.tensor([rng.example_key(x) for x in ids], dtype=torch.long)
+    keys = rng.combine(seed, torch.tensor([rng.example_key(x) for x in ids], dtype=torch.long))
     sampler = Sampler(temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy)
     tgt_ids = encode(model.tokenizer, targets)
     src_ids = [encode(model.tokenizer, [s])[0] if s is not None else None for s in srcs]
