@@ -70,8 +70,10 @@ def rv_cmd(
         df = rv(m, list(prompts), early=early, late=late, window=window, formula=formula, short=short)
     except ValueError as exc:
         _fail(exc)
-    if as_json:
-        console.print_json(json.dumps(df.to_dict(orient="records")))
+    if as_json:  # strict JSON: NaN (short prompts) becomes null
+        records = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+                   for r in df.to_dict(orient="records")]
+        console.print_json(json.dumps(records, allow_nan=False))
         return
     table = Table(title=f"R_V on {m.name} (v_proj@{df.layer_late.iloc[0]} / v_proj@{df.layer_early.iloc[0]}, window {window})")
     for col in ("prompt", "n_tokens", "pr_early", "pr_late", "rv", "status"):
@@ -79,6 +81,146 @@ def rv_cmd(
     for r in df.itertuples():
         table.add_row(r.prompt[:50], str(r.n_tokens), f"{r.pr_early:.3f}", f"{r.pr_late:.3f}", f"{r.rv:.3f}", r.status)
     console.print(table)
+
+
+def warn_never_fired(audit, console=console) -> int:
+    """Print a loud warning for every intervention that never acted; returns how many."""
+    from .interventions import never_fired
+
+    dead = never_fired(audit)
+    for r in dead.itertuples():
+        console.print(
+            f"[bold red]WARNING: intervention {r.description} ({r.hook_point}) never fired "
+            f"in {r.examples_never_fired} of {r.examples} example(s)[/]"
+        )
+    return len(dead)
+
+
+def audit_table_view(audit, title: str = "audit") -> Table:
+    table = Table(title=title)
+    cols = ["example", "description", "hook_point", "phase", "fired_prompt", "fired_decode", "positions", "change_norm"]
+    for c in cols:
+        table.add_column(c)
+    for r in audit.itertuples():
+        style = "bold red" if r.never_fired else None
+        table.add_row(*[f"{getattr(r, c):.4g}" if c == "change_norm" else str(getattr(r, c)) for c in cols], style=style)
+    return table
+
+
+@app.command()
+def transfer(
+    source: str = typer.Option(..., "--source", "-s", help="Source prompt (activations come from here)."),
+    target: str = typer.Option(..., "--target", "-t", help="Target prompt (activations are written here)."),
+    plan: str = typer.Option("kv:all + v_proj@0.84:w16:both", "--plan", "-p", help="Plan in the mini-language (see docs)."),
+    model: str = typer.Option("stories260K", "--model", "-m", help=MODEL_HELP),
+    flavour: str = typer.Option("corrected", help="corrected (default) or seed (reproduce the seed's code)."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    max_new_tokens: int = typer.Option(60, "--max-new-tokens", "-n"),
+    temperature: float = typer.Option(0.8),
+    greedy: bool = typer.Option(False, help="Greedy decoding instead of sampling."),
+    dtype: Optional[str] = typer.Option(None),
+    device: Optional[str] = typer.Option(None),
+) -> None:
+    """Generate the target's own continuation and the transferred one, side by side, with the audit."""
+    from .interventions import InterventionError, parse_plan
+    from .sites import SiteError
+
+    try:
+        parsed = parse_plan(plan)
+    except (InterventionError, SiteError) as exc:
+        _fail(exc)
+    m = _load(model, dtype, device)
+    kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, greedy=greedy, seed=seed, flavour=flavour)
+    try:
+        own = m.generate([target], **kw)
+        moved = m.generate([target], sources=[source], plan=parsed, **kw)
+    except (InterventionError, SiteError, ValueError) as exc:
+        _fail(exc)
+    console.print(f"[bold]plan[/]: {parsed}   [bold]flavour[/]: {flavour}   [bold]model[/]: {m.name}")
+    side = Table(show_lines=True)
+    side.add_column("target's own continuation")
+    side.add_column("with the plan (transferred)")
+    side.add_row(target + " [cyan]" + own.texts[0] + "[/]", target + " [magenta]" + moved.texts[0] + "[/]")
+    console.print(side)
+    console.print(audit_table_view(moved.audit))
+    warn_never_fired(moved.audit)
+
+
+@app.command()
+def run(
+    config: Optional[str] = typer.Argument(None, help="Config TOML or preset name (default: configs/demo.toml)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a field: key=value (repeatable), e.g. prompts.n=20."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Resume a killed run from its directory."),
+    no_report: bool = typer.Option(False, "--no-report", help="Skip summary/report/figures."),
+) -> None:
+    """Run an experiment end to end (or resume one) and write its run directory."""
+    from .experiments import ConfigError, load_config, run_experiment
+    from .experiments.runner import never_fired_summary
+    from .interventions import InterventionError
+    from .sites import SiteError
+
+    try:
+        cfg = None if resume else load_config(config, set_)
+        if cfg is not None:
+            console.print(f"[bold]{cfg.name}[/]: {len(cfg.conditions)} conditions x {cfg.prompts.n} pairs x "
+                          f"{len(cfg.seeds)} seed(s) on {', '.join(m.spec for m in cfg.model_specs())}")
+        run_dir = run_experiment(cfg, resume=resume, console=console, report=not no_report)
+    except (ConfigError, InterventionError, SiteError, FileNotFoundError, KeyError, ValueError) as exc:
+        _fail(exc)
+    from .experiments.store import RunStore
+
+    store = RunStore(run_dir / "store.sqlite")
+    results = store.results()
+    store.close()
+    dead = never_fired_summary(results)
+    for r in dead.itertuples():
+        console.print(f"[bold red]WARNING: intervention {r.description} ({r.hook_point}) never fired in "
+                      f"{r.examples_never_fired} of {r.examples} example(s)[/]")
+    console.print(f"[green]run directory:[/] {run_dir}")
+    report = run_dir / "report.md"
+    if report.exists():
+        console.print(f"report: {report}")
+
+
+@app.command()
+def report(run_dir: str = typer.Argument(..., help="A run directory.")) -> None:
+    """Regenerate summary.json, report.md and figures/ from a run's stored results."""
+    from pathlib import Path
+
+    from .experiments.runner import finalize
+
+    path = Path(run_dir)
+    if not (path / "store.sqlite").exists():
+        _fail(FileNotFoundError(f"{path} is not a run directory (no store.sqlite)"))
+    finalize(path, console=console)
+    console.print(f"report: {path / 'report.md'}")
+
+
+@app.command()
+def runs(output_dir: str = typer.Option("runs", help="Where runs are written.")) -> None:
+    """List the runs in the ledger (runs/index.jsonl)."""
+    from .experiments.metadata import ledger
+
+    entries = ledger(output_dir)
+    if not entries:
+        console.print(f"no runs recorded in {output_dir}/index.jsonl")
+        return
+    table = Table(title=f"runs in {output_dir}")
+    for c in ("run_dir", "name", "status", "time", "rows"):
+        table.add_column(c)
+    for e in entries:
+        table.add_row(e["run_dir"], e.get("name", ""), e.get("status", ""), e.get("time", ""), str(e.get("rows", "")))
+    console.print(table)
+
+
+@app.command()
+def presets() -> None:
+    """List the ready experiment configs."""
+    from .experiments.presets import list_presets, preset_path
+
+    for name in list_presets():
+        first = preset_path(name).read_text().splitlines()[0].lstrip("# ")
+        console.print(f"[bold]{name}[/]  {first}")
 
 
 def _register_optional() -> None:
