@@ -206,13 +206,13 @@ def _logit_sets(record, n: int, model) -> dict[str, list[list[int]]]:
     return out
 
 
-def _capture_sources(model, chunk, tgt_ids, src_ids, points, want_kv, flavour):
+def _capture_sources(model, row_tgt, row_src, points, want_kv, flavour):
     """One forward over the batch's sources (the target stands in where there is none)."""
     tok = model.tokenizer
-    seqs = [src_ids[i] if src_ids[i] is not None else tgt_ids[i] for i in chunk]
+    seqs = [s if s is not None else t for s, t in zip(row_src, row_tgt)]
     sb = left_pad(seqs, pad_id_of(tok), tok.bos_token_id, device=model.device)
     store, cache, _ = forward_capture(model, sb, points, want_kv)
-    acts = SourceBatch(store, sb.lengths, sb.has_bos, [src_ids[i] is not None for i in chunk], [None] * len(chunk))
+    acts = SourceBatch(store, sb.lengths, sb.has_bos, [s is not None for s in row_src], [None] * len(seqs))
     kv = None
     if want_kv:
         n_layers = n_cache_layers(cache)
@@ -228,13 +228,22 @@ def _capture_sources(model, chunk, tgt_ids, src_ids, points, want_kv, flavour):
 def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, max_new, stop_at_eos,
                     flavour, logit_sets, example_ids):
     hf, tok, device = model.hf, model.tokenizer, model.device
-    B = len(chunk)
-    batch = left_pad([tgt_ids[i] for i in chunk], pad_id_of(tok), tok.bos_token_id, device=device)
-    keys = all_keys[chunk].to(device)
+    # lockstep patches: the source generates alongside as a shadow row (empty plan, same stream)
+    lock = [b for b, i in enumerate(chunk) if any(getattr(x, "decode", None) == "lockstep" for x in plans[i])]
+    n_real = len(chunk)
+    B = n_real + len(lock)
+    partner = torch.full((B,), -1, dtype=torch.long)
+    for j, b in enumerate(lock):
+        partner[b] = n_real + j
+    row_tgt = [tgt_ids[i] for i in chunk] + [src_ids[chunk[b]] for b in lock]
+    row_src = [src_ids[i] for i in chunk] + [None] * len(lock)
+    row_plan = [plans[i] for i in chunk] + [Plan()] * len(lock)
+    batch = left_pad(row_tgt, pad_id_of(tok), tok.bos_token_id, device=device)
+    keys = torch.cat([all_keys[chunk], all_keys[[chunk[b] for b in lock]]]).to(device)
     # distinct interventions of the batch, each with the rows whose plan holds it
     entries: dict[str, dict] = {}
-    for b, i in enumerate(chunk):
-        for j, inter in enumerate(plans[i]):
+    for b in range(B):
+        for j, inter in enumerate(row_plan[b]):
             res = _resolve(model, inter)
             k = json.dumps(res.to_dict(), sort_keys=True, default=str)
             e = entries.setdefault(k, {"inter": res, "rows": torch.zeros(B, dtype=torch.bool), "index": j})
@@ -244,14 +253,14 @@ def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, ma
     points = sorted({HookPoint(e["inter"].site, e["inter"].layer) for e in acts_e if e["inter"].needs_source})
     sources, source_kv = (None, None)
     if points or splices:
-        sources, source_kv = _capture_sources(model, chunk, tgt_ids, src_ids, points, bool(splices), flavour)
+        sources, source_kv = _capture_sources(model, row_tgt, row_src, points, bool(splices), flavour)
     ctx = StepContext(flavour=flavour)
     bound, hooks, audit_bound = [], [], []
     for e in acts_e:
         inter = e["inter"]
         point = HookPoint(inter.site, inter.layer)
         bi = BoundActivation(model, inter, point, e["rows"].to(device), ctx, batch.lengths, batch.has_bos,
-                             sources, keys, flavour)
+                             sources, keys, flavour, partner=partner.to(device))
         bound.append(bi)
         hooks.append((model.adapter.handle(point), bi))
         audit_bound.append((e["index"], inter, str(point), bi.counters, e["rows"]))
@@ -260,13 +269,13 @@ def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, ma
         c = Counters(B, device)
         splice_counters.append(c)
         audit_bound.append((e["index"], e["inter"], "kv", c, e["rows"]))
-    refeed = torch.tensor([flavour == "seed" and len(plans[i]) > 0 for i in chunk], device=device)
+    refeed = torch.tensor([flavour == "seed" and len(p) > 0 for p in row_plan], device=device)
     names = list(logit_sets)
     masks = {}
     vocab = int(hf.config.vocab_size)
     for name in names:
         m = torch.zeros(B, vocab, dtype=torch.bool, device=device)
-        for b, i in enumerate(chunk):
+        for b, i in enumerate(chunk + [chunk[x] for x in lock]):
             m[b, logit_sets[name][i]] = True
         masks[name] = m
     mass = {name: torch.full((B, max_new), float("nan"), dtype=torch.float64, device=device) for name in names}
@@ -344,7 +353,7 @@ def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, ma
             cache = output_cache(out)
             logits = out.logits[:, -1]
             next_pos = next_pos + 1
-    gen = generated.cpu().tolist()
+    gen = generated[:n_real].cpu().tolist()
     toks, reasons = [], []
     for row in gen:
         if stop_at_eos and eos is not None and eos in row:
@@ -353,5 +362,5 @@ def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, ma
         else:
             toks.append(row)
             reasons.append("length")
-    masses = {name: mass[name].cpu().numpy() for name in names}
+    masses = {name: mass[name][:n_real].cpu().numpy() for name in names}
     return toks, reasons, masses, audit_rows(example_ids, chunk, audit_bound)

@@ -114,10 +114,11 @@ class BoundActivation:
 
     def __init__(self, model, inter, point: HookPoint, rows: torch.Tensor, ctx: StepContext,
                  target_lengths: list[int], target_bos: list[bool], sources: SourceBatch | None,
-                 keys: torch.Tensor, flavour: str):
+                 keys: torch.Tensor, flavour: str, partner: torch.Tensor | None = None):
         self.inter, self.point, self.ctx, self.flavour = inter, point, ctx, flavour
         device = rows.device
         self.rows = rows
+        self.partner = partner  # lockstep: the row where this row's source generates alongside
         B = len(target_lengths)
         width = model.adapter.width(point.site)
         self.channels = _channel_mask(model, inter, width, device)
@@ -233,7 +234,12 @@ class BoundActivation:
             if isinstance(inter, Ablate):
                 val = torch.zeros_like(x) if self.mean is None else self.mean[:, None, :].expand(B, T, W)
                 return written, val
-            if self.decode_table is not None:
+            if getattr(inter, "decode", None) == "lockstep":
+                if self.partner is None:
+                    raise InterventionError(f"{inter.describe()}: lockstep needs the generation loop's shadow rows")
+                written = written & (self.partner >= 0)[:, None]
+                val = x[self.partner.clamp(min=0)]
+            elif self.decode_table is not None:
                 k = (ctx.step % self.cycle_len)[:, None, None].expand(B, 1, W)
                 val = self.decode_table.gather(1, k).expand(B, T, W)
             else:

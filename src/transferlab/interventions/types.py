@@ -30,7 +30,11 @@ Activation interventions act on a hook point (``site@layer``) in two phases:
     from which the source itself would predict its next token;
   - ``"mean"``: the mean of the source's window (or of all its tokens);
   - ``"cycle"``: step k receives the window's row ``k mod W``, walking the
-    source's last W tokens in order.
+    source's last W tokens in order;
+  - ``"lockstep"``: the source generates alongside the target (same sampler,
+    same random stream, no interventions) and new token k receives the
+    source's activation at its own new token k. A prompt patched into itself
+    in lockstep is the identity, at every phase.
 
 ``mode`` says how the source value ``s`` meets the activation ``x``:
 ``replace`` (``x <- s``), ``add`` (``x <- x + alpha * s``) or ``mix``
@@ -47,7 +51,7 @@ from ..sites import ACTIVATION_SITES, SiteError
 
 PHASES = ("prompt", "decode", "both")
 MODES = ("replace", "add", "mix")
-DECODE_VALUES = ("last", "mean", "cycle")
+DECODE_VALUES = ("last", "mean", "cycle", "lockstep")
 ALIGNS = ("right", "left", "prepend", "range")
 ROPES = ("reposition", "keep")
 
