@@ -37,6 +37,7 @@ class Activations:
     kv: list[list[tuple[torch.Tensor, torch.Tensor]]] | None = None
     n_layers: int = 0
     window: int | None = None
+    tokenizer_fingerprint: str | None = None  # which vocabulary produced token_ids
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -58,7 +59,24 @@ class Activations:
         return Activations(
             self.prompts, self.token_ids, self.has_bos, [p.cpu() for p in self.positions],
             {k: [t.cpu() for t in v] for k, v in self.points.items()}, kv, self.n_layers, self.window,
+            self.tokenizer_fingerprint,
         )
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short hash of a tokenizer's vocabulary: equal fingerprints, same token ids."""
+    import hashlib
+    import json
+
+    cached = getattr(tokenizer, "_transferlab_fingerprint", None)
+    if cached is None:
+        vocab = sorted(tokenizer.get_vocab().items())
+        cached = hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+        try:
+            tokenizer._transferlab_fingerprint = cached
+        except AttributeError:  # pragma: no cover
+            pass
+    return cached
 
 
 def kept_slice(length: int, has_bos: bool, width: int, window: int | None) -> tuple[int, int]:
@@ -104,6 +122,8 @@ def capture(
     """Capture activations at ``sites`` for ``prompts`` (see module docstring)."""
     if isinstance(prompts, str):
         prompts = [prompts]
+    if False:  # one hook point, not a sequence of characters
+        sites = [sites]
     if window is not None and window < 1:
         raise ValueError(f"window must be a positive number of tokens, got {window}")
     n_layers = model.adapter.n_layers
@@ -113,7 +133,8 @@ def capture(
     ids = encode(model.tokenizer, prompts)
     bs = batch_size or model.default_batch_size
     pad, bos = pad_id_of(model.tokenizer), model.tokenizer.bos_token_id
-    acts = Activations(list(prompts), ids, [], [], {str(p): [] for p in points}, [] if want_kv else None, n_layers, window)
+    acts = Activations(list(prompts), ids, [], [], {str(p): [] for p in points}, [] if want_kv else None, n_layers,
+                       window, tokenizer_fingerprint(model.tokenizer))
     for start in range(0, len(ids), bs):
         chunk = ids[start : start + bs]
         batch = left_pad(chunk, pad, bos, device=model.device)

@@ -39,7 +39,7 @@ import torch
 
 from . import rng
 from .batching import encode, left_pad, pad_id_of
-from .capture import forward_capture
+from .capture import Activations, forward_capture
 from .hooks import hooked
 from .interventions.audit import Counters, audit_rows, audit_table, never_fired
 from .interventions.binding import BoundActivation, SourceBatch
@@ -136,6 +136,10 @@ def generate(
     if n == 0:
         raise ValueError("no targets given")
     plans = [as_plan(p) for p in _per_example(plan, n, "plan")]
+    precomputed = None
+    if isinstance(sources, Activations):
+        precomputed = _check_precomputed(model, sources, n, plans)
+        sources = list(sources.prompts)
     srcs = _per_example(sources, n, "sources")
     for i, (p, s) in enumerate(zip(plans, srcs)):
         if p.needs_source and s is None:
@@ -161,7 +165,7 @@ def generate(
     for chunk in chunks:
         toks, reasons, masses, rows = _generate_batch(
             model, chunk, tgt_ids, src_ids, plans, keys, sampler, max_new_tokens, stop_at_eos,
-            flavour, per_row_sets, ids,
+            flavour, per_row_sets, ids, precomputed,
         )
         for b, i in enumerate(chunk):
             out_tokens[i], out_reason[i] = toks[b], reasons[b]
@@ -206,6 +210,68 @@ def _logit_sets(record, n: int, model) -> dict[str, list[list[int]]]:
     return out
 
 
+def _check_precomputed(model, acts: Activations, n: int, plans) -> Activations:
+    """Sources given as captured :class:`Activations`: one per target, same vocabulary, no window."""
+    from .capture import tokenizer_fingerprint
+
+    if len(acts) != n:
+        raise ValueError(f"sources: {len(acts)} captured prompts for {n} targets; capture one source per target")
+    mine = tokenizer_fingerprint(model.tokenizer)
+    if acts.tokenizer_fingerprint is not None and acts.tokenizer_fingerprint != mine:
+        raise InterventionError(
+            f"mismatched tokenizers: the sources were captured with a tokenizer whose vocabulary "
+            f"({acts.tokenizer_fingerprint}) differs from this model's ({mine}); positions and token ids "
+            "would not line up. Capture the sources with the same model (or tokenizer) you generate with."
+        )
+    if acts.window is not None:
+        raise InterventionError(f"sources were captured with window={acts.window}; capture them without a window")
+    if acts.n_layers and acts.n_layers != model.n_layers:
+        raise InterventionError(f"sources come from a model with {acts.n_layers} layers; this one has {model.n_layers}")
+    return acts
+
+
+def _precomputed_sources(model, acts: Activations, chunk, n_shadow, points, want_kv, flavour):
+    """Left-pad per-prompt captured activations into a :class:`SourceBatch` (and :class:`SourceKV`)."""
+    rows = list(chunk)
+    lengths = [len(acts.token_ids[i]) for i in rows] + [1] * n_shadow
+    width = max(lengths)
+    device = model.device
+    store = {}
+    for p in points:
+        name = str(p)
+        if name not in acts.points:
+            raise InterventionError(f"the plan reads {name}, which the given sources did not capture ({', '.join(acts.points) or 'none'})")
+        first = acts.points[name][rows[0]]
+        t = torch.zeros(len(lengths), width, first.shape[-1], dtype=first.dtype, device=device)
+        for b, i in enumerate(rows):
+            x = acts.points[name][i]
+            t[b, width - x.shape[0]:] = x.to(device)
+        store[name] = t
+    batch = SourceBatch(store, lengths, [acts.has_bos[i] for i in rows] + [False] * n_shadow,
+                        [True] * len(rows) + [False] * n_shadow, [None] * len(lengths))
+    kv = None
+    if want_kv:
+        if acts.kv is None:
+            raise InterventionError("the plan splices the KV cache, but the given sources were captured without 'kv'")
+        n_layers = len(acts.kv[rows[0]])
+        ks, vs = [], []
+        for layer in range(n_layers):
+            k0 = acts.kv[rows[0]][layer][0]
+            K = torch.zeros(len(lengths), k0.shape[0], width, k0.shape[-1], dtype=k0.dtype, device=device)
+            V = torch.zeros_like(K)
+            for b, i in enumerate(rows):
+                k, v = acts.kv[i][layer]
+                K[b, :, width - k.shape[1]:] = k.to(device)
+                V[b, :, width - v.shape[1]:] = v.to(device)
+            ks.append(K)
+            vs.append(V)
+        if flavour == "seed":
+            kv = SourceKV(ks, vs, list(lengths), width)
+        else:
+            kv = SourceKV(ks, vs, [L - 1 for L in lengths], width - 1)
+    return batch, kv
+
+
 def _capture_sources(model, row_tgt, row_src, points, want_kv, flavour):
     """One forward over the batch's sources (the target stands in where there is none)."""
     tok = model.tokenizer
@@ -226,7 +292,7 @@ def _capture_sources(model, row_tgt, row_src, points, want_kv, flavour):
 
 
 def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, max_new, stop_at_eos,
-                    flavour, logit_sets, example_ids):
+                    flavour, logit_sets, example_ids, precomputed=None):
     hf, tok, device = model.hf, model.tokenizer, model.device
     # lockstep patches: the source generates alongside as a shadow row (empty plan, same stream)
     lock = [b for b, i in enumerate(chunk) if any(getattr(x, "decode", None) == "lockstep" for x in plans[i])]
@@ -253,7 +319,10 @@ def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, ma
     points = sorted({HookPoint(e["inter"].site, e["inter"].layer) for e in acts_e if e["inter"].needs_source})
     sources, source_kv = (None, None)
     if points or splices:
-        sources, source_kv = _capture_sources(model, row_tgt, row_src, points, bool(splices), flavour)
+        if precomputed is not None:
+            sources, source_kv = _precomputed_sources(model, precomputed, chunk, len(lock), points, bool(splices), flavour)
+        else:
+            sources, source_kv = _capture_sources(model, row_tgt, row_src, points, bool(splices), flavour)
     ctx = StepContext(flavour=flavour)
     bound, hooks, audit_bound = [], [], []
     for e in acts_e:
