@@ -1,0 +1,17 @@
+"""The report of a run: ``summary.json`` numbers, ``report.md`` and ``figures/*.png``.
+
+``build_summary(results, scores)`` computes every number (with
+:mod:`transferlab.stats`) as a JSON-serialisable dict; ``write_report(run_dir,
+results, summary, config, metadata)`` writes the document and the figures.
+The warnings (interventions that never fired, conditions that differ in more
+than their plan) come first in the document, in bold.
+"""
+
+from .figures import make_figures
+from .markdown import md_table, render_markdown, write_report
+from .summary import ReportError, audit_summary, build_summary, generation_warnings, jsonable, rv_prompt_table
+
+__all__ = [
+    "ReportError", "audit_summary", "build_summary", "generation_warnings", "jsonable", "make_figures",
+    "md_table", "render_markdown", "rv_prompt_table", "write_report",
+]

@@ -1,0 +1,368 @@
+"""report.md: the summary as a document a person reads top to bottom.
+
+The first section is the **warnings**: every intervention that never fired
+(in bold, with counts), every condition that differs from the reference in
+more than its plan (sampler, flavour, per-condition overrides), and whatever
+else the data show to be off. Then the condition table, the paired deltas,
+the transfer-vs-control comparisons, the source-overlap diagnostic, the
+audit, R_V by prompt group, the per-seed table, the sweep table and the
+figures. Tables are plain GitHub markdown written by :func:`md_table`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .figures import make_figures
+from .summary import generation_warnings, jsonable
+
+DASH = "–"
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """A number for a table: ``–`` for missing, small/large floats in scientific form."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return DASH
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        if x == 0:
+            return "0"
+        if abs(x) < 10 ** -digits or abs(x) >= 1e5:
+            return f"{x:.{digits - 1}e}"
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def fmt_p(p: Any) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return DASH
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def _cell(v: Any) -> str:
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(rows: Sequence[dict] | pd.DataFrame, columns: Sequence[str], headers: Sequence[str] | None = None,
+             align: Sequence[str] | None = None) -> str:
+    """A GitHub markdown table of ``rows`` (dicts or a DataFrame) over ``columns``.
+
+    Cells are written with ``str`` (format them first); ``|`` is escaped.
+    ``align`` per column: ``l`` or ``r`` (default: left for the first, right
+    for the others).
+    """
+    if isinstance(rows, pd.DataFrame):
+        rows = rows.to_dict(orient="records")
+    headers = list(headers or columns)
+    align = list(align or (["l"] + ["r"] * (len(columns) - 1)))
+    out = ["| " + " | ".join(_cell(h) for h in headers) + " |",
+           "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |")
+    return "\n".join(out)
+
+
+def _pm(mean, sd) -> str:
+    return f"{fmt(mean)} ± {fmt(sd)}" if mean is not None else DASH
+
+
+def _ci(lo, hi) -> str:
+    return f"[{fmt(lo)}, {fmt(hi)}]" if lo is not None and hi is not None else DASH
+
+
+def _warnings(summary: dict, config: dict | None, results: pd.DataFrame) -> list[str]:
+    models = summary["models"]
+    lines = []
+    warns = summary.get("warnings", [])
+    for w in warns:
+        if w["kind"] == "never_fired":
+            where = f" (hook point `{w['hook_point']}`" + (f", model {w['model']})" if len(models) > 1 else ")")
+            lines.append(f"- **WARNING: {w['description']} never fired in {w['count']}/{w['of']} examples of "
+                         f"condition {w['condition']}**{where}")
+    for w in generation_warnings(config, results, summary["reference"]):
+        lines.append(f"- **WARNING: {w['message']}**")
+    for w in warns:
+        if w["kind"] in ("raw_noise", "no_audit"):
+            lines.append(f"- **WARNING: {w['message']}**")
+    for w in warns:
+        if w["kind"] not in ("never_fired", "raw_noise", "no_audit"):
+            model = f" (model {w['model']})" if len(models) > 1 and "model" in w else ""
+            lines.append(f"- {w['message']}{model}")
+    return lines
+
+
+def _by_model(rows: list[dict], model: str) -> list[dict]:
+    return [r for r in rows if r.get("model") == model]
+
+
+def _model_heading(summary: dict, model: str, level: str = "###") -> list[str]:
+    return [f"{level} Model {model}", ""] if len(summary["models"]) > 1 else []
+
+
+def _condition_section(summary: dict) -> list[str]:
+    scores = summary["described_scores"]
+    out = ["## Conditions", "",
+           f"Mean ± SD (ddof={summary['stats']['ddof']}) over (pair, seed) rows, with n non-missing "
+           "(and missing, if any); the primary score's 95% CI resamples source prompts (cluster bootstrap). "
+           "`source_overlap` (share of the source's content words echoed) is the echo diagnostic.", ""]
+    primary = summary["primary_score"]
+    roles = summary.get("prompt_roles", {})
+    for model in summary["models"]:
+        rows = _by_model(summary["conditions_table"], model)
+        table = []
+        for c in summary["conditions"]:
+            got = {r["score"]: r for r in rows if r["condition"] == c}
+            if not got:
+                continue
+            row = {"condition": c + (" (source prompt)" if roles.get(c) == "source" else "")}
+            for s in scores:
+                r = got.get(s)
+                if r is None:
+                    row[s] = DASH
+                    continue
+                nan = f", {r['n_nan']} NaN" if r["n_nan"] else ""
+                row[s] = f"{_pm(r['mean'], r['sd'])} (n={r['n']}{nan})"
+            p = got.get(primary)
+            row["ci"] = _ci(p["ci_low"], p["ci_high"]) if p else DASH
+            table.append(row)
+        out += _model_heading(summary, model)
+        out += [md_table(table, ["condition", *scores, "ci"], ["condition", *scores, f"{primary} 95% cluster CI"]), ""]
+    return out
+
+
+DELTA_COLS = ["score", "condition", "delta", "ci", "ci_iid", "p_t", "p_wilcoxon", "p_perm", "p_perm_cluster",
+              "p_holm", "d_z", "n", "n_nan"]
+
+
+def _delta_rows(rows: list[dict], vs: bool) -> list[dict]:
+    out = []
+    for r in rows:
+        name = f"{r['condition']} − {r['reference']}" if vs else r["condition"]
+        out.append({"score": r["score"], "condition": name, "delta": fmt(r["mean_diff"]),
+                    "ci": _ci(r["ci_low"], r["ci_high"]), "ci_iid": _ci(r["ci_iid_low"], r["ci_iid_high"]),
+                    "p_t": fmt_p(r["p_t"]), "p_wilcoxon": fmt_p(r["p_wilcoxon"]), "p_perm": fmt_p(r["p_perm"]),
+                    "p_perm_cluster": fmt_p(r["p_perm_cluster"]), "p_holm": fmt_p(r["p_holm"]),
+                    "d_z": fmt(r["d_z"]), "n": r["n"],
+                    "n_nan": f"{r['n_nan']}" + (f" (+{r['n_unmatched']} unmatched)" if r["n_unmatched"] else "")})
+    return out
+
+
+def _delta_section(summary: dict, family: str) -> list[str]:
+    rows = [r for r in summary["deltas"] if r["family"] == family]
+    st = summary["stats"]
+    if family == "vs_reference":
+        title = f"## Paired deltas vs {summary['reference']}"
+        intro = (f"Δ = condition − {summary['reference']}, paired on (pair_id, seed). 95% CIs: cluster bootstrap "
+                 f"over source prompts ({st['n_boot']} draws) and, beside it, iid over pairs. p: paired t, Wilcoxon "
+                 f"signed-rank, sign-flip permutation (pairs, and whole source-prompt clusters). Holm p adjusts "
+                 f"`{st['primary_p']}` across all {st['holm_family_size']} comparisons of this report (both tables, "
+                 "every model and score). d_z = mean Δ / SD(Δ), ddof=1.")
+    else:
+        if not rows:
+            return []
+        title = f"## {summary['primary']} vs each control"
+        intro = (f"Δ = {summary['primary']} − control on the same (pair_id, seed) units; same statistics and the same "
+                 "Holm family as above.")
+    out = [title, "", intro, ""]
+    if not rows:
+        return out + ["No comparisons.", ""]
+    headers = ["score", "comparison", "Δ mean", "95% cluster CI", "95% iid CI", "p_t", "p_wilcoxon", "p_perm",
+               "p_perm_cluster", "Holm p", "d_z", "n", "n_nan"]
+    for model in summary["models"]:
+        mine = _by_model(rows, model)
+        if mine:
+            out += _model_heading(summary, model)
+            out += [md_table(_delta_rows(mine, True), DELTA_COLS, headers, ["l", "l"] + ["r"] * 11), ""]
+    return out
+
+
+def _overlap_section(summary: dict) -> list[str]:
+    rows = summary.get("overlap") or []
+    if not rows:
+        return []
+    out = ["## Source-overlap diagnostic", "",
+           "Each behavior score beside `source_overlap` in the same condition, and their correlation over rows "
+           "(Pearson r). A behavior score that moves only with the overlap is the source's words echoed, "
+           "not transferred behavior.", ""]
+    for model in summary["models"]:
+        table = [{"condition": r["condition"], "score": r["score"], "mean": _pm(r["mean"], r["sd"]),
+                  "overlap": _pm(r["overlap_mean"], r["overlap_sd"]), "r": fmt(r["r_score_overlap"]), "n": r["n_r"]}
+                 for r in _by_model(rows, model)]
+        out += _model_heading(summary, model)
+        out += [md_table(table, ["condition", "score", "mean", "overlap", "r", "n"],
+                         ["condition", "score", "score mean ± SD", "source_overlap mean ± SD", "r(score, overlap)",
+                          "n"], ["l", "l", "r", "r", "r", "r"]), ""]
+    return out
+
+
+def _audit_section(summary: dict) -> list[str]:
+    rows = summary.get("audit") or []
+    out = ["## Intervention audit", "",
+           "Per condition and intervention: in how many examples it never wrote anything (never-fired first), "
+           "mean forward calls it acted in (prefill / decode), mean positions written, mean norm of the change.", ""]
+    if not rows:
+        return out + ["No intervention was audited (no condition has a plan, or the results carry no audit).", ""]
+    multi = len(summary["models"]) > 1
+    table = [{"model": r["model"], "condition": r["condition"], "intervention": f"`{r['description']}`",
+              "hook": f"`{r['hook_point']}`", "phase": r["phase"],
+              "never": (f"**{r['examples_never_fired']}/{r['examples']}**" if r["examples_never_fired"]
+                        else f"0/{r['examples']}"),
+              "fp": fmt(r["mean_fired_prompt"]), "fd": fmt(r["mean_fired_decode"]), "pos": fmt(r["mean_positions"]),
+              "norm": fmt(r["mean_change_norm"])} for r in rows]
+    cols = (["model"] if multi else []) + ["condition", "intervention", "hook", "phase", "never", "fp", "fd", "pos",
+                                           "norm"]
+    heads = (["model"] if multi else []) + ["condition", "intervention", "hook point", "phase", "never fired",
+                                            "calls (prefill)", "calls (decode)", "positions", "change norm"]
+    return out + [md_table(table, cols, heads, ["l"] * (len(cols) - 5) + ["r"] * 5), ""]
+
+
+def _rv_section(summary: dict) -> list[str]:
+    rows = summary.get("rv_groups") or []
+    if not rows:
+        return []
+    out = ["## R_V by prompt group", "",
+           "R_V = PR(late) / PR(early) of `v_proj` over the prompt's last tokens, one value per distinct prompt "
+           "(a prompt reused by several pairs counts once). NaN prompts (e.g. shorter than the window) are counted, "
+           "not dropped silently.", ""]
+    multi = len(summary["models"]) > 1
+    table = [{"model": r["model"], "role": r["role"], "group": r["group"], "prompts": r["n_prompts"], "n": r["n"],
+              "n_nan": f"**{r['n_nan']}**" if r["n_nan"] else "0", "mean": _pm(r["mean"], r["sd"]),
+              "median": fmt(r["median"])} for r in rows]
+    cols = (["model"] if multi else []) + ["role", "group", "prompts", "n", "n_nan", "mean", "median"]
+    heads = (["model"] if multi else []) + ["role", "group", "prompts", "n (R_V defined)", "n NaN",
+                                            "mean ± SD (ddof=1)", "median"]
+    return out + [md_table(table, cols, heads, ["l"] * (len(cols) - 5) + ["r"] * 5), ""]
+
+
+def _seed_section(summary: dict) -> list[str]:
+    seeds = summary["seeds"]
+    out = ["## Reproducibility across seeds", ""]
+    if len(seeds) < 2:
+        return out + [f"One sampling seed ({seeds[0] if seeds else DASH}): reproducibility across seeds not measured.", ""]
+    out += ["Mean of each score per sampling seed, and the SD (ddof=1) of those per-seed means.", ""]
+    spread = {(r["model"], r["condition"], r["score"]): r for r in summary["seed_spread"]}
+    for model in summary["models"]:
+        out += _model_heading(summary, model)
+        for score in summary["described_scores"]:
+            table = []
+            for c in summary["conditions"]:
+                per = {r["seed"]: r for r in summary["seeds_table"]
+                       if r["model"] == model and r["condition"] == c and r["score"] == score}
+                if not per:
+                    continue
+                row = {"condition": c, **{f"s{s}": fmt(per[s]["mean"]) if s in per else DASH for s in seeds}}
+                row["sd"] = fmt(spread.get((model, c, score), {}).get("sd_across_seeds"))
+                table.append(row)
+            out += [f"**{score}**", "",
+                    md_table(table, ["condition", *[f"s{s}" for s in seeds], "sd"],
+                             ["condition", *[f"seed {s}" for s in seeds], "SD across seeds"]), ""]
+    return out
+
+
+def _sweep_section(summary: dict) -> list[str]:
+    sweep = summary.get("sweep")
+    if not sweep:
+        return []
+    out = [f"## Layer sweep ({sweep.get('kind', 'sweep')})", ""]
+    path = sweep.get("path")
+    if path:
+        out += ["Path, as the sweep recorded it:", ""]
+        if all(isinstance(p, dict) for p in path):
+            cols = list(dict.fromkeys(k for p in path for k in p))
+            out += [md_table([{k: fmt(v) if not isinstance(v, (list, dict)) else json.dumps(v) for k, v in p.items()}
+                              for p in path], cols), ""]
+        else:
+            out += [f"{i + 1}. `{json.dumps(p) if not isinstance(p, str) else p}`" for i, p in enumerate(path)] + [""]
+    extra = {k: v for k, v in sweep.items() if k not in ("kind", "path", "table")}
+    if extra:
+        out += [f"- {k}: `{json.dumps(v)}`" for k, v in extra.items()] + [""]
+    multi = len(summary["models"]) > 1
+    table = [{"model": r["model"], "condition": r["condition"], "plan": f"`{r['plan']}`" if r.get("plan") else DASH,
+              "score": r["score"], "delta": fmt(r["mean_diff"]), "ci": _ci(r["ci_low"], r["ci_high"]),
+              "d_z": fmt(r["d_z"]), "p_holm": fmt_p(r["p_holm"]), "n": r["n"]} for r in sweep.get("table", [])]
+    cols = (["model"] if multi else []) + ["condition", "plan", "score", "delta", "ci", "d_z", "p_holm", "n"]
+    heads = (["model"] if multi else []) + ["condition", "plan", "score", f"Δ vs {summary['reference']}",
+                                            "95% cluster CI", "d_z", "Holm p", "n"]
+    return out + [md_table(table, cols, heads, ["l"] * (len(cols) - 5) + ["r"] * 5), ""]
+
+
+def _figures_section(figures: dict[str, Path], run_dir: Path) -> list[str]:
+    if not figures:
+        return []
+    captions = {
+        "condition_means": "Mean of the primary score per condition, 95% cluster-bootstrap CI",
+        "pair_deltas": "Per-unit deltas vs the reference, by condition",
+        "layer_sweep": "Mean delta per condition and score (colour: d_z)",
+        "rv_groups": "R_V by prompt group",
+        "seeds": "Per-seed condition means",
+    }
+    out = ["## Figures", ""]
+    for name, path in figures.items():
+        rel = Path(path).relative_to(run_dir).as_posix()
+        out += [f"- [{captions.get(name, name)}]({rel})", "", f"  ![{captions.get(name, name)}]({rel})", ""]
+    return out
+
+
+def render_markdown(summary: dict, results: pd.DataFrame, config: dict | None = None,
+                    metadata: dict | None = None, figures: dict[str, Path] | None = None,
+                    run_dir: Path | None = None) -> str:
+    """The text of report.md (see the module docstring for its sections)."""
+    metadata = metadata or {}
+    config = config or {}
+    name = metadata.get("name") or config.get("name") or (run_dir.name if run_dir else "run")
+    models = ", ".join(summary["models"])
+    lines = [f"# transferlab report: {name} ({models})", ""]
+    lines += ["## Warnings", ""]
+    warn = _warnings(summary, config, results)
+    lines += warn or ["No warnings: every audited intervention fired in every example, no condition differs from "
+                      "the reference in its sampler or flavour, no score is missing."]
+    lines += [""]
+    info = {"models": models, "conditions": ", ".join(summary["conditions"]), "reference": summary["reference"],
+            "pairs": summary["n_pairs"], "source prompts (clusters)": summary["n_source_prompts"],
+            "target prompts": summary["n_target_prompts"], "seeds": ", ".join(map(str, summary["seeds"])),
+            "rows": summary["n_rows"], "primary score": summary["primary_score"]}
+    for k in ("created", "git", "commit", "device", "dtype", "flavour", "duration_s", "transferlab"):
+        if k in metadata:
+            info[k] = metadata[k]
+    lines += ["## Run", "", md_table([{"k": k, "v": fmt(v)} for k, v in info.items()], ["k", "v"], ["run", "value"],
+                                     ["l", "l"]), ""]
+    plans = summary.get("plans") or []
+    if plans:
+        multi = len(summary["models"]) > 1
+        rows = [{"model": p["model"], "condition": p["condition"], "plan": f"`{p['plan']}`" if p["plan"] else "(none)",
+                 "prompt": summary.get("prompt_roles", {}).get(p["condition"], DASH)} for p in plans]
+        cols = (["model"] if multi else []) + ["condition", "plan", "prompt"]
+        lines += [md_table(rows, cols, (["model"] if multi else []) + ["condition", "plan", "prompt generated from"],
+                           ["l"] * len(cols)), ""]
+    lines += _condition_section(summary)
+    lines += _delta_section(summary, "vs_reference")
+    lines += _delta_section(summary, "vs_control")
+    lines += _overlap_section(summary)
+    lines += _audit_section(summary)
+    lines += _rv_section(summary)
+    lines += _seed_section(summary)
+    lines += _sweep_section(summary)
+    if figures and run_dir is not None:
+        lines += _figures_section(figures, run_dir)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(run_dir: Path, results: pd.DataFrame, summary: dict, config: dict | None = None,
+                 metadata: dict | None = None) -> Path:
+    """Write ``report.md`` and ``figures/*.png`` into ``run_dir``; return the report's path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = jsonable(summary)
+    figures = make_figures(results, summary, run_dir / "figures")
+    path = run_dir / "report.md"
+    path.write_text(render_markdown(summary, results, config, metadata, figures, run_dir), encoding="utf-8")
+    return path
