@@ -1,0 +1,117 @@
+"""``transferlab prompts``: browse the prompt banks.
+
+    transferlab prompts list [--group G] [--bank B]   prompts as a table
+    transferlab prompts groups [--bank B]             groups with counts
+    transferlab prompts show ID [--bank B]            one prompt in full
+
+``--bank`` takes a shipped bank name (``research``, ``stories``) or a path
+to a bank file or folder; without it, every shipped bank is searched.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from transferlab.prompts import BankError, PromptBank, available_banks, load_bank
+
+prompts_app = typer.Typer(help="Browse the prompt banks (list, groups, show).", no_args_is_help=True)
+
+BankOpt = Annotated[
+    Optional[str],
+    typer.Option("--bank", "-b", help="Bank name (research, stories) or path; default: all shipped banks."),
+]
+
+
+def _banks(bank: str | None) -> list[PromptBank]:
+    err = Console(stderr=True)
+    try:
+        return [load_bank(bank)] if bank else [load_bank(name) for name in available_banks()]
+    except (BankError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(code=1) from None
+
+
+def _fail(message: str) -> None:
+    Console(stderr=True).print(f"[red]error:[/red] {escape(message)}")
+    raise typer.Exit(code=1)
+
+
+@prompts_app.command("list")
+def list_prompts(
+    group: Annotated[Optional[str], typer.Option("--group", "-g", help="Only this group.")] = None,
+    bank: BankOpt = None,
+    width: Annotated[int, typer.Option(help="Characters of text to show (0: all).")] = 70,
+) -> None:
+    """List prompts: id, group, word count and text."""
+    banks = _banks(bank)
+    if group is not None and not any(group in b.group_info for b in banks):
+        known = sorted({g for b in banks for g in b.groups()})
+        _fail(f"no group {group!r}; groups: {', '.join(known)}")
+    console = Console()
+    table = Table(show_lines=False)
+    for col, kw in (("bank", {}), ("id", {"no_wrap": True}), ("group", {"no_wrap": True}),
+                    ("words", {"justify": "right"}), ("text", {"overflow": "fold"})):
+        table.add_column(col, **kw)
+    shown: list[tuple[PromptBank, int]] = []
+    for b in banks:
+        prompts = b.select([group]) if group in b.group_info else ([] if group else list(b))
+        for p in prompts:
+            text = p.text if not width or len(p.text) <= width else p.text[: width - 1] + "…"
+            table.add_row(b.name, p.id, p.group, str(p.n_words), Text(text))
+        if prompts:
+            shown.append((b, len(prompts)))
+    console.print(table)
+    for b, n in shown:
+        console.print(f"{n} prompts from bank {b.name}, version {b.version}")
+
+
+@prompts_app.command("groups")
+def list_groups(bank: BankOpt = None) -> None:
+    """List groups: pillar, size, length range and description."""
+    console = Console()
+    table = Table()
+    for col in ("bank", "group", "pillar", "n", "words", "description"):
+        table.add_column(col, overflow="fold")
+    for b in _banks(bank):
+        for g, info in b.group_info.items():
+            lens = [p.n_words for p in b.select([g])]
+            table.add_row(b.name, g, info.pillar, str(len(lens)), f"{min(lens)}-{max(lens)}", Text(info.description))
+    console.print(table)
+
+
+@prompts_app.command("show")
+def show(prompt_id: Annotated[str, typer.Argument(metavar="ID", help="A prompt id, e.g. L5_07.")],
+         bank: BankOpt = None) -> None:
+    """Show one prompt in full, with its group, markers and the bank version."""
+    banks = _banks(bank)
+    for b in banks:
+        if prompt_id in b:
+            p = b.get(prompt_id)
+            info = b.group_info[p.group]
+            console = Console()
+            table = Table(show_header=False, box=None)
+            table.add_column(style="bold", no_wrap=True)
+            table.add_column(overflow="fold")
+            rows = [("id", p.id), ("bank", b.name), ("group", p.group), ("pillar", info.pillar),
+                    ("level", "" if p.level is None else str(p.level)), ("words", str(p.n_words)),
+                    ("markers", ", ".join(p.markers) if p.markers else ""),
+                    ("meta", ", ".join(f"{k}={v}" for k, v in p.meta.items() if k != "pillar")),
+                    ("file", info.file), ("version", b.version), ("text", p.text)]
+            for k, v in rows:
+                if v:
+                    table.add_row(k, Text(v))
+            console.print(table)
+            return
+    messages = []
+    for b in banks:
+        try:
+            b.get(prompt_id)
+        except KeyError as exc:
+            messages.append(str(exc.args[0]))
+    _fail("; ".join(messages))
