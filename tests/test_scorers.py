@@ -360,5 +360,7 @@ def test_score_table_columns_and_context():
         score_table(texts, sources, ["source_lexicon"])
     with pytest.raises(ValueError, match="'source_overlap' needs sources"):
         score_table(texts, None, ["source_overlap"])
+    assert list(score_table(texts).columns) == ["seed_v1", "strict", "collapse"]
+    assert list(score_table(texts, sources).columns) == ["seed_v1", "strict", "collapse", "source_overlap"]
     with pytest.raises(ValueError, match="not in names"):
         score_table(texts, sources, ["seed_v1"], params={"lexicon": {}})

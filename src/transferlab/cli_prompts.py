@@ -10,7 +10,7 @@ to a bank file or folder; without it, every shipped bank is searched.
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -23,7 +23,7 @@ from transferlab.prompts import BankError, PromptBank, available_banks, load_ban
 prompts_app = typer.Typer(help="Browse the prompt banks (list, groups, show).", no_args_is_help=True)
 
 BankOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--bank", "-b", help="Bank name (research, stories) or path; default: all shipped banks."),
 ]
 
@@ -44,7 +44,7 @@ def _fail(message: str) -> None:
 
 @prompts_app.command("list")
 def list_prompts(
-    group: Annotated[Optional[str], typer.Option("--group", "-g", help="Only this group.")] = None,
+    group: Annotated[str | None, typer.Option("--group", "-g", help="Only this group.")] = None,
     bank: BankOpt = None,
     width: Annotated[int, typer.Option(help="Characters of text to show (0: all).")] = 70,
 ) -> None:

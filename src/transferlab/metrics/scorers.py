@@ -125,18 +125,23 @@ def get_scorer(name: str, **params) -> Scorer:
 def score_table(
     texts: Sequence[str],
     sources: Sequence[str] | None = None,
-    names: Sequence[str] = ("seed_v1", "strict", "source_overlap", "collapse"),
+    names: Sequence[str] | None = None,
     *,
     lexicons: Sequence[Sequence[str]] | None = None,
     params: Mapping[str, Mapping] | None = None,
 ) -> pd.DataFrame:
     """Run several scorers; one column per name, one row per text.
 
-    ``params`` maps a scorer name to its constructor parameters. Each scorer
-    gets only the context it ``needs``: ``sources`` for ``source_overlap``,
-    ``lexicons`` for ``source_lexicon``. A scorer whose needs are missing
-    raises, naming the scorer.
+    ``names`` defaults to ``seed_v1, strict, collapse``, plus
+    ``source_overlap`` when ``sources`` are given. ``params`` maps a scorer
+    name to its constructor parameters. Each scorer gets only the context it
+    ``needs``: ``sources`` for ``source_overlap``, ``lexicons`` for
+    ``source_lexicon``. A scorer whose needs are missing raises, naming the
+    scorer.
     """
+    if names is None:
+        names = ["seed_v1", "strict", "collapse"] + (["source_overlap"] if sources is not None else [])
+    names = list(names)
     params = dict(params or {})
     stray = set(params) - set(names)
     if stray:

@@ -225,7 +225,8 @@ class PromptBank:
         return pid in self._by_id
 
     def __repr__(self) -> str:
-        return f"PromptBank({self.name!r}, {len(self)} prompts, {len(self.group_info)} groups, version={self.version[:12]})"
+        return (f"PromptBank({self.name!r}, {len(self)} prompts, {len(self.group_info)} groups, "
+                f"version={self.version[:12]})")
 
     def groups(self) -> list[str]:
         """Group names in file order."""
