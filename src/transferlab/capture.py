@@ -122,7 +122,7 @@ def capture(
     """Capture activations at ``sites`` for ``prompts`` (see module docstring)."""
     if isinstance(prompts, str):
         prompts = [prompts]
-    if False:  # one hook point, not a sequence of characters
+    if isinstance(sites, (str, HookPoint)):  # one hook point, not a sequence of characters
         sites = [sites]
     if window is not None and window < 1:
         raise ValueError(f"window must be a positive number of tokens, got {window}")

@@ -51,6 +51,12 @@ def resolve_layer(layer: int | float | str, n_layers: int) -> int:
     if isinstance(layer, bool):
         raise SiteError(f"layer {original!r} is not a layer index")
     if isinstance(layer, float):
+        if layer == 1.0:  # "all of the depth" or "layer 1"? Refuse rather than guess.
+            raise SiteError(
+                f"layer {original!r}: a fraction of depth must lie in [0, 1); 1.0 is ambiguous "
+                f"(write -1 for the last layer, or the integer 1 for layer 1). "
+                f"The model has {n_layers} layers (0..{n_layers - 1})."
+            )
         if layer.is_integer() and not 0.0 <= layer < 1.0:
             layer = int(layer)
         elif 0.0 <= layer < 1.0:
@@ -89,6 +95,9 @@ def check_site(site: str, allowed: tuple[str, ...] = SITES) -> str:
 def parse_hook_point(text: str | HookPoint, n_layers: int) -> HookPoint:
     """Parse ``"site@layer"`` (or ``"kv"`` for the whole cache, layer -1 meaning all)."""
     if isinstance(text, HookPoint):
+        check_site(text.site)
+        if text.site == "kv" and text.layer == -1:  # the whole cache, not the last layer
+            return text
         return HookPoint(text.site, resolve_layer(text.layer, n_layers))
     text = text.strip()
     if text == "kv":

@@ -121,19 +121,26 @@ def load_model(
     dt = _dtype(dtype, dev)
     spec = str(spec)
     if spec.startswith("tiny:"):
-        from .tiny import build_tiny
+        from .tiny import TINY_FAMILIES, build_tiny
 
         family, _, seed = spec[5:].partition(":")
+        if family not in TINY_FAMILIES:
+            raise ModelLoadError(f"unknown tiny model {spec!r}; use tiny:<family> with a family in {', '.join(TINY_FAMILIES)}")
+        if not (seed or "0").isdigit():
+            raise ModelLoadError(f"tiny model {spec!r}: the seed after the second ':' must be a non-negative integer")
         model = build_tiny(family, seed=int(seed or 0), attn_implementation=attn_implementation or "sdpa")
         model.hf.to(device=dev, dtype=dt)
         return model
     if spec == EMBEDDED or spec.lower().endswith(".gguf"):
-        from .gguf import load_gguf
+        from .gguf import GGUFError, load_gguf
 
         path = embedded_path() if spec == EMBEDDED else Path(spec)
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}")
-        hf, tok = _embedded() if spec == EMBEDDED else load_gguf(path)
+        try:
+            hf, tok = _embedded() if spec == EMBEDDED else load_gguf(path)
+        except GGUFError as exc:
+            raise ModelLoadError(str(exc)) from exc
         if spec == EMBEDDED:  # the cached copy is shared; give each caller its own weights
             import copy
 
@@ -143,6 +150,11 @@ def load_model(
         hf = hf.to(device=dev, dtype=dt).eval()
         source = {"kind": "gguf", "path": str(path), "sha256": file_sha256(path)}
         return Model(hf=hf, tokenizer=tok, adapter=make_adapter(hf), name=spec if spec == EMBEDDED else path.name, source=source)
+    if Path(spec).is_dir() and not (Path(spec) / "config.json").is_file():
+        raise ModelLoadError(
+            f"{spec} is a directory but not a Hugging Face model directory (no config.json); "
+            "a local model needs config.json, the weights and the tokenizer files"
+        )
     hf, tok = _load_hf(spec, dt, dev, attn_implementation)
     source = {"kind": "hf", "id": spec, "revision": getattr(hf.config, "_commit_hash", None)}
     if Path(spec).is_dir():
