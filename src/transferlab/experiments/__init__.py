@@ -1,0 +1,11 @@
+"""Experiments: config schema, presets, work units, the runner and its run store."""
+
+from .config import ConfigError, ExperimentConfig, apply_overrides, load_config, validate_config
+from .presets import list_presets, preset_path
+from .runner import finalize, run_experiment
+from .units import WorkUnit
+
+__all__ = [
+    "ConfigError", "ExperimentConfig", "apply_overrides", "load_config", "validate_config",
+    "list_presets", "preset_path", "finalize", "run_experiment", "WorkUnit",
+]

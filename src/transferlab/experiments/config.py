@@ -1,0 +1,231 @@
+"""``ExperimentConfig``: a whole experiment, declared in TOML and validated.
+
+Every problem in a config is reported at once, each with its key path
+(``conditions.2.plan: unknown site 'v_prj'``), and ``--set key=value``
+overrides any field from the command line (``--set model.spec=tiny:llama``,
+``--set prompts.n=20``, ``--set seeds=[1,2]``; ``--set model=X`` is short for
+``model.spec``). A condition is a named plan; see the presets in
+``configs/`` for complete examples.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..interventions import InterventionError, Plan, as_plan
+from ..sites import SiteError
+
+
+class ConfigError(ValueError):
+    """A config with problems; ``problems`` lists ``(key path, message)``."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str = "config"):
+        self.problems = problems
+        lines = "\n".join(f"  - {path}: {msg}" for path, msg in problems)
+        super().__init__(f"{source} has {len(problems)} problem(s):\n{lines}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    spec: str = "stories260K"
+    dtype: str | None = None
+    device: str | None = None
+    attn_implementation: str | None = None
+
+
+class Prompts(_Strict):
+    bank: str = "stories"
+    sources: list[str] = Field(default_factory=lambda: ["story_source"], description="bank groups of source prompts")
+    targets: list[str] = Field(default_factory=lambda: ["story_target"], description="bank groups of target prompts")
+    n: int = Field(300, ge=1)
+    pair_seed: int = 0
+    reuse: bool = True
+    length_match: bool = False
+
+
+class Generation(_Strict):
+    max_new_tokens: int = Field(40, ge=1)
+    temperature: float = Field(0.8, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    greedy: bool = False
+    flavour: Literal["corrected", "seed"] = "corrected"
+    stop_at_eos: bool = True
+
+
+class GenerationOverride(_Strict):
+    max_new_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, gt=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    greedy: bool | None = None
+    flavour: Literal["corrected", "seed"] | None = None
+    stop_at_eos: bool | None = None
+
+
+class Condition(_Strict):
+    name: str
+    plan: str | list[dict] = ""
+    prompt: Literal["target", "source"] = "target"
+    generation: GenerationOverride = Field(default_factory=GenerationOverride)
+    description: str = ""
+
+    @field_validator("plan")
+    @classmethod
+    def _plan_parses(cls, value):
+        try:
+            as_plan(value)
+        except (InterventionError, SiteError) as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    def parsed_plan(self) -> Plan:
+        return as_plan(self.plan)
+
+
+class Scoring(_Strict):
+    scorers: list[str] = Field(default_factory=lambda: ["seed_v1", "strict", "source_overlap", "collapse"])
+    logit: bool = True
+    logit_top_k: int = Field(20, ge=1)
+
+
+class RVSettings(_Strict):
+    enabled: bool = True
+    window: int = Field(16, ge=2)
+    early: float | int = 5 / 32
+    late: float | int = 27 / 32
+    site: str = "v_proj"
+    formula: Literal["squared", "unsquared"] = "squared"
+    short: Literal["error", "nan", "shrink"] = "nan"
+
+
+class Sweep(_Strict):
+    """Generated conditions. ``kv_single_layer``: one KV splice per layer (and window);
+    ``minimal_layers``: greedy backward elimination of KV-splice layers."""
+
+    kind: Literal["kv_single_layer", "minimal_layers"]
+    layers: str | list[int | float] = "all"
+    windows: list[int | None] = Field(default_factory=lambda: [None])
+    extra_plan: str = ""
+    keep_share: float = Field(0.8, gt=0, le=1)
+    score: str = "source_lexicon"
+    n_search: int | None = Field(None, ge=2)
+
+
+class ExperimentConfig(_Strict):
+    name: str = "experiment"
+    description: str = ""
+    output_dir: str = "runs"
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    batch_size: int | None = Field(None, ge=1)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    models: list[ModelSpec] | None = None
+    prompts: Prompts = Field(default_factory=Prompts)
+    generation: Generation = Field(default_factory=Generation)
+    conditions: list[Condition] = Field(default_factory=list)
+    sweeps: list[Sweep] = Field(default_factory=list)
+    scoring: Scoring = Field(default_factory=Scoring)
+    rv: RVSettings = Field(default_factory=RVSettings)
+    reference: str = "baseline"
+    primary: str | None = "transfer"
+
+    @model_validator(mode="after")
+    def _conditions_ok(self):
+        names = [c.name for c in self.conditions]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"condition names must be unique; repeated: {', '.join(dupes)}")
+        if not self.conditions and not self.sweeps:
+            raise ValueError("no conditions: add [[conditions]] tables (at least a baseline)")
+        if self.reference not in names:
+            raise ValueError(f"reference condition {self.reference!r} is not among the conditions ({', '.join(names) or 'none'})")
+        if self.primary is not None and self.primary not in names:
+            self.primary = None
+        return self
+
+    def model_specs(self) -> list[ModelSpec]:
+        return list(self.models) if self.models else [self.model]
+
+    def to_dict(self) -> dict:
+        return json.loads(self.model_dump_json())
+
+
+def _loc(loc) -> str:
+    return ".".join(str(x) for x in loc) or "(top level)"
+
+
+def _set_path(data: dict, path: str, value: Any) -> None:
+    keys = path.split(".")
+    if keys == ["model"] and not isinstance(value, dict):
+        keys = ["model", "spec"]
+    cur = data
+    for k in keys[:-1]:
+        if isinstance(cur, list):
+            cur = cur[int(k)]
+            continue
+        if k not in cur or not isinstance(cur[k], (dict, list)):
+            cur[k] = {}
+        cur = cur[k]
+    if isinstance(cur, list):
+        cur[int(keys[-1])] = value
+    else:
+        cur[keys[-1]] = value
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: TOML/JSON literal if it parses (numbers, booleans, lists), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    data = copy.deepcopy(data)
+    problems = []
+    for item in overrides or []:
+        if "=" not in item:
+            problems.append((item, "an override must look like key=value (e.g. prompts.n=20)"))
+            continue
+        key, value = item.split("=", 1)
+        try:
+            _set_path(data, key.strip(), parse_value(value.strip()))
+        except (ValueError, IndexError, TypeError) as exc:
+            problems.append((key, f"cannot set: {exc}"))
+    if problems:
+        raise ConfigError(problems, "--set")
+    return data
+
+
+def validate_config(data: dict, source: str = "config") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = [(_loc(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in exc.errors()]
+        raise ConfigError(problems, source) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a TOML config (default: the demo preset), apply ``--set`` overrides, validate."""
+    from .presets import preset_path
+
+    p = Path(path) if path is not None else preset_path("demo")
+    if not p.exists():
+        try:
+            p = preset_path(str(path))
+        except FileNotFoundError:
+            raise ConfigError([(str(path), "no such config file or preset")], "config") from None
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([(str(p), f"not valid TOML: {exc}")], str(p)) from None
+    return validate_config(apply_overrides(data, overrides), str(p))

@@ -1,0 +1,84 @@
+"""Run metadata and the ledger of runs (``runs/index.jsonl``).
+
+``metadata.json`` records what a run needs to be reproduced and trusted: the
+package version and git commit, the prompt-bank version, each model's id and
+the hash of its weights file(s), torch/transformers versions, the device,
+the seeds, and start/end times. The ledger is append-only JSONL: one line when
+a run starts and one when it ends; ``transferlab runs`` shows the latest line
+per run directory.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def environment() -> dict:
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    device = "cpu"
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    return {
+        "transferlab": __version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": device,
+        "platform": platform.platform(),
+    }
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+def ledger_path(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "index.jsonl"
+
+
+def ledger_append(output_dir: str | Path, entry: dict) -> None:
+    path = ledger_path(output_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(entry, default=str) + "\n")
+
+
+def ledger(output_dir: str | Path) -> list[dict]:
+    """Latest ledger entry per run directory, oldest first."""
+    path = ledger_path(output_dir)
+    if not path.exists():
+        return []
+    latest: dict[str, dict] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            e = json.loads(line)
+            latest[e["run_dir"]] = {**latest.get(e["run_dir"], {}), **e}
+    return list(latest.values())

@@ -1,0 +1,48 @@
+"""The results table: one row per (model, pair, condition, seed).
+
+This is the contract between the runner (which writes rows), the statistics
+and the report (which read them). Columns:
+
+==================  ==========================================================
+column              meaning
+==================  ==========================================================
+unit                unique key ``model|seed|pair_id|condition``
+model               model spec as configured (e.g. ``stories260K``)
+seed                sampling seed of this run (int)
+pair_id             pair index (int, 0..n-1)
+condition           condition name (``baseline``, ``transfer``, ...)
+source_id           prompt-bank id of the pair's source (cluster for stats)
+target_id           prompt-bank id of the pair's target
+source_group        bank group of the source (e.g. ``L5``, ``story_source``)
+target_group        bank group of the target
+prompt_role         which prompt was generated from: ``target`` or ``source``
+                    (``source_direct``, the ceiling)
+plan                the condition's plan in the mini-language
+text                the generated continuation (without the prompt)
+n_prompt_tokens     tokens of the prompt fed (BOS included)
+n_new_tokens        tokens generated
+finish_reason       ``eos`` or ``length``
+<score columns>     one float column per scorer, named after it
+                    (``seed_v1``, ``strict``, ``source_overlap``, ``collapse``,
+                    ``source_lexicon``, ``logit_markers``, ...)
+rv_source           R_V of the source prompt (NaN if short; see rv_status)
+rv_target           R_V of the target prompt
+n_interventions     interventions in the condition's plan
+n_never_fired       of those, how many never acted on this example
+audit               JSON list of this example's audit rows
+==================  ==========================================================
+
+``summary.json`` lists the score columns under ``"scores"``.
+"""
+
+from __future__ import annotations
+
+BASE_COLUMNS = [
+    "unit", "model", "seed", "pair_id", "condition", "source_id", "target_id", "source_group",
+    "target_group", "prompt_role", "plan", "text", "n_prompt_tokens", "n_new_tokens", "finish_reason",
+]
+TAIL_COLUMNS = ["rv_source", "rv_target", "n_interventions", "n_never_fired", "audit"]
+
+
+def unit_key(model: str, seed: int, pair_id: int, condition: str) -> str:
+    return f"{model}|{seed}|{pair_id}|{condition}"

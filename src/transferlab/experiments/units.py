@@ -1,0 +1,68 @@
+"""Work units: the (model, seed, pair, condition) cells of an experiment.
+
+A unit is self-describing and serializable: with the resolved config it says
+exactly what to generate, and its key doubles as the example id that seeds
+its sampling stream, so a unit gives the same tokens in any batch, in any
+order, in any process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..interventions import KVSplice, as_plan
+from ..sites import resolve_layer
+from .config import Condition, ExperimentConfig, GenerationOverride
+from .schema import unit_key
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    model: str
+    seed: int
+    pair_id: int
+    condition: str
+
+    @property
+    def key(self) -> str:
+        return unit_key(self.model, self.seed, self.pair_id, self.condition)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def generation_settings(config: ExperimentConfig, condition: Condition) -> dict:
+    """The condition's sampler settings: the config's, with the condition's overrides."""
+    out = config.generation.model_dump()
+    for k, v in condition.generation.model_dump().items():
+        if v is not None:
+            out[k] = v
+    return out
+
+
+def kv_single_layer_conditions(sweep, n_layers: int) -> list[Condition]:
+    """One condition per (layer, window): a KV splice at that layer alone (+ the extra plan)."""
+    layers = range(n_layers) if sweep.layers == "all" else sorted({resolve_layer(x, n_layers) for x in sweep.layers})
+    extra = as_plan(sweep.extra_plan)
+    out = []
+    for layer in layers:
+        for w in sweep.windows:
+            plan = as_plan([KVSplice(layers=(layer,), window=w)]) + extra
+            name = f"kv@{layer}" + (f":w{w}" if w else "")
+            out.append(Condition(name=name, plan=str(plan), description=f"KV splice at layer {layer} only"))
+    return out
+
+
+def expand_conditions(config: ExperimentConfig, n_layers: int) -> list[Condition]:
+    conds = list(config.conditions)
+    for sweep in config.sweeps:
+        if sweep.kind == "kv_single_layer":
+            conds.extend(kv_single_layer_conditions(sweep, n_layers))
+    return conds
+
+
+def plan_units(model: str, seeds: list[int], n_pairs: int, conditions: list[Condition]) -> list[WorkUnit]:
+    return [WorkUnit(model, s, p, c.name) for s in seeds for c in conditions for p in range(n_pairs)]
+
+
+__all__ = ["WorkUnit", "generation_settings", "expand_conditions", "plan_units", "GenerationOverride"]
