@@ -63,6 +63,8 @@ def test_marker_token_ids_skips_special_and_rejects_empty():
     assert 0 not in marker_token_ids(T(), ["mirror"])
     with pytest.raises(ValueError):
         marker_token_ids(DecodeTokenizer(), ["  "])
+    with pytest.warns(UserWarning, match="no vocabulary token"):
+        assert marker_token_ids(DecodeTokenizer(), ["zebra"]) == []
 
 
 def test_log_mass_matches_softmax_sum():

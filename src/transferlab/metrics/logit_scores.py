@@ -32,6 +32,7 @@ when an example has no valid step.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -65,7 +66,10 @@ def marker_token_ids(tokenizer, words: Iterable[str], min_prefix: int = 3) -> li
     (``"fixed point"`` gives the prefix ``"fixed"``, not ``"point"``).
     Special tokens never qualify. Works with any tokenizer exposing
     ``get_vocab()`` plus ``batch_decode``/``decode`` or
-    ``convert_ids_to_tokens``. Returns sorted unique ids.
+    ``convert_ids_to_tokens``. Returns sorted unique ids; warns when none
+    qualifies (small vocabularies split most words into pieces shorter than
+    ``min_prefix``: the embedded 512-token model has no token for the seed's
+    markers at all), since an empty set makes every log-mass ``-inf``.
     """
     targets = sorted({w.strip().lower() for w in words if w.strip()})
     if not targets:
@@ -80,6 +84,9 @@ def marker_token_ids(tokenizer, words: Iterable[str], min_prefix: int = 3) -> li
             continue
         if s in exact or (len(s) >= min_prefix and any(t.startswith(s) for t in targets)):
             out.append(i)
+    if not out:
+        warnings.warn(f"no vocabulary token spells any of {targets[:8]} (or a {min_prefix}+ character prefix)",
+                      stacklevel=2)
     return out
 
 
