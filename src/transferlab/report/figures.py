@@ -144,7 +144,8 @@ def plot_pair_deltas(results: pd.DataFrame, summary: dict, out_dir: Path) -> Pat
             ax.scatter(i + rng.uniform(-0.22, 0.22, d.size), d, s=7, color=colors[c], alpha=0.45, lw=0)
             st = stats.get((model, c))
             if st and st["ci_low"] is not None:
-                ax.errorbar(i, st["mean_diff"], yerr=[[st["mean_diff"] - st["ci_low"]], [st["ci_high"] - st["mean_diff"]]],
+                m = st["mean_diff"]
+                ax.errorbar(i, m, yerr=[[m - st["ci_low"]], [st["ci_high"] - m]],
                             fmt="D", color="black", ms=6, capsize=5, lw=1.8, zorder=5,
                             label="mean Δ, 95% cluster CI" if i == 0 else None)
         ax.axhline(0, color="black", lw=0.9)

@@ -170,8 +170,8 @@ def _delta_section(summary: dict, family: str) -> list[str]:
         if not rows:
             return []
         title = f"## {summary['primary']} vs each control"
-        intro = (f"Δ = {summary['primary']} − control on the same (pair_id, seed) units; same statistics and the same "
-                 "Holm family as above.")
+        intro = (f"Δ = {summary['primary']} − control on the same (pair_id, seed) units; same statistics and the "
+                 "same Holm family as above.")
     out = [title, "", intro, ""]
     if not rows:
         return out + ["No comparisons.", ""]
@@ -247,7 +247,8 @@ def _seed_section(summary: dict) -> list[str]:
     seeds = summary["seeds"]
     out = ["## Reproducibility across seeds", ""]
     if len(seeds) < 2:
-        return out + [f"One sampling seed ({seeds[0] if seeds else DASH}): reproducibility across seeds not measured.", ""]
+        one = seeds[0] if seeds else DASH
+        return out + [f"One sampling seed ({one}): reproducibility across seeds not measured.", ""]
     out += ["Mean of each score per sampling seed, and the SD (ddof=1) of those per-seed means.", ""]
     spread = {(r["model"], r["condition"], r["score"]): r for r in summary["seed_spread"]}
     for model in summary["models"]:

@@ -455,7 +455,8 @@ def generation_warnings(config: dict | None, results: pd.DataFrame, reference: s
                     "message": f"conditions differ in more than the intervention: {', '.join(conds)} "
                                f"generate{'s' if len(conds) == 1 else ''} with {mine} where {reference} "
                                f"has {theirs}"})
-    overridden = [c for c, spec in _condition_specs(config) if spec and any(k in spec for k in (*GEN_KEYS, *_GEN_SECTIONS))]
+    overridden = [c for c, spec in _condition_specs(config)
+                  if spec and any(k in spec for k in (*GEN_KEYS, *_GEN_SECTIONS))]
     if overridden:
         out.append({"kind": "generation_overrides", "conditions": overridden,
                     "message": "conditions differ in more than the intervention: the config gives per-condition "
