@@ -275,3 +275,18 @@ def test_sweep_table_and_path_are_printed(tmp_path, table):
 def test_md_table_escapes_pipes():
     out = md_table([{"a": "x|y", "b": 1}], ["a", "b"])
     assert out.splitlines() == ["| a | b |", "|:---|---:|", "| x\\|y | 1 |"]
+
+
+def test_empty_overrides_in_a_dumped_config_are_not_warned(tmp_path):
+    """ExperimentConfig.model_dump() lists every override key, set to None when not overridden."""
+    from transferlab.report import generation_warnings
+
+    df = synthetic_results(seeds=(0,), conditions=("baseline", "transfer"))
+    empty = dict.fromkeys(("max_new_tokens", "temperature", "top_p", "top_k", "greedy", "flavour", "stop_at_eos"))
+    config = {"generation": {"temperature": 0.8, "top_k": 0, "flavour": "corrected"},
+              "conditions": [{"name": "baseline", "plan": "", "generation": dict(empty)},
+                             {"name": "transfer", "plan": "kv:all", "generation": dict(empty)}]}
+    assert generation_warnings(config, df) == []
+    config["conditions"][0]["generation"]["top_k"] = 50
+    kinds = [w["kind"] for w in generation_warnings(config, df)]
+    assert kinds == ["generation_differs", "generation_overrides"]

@@ -360,7 +360,7 @@ def build_summary(
         table = _records(ref_rows[keep]) if len(ref_rows) else []
         for row in table:
             row["plan"] = plans.get((row["model"], row["condition"]))
-        sweep_out = {**dict(sweep), "table": table}
+        sweep_out = {**(dict(sweep) if isinstance(sweep, dict) else {"path": sweep}), "table": table}
 
     models = _order(results["model"])
     out = {
@@ -398,6 +398,15 @@ def build_summary(
     return jsonable(out)
 
 
+def _pick_settings(d: dict) -> dict:
+    """Generation settings given in ``d`` (None means "not set", as in an override left empty)."""
+    got = {k: d[k] for k in GEN_KEYS if d.get(k) is not None and not isinstance(d[k], dict)}
+    for sec in _GEN_SECTIONS:
+        if isinstance(d.get(sec), dict):
+            got.update(_pick_settings(d[sec]))
+    return got
+
+
 def generation_settings(config: dict | None, results: pd.DataFrame | None = None) -> dict[str, dict]:
     """Effective generation settings per condition, from a config and/or result columns.
 
@@ -407,20 +416,13 @@ def generation_settings(config: dict | None, results: pd.DataFrame | None = None
     ``name``), either directly or in such a section. Result columns named like
     a setting (``flavour``, ``top_k``, ...) are read per condition as well.
     """
-    def pick(d: dict) -> dict:
-        got = {k: d[k] for k in GEN_KEYS if k in d and not isinstance(d[k], dict)}
-        for sec in _GEN_SECTIONS:
-            if isinstance(d.get(sec), dict):
-                got.update(pick(d[sec]))
-        return got
-
     out: dict[str, dict] = {}
     config = config or {}
-    base = pick(config)
+    base = _pick_settings(config)
     conds = config.get("conditions") or {}
     items = conds.items() if isinstance(conds, dict) else [(c.get("name"), c) for c in conds if isinstance(c, dict)]
     for name, spec in items:
-        out[str(name)] = {**base, **(pick(spec) if isinstance(spec, dict) else {})}
+        out[str(name)] = {**base, **(_pick_settings(spec) if isinstance(spec, dict) else {})}
     if results is not None and len(results):
         cols = [k for k in GEN_KEYS if k in results.columns]
         for cond, g in results.groupby("condition", sort=False):
@@ -455,8 +457,7 @@ def generation_warnings(config: dict | None, results: pd.DataFrame, reference: s
                     "message": f"conditions differ in more than the intervention: {', '.join(conds)} "
                                f"generate{'s' if len(conds) == 1 else ''} with {mine} where {reference} "
                                f"has {theirs}"})
-    overridden = [c for c, spec in _condition_specs(config)
-                  if spec and any(k in spec for k in (*GEN_KEYS, *_GEN_SECTIONS))]
+    overridden = [c for c, spec in _condition_specs(config) if spec and _pick_settings(spec)]
     if overridden:
         out.append({"kind": "generation_overrides", "conditions": overridden,
                     "message": "conditions differ in more than the intervention: the config gives per-condition "
