@@ -333,3 +333,13 @@ def test_bad_arguments():
         make_pairs([], t, 1, seed=0)
     with pytest.raises(ValueError, match="duplicate ids"):
         make_pairs(s + s[:1], t, 1, seed=0)
+
+
+def test_story_token_lengths_with_the_embedded_tokenizer(stories_bank):
+    """Sources 20-60 tokens, targets 8-25 (BOS included) for the shipped model."""
+    from transferlab.models.loading import embedded_tokenizer
+
+    tok = embedded_tokenizer()
+    for group, lo, hi in (("story_source", 20, 60), ("story_target", 8, 25)):
+        lens = [len(tok(p.text)["input_ids"]) for p in stories_bank.select([group])]
+        assert lo <= min(lens) and max(lens) <= hi, (group, min(lens), max(lens))
