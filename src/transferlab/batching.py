@@ -55,13 +55,20 @@ def pad_id_of(tokenizer) -> int:
 
 
 def encode(tokenizer, prompts: list[str]) -> list[list[int]]:
-    """Token ids per prompt, with the tokenizer's own special tokens (BOS)."""
+    """Token ids per prompt, with the tokenizer's own special tokens (BOS).
+
+    A prompt may also be given as a list of token ids, used as is (BOS is
+    then whatever the list starts with).
+    """
     if isinstance(prompts, str):
         prompts = [prompts]
     out = []
     for p in prompts:
+        if isinstance(p, (list, tuple)) and p and all(isinstance(t, int) for t in p):
+            out.append(list(p))
+            continue
         if not isinstance(p, str):
-            raise TypeError(f"prompts must be strings, got {type(p).__name__}")
+            raise TypeError(f"prompts must be strings or lists of token ids, got {type(p).__name__}")
         ids = tokenizer(p)["input_ids"]
         if len(ids) == 0:
             raise ValueError(f"prompt {p!r} encodes to zero tokens")

@@ -21,7 +21,7 @@ import torch
 
 from .batching import Batch, encode, left_pad, pad_id_of
 from .hooks import hooked
-from .kvcache import get_kv, n_cache_layers, output_cache
+from .kvcache import get_kv, last_logits_kwargs, n_cache_layers, output_cache
 from .sites import HookPoint, parse_hook_point
 
 
@@ -108,6 +108,7 @@ def forward_capture(model, batch: Batch, points: list[HookPoint], want_kv: bool)
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
             use_cache=want_kv,
+            **last_logits_kwargs(model.hf),
         )
     return store, (output_cache(out) if want_kv else None), out.logits
 

@@ -46,8 +46,8 @@ from .interventions.binding import BoundActivation, SourceBatch
 from .interventions.context import StepContext
 from .interventions.plan import Plan, as_plan
 from .interventions.splice import SourceKV, apply_prepend, apply_splice
-from .interventions.types import InterventionError, KVSplice
-from .kvcache import cache_kwargs, get_kv, n_cache_layers, output_cache
+from .interventions.types import Intervention, InterventionError, KVSplice
+from .kvcache import cache_kwargs, get_kv, last_logits_kwargs, n_cache_layers, output_cache
 from .sampling import Sampler
 from .sites import HookPoint
 
@@ -129,12 +129,14 @@ def generate(
         raise ValueError(f"flavour must be one of {FLAVOURS}; got {flavour!r}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
-    if isinstance(targets, str):
+    if isinstance(targets, str) or (isinstance(targets, (list, tuple)) and targets and isinstance(targets[0], int)):
         targets = [targets]
     targets = list(targets)
     n = len(targets)
     if n == 0:
         raise ValueError("no targets given")
+    if isinstance(plan, (list, tuple)) and plan and all(isinstance(x, (Intervention, dict)) for x in plan):
+        plan = as_plan(plan)  # a list of interventions (or their dicts) is ONE plan, not one per target
     plans = [as_plan(p) for p in _per_example(plan, n, "plan")]
     precomputed = None
     if isinstance(sources, Activations):
@@ -144,8 +146,8 @@ def generate(
     for i, (p, s) in enumerate(zip(plans, srcs)):
         if p.needs_source and s is None:
             raise InterventionError(f"example {i}: the plan '{p}' needs a source prompt, but none was given (pass sources=...)")
-        if s is not None and not isinstance(s, str):
-            raise TypeError(f"sources must be strings (or None); example {i} has {type(s).__name__}")
+        if s is not None and not isinstance(s, (str, list, tuple)):
+            raise TypeError(f"sources must be strings or token-id lists (or None); example {i} has {type(s).__name__}")
     ids = example_ids if example_ids is not None else list(range(n))
     if len(ids) != n:
         raise ValueError(f"example_ids: got {len(ids)} for {n} targets")
@@ -306,14 +308,17 @@ def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, ma
     row_plan = [plans[i] for i in chunk] + [Plan()] * len(lock)
     batch = left_pad(row_tgt, pad_id_of(tok), tok.bos_token_id, device=device)
     keys = torch.cat([all_keys[chunk], all_keys[[chunk[b] for b in lock]]]).to(device)
-    # distinct interventions of the batch, each with the rows whose plan holds it
-    entries: dict[str, dict] = {}
+    # distinct (plan position, intervention) pairs of the batch, each with the rows whose plan holds it
+    # there. Keying by position keeps a repeated intervention (two "add"s) and, applied in position
+    # order, gives every row its own plan's order at a shared hook point whatever the other rows hold.
+    entries: dict[tuple, dict] = {}
     for b in range(B):
         for j, inter in enumerate(row_plan[b]):
             res = _resolve(model, inter)
-            k = json.dumps(res.to_dict(), sort_keys=True, default=str)
+            k = (j, json.dumps(res.to_dict(), sort_keys=True, default=str))
             e = entries.setdefault(k, {"inter": res, "rows": torch.zeros(B, dtype=torch.bool), "index": j})
             e["rows"][b] = True
+    entries = dict(sorted(entries.items(), key=lambda kv: kv[0][0]))
     splices = [e for e in entries.values() if isinstance(e["inter"], KVSplice)]
     acts_e = [e for e in entries.values() if not isinstance(e["inter"], KVSplice)]
     points = sorted({HookPoint(e["inter"].site, e["inter"].layer) for e in acts_e if e["inter"].needs_source})
@@ -359,7 +364,8 @@ def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, ma
             attn_prefix = attn[:, :-1]
             if batch.width > 1:
                 ctx.positions, ctx.valid = pos[:, :-1], attn_prefix.bool()
-                out = hf(input_ids=ids[:, :-1], attention_mask=attn_prefix, position_ids=pos[:, :-1], use_cache=True)
+                out = hf(input_ids=ids[:, :-1], attention_mask=attn_prefix, position_ids=pos[:, :-1], use_cache=True,
+                         **last_logits_kwargs(hf))
                 cache = output_cache(out)
                 prefix_len = [L - 1 for L in batch.lengths]
                 for e, c in zip(splices, splice_counters):
@@ -378,7 +384,7 @@ def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, ma
             next_pos = model_pos[:, 0] + 1
         else:
             ctx.positions, ctx.valid = pos, attn.bool()
-            out = hf(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+            out = hf(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **last_logits_kwargs(hf))
             cache = output_cache(out)
             logits = out.logits[:, -1]
             for e, c in zip(splices, splice_counters):

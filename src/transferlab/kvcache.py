@@ -46,3 +46,11 @@ def output_cache(out):
     if "cache" in keys:
         return out["cache"]
     return out["past_key_values"] if "past_key_values" in keys else None
+
+
+def last_logits_kwargs(hf_model) -> dict:
+    """Ask the forward for the last position's logits only, where the model supports it."""
+    import inspect
+
+    params = inspect.signature(hf_model.forward).parameters
+    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
