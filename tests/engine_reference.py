@@ -187,3 +187,20 @@ def filtered_probs_reference(logits: torch.Tensor, temperature: float, top_k: in
             p = p / p.sum()
         out[r] = p
     return out
+
+
+@torch.no_grad()
+def greedy_on_cache(hf, layers_kv, last_token: int, position: int, n_new: int) -> list[int]:
+    """Greedy continuation from a hand-built cache: feed ``last_token`` at ``position``, then new tokens."""
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(layers_kv):
+        cache.update(k.clone(), v.clone(), i)
+    tokens = []
+    nxt = torch.tensor([[last_token]])
+    for step in range(n_new):
+        out = hf(input_ids=nxt, position_ids=torch.tensor([[position + step]]), use_cache=True,
+                 **cache_kw(hf, cache))
+        cache = out_cache(out)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        tokens.append(int(nxt))
+    return tokens

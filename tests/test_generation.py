@@ -314,3 +314,45 @@ def test_sampling_depends_on_example_id_not_position(tiny_models):
     assert a.token_ids[0] != a.token_ids[1]
     c = generate(model, [PROMPT], example_ids=["a"], **{**kw, "seed": 12})
     assert c.token_ids[0] != a.token_ids[0]
+
+
+# --------------------------------------------------------------------------- plan order and repeats in a batch
+
+
+def test_each_row_keeps_its_own_plan_order_at_a_shared_hook_point(tiny_models):
+    """Replace-then-add and add-then-replace differ; mixing both orders in one batch must not reorder either."""
+    model = tiny_models("llama")
+    p1 = "v_proj@1:w3:prompt + v_proj@1:w3:add:a1.0:prompt"
+    p2 = "v_proj@1:w3:add:a1.0:prompt + v_proj@1:w3:prompt"
+    a1 = _greedy(model, [PROMPT], sources=[STORY], plan=p1)
+    a2 = _greedy(model, [PROMPT], sources=[STORY], plan=p2)
+    assert _mass_diff(a1.logmass["low"][0], a2.logmass["low"][0]) > 1e-4  # the order matters
+    both = _greedy(model, [PROMPT, PROMPT], sources=[STORY, STORY], plan=[p1, p2])
+    _assert_same(both, a1, "row 0", [0], [0])
+    _assert_same(both, a2, "row 1", [1], [0])
+    # the audit numbers each row's interventions by their place in ITS plan
+    ab = both.audit
+    assert ab[(ab.example == 1) & (ab.intervention == 0)].description.item() == "v_proj@1:w3:prompt:add"
+
+
+def test_a_repeated_intervention_acts_twice(tiny_models):
+    model = tiny_models("llama")
+    twice = _greedy(model, [PROMPT], sources=[STORY], plan="v_proj@1:add:prompt + v_proj@1:add:prompt")
+    double = _greedy(model, [PROMPT], sources=[STORY], plan="v_proj@1:add:a2.0:prompt")
+    once = _greedy(model, [PROMPT], sources=[STORY], plan="v_proj@1:add:prompt")
+    _assert_same(twice, double, "add twice = alpha 2")
+    assert _mass_diff(twice.logmass["low"][0], once.logmass["low"][0]) > 1e-4
+    assert len(twice.audit) == 2 and (twice.audit.fired_prompt > 0).all()
+
+
+def test_a_list_of_interventions_is_one_plan_for_all_targets(tiny_models):
+    from transferlab.interventions import KVSplice, Patch, Plan
+
+    model = tiny_models("llama")
+    items = [KVSplice(), Patch(site="v_proj", layer=1)]
+    as_list = _greedy(model, [PROMPT, LONG], sources=STORY, plan=items)
+    as_plan = _greedy(model, [PROMPT, LONG], sources=STORY, plan=Plan(tuple(items)))
+    _assert_same(as_list, as_plan, "list == Plan")
+    assert len(as_list.audit) == 4
+    as_dicts = _greedy(model, [PROMPT, LONG], sources=STORY, plan=Plan(tuple(items)).to_dicts())
+    _assert_same(as_dicts, as_plan, "dicts == Plan")
