@@ -111,6 +111,8 @@ def test_condition_table_matches_pandas(table, summary):
         assert r["mean"] == pytest.approx(v.mean()) and r["sd"] == pytest.approx(v.std(ddof=1))
         assert r["ddof"] == 1 and r["ci_low"] < r["mean"] < r["ci_high"]
     assert _rows(summary, "conditions_table", condition="noise", score="strict")[0]["n_nan"] == 1
+    warn = [w for w in summary["warnings"] if w["kind"] == "nan_score"]
+    assert [(w["score"], w["by_condition"]) for w in warn] == [("strict", {"noise": 1})]
     assert summary["conditions"][0] == "baseline"
 
 

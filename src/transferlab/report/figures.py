@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
@@ -30,6 +31,7 @@ SCORE_UNITS = {
     "strict": "0–1",
     "source_overlap": "fraction of source words, 0–1",
     "collapse": "fraction collapsed, 0–1",
+    "logit_markers": "mean log-odds, nats",
 }
 RV_LABEL = "R_V = PR(late) / PR(early)  (ratio)"
 
@@ -187,20 +189,27 @@ def plot_layer_sweep(summary: dict, out_dir: Path) -> Path | None:
             if r and r["d_z"] is not None:
                 dz[i, j] = r["d_z"]
     vmax = max(0.5, float(np.nanmax(np.abs(dz))) if np.isfinite(dz).any() else 1.0)
-    fig = Figure(figsize=(2.0 * len(scores) + 3.2, 0.62 * len(keys) + 1.9), layout="constrained")
+    fig = Figure(figsize=(2.0 * len(scores) + 3.2, 0.75 * len(keys) + 1.9), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    im = ax.imshow(np.ma.masked_invalid(dz), cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -vmax, vmax), aspect="auto")
+    cmap = colormaps["RdBu_r"].with_extremes(bad="#e6e6e6")
+    im = ax.imshow(np.ma.masked_invalid(dz), cmap=cmap, norm=TwoSlopeNorm(0.0, -vmax, vmax), aspect="auto")
+    n_max = max((r["n"] for r in rows), default=0)
     for i, (m, c) in enumerate(keys):
         for j, s in enumerate(scores):
             r = cell.get((m, c, s))
             if not r or r["mean_diff"] is None:
                 ax.text(j, i, "n/a", ha="center", va="center", fontsize=8, color="#555555")
                 continue
-            ci = f"\n[{r['ci_low']:.2f}, {r['ci_high']:.2f}]" if r["ci_low"] is not None else ""
+            text = _num(r["mean_diff"], sign=True)
+            if r["ci_low"] is not None:
+                text += f"\n[{_num(r['ci_low'])}, {_num(r['ci_high'])}]"
+            if not np.isfinite(dz[i, j]):
+                text += "\nd_z undefined"
+            if r["n"] < n_max:
+                text += f"\nn={r['n']}"
             dark = np.isfinite(dz[i, j]) and abs(dz[i, j]) > 0.6 * vmax
-            ax.text(j, i, f"{r['mean_diff']:+.2f}{ci}", ha="center", va="center", fontsize=8,
-                    color="white" if dark else "black")
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
     ax.set_xticks(range(len(scores)))
     ax.set_xticklabels([f"{s}\n({SCORE_UNITS.get(s, 'score units')})" for s in scores], fontsize=8)
     ax.set_yticks(range(len(keys)))
@@ -212,6 +221,12 @@ def plot_layer_sweep(summary: dict, out_dir: Path) -> Path | None:
     kind = (summary.get("sweep") or {}).get("kind", "conditions")
     ax.set_title(f"{kind}: mean Δ vs {summary['reference']} [95% cluster CI]; colour = d_z", fontsize=10)
     return _save(fig, Path(out_dir), "layer_sweep")
+
+
+def _num(x: float, sign: bool = False) -> str:
+    """Two decimals, no negative zero."""
+    x = 0.0 if abs(x) < 0.005 else x
+    return f"{x:+.2f}" if sign and x != 0 else f"{x:.2f}"
 
 
 def plot_rv_groups(summary: dict, out_dir: Path) -> Path | None:

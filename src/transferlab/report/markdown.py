@@ -339,7 +339,8 @@ def render_markdown(summary: dict, results: pd.DataFrame, config: dict | None = 
     plans = summary.get("plans") or []
     if plans:
         multi = len(summary["models"]) > 1
-        rows = [{"model": p["model"], "condition": p["condition"], "plan": f"`{p['plan']}`" if p["plan"] else "(none)",
+        rows = [{"model": p["model"], "condition": p["condition"],
+                 "plan": f"`{p['plan']}`" if p["plan"] not in ("", "(none)") else "(none)",
                  "prompt": summary.get("prompt_roles", {}).get(p["condition"], DASH)} for p in plans]
         cols = (["model"] if multi else []) + ["condition", "plan", "prompt"]
         lines += [md_table(rows, cols, (["model"] if multi else []) + ["condition", "plan", "prompt generated from"],

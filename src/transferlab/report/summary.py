@@ -61,6 +61,20 @@ def _order(values: Sequence, first: Any = None) -> list:
     return out
 
 
+def _display_order(results: pd.DataFrame, reference: str, primary: str | None,
+                   controls: Sequence[str] | None) -> list[str]:
+    """Reference, primary (``transfer`` by default), the controls, then the rest; conditions that
+    generate from the source prompt (the ceiling) last. Otherwise in order of first appearance."""
+    seen = _order(results["condition"])
+    primary = primary if primary is not None else ("transfer" if "transfer" in seen else None)
+    ceiling = set()
+    if "prompt_role" in results.columns:
+        ceiling = set(results.loc[results["prompt_role"] == "source", "condition"])
+    head = [c for c in (reference, primary, *(controls or [])) if c in seen]
+    rest = [c for c in seen if c not in head]
+    return list(dict.fromkeys(head + [c for c in rest if c not in ceiling] + [c for c in rest if c in ceiling]))
+
+
 def _check(results: pd.DataFrame, scores: Sequence[str], reference: str) -> None:
     if not scores:
         raise ReportError("no score columns given")
@@ -281,12 +295,16 @@ def _data_warnings(results, all_scores, conds, audit, deltas, skipped, plans) ->
                                    "it differs from the transfer in scale as well as direction"})
     for model, sub in results.groupby("model", sort=False):
         for s in all_scores:
-            nan = sub[s].isna().groupby(sub["condition"]).sum()
-            for c in conds:
-                if nan.get(c, 0):
-                    out.append({"kind": "nan_score", "model": model, "condition": c, "score": s,
-                                "count": int(nan[c]), "message": f"score {s} is NaN in {int(nan[c])} rows of "
-                                                                 f"condition {c} (excluded and counted)"})
+            nan = sub[s].isna().groupby(sub["condition"]).agg(["sum", "size"])
+            hit = [(c, int(nan.loc[c, "sum"]), int(nan.loc[c, "size"])) for c in conds
+                   if c in nan.index and nan.loc[c, "sum"]]
+            if hit:
+                total = sum(k for _, k, _ in hit)
+                where = ", ".join(f"{c} {k}/{n}" for c, k, n in hit)
+                out.append({"kind": "nan_score", "model": model, "score": s, "count": total,
+                            "by_condition": {c: k for c, k, _ in hit},
+                            "message": f"score {s} is NaN in {total}/{len(sub)} rows ({where}); "
+                                       "excluded from its statistics and counted as n_nan"})
     if len(deltas):
         for r in deltas[deltas["n_unmatched"] > 0].itertuples():
             out.append({"kind": "unmatched", "model": r.model, "condition": r.condition,
@@ -322,7 +340,7 @@ def build_summary(
     """
     scores = list(scores)
     _check(results, scores, reference)
-    conds = _order(results["condition"], first=reference)
+    conds = _display_order(results, reference, primary, controls)
     if comparisons is None:
         comparisons = [(c, reference) for c in conds if c != reference]
     unknown = sorted({c for pair in comparisons for c in pair} - set(conds))
@@ -378,7 +396,8 @@ def build_summary(
         "n_pairs": int(results.groupby("model")["pair_id"].nunique().max()),
         "n_source_prompts": int(results[CLUSTER].nunique()),
         "n_target_prompts": int(results["target_id"].nunique()) if "target_id" in results else None,
-        "plans": [{"model": m, "condition": c, "plan": p} for (m, c), p in plans.items()],
+        "plans": [{"model": m, "condition": c, "plan": plans[(m, c)]} for m in models for c in conds
+                  if (m, c) in plans],
         "prompt_roles": roles,
         "stats": {"ddof": DDOF, "pair_unit": PAIR_UNIT, "cluster": CLUSTER, "n_boot": n_boot, "n_perm": n_perm,
                   "seed": seed, "level": 0.95, "primary_p": PRIMARY_P,
