@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+from ..sites import SiteError
 from .types import (
     ALIGNS, DECODE_VALUES, MODES, PHASES, ROPES, Ablate, HeadPatch, Intervention,
     InterventionError, KVSplice, Noise, Patch, Steer, intervention_from_dict,
@@ -114,6 +115,11 @@ def _parse_heads(opt: str, where: str):
         raise InterventionError(f"{where}: heads must be integers, got {opt!r}") from None
 
 
+def _is_heads(opt: str) -> bool:
+    """``h1,2`` (or ``h-1``, refused later as out of range) -- not ``half`` or other words."""
+    return opt.startswith("h") and (opt[1:2].isdigit() or opt[1:2] == "-")
+
+
 def _parse_patch_opts(opts: list[str], where: str) -> dict:
     kw: dict = {}
     for opt in opts:
@@ -125,7 +131,7 @@ def _parse_patch_opts(opts: list[str], where: str) -> dict:
             kw["decode"] = opt
         elif opt.startswith("qh"):
             kw["heads"], kw["head_kind"] = _parse_heads(opt[2:], where), "query"
-        elif opt.startswith("h") and opt[1:2].isdigit():
+        elif _is_heads(opt):
             kw["heads"] = _parse_heads(opt[1:], where)
         elif opt.startswith("w") and opt[1:].isdigit():
             kw["window"] = int(opt[1:])
@@ -190,7 +196,7 @@ def parse_intervention(text: str) -> Intervention:
                         kw["phase"] = opt
                     elif opt.startswith("qh"):
                         kw["heads"], kw["head_kind"] = _parse_heads(opt[2:], where), "query"
-                    elif opt.startswith("h"):
+                    elif _is_heads(opt):
                         kw["heads"] = _parse_heads(opt[1:], where)
                     else:
                         raise InterventionError(f"{where}: unknown ablate option {opt!r}")
@@ -215,8 +221,10 @@ def parse_intervention(text: str) -> Intervention:
         site, layer = _site_layer(head, where)
         kw = {"site": site, "layer": layer, **_parse_patch_opts(opts, where)}
         return HeadPatch(**kw) if "heads" in kw else Patch(**kw)
-    except TypeError as exc:  # pragma: no cover - defensive
-        raise InterventionError(f"{where}: {exc}") from None
+    except (InterventionError, SiteError):
+        raise
+    except (TypeError, ValueError) as exc:  # a number that is not one: "pa-b", "fx", "seedx", "kv:1,x"
+        raise InterventionError(f"{where}: malformed option ({exc})") from None
 
 
 def parse_plan(text: str) -> Plan:

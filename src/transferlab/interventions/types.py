@@ -133,6 +133,11 @@ class KVSplice(Intervention):
             raise InterventionError("KVSplice(align='prepend') lengthens the cache, so it needs layers='all'")
         if self.window is not None and self.window < 1:
             raise InterventionError(f"KVSplice.window must be >= 1; got {self.window}")
+        if self.window is not None and self.align in ("range", "prepend"):
+            raise InterventionError(
+                f"KVSplice.window limits a right or left splice; align={self.align!r} does not use it "
+                "(give the slots with positions=(a, b) for a range)"
+            )
 
 
 @dataclass(frozen=True)
