@@ -170,7 +170,7 @@ def filtered_probs_reference(logits: torch.Tensor, temperature: float, top_k: in
     out = torch.zeros_like(logits, dtype=torch.float64)
     for r in range(logits.shape[0]):
         z = logits[r].double() / temperature
-        if top_k:
+        if top_k and top_k < len(z):
             kth = sorted(z.tolist(), reverse=True)[top_k - 1]
             z = torch.where(z < kth, torch.tensor(float("-inf"), dtype=z.dtype), z)
         p = torch.softmax(z, -1)
