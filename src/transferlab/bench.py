@@ -132,6 +132,18 @@ def run_seed_loop(model, sources, targets, n_sample=3, max_new_tokens=150, total
 
 
 def run_hf_generate(model, targets, batch_size, max_new_tokens=150, repeats=4):
+    hf = model.hf
+    impl = hf.config._attn_implementation
+    if impl != "sdpa" and hasattr(hf, "set_attn_implementation"):
+        hf.set_attn_implementation("sdpa")  # HF's generate as it is, with its own SDPA path
+    try:
+        return _hf_generate(model, targets, batch_size, max_new_tokens, repeats)
+    finally:
+        if impl != "sdpa" and hasattr(hf, "set_attn_implementation"):
+            hf.set_attn_implementation(impl)
+
+
+def _hf_generate(model, targets, batch_size, max_new_tokens, repeats):
     from .batching import left_pad
 
     hf = model.hf
@@ -163,6 +175,7 @@ def main(shape="mistral-7b", n_pairs=300, max_new_tokens=150, batch_size=None, s
     sources, targets = make_workload(n_pairs, model.hf.config.vocab_size)
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     result = {"workload": f"W{n_pairs}", "shape": shape, "n_layers": model.n_layers, "device": gpu,
+              "attention": model.hf.config._attn_implementation,
               "dtype": str(dtype), "max_new_tokens": max_new_tokens, "build_s": build_s,
               "torch": torch.__version__}
     import transformers

@@ -48,6 +48,7 @@ from .interventions.plan import Plan, as_plan
 from .interventions.splice import SourceKV, apply_prepend, apply_splice
 from .interventions.types import Intervention, InterventionError, KVSplice
 from .kvcache import cache_kwargs, get_kv, last_logits_kwargs, n_cache_layers, output_cache
+from .fastpath import preallocate
 from .sampling import Sampler
 from .sites import HookPoint
 
@@ -88,12 +89,12 @@ def _resolve(model, inter):
     return replace(inter, layer=model.layer(inter.layer))
 
 
-def _auto_batch_size(model, n: int) -> int:
+def _auto_batch_size(model, n: int, tokens_per_example: int = 512) -> int:
     if model.device.type != "cuda":
         return min(n, 64)
     from .speed import auto_batch_size
 
-    return auto_batch_size(model, n)
+    return auto_batch_size(model, n, tokens_per_example)
 
 
 def generate(
@@ -157,7 +158,8 @@ def generate(
     src_ids = [encode(model.tokenizer, [s])[0] if s is not None else None for s in srcs]
     per_row_sets = _logit_sets(record_logits, n, model)
     order = sorted(range(n), key=lambda i: (len(tgt_ids[i]), len(src_ids[i] or ())))
-    bs = batch_size or _auto_batch_size(model, n)
+    longest = max(len(t) for t in tgt_ids) + max((len(x) for x in src_ids if x is not None), default=0)
+    bs = batch_size or _auto_batch_size(model, n, longest + max_new_tokens)
     out_tokens: list = [None] * n
     out_reason: list = [None] * n
     out_mass = {name: np.full((n, max_new_tokens), np.nan) for name in per_row_sets}
@@ -401,6 +403,9 @@ def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, ma
                 logits = torch.where(refeed[:, None], out.logits[:, -1], logits)
                 next_pos = lengths + refeed.long()
                 ctx.seed_refeed = False
+        source_kv = sources = None  # spliced already; free the source cache before decoding
+        if max_new > 1:
+            preallocate(cache, max_new)
         eos = tok.eos_token_id
         fill = eos if eos is not None else pad_id_of(tok)
         generated = torch.full((B, max_new), fill, dtype=torch.long, device=device)

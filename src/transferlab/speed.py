@@ -10,8 +10,15 @@ def kv_bytes_per_token(model) -> int:
     return 2 * ad.n_layers * ad.n_kv_heads * ad.head_dim * torch.finfo(model.dtype).bits // 8
 
 
-def auto_batch_size(model, n: int, tokens_per_example: int = 512, headroom: float = 0.6) -> int:
-    """Largest batch whose KV cache (plus activations) fits in a share of free GPU memory."""
+def auto_batch_size(model, n: int, tokens_per_example: int = 512, headroom: float = 0.7) -> int:
+    """Batch size from free GPU memory: each example holds its KV cache (target, source and new
+    tokens), a few vocabulary-sized rows for sampling, and a share of prefill activations.
+    Batches are then evened out (1,200 examples at a cap of 700 run as 2 x 600, not 700 + 500)."""
     free, _ = torch.cuda.mem_get_info(model.device)
-    per_example = kv_bytes_per_token(model) * tokens_per_example * 2 + model.hf.config.vocab_size * 4 * 4
-    return max(1, min(n, int(free * headroom // per_example)))
+    cfg = model.hf.config
+    per_example = (kv_bytes_per_token(model) * tokens_per_example
+                   + cfg.vocab_size * 24
+                   + 64 * getattr(cfg, "intermediate_size", 4 * cfg.hidden_size) * 2)
+    cap = max(1, int(free * headroom // per_example))
+    n_batches = -(-n // cap)
+    return max(1, -(-n // n_batches))

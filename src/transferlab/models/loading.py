@@ -156,6 +156,10 @@ def load_model(
             "a local model needs config.json, the weights and the tokenizer files"
         )
     hf, tok = _load_hf(spec, dt, dev, attn_implementation)
+    if dev.type == "cuda" and attn_implementation is None:
+        from ..fastpath import use_fast_attention
+
+        use_fast_attention(hf)
     source = {"kind": "hf", "id": spec, "revision": getattr(hf.config, "_commit_hash", None)}
     if Path(spec).is_dir():
         source["files_sha256"] = {
