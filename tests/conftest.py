@@ -89,3 +89,24 @@ def _no_hooks_left(request):
         model = request.node.funcargs.get(name)
         if model is not None:
             assert all_hooks_removed(model.hf, strict=False), f"a transferlab hook was left on {model.name}"
+
+
+# --------------------------------------------------------------------------- engine test modules
+
+
+@pytest.fixture(scope="module")
+def engine_single_thread():
+    """One intra-op thread for a module: tiny matmuls gain nothing from threads, and two spinning
+    OpenMP threads crawl when the 2-core box is shared (4x slower under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def engine_no_hooks_left(tiny_models, stories):
+    """After the test, no transferlab hook on ANY shared model (engine tests use ``tiny_models``)."""
+    yield
+    for model in [tiny_models(f) for f in TINY_FAMILIES] + [stories]:
+        assert all_hooks_removed(model.hf, strict=False), f"a transferlab hook was left on {model.name}"

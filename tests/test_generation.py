@@ -19,6 +19,8 @@ from transferlab.generation import generate
 
 from conftest import LONG, PROMPT, SHORT, SITES, STORY, STORY2
 
+pytestmark = pytest.mark.usefixtures("engine_single_thread", "engine_no_hooks_left")
+
 N_NEW = 8
 MASS = {"low": list(range(50))}
 TOL = 1e-5

@@ -23,6 +23,8 @@ from transferlab.sites import SiteError
 from conftest import LONG, PROMPT, SHORT, STORY, STORY2
 from engine_reference import proj_module
 
+pytestmark = pytest.mark.usefixtures("engine_single_thread", "engine_no_hooks_left")
+
 N_NEW = 5
 HD = 8  # tiny models: head_dim 8, 8 query heads, 4 kv heads
 

@@ -11,6 +11,8 @@ from transferlab.sampling import Sampler
 
 from engine_reference import filtered_probs_reference
 
+pytestmark = pytest.mark.usefixtures("engine_single_thread")
+
 
 def _logits(rows=6, vocab=40, seed=0, scale=3.0):
     g = torch.Generator().manual_seed(seed)

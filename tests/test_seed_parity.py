@@ -20,6 +20,8 @@ from transferlab.models.tiny import TINY_FAMILIES
 from conftest import LONG, PROMPT, SHORT, STORY, STORY2
 from engine_reference import greedy_plain, seed_quickstart
 
+pytestmark = pytest.mark.usefixtures("engine_single_thread", "engine_no_hooks_left")
+
 N_NEW = 10
 LAYER = 2
 

@@ -18,6 +18,8 @@ from transferlab.models.tiny import TINY_FAMILIES
 from conftest import LONG, PROMPT, SHORT, STORY, STORY2
 from engine_reference import greedy_on_cache, prompt_cache
 
+pytestmark = pytest.mark.usefixtures("engine_single_thread", "engine_no_hooks_left")
+
 TOL = 1e-5
 N_NEW = 8
 
