@@ -48,8 +48,30 @@ def gqa_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, sca
         mask = mask[:, :, -1:, : key.shape[-2]]  # [B, 1|H, 1, T]
         if mask.shape[1] != 1:  # a per-head mask: group it like the queries
             mask = mask.reshape(B, Hkv, group, -1)
-    out = F.scaled_dot_product_attention(query.reshape(B, Hkv, group, d), key, value, attn_mask=mask, scale=scaling)
+    with _backend(query.device):
+        out = F.scaled_dot_product_attention(query.reshape(B, Hkv, group, d), key, value, attn_mask=mask,
+                                             scale=scaling)
     return out.reshape(B, Hq, 1, d).transpose(1, 2).contiguous(), None
+
+
+def _backend(device):
+    """The SDPA kernel for grouped decode: memory-efficient attention on CUDA by default.
+
+    PyTorch may otherwise pick cuDNN's attention, whose per-call host overhead
+    (about 1 ms a call, measured on an H200) exceeds the whole kernel at decode.
+    ``TRANSFERLAB_SDPA_BACKEND`` = efficient (default) | cudnn | flash | math | auto.
+    """
+    import contextlib
+    import os
+
+    choice = os.environ.get("TRANSFERLAB_SDPA_BACKEND", "efficient")
+    if device.type != "cuda" or choice == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    table = {"efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+             "flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}
+    return sdpa_kernel([table[choice], SDPBackend.MATH])
 
 
 def register() -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .. import rng
@@ -135,7 +136,7 @@ class BoundActivation:
         Ws = src.shape[1] if src is not None else 0
         dtype = model.dtype
         pmax = max(target_lengths)
-        index = torch.full((B, pmax), -1, dtype=torch.long)
+        index = np.full((B, pmax), -1, dtype=np.int64)
         dec_rows: list[list[int]] = [[] for _ in range(B)]
         needs = inter.needs_source
         for b in range(B):
@@ -152,11 +153,13 @@ class BoundActivation:
             ns, nt = ls - bs, lt - bt
             if flavour == "seed" and not isinstance(inter, (Ablate, Steer)):
                 continue  # seed windows are relative to each call; see _seed_values
-            for pt, ps in _prompt_map(inter, nt, bt, lt, ns, bs, ls, where):
+            pairs = _prompt_map(inter, nt, bt, lt, ns, bs, ls, where)
+            if pairs:
+                pt, ps = np.asarray(pairs, dtype=np.int64).T
                 index[b, pt] = (Ws - ls + ps) if needs else ps
             if isinstance(inter, Patch):
                 dec_rows[b] = [(Ws - ls + p) if needs else p for p in _source_rows(inter, ns, bs, ls, where)]
-        self.index = index.to(device)
+        self.index = torch.from_numpy(index).to(device)
         self.seed_window = getattr(inter, "window", None) or SEED_WINDOW
         if flavour == "seed" and src is not None and inter.needs_source:
             # the seed's patcher: ``L = min(T_cur, T_source); if L >= W`` -> needs >= W source tokens
@@ -168,19 +171,26 @@ class BoundActivation:
         self.cycle_len = torch.ones(B, dtype=torch.long, device=device)
         self.decode_table = None
         if isinstance(inter, Patch) and src is not None:
-            C = max(1, max(len(r) for r in dec_rows))
-            table = torch.zeros(B, C, width, dtype=src.dtype, device=device)
-            for b, cols in enumerate(dec_rows):
-                if not cols:
-                    continue
-                block = src[b, cols]
-                if inter.decode == "last":
-                    table[b, 0] = src[b, Ws - 1]
-                elif inter.decode == "mean":
-                    table[b, 0] = block.float().mean(0).to(src.dtype)
+            has = torch.tensor([bool(c) for c in dec_rows], device=device)
+            if inter.decode == "last":
+                table = torch.where(has[:, None], src[:, Ws - 1], torch.zeros_like(src[:, Ws - 1]))[:, None]
+            else:
+                C = max(1, max(len(r) for r in dec_rows))
+                cols = np.zeros((B, C), dtype=np.int64)
+                valid = np.zeros((B, C), dtype=bool)
+                for b, r in enumerate(dec_rows):
+                    cols[b, : len(r)] = r
+                    valid[b, : len(r)] = True
+                cols_t = torch.from_numpy(cols).to(device)
+                valid_t = torch.from_numpy(valid).to(device)
+                block = src.gather(1, cols_t[..., None].expand(B, C, width))
+                block = torch.where(valid_t[..., None], block, torch.zeros_like(block))
+                if inter.decode == "mean":
+                    n = valid_t.sum(1, keepdim=True).clamp(min=1)
+                    table = (block.float().sum(1) / n).to(src.dtype)[:, None]
                 else:
-                    table[b, : len(cols)] = block
-                    self.cycle_len[b] = len(cols)
+                    table = block
+                    self.cycle_len = valid_t.sum(1).clamp(min=1)
             self.decode_table = table
         self.mean = None
         if isinstance(inter, Ablate) and inter.how == "mean":

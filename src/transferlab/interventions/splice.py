@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..kvcache import get_kv, n_cache_layers, set_kv
@@ -56,24 +57,22 @@ def splice_layers(splice: KVSplice, n_layers: int) -> list[int]:
 def _slot_maps(splice: KVSplice, flavour: str, rows: list[bool], tgt_len: list[int], src_len: list[int], tgt_w: int, src_end: int):
     """Per row: source column for each target column (-1 = untouched) and the position shift."""
     B = len(rows)
-    index = torch.full((B, tgt_w), -1, dtype=torch.long)
-    delta = torch.zeros(B, dtype=torch.long)
-    count = torch.zeros(B, dtype=torch.long)
+    index = np.full((B, tgt_w), -1, dtype=np.int64)
+    delta = np.zeros(B, dtype=np.int64)
+    count = np.zeros(B, dtype=np.int64)
+    align = "right" if flavour == "seed" else splice.align
+    cap = splice.window if splice.window is not None else 10**9
     for b in range(B):
         if not rows[b]:
             continue
         P, S = tgt_len[b], src_len[b]
-        align = "right" if flavour == "seed" else splice.align
-        cap = splice.window if splice.window is not None else 10**9
         if align == "right":
             n = min(P, S, cap)
-            tgt = range(tgt_w - n, tgt_w)
-            src = range(src_end - n, src_end)
+            t0, s0 = tgt_w - n, src_end - n
             delta[b] = P - S
         elif align == "left":
             n = min(P, S, cap)
-            tgt = range(tgt_w - P, tgt_w - P + n)
-            src = range(src_end - S, src_end - S + n)
+            t0, s0 = tgt_w - P, src_end - S
         else:  # range
             a, z = splice.positions
             if z > min(P, S):
@@ -81,12 +80,11 @@ def _slot_maps(splice: KVSplice, flavour: str, rows: list[bool], tgt_len: list[i
                     f"{splice.describe()} (example {b}): slots {a}-{z} run past the target prefix "
                     f"({P} slots) or the source prefix ({S} slots)"
                 )
-            tgt = range(tgt_w - P + a, tgt_w - P + z)
-            src = range(src_end - S + a, src_end - S + z)
-        for t, s in zip(tgt, src):
-            index[b, t] = s
-        count[b] = len(tgt)
-    return index, delta, count
+            n, t0, s0 = z - a, tgt_w - P + a, src_end - S + a
+        if n > 0:
+            index[b, t0 : t0 + n] = np.arange(s0, s0 + n)
+        count[b] = n
+    return torch.from_numpy(index), torch.from_numpy(delta), torch.from_numpy(count)
 
 
 def apply_splice(model, cache, splice: KVSplice, rows: torch.Tensor, source: SourceKV,
