@@ -157,15 +157,18 @@ def run(
     from .experiments import ConfigError, load_config, run_experiment
     from .experiments.runner import never_fired_summary
     from .interventions import InterventionError
+    from .models import ModelLoadError
     from .sites import SiteError
 
+    if resume and (config or set_):
+        _fail(ValueError("--resume continues a run with its own config.json; drop the config argument and --set"))
     try:
         cfg = None if resume else load_config(config, set_)
         if cfg is not None:
             console.print(f"[bold]{cfg.name}[/]: {len(cfg.conditions)} conditions x {cfg.prompts.n} pairs x "
                           f"{len(cfg.seeds)} seed(s) on {', '.join(m.spec for m in cfg.model_specs())}")
         run_dir = run_experiment(cfg, resume=resume, console=console, report=not no_report)
-    except (ConfigError, InterventionError, SiteError, FileNotFoundError, KeyError, ValueError) as exc:
+    except (ConfigError, InterventionError, SiteError, FileNotFoundError, KeyError, ValueError, ModelLoadError) as exc:
         _fail(exc)
     from .experiments.store import RunStore
 
@@ -205,11 +208,16 @@ def runs(output_dir: str = typer.Option("runs", help="Where runs are written."))
     if not entries:
         console.print(f"no runs recorded in {output_dir}/index.jsonl")
         return
+    from pathlib import Path
+
     table = Table(title=f"runs in {output_dir}")
     for c in ("run_dir", "name", "status", "time", "rows"):
-        table.add_column(c)
+        table.add_column(c, overflow="fold")  # never cut a path or a time with an ellipsis
+    base = Path(output_dir)
     for e in entries:
-        table.add_row(e["run_dir"], e.get("name", ""), e.get("status", ""), e.get("time", ""), str(e.get("rows", "")))
+        run_dir = Path(e["run_dir"])
+        shown = run_dir.name if run_dir.parent == base else str(run_dir)
+        table.add_row(shown, e.get("name", ""), e.get("status", ""), e.get("time", ""), str(e.get("rows", "")))
     console.print(table)
 
 

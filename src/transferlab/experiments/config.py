@@ -31,6 +31,46 @@ class ConfigError(ValueError):
         super().__init__(f"{source} has {len(problems)} problem(s):\n{lines}")
 
 
+class _Problems(ValueError):
+    """Cross-field problems, each with its own key path (validate_config unpacks them)."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{p}: {m}" for p, m in problems))
+
+
+def _cross_problems(names: list[str], reference: Any, has_sweeps: bool) -> list[tuple[str, str]]:
+    """Checks across fields: condition names unique, some condition, the reference among them."""
+    out = []
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        out.append(("conditions", f"condition names must be unique; repeated: {', '.join(dupes)}"))
+    if not names and not has_sweeps:
+        out.append(("conditions", "no conditions: add [[conditions]] tables (at least a baseline)"))
+    if reference not in names:
+        out.append(("reference", f"reference condition {reference!r} is not among the conditions "
+                                  f"({', '.join(names) or 'none'})"))
+    return out
+
+
+def _raw_cross_problems(data: dict) -> list[tuple[str, str]]:
+    """The cross-field checks on the raw data, so they are reported alongside field errors."""
+    if not isinstance(data, dict):
+        return []
+    out = []
+    if "model" in data and data.get("models"):
+        out.append(("model", "give either model or models, not both (this config has [[models]]; "
+                             "override them with --set 'models=[{spec=\"tiny:llama\"}]' or models.0.spec=...)"))
+    conds = data.get("conditions", [])
+    if not isinstance(conds, list) or not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in conds):
+        return out
+    names = [c["name"] for c in conds]
+    primary = data.get("primary")
+    if "primary" in data and primary is not None and primary not in names:  # the default may be absent; a typo not
+        out.append(("primary", f"primary condition {primary!r} is not among the conditions ({', '.join(names) or 'none'})"))
+    return out + _cross_problems(names, data.get("reference", "baseline"), bool(data.get("sweeps")))
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -141,13 +181,9 @@ class ExperimentConfig(_Strict):
     @model_validator(mode="after")
     def _conditions_ok(self):
         names = [c.name for c in self.conditions]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"condition names must be unique; repeated: {', '.join(dupes)}")
-        if not self.conditions and not self.sweeps:
-            raise ValueError("no conditions: add [[conditions]] tables (at least a baseline)")
-        if self.reference not in names:
-            raise ValueError(f"reference condition {self.reference!r} is not among the conditions ({', '.join(names) or 'none'})")
+        problems = _cross_problems(names, self.reference, bool(self.sweeps))
+        if problems:
+            raise _Problems(problems)
         if self.primary is not None and self.primary not in names:
             self.primary = None
         return self
@@ -156,7 +192,8 @@ class ExperimentConfig(_Strict):
         return list(self.models) if self.models else [self.model]
 
     def to_dict(self) -> dict:
-        return json.loads(self.model_dump_json())
+        """Plain JSON data (``config.json``); without ``model`` when ``models`` is set, as it is unused."""
+        return json.loads(self.model_dump_json(exclude={"model"} if self.models else None))
 
 
 def _loc(loc) -> str:
@@ -168,17 +205,21 @@ def _set_path(data: dict, path: str, value: Any) -> None:
     if keys == ["model"] and not isinstance(value, dict):
         keys = ["model", "spec"]
     cur = data
-    for k in keys[:-1]:
+    for i, k in enumerate(keys):
+        last = i == len(keys) - 1
         if isinstance(cur, list):
-            cur = cur[int(k)]
-            continue
-        if k not in cur or not isinstance(cur[k], (dict, list)):
-            cur[k] = {}
-        cur = cur[k]
-    if isinstance(cur, list):
-        cur[int(keys[-1])] = value
-    else:
-        cur[keys[-1]] = value
+            where = ".".join(keys[:i]) or "(top level)"
+            if not k.lstrip("-").isdigit():
+                raise ValueError(f"{where} is a list: give an index, e.g. {where}.0")
+            if not -len(cur) <= int(k) < len(cur):
+                raise ValueError(f"{where} has {len(cur)} entries (indices 0..{len(cur) - 1}); no index {k}")
+            k = int(k)
+        if last:
+            cur[k] = value
+        else:
+            if not isinstance(cur, list) and (k not in cur or not isinstance(cur[k], (dict, list))):
+                cur[k] = {}
+            cur = cur[k]
 
 
 def parse_value(text: str) -> Any:
@@ -197,8 +238,16 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
             problems.append((item, "an override must look like key=value (e.g. prompts.n=20)"))
             continue
         key, value = item.split("=", 1)
+        key = key.strip()
+        head = key.split(".")[0]
+        if head == "model" and data.get("models"):
+            problems.append((key, "this config runs [[models]], so model is unused; set models instead, e.g. "
+                                  "--set 'models=[{spec=\"tiny:llama\"}]' or --set models.0.spec=tiny:llama"))
+            continue
+        if head == "models":
+            data.pop("model", None)  # models replaces the config's single model
         try:
-            _set_path(data, key.strip(), parse_value(value.strip()))
+            _set_path(data, key, parse_value(value.strip()))
         except (ValueError, IndexError, TypeError) as exc:
             problems.append((key, f"cannot set: {exc}"))
     if problems:
@@ -207,11 +256,23 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
 
 
 def validate_config(data: dict, source: str = "config") -> ExperimentConfig:
+    problems: list[tuple[str, str]] = []
     try:
-        return ExperimentConfig.model_validate(data)
+        config = ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        problems = [(_loc(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in exc.errors()]
-        raise ConfigError(problems, source) from None
+        for e in exc.errors():
+            err = (e.get("ctx") or {}).get("error")
+            if isinstance(err, _Problems):
+                problems.extend(err.problems)
+            else:
+                problems.append((_loc(e["loc"]), e["msg"].removeprefix("Value error, ")))
+        config = None
+    for p in _raw_cross_problems(data):  # also when field errors stopped the model validator
+        if p not in problems:
+            problems.append(p)
+    if problems:
+        raise ConfigError(problems, source)
+    return config
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -223,7 +284,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             p = preset_path(str(path))
         except FileNotFoundError:
-            raise ConfigError([(str(path), "no such config file or preset")], "config") from None
+            from .presets import list_presets
+
+            raise ConfigError([(str(path), f"no such config file or preset (presets: {', '.join(list_presets())})")],
+                              "config") from None
     try:
         data = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:

@@ -28,7 +28,19 @@ def _condition(layers) -> Condition:
     return Condition(name=_name(layers), plan=str(Plan((KVSplice(layers=tuple(sorted(layers))),))))
 
 
-def minimal_layers_search(runner, model, model_name: str, pairs, sweep, rv_rows) -> dict:
+class _Stopped(Exception):
+    pass
+
+
+def minimal_layers_search(runner, model, model_name: str, pairs, sweep, rv_rows) -> dict | None:
+    """Run the search (see the module docstring); None if the runner stopped at ``max_batches``."""
+    try:
+        return _search(runner, model, model_name, pairs, sweep, rv_rows)
+    except _Stopped:
+        return None
+
+
+def _search(runner, model, model_name: str, pairs, sweep, rv_rows) -> dict:
     cfg = runner.config
     n = min(len(pairs), sweep.n_search or len(pairs))
     reference = cfg.reference
@@ -41,6 +53,8 @@ def minimal_layers_search(runner, model, model_name: str, pairs, sweep, rv_rows)
         wanted = [conds[reference]] + list(todo.values())
         units = [u for u in plan_units(model_name, cfg.seeds, n, wanted) if u.key not in done]
         runner.execute(model, model_name, pairs, allc, units, rv_rows)
+        if runner.stopped:  # a partial run (max_batches): the arms are incomplete, so no effects
+            raise _Stopped
         df = runner.store.results()
         df = df[(df.model == model_name) & (df.pair_id < n)]
         ref = df[df.condition == reference].set_index(["pair_id", "seed"])[sweep.score]

@@ -30,6 +30,7 @@ from ..metrics.logit_scores import logit_mass_score, marker_token_ids
 from ..metrics.scorers import score_table
 from ..metrics.seed_v1 import SEED_MARKERS
 from ..prompts import load_bank, make_pairs
+from .checks import check_plans, preflight
 from .config import ExperimentConfig, validate_config
 from .metadata import environment, ledger_append, now, write_json
 from .store import RunStore
@@ -50,9 +51,12 @@ def new_run_dir(config: ExperimentConfig) -> Path:
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:6]
     base = Path(config.output_dir) / f"{config.name}-{stamp}-{digest}"
     path, i = base, 1
-    while path.exists():
-        path, i = Path(f"{base}-{i}"), i + 1
-    return path
+    while True:  # mkdir, not exists(): two runs started in the same second get different directories
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            path, i = Path(f"{base}-{i}"), i + 1
 
 
 class Runner:
@@ -66,6 +70,8 @@ class Runner:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.store = RunStore(self.run_dir / "store.sqlite")
         self.batches_done = 0
+        self._top_cache: dict = {}  # per model (reset on load): prompt -> own top-k ids
+        self._marker_cache: dict = {}  # per model: lexicon -> marker token ids
 
     # -- prompts -----------------------------------------------------------
     def pairs(self):
@@ -104,8 +110,9 @@ class Runner:
         done = self.store.done_units()
         for spec in cfg.model_specs():
             model = self._load(spec)
-            rv_rows = self.measure_rv(model, spec.spec, pairs)
             conditions = expand_conditions(cfg, model.n_layers)
+            check_plans(cfg, model, spec.spec, conditions, pairs)  # before any forward pass
+            rv_rows = self.measure_rv(model, spec.spec, pairs)
             units = [u for u in plan_units(spec.spec, cfg.seeds, len(pairs), conditions) if u.key not in done]
             self.execute(model, spec.spec, pairs, {c.name: c for c in conditions}, units, rv_rows)
             if self.max_batches is not None and self.batches_done >= self.max_batches:
@@ -115,11 +122,19 @@ class Runner:
                     from .minimal import minimal_layers_search
 
                     minimal_layers_search(self, model, spec.spec, pairs, sweep, rv_rows)
+                    if self.stopped:
+                        return self.run_dir
         return self.run_dir
+
+    @property
+    def stopped(self) -> bool:
+        """True once ``max_batches`` batches ran (a deliberately partial run)."""
+        return self.max_batches is not None and self.batches_done >= self.max_batches
 
     def _load(self, spec):
         from ..models import load_model
 
+        self._top_cache, self._marker_cache = {}, {}  # token ids belong to one tokenizer
         return load_model(spec.spec, dtype=spec.dtype, device=spec.device, attn_implementation=spec.attn_implementation)
 
     def execute(self, model, model_name: str, pairs, conditions: dict, units: list[WorkUnit], rv_rows: dict) -> None:
@@ -165,8 +180,7 @@ class Runner:
             lexicons.append(self._lexicon(pair.source_id))
         record = None
         if cfg.scoring.logit:
-            tok = model.tokenizer
-            record = {"markers": [marker_token_ids(tok, lex) for lex in lexicons],
+            record = {"markers": [self._marker_ids(model, lex) for lex in lexicons],
                       "target_top": self._own_top_ids(model, targets)}
         gen = model.generate(targets, sources=sources, plan=plans, seed=seed, example_ids=[u.key for u in batch],
                              batch_size=len(batch), record_logits=record, **settings)
@@ -197,6 +211,13 @@ class Runner:
             rows.append(row)
         return rows
 
+    def _marker_ids(self, model, lexicon: list[str]) -> list[int]:
+        """Marker token ids of a lexicon, once per model: it decodes the whole vocabulary."""
+        key = tuple(lexicon)
+        if key not in self._marker_cache:
+            self._marker_cache[key] = marker_token_ids(model.tokenizer, lexicon)
+        return self._marker_cache[key]
+
     def _own_top_ids(self, model, prompts: list[str]) -> list[list[int]]:
         """Top-k next-token ids of each prompt's own (unpatched) last position."""
         import torch
@@ -204,8 +225,7 @@ class Runner:
         from ..batching import encode, left_pad, pad_id_of
         from ..capture import forward_capture
 
-        cache = getattr(self, "_top_cache", {})
-        self._top_cache = cache
+        cache = self._top_cache
         todo = sorted({p for p in prompts if p not in cache})
         k = self.config.scoring.logit_top_k
         for start in range(0, len(todo), 128):
@@ -218,19 +238,31 @@ class Runner:
         return [cache[p] for p in prompts]
 
 
+def export_results(run_dir: Path) -> pd.DataFrame:
+    """Write the store's table to ``results.csv`` and ``results.jsonl``; return it."""
+    run_dir = Path(run_dir)
+    store = RunStore(run_dir / "store.sqlite")
+    try:
+        results = store.results()
+    finally:
+        store.close()
+    results.to_csv(run_dir / "results.csv", index=False)
+    results.to_json(run_dir / "results.jsonl", orient="records", lines=True)
+    return results
+
+
 def finalize(run_dir: Path, console=None) -> dict:
     """Export the store to CSV/JSONL and (re)write summary.json, report.md and figures."""
     run_dir = Path(run_dir)
+    results = export_results(run_dir)
     store = RunStore(run_dir / "store.sqlite")
-    results = store.results()
+    sweep_info = store.get("minimal_layers")
+    store.close()
     config = json.loads((run_dir / "config.json").read_text())
-    results.to_csv(run_dir / "results.csv", index=False)
-    results.to_json(run_dir / "results.jsonl", orient="records", lines=True)
     scores = [c for c in results.columns if c in set(config["scoring"]["scorers"]) | {"logit_markers"}]
     from ..report import build_summary, write_report
 
     rv_groups = _rv_by_group(results)
-    sweep_info = store.get("minimal_layers")
     summary = build_summary(results, scores, reference=config.get("reference", "baseline"),
                             primary=config.get("primary"), rv_groups=rv_groups, sweep=sweep_info)
     summary["scores"] = scores
@@ -238,7 +270,6 @@ def finalize(run_dir: Path, console=None) -> dict:
     meta_path = run_dir / "metadata.json"
     metadata = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     write_report(run_dir, results, summary, config=config, metadata=metadata)
-    store.close()
     return summary
 
 
@@ -262,13 +293,16 @@ def run_experiment(config: ExperimentConfig | None = None, *, resume: str | Path
         if not cfg_path.exists():
             raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); nothing to resume")
         config = validate_config(json.loads(cfg_path.read_text()), str(cfg_path))
-        metadata = json.loads((run_dir / "metadata.json").read_text())
+        preflight(config)
+        meta_path = run_dir / "metadata.json"  # absent if killed between config.json and metadata.json
+        metadata = json.loads(meta_path.read_text()) if meta_path.exists() else {
+            "name": config.name, "run_dir": str(run_dir), "started": None, "seeds": config.seeds, **environment()}
         metadata.setdefault("resumed_at", []).append(now())
     else:
         if config is None:
             raise ValueError("give a config or resume=RUN_DIR")
+        preflight(config)  # bank, pairs, scorers: fail before a run directory exists
         run_dir = new_run_dir(config)
-        run_dir.mkdir(parents=True)
         write_json(run_dir / "config.json", config.to_dict())
         metadata = {"name": config.name, "run_dir": str(run_dir), "started": now(), "seeds": config.seeds,
                     **environment()}
@@ -276,10 +310,17 @@ def run_experiment(config: ExperimentConfig | None = None, *, resume: str | Path
     ledger_append(config.output_dir, {"run_dir": str(run_dir), "name": config.name, "status": "running",
                                       "time": now(), "models": [m.spec for m in config.model_specs()]})
     runner = Runner(config, run_dir, progress=progress, console=console, max_batches=max_batches)
-    runner.run()
+    try:
+        runner.run()
+    except BaseException as exc:
+        runner.store.close()
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        ledger_append(config.output_dir, {"run_dir": str(run_dir), "name": config.name, "status": status,
+                                          "time": now(), "error": f"{type(exc).__name__}: {exc}"[:500]})
+        raise
     metadata["bank"] = {"name": config.prompts.bank, "version": runner.bank.version}
     metadata["models"] = _model_metadata(runner, config)
-    if max_batches is not None and runner.batches_done >= max_batches:
+    if runner.stopped:
         write_json(run_dir / "metadata.json", metadata)
         runner.store.close()
         return run_dir
@@ -289,6 +330,8 @@ def run_experiment(config: ExperimentConfig | None = None, *, resume: str | Path
     runner.store.close()
     if report:
         finalize(run_dir, console=console)
+    else:
+        export_results(run_dir)
     ledger_append(config.output_dir, {"run_dir": str(run_dir), "name": config.name, "status": "complete",
                                       "time": now(), "rows": n_rows})
     return run_dir

@@ -53,7 +53,12 @@ class RunStore:
 
     def results(self) -> pd.DataFrame:
         rows = [json.loads(r[0]) for r in self.db.execute("SELECT row FROM results ORDER BY unit")]
-        return pd.DataFrame(rows)
+        df = pd.DataFrame(rows)
+        for col in df.columns:  # NaN is stored as null: a score column that is all NaN must stay numeric
+            values = df[col]
+            if values.dtype == object and values.map(lambda v: v is None or isinstance(v, (int, float))).all():
+                df[col] = pd.to_numeric(values).astype(float)
+        return df
 
     def put_rv(self, model: str, rows: dict[str, dict]) -> None:
         self.db.execute("BEGIN")

@@ -1,0 +1,123 @@
+"""Checks that a validated config can run, made before any generation.
+
+The schema (``config.py``) knows nothing of prompt banks, scorers or models.
+Two more gates close the gap, so a mistake stops a run at once with its key
+path instead of hours into it:
+
+- :func:`preflight` (no model needed; before the run directory exists): the
+  bank and its groups, whether ``prompts.n`` pairs can be drawn, the scorer
+  names, the R_V site.
+- :func:`check_plans` (right after a model is loaded): every condition's plan
+  against that model — layers in range, heads that exist, windows no longer
+  than the shortest prompt they read from.
+"""
+
+from __future__ import annotations
+
+from ..interventions import InterventionError, KVSplice
+from ..interventions.splice import splice_layers
+from ..sites import ACTIVATION_SITES, SiteError
+from .config import ConfigError, ExperimentConfig
+
+
+def _message(exc: BaseException) -> str:
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+
+
+def preflight(config: ExperimentConfig) -> list:
+    """Raise :class:`ConfigError` listing every problem found without a model; return the pairs."""
+    from ..metrics.scorers import SCORERS
+    from ..prompts import load_bank, make_pairs
+
+    problems: list[tuple[str, str]] = []
+    p = config.prompts
+    pairs: list = []
+    try:
+        bank = load_bank(p.bank)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        problems.append(("prompts.bank", _message(exc)))
+        bank = None
+    if bank is not None:
+        pools = {}
+        for key in ("sources", "targets"):
+            try:
+                pools[key] = bank.select(getattr(p, key))
+            except (KeyError, ValueError) as exc:
+                problems.append((f"prompts.{key}", _message(exc)))
+        if len(pools) == 2:
+            try:
+                pairs = make_pairs(pools["sources"], pools["targets"], p.n, p.pair_seed, reuse=p.reuse,
+                                   length_match=p.length_match)
+            except ValueError as exc:
+                hint = "" if p.reuse else " (or set prompts.reuse = true)"
+                problems.append(("prompts.n", f"{exc}; lower prompts.n{hint}"))
+    for name in config.scoring.scorers:
+        if name not in SCORERS:
+            problems.append(("scoring.scorers", f"unknown scorer {name!r}; registered: {', '.join(sorted(SCORERS))}"))
+    columns = set(config.scoring.scorers) | ({"logit_markers"} if config.scoring.logit else set())
+    for i, sweep in enumerate(config.sweeps):
+        if sweep.kind == "minimal_layers" and sweep.score not in columns:
+            problems.append((f"sweeps.{i}.score", f"score {sweep.score!r} is not computed in this run; "
+                                                  f"add it to scoring.scorers (scores: {', '.join(sorted(columns))})"))
+    if config.rv.enabled and config.rv.site not in ACTIVATION_SITES:
+        problems.append(("rv.site", f"unknown site {config.rv.site!r}; R_V reads one of {', '.join(ACTIVATION_SITES)}"))
+    if problems:
+        raise ConfigError(problems, "config")
+    return pairs
+
+
+def _check_heads(model, inter) -> None:
+    heads = getattr(inter, "heads", None)
+    if not heads:
+        return
+    ad = model.adapter
+    query = inter.site == "q_proj" or getattr(inter, "head_kind", "kv") == "query"
+    n, what = (ad.n_heads, "query") if query else (ad.n_kv_heads, "key/value")
+    bad = [h for h in heads if not 0 <= h < n]
+    if bad:
+        raise InterventionError(f"{what} head(s) {bad} do not exist: the model has {n} {what} heads (0..{n - 1})")
+
+
+def _shortest(model, texts: list[str]) -> int:
+    """Fewest tokens (BOS excluded) among ``texts``."""
+    from ..batching import encode
+
+    bos = model.tokenizer.bos_token_id
+    return min(len(ids) - int(bool(ids) and ids[0] == bos) for ids in encode(model.tokenizer, sorted(set(texts))))
+
+
+def check_plans(config: ExperimentConfig, model, model_name: str, conditions, pairs) -> None:
+    """Raise :class:`ConfigError` naming each condition whose plan cannot run on ``model``."""
+    from .units import generation_settings
+
+    index = {c.name: i for i, c in enumerate(config.conditions)}
+    problems: list[tuple[str, str]] = []
+    shortest: dict[str, int] = {}
+
+    def fewest(role: str) -> int:
+        if role not in shortest:
+            texts = [getattr(p, f"{role}_text") for p in pairs]
+            shortest[role] = _shortest(model, texts) if texts else 0
+        return shortest[role]
+
+    for cond in conditions:
+        where = f"conditions.{index[cond.name]}.plan" if cond.name in index else f"sweep condition {cond.name}"
+        flavour = generation_settings(config, cond)["flavour"]
+        for inter in cond.parsed_plan():
+            try:
+                if isinstance(inter, KVSplice):
+                    splice_layers(inter, model.n_layers)
+                    continue
+                model.layer(inter.layer)
+                _check_heads(model, inter)
+                window = getattr(inter, "window", None)
+                if window is not None and flavour == "corrected":
+                    role = "source" if inter.needs_source or cond.prompt == "source" else "target"
+                    n = fewest(role)
+                    if window > n:
+                        raise InterventionError(f"window {window} is longer than the shortest {role} prompt "
+                                                f"({n} tokens without BOS); use a smaller window or longer prompts")
+            except (SiteError, InterventionError) as exc:
+                problems.append((where, f"condition {cond.name!r}: {inter.describe()}: {exc}"))
+    if problems:
+        raise ConfigError(problems, f"the config's plans on {model_name} ({model.n_layers} layers)")

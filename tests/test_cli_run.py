@@ -1,0 +1,176 @@
+"""``transferlab run / report / runs / presets``: a complete run directory and the ledger.
+
+One full run with the report (stories260K, the embedded model, so its sha256 is
+recorded), one ``--no-report`` run whose report is made afterwards by
+``transferlab report``; the ledger lists both.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import transferlab
+from transferlab.cli import app
+from transferlab.experiments import list_presets, preset_path
+from transferlab.experiments.metadata import ledger
+from transferlab.experiments.schema import BASE_COLUMNS, TAIL_COLUMNS
+from transferlab.experiments.store import RunStore
+from transferlab.models.loading import embedded_path, file_sha256
+from transferlab.prompts import load_bank
+
+N_PAIRS, N_CONDITIONS = 6, 7
+HAS_REPORT = (Path(transferlab.__file__).parent / "report" / "__init__.py").exists()
+
+
+# small vocabularies have no token for most marker words (see marker_token_ids)
+pytestmark = pytest.mark.filterwarnings("ignore:no vocabulary token spells:UserWarning")
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def nows(text: str) -> str:
+    """Output without any whitespace (rich may wrap a long path anywhere)."""
+    return "".join(text.split())
+
+
+def invoke(*args: str) -> str:
+    res = CliRunner().invoke(app, list(args))
+    assert res.exit_code == 0, (res.output, res.exception)
+    return flat(res.output)
+
+
+def sets(output_dir: Path, *extra: str) -> list[str]:
+    out = []
+    for item in (f"output_dir={output_dir}", f"prompts.n={N_PAIRS}", "generation.max_new_tokens=6", *extra):
+        out += ["--set", item]
+    return out
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """``transferlab run demo`` on stories260K with the report."""
+    out_dir = tmp_path_factory.mktemp("runs")
+    args = ["run", "demo", *sets(out_dir, "model=stories260K")]
+    if not HAS_REPORT:
+        args.append("--no-report")
+    output = invoke(*args)
+    (run_dir,) = [p for p in out_dir.iterdir() if p.is_dir()]
+    return out_dir, run_dir, output
+
+
+def test_run_directory_is_complete(full_run):
+    out_dir, run_dir, output = full_run
+    assert nows(f"run directory: {run_dir}") in nows(output)
+    assert "demo: 7 conditions x 6 pairs x 1 seed(s) on stories260K" in output
+    for name in ("config.json", "metadata.json", "store.sqlite", "results.csv", "results.jsonl"):
+        assert (run_dir / name).is_file(), name
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["prompts"]["n"] == N_PAIRS and config["output_dir"] == str(out_dir)
+    csv = pd.read_csv(run_dir / "results.csv")
+    jsonl = pd.read_json(run_dir / "results.jsonl", lines=True)
+    assert len(csv) == len(jsonl) == N_PAIRS * N_CONDITIONS
+    assert list(csv.columns) == list(jsonl.columns)
+    assert list(csv.columns[: len(BASE_COLUMNS)]) == BASE_COLUMNS and list(csv.columns[-len(TAIL_COLUMNS):]) == TAIL_COLUMNS
+    store = RunStore(run_dir / "store.sqlite")
+    assert sorted(store.results()["unit"]) == sorted(csv["unit"])
+    store.close()
+
+
+@pytest.mark.skipif(not HAS_REPORT, reason="the report package has not landed")
+def test_run_writes_the_report(full_run):
+    _, run_dir, output = full_run
+    assert nows(f"report: {run_dir / 'report.md'}") in nows(output)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["scores"] == ["source_lexicon", "source_overlap", "seed_v1", "strict", "collapse", "logit_markers"]
+    report = (run_dir / "report.md").read_text()
+    assert "transfer" in report and "baseline" in report
+    figures = list((run_dir / "figures").glob("*.png"))
+    assert figures and all(f.stat().st_size > 1000 for f in figures)
+
+
+def test_metadata(full_run):
+    _, run_dir, _ = full_run
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    assert meta["transferlab"] == transferlab.__version__
+    assert meta["torch"] == torch.__version__
+    import transformers
+
+    assert meta["transformers"] == transformers.__version__
+    assert meta["device"] and meta["python"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(transferlab.__file__).parent, capture_output=True, text=True)
+    if head.returncode == 0:
+        assert meta["git_commit"].removesuffix("+dirty") == head.stdout.strip()
+    assert meta["bank"] == {"name": "stories", "version": load_bank("stories").version}
+    (model,) = meta["models"]
+    assert model["spec"] == "stories260K" and model["sha256"] == file_sha256(embedded_path())
+    assert meta["seeds"] == [0] and meta["name"] == "demo"
+    started, finished = dt.datetime.fromisoformat(meta["started"]), dt.datetime.fromisoformat(meta["finished"])
+    assert started <= finished
+
+
+def test_ledger_and_runs_command(full_run, tmp_path, monkeypatch):
+    out_dir, run_dir, _ = full_run
+    lines = [json.loads(x) for x in (out_dir / "index.jsonl").read_text().splitlines()]
+    assert [e["status"] for e in lines] == ["running", "complete"]
+    assert {e["run_dir"] for e in lines} == {str(run_dir)}
+    assert lines[1]["rows"] == N_PAIRS * N_CONDITIONS
+    (entry,) = ledger(out_dir)
+    assert entry["status"] == "complete" and entry["models"] == ["stories260K"]
+    # a second run, stopped by a bad plan, is listed as failed
+    res = CliRunner().invoke(app, ["run", "demo", "--no-report", *sets(out_dir, "model=tiny:llama",
+                                                                        "conditions.1.plan=v_proj@40")])
+    assert res.exit_code == 2
+    from transferlab import cli
+
+    monkeypatch.setattr(cli.console, "_width", 200)  # one table row per line
+    out = invoke("runs", "--output-dir", str(out_dir))
+    assert run_dir.name in out and "complete" in out and "failed" in out and str(N_PAIRS * N_CONDITIONS) in out
+    assert "no runs recorded" in invoke("runs", "--output-dir", str(tmp_path))
+
+
+def test_no_report_then_report_command(tmp_path):
+    output = invoke("run", "demo", "--no-report", *sets(tmp_path, "model=tiny:llama", "prompts.n=4"))
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert (run_dir / "results.csv").is_file() and (run_dir / "results.jsonl").is_file()
+    assert not (run_dir / "summary.json").exists() and not (run_dir / "report.md").exists()
+    assert "report:" not in output
+    if HAS_REPORT:
+        out = invoke("report", str(run_dir))
+        assert nows(f"report: {run_dir / 'report.md'}") in nows(out)
+        assert (run_dir / "summary.json").is_file() and (run_dir / "report.md").is_file()
+        assert list((run_dir / "figures").glob("*.png"))
+    res = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert res.exit_code == 2 and "not a run directory" in flat(res.output)
+
+
+def test_presets_command():
+    out = invoke("presets")
+    for name in list_presets():
+        assert name in out
+        first = preset_path(name).read_text().splitlines()[0].lstrip("# ")
+        assert flat(first)[:40] in out
+    assert {"demo", "seed_n300", "corrected_n300", "layer_sweep", "minimal_layers", "seeds_x10", "cross_model"} <= set(list_presets())
+
+
+def test_configs_symlink_points_at_the_presets():
+    root = Path(transferlab.__file__).resolve().parents[2] / "configs"
+    if not root.exists():
+        pytest.skip("not a source checkout")
+    assert sorted(p.name for p in root.glob("*.toml")) == sorted(f"{n}.toml" for n in list_presets())
