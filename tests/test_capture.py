@@ -326,3 +326,59 @@ def test_hooked_removes_hooks_when_the_body_raises():
             assert not all_hooks_removed(m.hf)
             1 / 0
     assert all_hooks_removed(m.hf)
+
+
+# --------------------------------------------------------------------------- hooks on toy modules
+
+
+class _TupleOut(torch.nn.Module):
+    """Returns (hidden, extra) like older decoder layers; reads hidden_states by keyword."""
+
+    def forward(self, hidden_states, scale=1.0):
+        return hidden_states * scale, torch.zeros(1)
+
+
+def test_hooks_read_and_write_tuple_outputs_and_keyword_inputs():
+    from transferlab.hooks import add_hook
+    from transferlab.models.adapters import SiteHandle
+
+    mod, x = _TupleOut(), torch.arange(12.0).reshape(1, 3, 4)
+    seen = {}
+    with hooked([(SiteHandle(mod, "output"), lambda t: seen.setdefault("out", t.clone()))]):
+        mod(x, scale=2.0)
+    assert torch.equal(seen["out"], 2 * x)  # the hidden part of the tuple, not the extra
+    with hooked([(SiteHandle(mod, "output"), lambda t: t + 1)]):
+        out, extra = mod(x)
+    assert torch.equal(out, x + 1) and torch.equal(extra, torch.zeros(1))
+    # input hooks: positional and keyword hidden_states
+    for call in (lambda: mod(x), lambda: mod(hidden_states=x)):
+        h = add_hook(SiteHandle(mod, "input"), lambda t: -t)
+        try:
+            assert torch.equal(call()[0], -x)
+        finally:
+            h.remove()
+    assert all_hooks_removed(mod)
+
+
+def test_hook_on_a_fused_slice_writes_only_that_slice():
+    from transferlab.models.adapters import SiteHandle
+
+    lin = torch.nn.Linear(4, 10, bias=False)
+    x = torch.randn(1, 2, 4)
+    with torch.no_grad():
+        plain = lin(x)
+        with hooked([(SiteHandle(lin, "output", 6, 8), lambda t: torch.zeros_like(t))]):
+            patched = lin(x)
+    assert torch.equal(patched[..., 6:8], torch.zeros(1, 2, 2))
+    assert torch.equal(patched[..., :6], plain[..., :6]) and torch.equal(patched[..., 8:], plain[..., 8:])
+
+
+def test_pad_id_of():
+    from types import SimpleNamespace
+
+    from transferlab.batching import pad_id_of
+
+    assert pad_id_of(SimpleNamespace(pad_token_id=7, eos_token_id=2)) == 7
+    assert pad_id_of(SimpleNamespace(pad_token_id=None, eos_token_id=2)) == 2
+    assert pad_id_of(SimpleNamespace(pad_token_id=-1, eos_token_id=None, unk_token_id=0)) == 0
+    assert pad_id_of(SimpleNamespace()) == 0

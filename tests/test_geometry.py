@@ -105,6 +105,7 @@ def test_default_rv_layers():
     assert default_rv_layers(32) == (5, 27)
     assert default_rv_layers(64) == (10, 54)
     assert default_rv_layers(5) == (1, 4)
+    assert default_rv_layers(16) == (3, 14)  # 2.5 and 13.5 both round up
     assert default_rv_layers(32, 3, -2) == (3, 30)
 
 

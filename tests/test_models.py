@@ -222,6 +222,18 @@ def test_tiny_spec_is_seeded_and_cast():
     assert load_model("tiny:llama", dtype="bf16").dtype == torch.bfloat16
 
 
+def test_build_tiny_does_not_touch_the_global_rng():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    build_tiny("llama", seed=3)
+    assert torch.equal(torch.rand(3), expected)
+    torch.manual_seed(123)  # and the weights do not depend on the global RNG
+    a = build_tiny("llama", seed=3).hf.model.layers[1].mlp.up_proj.weight
+    torch.manual_seed(456)
+    assert torch.equal(a, build_tiny("llama", seed=3).hf.model.layers[1].mlp.up_proj.weight)
+
+
 def test_tiny_adapter_numbers(tiny):
     family = tiny.name.split(":")[1]
     a = tiny.adapter

@@ -38,6 +38,12 @@ from transferlab.sites import (
         (5 / 32, 5, 1),
         (27 / 32, 5, 4),
         (-1, 4, 3),
+        # ties round half up (Python's round() would go to even: 2.5 -> 2 but 13.5 -> 14)
+        (0.5, 5, 3),
+        (5 / 32, 16, 3),
+        (27 / 32, 16, 14),
+        (5 / 32, 48, 8),
+        (27 / 32, 48, 41),
     ],
 )
 def test_resolve_layer(layer, n_layers, expected):

@@ -17,12 +17,13 @@ kv          the layer's key/value cache (keys after RoPE), for splicing
 
 A site plus a layer is a **hook point**, written ``v_proj@27``. Layers may be
 an index (``27``), a negative index (``-1`` is the last layer) or a fraction
-of depth (``0.84`` -> ``round(0.84 * n_layers)``), so one config serves models
-of any depth.
+of depth (``0.84`` -> ``0.84 * n_layers`` rounded half up, at most the last
+layer), so one config serves models of any depth.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 ACTIVATION_SITES = ("q_proj", "k_proj", "v_proj", "attn_out", "resid_pre", "resid_post", "mlp_out")
@@ -60,7 +61,7 @@ def resolve_layer(layer: int | float | str, n_layers: int) -> int:
         if layer.is_integer() and not 0.0 <= layer < 1.0:
             layer = int(layer)
         elif 0.0 <= layer < 1.0:
-            return min(int(round(layer * n_layers)), n_layers - 1)
+            return min(int(math.floor(layer * n_layers + 0.5)), n_layers - 1)  # half up, not to even
         else:
             raise SiteError(
                 f"layer {original!r}: a fraction of depth must lie in [0, 1); "
