@@ -236,17 +236,33 @@ def test_phase_restricts_firing(tiny_models):
         assert ((a.fired_decode == (n - 1 if want_decode else 0))).all(), phase
 
 
-def test_decode_patch_with_eos_stops_firing_after_the_end(tiny_models):
-    """With stop_at_eos, an ended example is not written any more (fired_decode <= len(tokens))."""
-    model = tiny_models("llama")
-    g = generate(model, [PROMPT, LONG], sources=STORY, plan="v_proj@1:decode", max_new_tokens=30,
-                 temperature=5.0, seed=3)
+def test_decode_patch_with_eos_stops_firing_after_the_end():
+    """With stop_at_eos, an ended example is not written any more: fired_decode == tokens fed."""
+    from transferlab.models.tiny import build_tiny
+
+    model = build_tiny("llama")  # our own copy: its lm_head is edited below
+    plan, n = "v_proj@1:decode", 12
+    before = generate(model, [PROMPT, LONG], sources=STORY, plan=plan, greedy=True, max_new_tokens=n)
+    # a token that first appears at step k >= 2 of one row and never in the other row
+    r, k = next((r, j) for r in (1, 0) for j in range(2, n)
+                if before.token_ids[r][j] not in before.token_ids[r][:j] + before.token_ids[1 - r])
+    row = before.token_ids[r]
+    with torch.no_grad():  # make eos win exactly where that token did
+        w = model.hf.lm_head.weight
+        w[model.tokenizer.eos_token_id] = w[row[k]] * 1.001
+    g = generate(model, [PROMPT, LONG], sources=STORY, plan=plan, greedy=True, max_new_tokens=n)
+    assert g.finish_reasons[r] == "eos" and g.token_ids[r] == row[:k]
+    assert g.finish_reasons[1 - r] == "length"  # one ends early, the other runs on in the same batch
     for i, toks in enumerate(g.token_ids):
         row = g.audit[g.audit.example == i].iloc[0]
         if g.finish_reasons[i] == "eos":
-            assert row.fired_decode == len(toks)  # tokens 0..k-1 fed, the eos itself never fed
+            assert row.fired_decode == len(toks)  # tokens 0..k-1 fed; the eos itself is never written
         else:
-            assert row.fired_decode == len(toks) - 1
+            assert row.fired_decode == n - 1
+    # stop_at_eos=False: the eos is an ordinary token
+    h = generate(model, [[PROMPT, LONG][r]], sources=STORY, plan=plan, greedy=True, max_new_tokens=n, stop_at_eos=False)
+    assert h.finish_reasons == ["length"] and len(h.token_ids[0]) == n
+    assert h.token_ids[0][k] == model.tokenizer.eos_token_id and h.audit.fired_decode.item() == n - 1
 
 
 # --------------------------------------------------------------------------- batch invariance
