@@ -374,3 +374,18 @@ def test_a_list_of_interventions_is_one_plan_for_all_targets(tiny_models):
     assert len(as_list.audit) == 4
     as_dicts = _greedy(model, [PROMPT, LONG], sources=STORY, plan=Plan(tuple(items)).to_dicts())
     _assert_same(as_dicts, as_plan, "dicts == Plan")
+
+
+def test_one_token_target_with_a_splice_is_the_same_alone_and_batched(tiny_models):
+    """A BOS-only target has an empty prefix: the splice cannot act (audited), whatever the batch."""
+    model = tiny_models("llama")
+    assert _ids(model, "") == [model.tokenizer.bos_token_id]
+    plan = "kv:all + v_proj@1:w2"
+    alone = _greedy(model, [""], sources=[STORY], plan=plan)
+    batch = _greedy(model, ["", PROMPT], sources=[STORY, STORY], plan=plan)
+    _assert_same(batch, alone, "bos-only target", [0], [0])
+    kv = alone.audit[alone.audit.kind == "kv_splice"].iloc[0]
+    assert kv.never_fired and kv.positions == 0
+    assert not alone.never_fired().empty
+    seed = generate(model, [""], sources=[STORY], plan=plan, flavour="seed", greedy=True, max_new_tokens=4)
+    assert seed.audit[seed.audit.kind == "kv_splice"].iloc[0].positions == 1  # the seed overwrites the BOS slot

@@ -360,8 +360,8 @@ def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, ma
     with torch.inference_mode(), hooked(hooks):
         ctx.phase = "prompt"
         if flavour == "corrected":
-            if splices and batch.width < 2:
-                raise InterventionError("a KV splice needs targets of at least 2 tokens (a prefix and a last token)")
+            # a 1-token target has an empty prefix: nothing to splice into (audited as never fired),
+            # alone or batched with longer targets alike
             cache, offset = None, torch.zeros(B, dtype=torch.long, device=device)
             attn_prefix = attn[:, :-1]
             if batch.width > 1:
