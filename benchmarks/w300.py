@@ -20,7 +20,9 @@ if __name__ == "__main__":
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--seed-sample", type=int, default=3)
     ap.add_argument("--skip", default="")
+    ap.add_argument("--hf-batch", type=int, default=None)
     ap.add_argument("--out", default="benchmarks/results")
     a = ap.parse_args()
-    r = main(a.shape, a.pairs, a.max_new_tokens, a.batch_size, a.seed_sample, a.out, tuple(filter(None, a.skip.split(","))))
+    r = main(a.shape, a.pairs, a.max_new_tokens, a.batch_size, a.seed_sample, a.out, tuple(filter(None, a.skip.split(","))),
+             hf_batch=a.hf_batch)
     print(json.dumps(r, indent=2))

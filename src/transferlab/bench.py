@@ -164,7 +164,7 @@ def _hf_generate(model, targets, batch_size, max_new_tokens, repeats):
 
 
 def main(shape="mistral-7b", n_pairs=300, max_new_tokens=150, batch_size=None, seed_sample=3,
-         out_dir="benchmarks/results", skip=(), device=None, n_layers=None) -> dict:
+         out_dir="benchmarks/results", skip=(), device=None, n_layers=None, hf_batch=None) -> dict:
     from .models.random import build_random
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -192,11 +192,12 @@ def main(shape="mistral-7b", n_pairs=300, max_new_tokens=150, batch_size=None, s
             result["engine"]["peak_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
         from .generation import _auto_batch_size
 
-        result["engine"]["batch_size"] = batch_size or _auto_batch_size(model, total)
+        longest = max(map(len, targets)) + max(map(len, sources)) + max_new_tokens
+        result["engine"]["batch_size"] = batch_size or _auto_batch_size(model, total, longest)
     if "seed" not in skip:
         result["seed_loop"] = run_seed_loop(model, sources, targets, seed_sample, max_new_tokens, total)
     if "hf" not in skip:
-        bs = result.get("engine", {}).get("batch_size") or batch_size or 256
+        bs = hf_batch or result.get("engine", {}).get("batch_size") or batch_size or 256
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         result["hf_generate"] = run_hf_generate(model, targets, min(bs, total), max_new_tokens, len(W300_CONDITIONS))

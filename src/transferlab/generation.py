@@ -277,21 +277,35 @@ def _precomputed_sources(model, acts: Activations, chunk, n_shadow, points, want
 
 
 def _capture_sources(model, row_tgt, row_src, points, want_kv, flavour):
-    """One forward over the batch's sources (the target stands in where there is none)."""
+    """One forward over the batch's distinct sources (the target stands in where there is none).
+
+    A source shared by several rows (one pair under several conditions) is
+    captured once; rows index into the distinct captures.
+    """
     tok = model.tokenizer
     seqs = [s if s is not None else t for s, t in zip(row_src, row_tgt)]
-    sb = left_pad(seqs, pad_id_of(tok), tok.bos_token_id, device=model.device)
+    where: dict[tuple, int] = {}
+    uniq, inv = [], []
+    for seq in seqs:
+        j = where.setdefault(tuple(seq), len(uniq))
+        if j == len(uniq):
+            uniq.append(seq)
+        inv.append(j)
+    sb = left_pad(uniq, pad_id_of(tok), tok.bos_token_id, device=model.device)
     store, cache, _ = forward_capture(model, sb, points, want_kv)
-    acts = SourceBatch(store, sb.lengths, sb.has_bos, [s is not None for s in row_src], [None] * len(seqs))
+    rows = torch.tensor(inv, dtype=torch.long, device=model.device)
+    store = {k: v.index_select(0, rows) for k, v in store.items()}
+    lengths = [sb.lengths[j] for j in inv]
+    acts = SourceBatch(store, lengths, [sb.has_bos[j] for j in inv], [s is not None for s in row_src], [None] * len(seqs))
     kv = None
     if want_kv:
         n_layers = n_cache_layers(cache)
         ks = [get_kv(cache, layer)[0] for layer in range(n_layers)]
         vs = [get_kv(cache, layer)[1] for layer in range(n_layers)]
         if flavour == "seed":
-            kv = SourceKV(ks, vs, list(sb.lengths), sb.width)
+            kv = SourceKV(ks, vs, list(lengths), sb.width, rows)
         else:
-            kv = SourceKV(ks, vs, [L - 1 for L in sb.lengths], sb.width - 1)
+            kv = SourceKV(ks, vs, [L - 1 for L in lengths], sb.width - 1, rows)
     return acts, kv
 
 

@@ -45,6 +45,14 @@ class SourceKV:
     values: list[torch.Tensor]
     lengths: list[int]  # slots usable for splicing (the source prefix in corrected flavour)
     end: int  # column after the last usable slot (Ws - 1 in corrected flavour, Ws in seed)
+    rows: torch.Tensor | None = None  # batch row -> row of keys/values (distinct sources captured once)
+
+    def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of one layer, one row per batch row."""
+        k, v = self.keys[layer], self.values[layer]
+        if self.rows is not None:
+            k, v = k.index_select(0, self.rows), v.index_select(0, self.rows)
+        return k, v
 
 
 def splice_layers(splice: KVSplice, n_layers: int) -> list[int]:
@@ -102,7 +110,7 @@ def apply_splice(model, cache, splice: KVSplice, rows: torch.Tensor, source: Sou
     sq = torch.zeros(index.shape[0], dtype=torch.float64, device=device)
     for layer in layers:
         k, v = get_kv(cache, layer)
-        sk, sv = source.keys[layer], source.values[layer]
+        sk, sv = source.layer(layer)
         H, hd = k.shape[1], k.shape[3]
         gidx = index.clamp(min=0)[:, None, :, None].expand(-1, H, -1, hd)
         nk = sk.gather(2, gidx).to(k.dtype)
@@ -156,8 +164,9 @@ def apply_prepend(model, cache, splice: KVSplice, rows: torch.Tensor, source: So
     inv = inverse_frequencies(model) if reposition else None
     for layer in range(n_layers):
         k, v = get_kv(cache, layer)
-        cat_k = torch.cat([source.keys[layer].to(k.dtype), k], dim=2)
-        cat_v = torch.cat([source.values[layer].to(v.dtype), v], dim=2)
+        sk, sv = source.layer(layer)
+        cat_k = torch.cat([sk.to(k.dtype), k], dim=2)
+        cat_v = torch.cat([sv.to(v.dtype), v], dim=2)
         H, hd = k.shape[1], k.shape[3]
         g = index[:, None, :, None].expand(-1, H, -1, hd)
         nk, nv = cat_k.gather(2, g), cat_v.gather(2, g)
