@@ -279,3 +279,49 @@ def test_prepend_reposition_rejects_sequence_dependent_rope(tiny_models):
         generate(broken, [LONG], sources=[PROMPT], plan="kv:all", greedy=True, max_new_tokens=2)
     g = generate(broken, [LONG], sources=[PROMPT], plan="kv:all:keep", greedy=True, max_new_tokens=2)
     assert len(g.token_ids[0]) == 2
+
+
+# --------------------------------------------------------------------------- sliding-window layers
+
+
+def _sliding_gemma2(window: int):
+    from transformers import AutoModelForCausalLM
+
+    from transferlab.models.adapters import make_adapter
+    from transferlab.models.loading import embedded_tokenizer
+    from transferlab.models.model import Model
+    from transferlab.models.tiny import tiny_config
+
+    cfg = tiny_config("gemma2")
+    cfg.sliding_window = window
+    cfg._attn_implementation = "eager"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        hf = AutoModelForCausalLM.from_config(cfg).eval()
+    return Model(hf=hf, tokenizer=embedded_tokenizer(), adapter=make_adapter(hf), name="gemma2-sw")
+
+
+def test_splice_refuses_sliding_layers_that_dropped_positions():
+    """Layers 0 and 2 keep only window-1 positions of a longer prompt: a clear error, not a shape crash."""
+    from transferlab.interventions import InterventionError
+
+    model = _sliding_gemma2(6)
+    assert len(_ids(model, PROMPT)) > 6 and len(_ids(model, LONG)) > 6
+    for plan, flavour in (("kv:all", "corrected"), ("kv:all", "seed"), ("kv:all:left", "corrected"),
+                          ("kv:all:prepend", "corrected"), ("kv:0", "corrected")):
+        with pytest.raises(InterventionError, match="sliding-window layer"):
+            generate(model, [PROMPT], sources=[LONG], plan=plan, greedy=True, max_new_tokens=3, flavour=flavour)
+    # full-attention layers keep every position: splicing them works, batched or alone
+    spy, g = _spliced(model, LONG, PROMPT, "kv:1,3")
+    ti, si = _ids(model, LONG), _ids(model, PROMPT)
+    P, S = len(ti) - 1, len(si) - 1
+    src = prompt_cache(model.hf, si[:-1], P - S)
+    for layer in (1, 3):
+        _close(spy.kv[layer][0][:, :, P - S :], src[layer][0])
+    both = generate(model, [LONG, PROMPT], sources=[PROMPT, LONG], plan="kv:1,3", greedy=True,
+                    max_new_tokens=N_NEW, stop_at_eos=False)
+    assert both.token_ids[0] == g.token_ids[0]
+    # prompts inside the window splice every layer as usual
+    short = _sliding_gemma2(64)
+    spy, _ = _spliced(short, LONG, PROMPT, "kv:all")
+    assert all(k.shape[2] == P for k, _ in spy.kv)

@@ -95,10 +95,26 @@ def _slot_maps(splice: KVSplice, flavour: str, rows: list[bool], tgt_len: list[i
     return torch.from_numpy(index), torch.from_numpy(delta), torch.from_numpy(count)
 
 
+def _check_whole_prompt_cached(cache, source: SourceKV, layers: list[int]) -> None:
+    """Refuse layers whose cache dropped positions (sliding-window attention shorter than the prompt)."""
+    n = n_cache_layers(cache)
+    full_t = max(get_kv(cache, i)[0].shape[2] for i in range(n))
+    full_s = max(k.shape[2] for k in source.keys)
+    for layer in layers:
+        wt, ws = get_kv(cache, layer)[0].shape[2], source.keys[layer].shape[2]
+        if wt != full_t or ws != full_s:
+            raise InterventionError(
+                f"KV splice at layer {layer}: its cache keeps only {min(wt, ws)} positions of a prompt of up to "
+                f"{max(full_t, full_s)} (a sliding-window layer whose window is shorter than the prompt). "
+                "Splicing needs every position cached: use shorter prompts, or splice only full-attention layers."
+            )
+
+
 def apply_splice(model, cache, splice: KVSplice, rows: torch.Tensor, source: SourceKV,
                  tgt_len: list[int], flavour: str, counters: Counters) -> None:
     """Overwrite slots of ``cache`` in place (right/left/range alignment)."""
     layers = splice_layers(splice, n_cache_layers(cache))
+    _check_whole_prompt_cached(cache, source, layers)
     k0, _ = get_kv(cache, layers[0])
     tgt_w = k0.shape[2]
     index, delta, count = _slot_maps(splice, flavour, rows.tolist(), tgt_len, source.lengths, tgt_w, source.end)
@@ -135,6 +151,7 @@ def apply_prepend(model, cache, splice: KVSplice, rows: torch.Tensor, source: So
     in the splice keep their own cache (offset 0).
     """
     n_layers = n_cache_layers(cache)
+    _check_whole_prompt_cached(cache, source, list(range(n_layers)))
     k0, _ = get_kv(cache, 0)
     device = k0.device
     tgt_w = k0.shape[2]
