@@ -389,3 +389,39 @@ def test_one_token_target_with_a_splice_is_the_same_alone_and_batched(tiny_model
     assert not alone.never_fired().empty
     seed = generate(model, [""], sources=[STORY], plan=plan, flavour="seed", greedy=True, max_new_tokens=4)
     assert seed.audit[seed.audit.kind == "kv_splice"].iloc[0].positions == 1  # the seed overwrites the BOS slot
+
+
+# --------------------------------------------------------------------------- sources given as captured activations
+
+
+@pytest.mark.parametrize("flavour", ["corrected", "seed"])
+def test_captured_sources_equal_text_sources(flavour, tiny_models):
+    from transferlab import capture
+
+    model = tiny_models("phi3")
+    cases = [c for c in CASES if c[1] is not None]
+    targets, sources, plans = [c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases]
+    points = sorted({f"{s}@{layer}" for s in SITES for layer in range(model.n_layers)})
+    acts = capture(model, sources, sites=points + ["kv"])
+    kw = dict(plan=plans, max_new_tokens=N_NEW, flavour=flavour, temperature=0.8, seed=3, stop_at_eos=False,
+              record_logits=MASS)
+    a = generate(model, targets, sources=acts, **kw)
+    b = generate(model, targets, sources=sources, **kw)
+    _assert_same(a, b, f"captured vs text ({flavour})")
+
+
+def test_captured_sources_errors(tiny_models):
+    from transferlab import capture
+    from transferlab.interventions import InterventionError
+
+    model = tiny_models("llama")
+    with pytest.raises(InterventionError, match="without 'kv'"):
+        generate(model, [PROMPT], sources=capture(model, [STORY], sites=["v_proj@1"]), plan="kv:all", max_new_tokens=2)
+    with pytest.raises(InterventionError, match="did not capture"):
+        generate(model, [PROMPT], sources=capture(model, [STORY], sites=["v_proj@1"]), plan="v_proj@2", max_new_tokens=2)
+    with pytest.raises(InterventionError, match="window"):
+        generate(model, [PROMPT], sources=capture(model, [STORY], sites=["v_proj@1"], window=4), plan="v_proj@1",
+                 max_new_tokens=2)
+    with pytest.raises(ValueError, match="2 captured prompts for 1 targets"):
+        generate(model, [PROMPT], sources=capture(model, [STORY, LONG], sites=["v_proj@1"]), plan="v_proj@1",
+                 max_new_tokens=2)
