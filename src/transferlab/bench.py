@@ -192,6 +192,11 @@ def main(shape="mistral-7b", n_pairs=300, max_new_tokens=150, batch_size=None, s
             result["engine"]["peak_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
         from .generation import _auto_batch_size
 
+        if "unpatched" not in skip:
+            # the same 1,200 generations and batch size with every plan empty: the cost of interventions
+            plain = {name: "" for name in W300_CONDITIONS}
+            result["engine_unpatched"] = run_engine(model, sources, targets, max_new_tokens, batch_size, plain)
+            result["intervention_overhead"] = result["engine"]["wall_s"] / result["engine_unpatched"]["wall_s"] - 1
         longest = max(map(len, targets)) + max(map(len, sources)) + max_new_tokens
         result["engine"]["batch_size"] = batch_size or _auto_batch_size(model, total, longest)
     if "seed" not in skip:
