@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from transferlab import generation as gen_mod
 from transferlab.generation import generate
+from transferlab.models.tiny import TINY_FAMILIES
 
 from conftest import LONG, PROMPT, SHORT, SITES, STORY, STORY2
 
@@ -52,7 +52,7 @@ def _assert_same(a, b, what, rows_a=None, rows_b=None):
 # --------------------------------------------------------------------------- self-invariance
 
 SELF_TARGETS = [PROMPT, LONG, SHORT]
-SELF_FAMILIES = ["llama", "phi3", "gemma2", "mixtral", "stories260K"]
+SELF_FAMILIES = list(TINY_FAMILIES) + ["stories260K"]
 
 
 def _model(family, tiny_models, stories):

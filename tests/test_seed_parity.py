@@ -12,7 +12,6 @@ the same tokens, alone and in a left-padded batch.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from transferlab.generation import generate
 from transferlab.models.tiny import TINY_FAMILIES
