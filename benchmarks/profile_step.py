@@ -27,40 +27,31 @@ def timed(model, targets, sources, plans, steps, bs):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=600)
+    ap.add_argument("--batch", type=int, default=1200)
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--out", default="benchmarks/results")
     a = ap.parse_args()
     m = build_random("mistral-7b", device="cuda")
     src, tgt = make_workload(a.batch, 32000)
-    import os
-
     res = {}
-    timed(m, tgt[:8], None, "", 4, 8)
-    for backend in ["efficient", "cudnn"]:
-        os.environ["TRANSFERLAB_SDPA_BACKEND"] = backend
-        timed(m, tgt, None, "", 3, a.batch)
-        short = timed(m, tgt, None, "", 2, a.batch)
-        long = timed(m, tgt, None, "", 2 + a.steps, a.batch)
-        res[f"baseline_{backend}"] = {"prompt_phase_s": short, "ms_per_decode_step": 1000 * (long - short) / a.steps}
-    os.environ["TRANSFERLAB_SDPA_BACKEND"] = "efficient"
-    for name, plan in [("baseline", ""), ("transfer", "kv:all + v_proj@27:decode"), ("noise", "noise:v_proj@27:decode")]:
-        srcs = src if plan else None
-        timed(m, tgt[:8], src[:8] if plan else None, plan, 4, 8)
-        short = timed(m, tgt, srcs, plan, 2, a.batch)
-        long = timed(m, tgt, srcs, plan, 2 + a.steps, a.batch)
+    srcs = src[: a.batch // 4] * 4
+    tg = tgt[: a.batch // 4] * 4
+    plans = ["", "kv:all + v_proj@27:decode", "noise:v_proj@27:decode", "kv:all + v_proj@5:decode"]
+    plans = [p for p in plans for _ in range(a.batch // 4)]
+    sr = [s if p else None for s, p in zip(srcs, plans)]
+    timed(m, tg[:8], sr[:8], plans[:8], 4, 8)
+    for name, pl, sx in [("unpatched", "", None), ("w300_mix", plans, sr)]:
+        short = timed(m, tg, sx, pl, 2, a.batch)
+        long = timed(m, tg, sx, pl, 2 + a.steps, a.batch)
         res[name] = {"prompt_phase_s": short, "ms_per_decode_step": 1000 * (long - short) / a.steps}
     print(json.dumps(res, indent=1))
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        m.generate(tgt, sources=src, plan="kv:all + v_proj@27:decode", max_new_tokens=2, stop_at_eos=False, batch_size=a.batch)
-        torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=20))
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        m.generate(tgt, sources=src, plan="kv:all + v_proj@27:decode", max_new_tokens=10, stop_at_eos=False, batch_size=a.batch)
-        torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
-    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=15))
+    for name, pl, sx in [("unpatched", "", None), ("w300_mix", plans, sr)]:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            m.generate(tg, sources=sx, plan=pl, max_new_tokens=12, stop_at_eos=False, batch_size=a.batch)
+            torch.cuda.synchronize()
+        print(name)
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=70))
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / f"profile_step_{torch.cuda.get_device_name().replace(' ', '_')}.json").write_text(json.dumps(res, indent=1))

@@ -163,6 +163,20 @@ def _hf_generate(model, targets, batch_size, max_new_tokens, repeats):
             "batch_size": batch_size}
 
 
+def _engine_batch(model, sources, targets, max_new_tokens):
+    """The batch size ``generate`` picks for the full W300 (4 conditions)."""
+    from .generation import _auto_batch_size
+
+    n = len(targets) * len(W300_CONDITIONS)
+    return _auto_batch_size(model, n, _tokens_per_example(targets, sources, max_new_tokens))
+
+
+def _tokens_per_example(targets, sources, max_new_tokens):
+    from .generation import tokens_per_example
+
+    return tokens_per_example(targets, sources, max_new_tokens)
+
+
 def main(shape="mistral-7b", n_pairs=300, max_new_tokens=150, batch_size=None, seed_sample=3,
          out_dir="benchmarks/results", skip=(), device=None, n_layers=None, hf_batch=None) -> dict:
     from .models.random import build_random
@@ -190,15 +204,14 @@ def main(shape="mistral-7b", n_pairs=300, max_new_tokens=150, batch_size=None, s
         result["engine"] = run_engine(model, sources, targets, max_new_tokens, batch_size)
         if dev.type == "cuda":
             result["engine"]["peak_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
-        from .generation import _auto_batch_size
-
         if "unpatched" not in skip:
             # the same 1,200 generations and batch size with every plan empty: the cost of interventions
             plain = {name: "" for name in W300_CONDITIONS}
-            result["engine_unpatched"] = run_engine(model, sources, targets, max_new_tokens, batch_size, plain)
+            same = result["engine"]["batch_size"] = batch_size or _engine_batch(model, sources, targets, max_new_tokens)
+            result["engine_unpatched"] = run_engine(model, sources, targets, max_new_tokens, same, plain)
+            result["engine_unpatched"]["batch_size"] = same
             result["intervention_overhead"] = result["engine"]["wall_s"] / result["engine_unpatched"]["wall_s"] - 1
-        longest = max(map(len, targets)) + max(map(len, sources)) + max_new_tokens
-        result["engine"]["batch_size"] = batch_size or _auto_batch_size(model, total, longest)
+        result["engine"]["batch_size"] = batch_size or _engine_batch(model, sources, targets, max_new_tokens)
     if "seed" not in skip:
         result["seed_loop"] = run_seed_loop(model, sources, targets, seed_sample, max_new_tokens, total)
     if "hf" not in skip:

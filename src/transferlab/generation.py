@@ -89,6 +89,13 @@ def _resolve(model, inter):
     return replace(inter, layer=model.layer(inter.layer))
 
 
+def tokens_per_example(tgt_ids, src_ids, max_new_tokens: int) -> int:
+    """Cache slots one example needs: its prompt and new tokens, plus half its source
+    (source caches live only until the splice, and pairs share them across conditions)."""
+    longest_src = max((len(x) for x in src_ids if x is not None), default=0)
+    return max(len(t) for t in tgt_ids) + max_new_tokens + longest_src // 2
+
+
 def _auto_batch_size(model, n: int, tokens_per_example: int = 512) -> int:
     if model.device.type != "cuda":
         return min(n, 64)
@@ -158,8 +165,7 @@ def generate(
     src_ids = [encode(model.tokenizer, [s])[0] if s is not None else None for s in srcs]
     per_row_sets = _logit_sets(record_logits, n, model)
     order = sorted(range(n), key=lambda i: (len(tgt_ids[i]), len(src_ids[i] or ())))
-    longest = max(len(t) for t in tgt_ids) + max((len(x) for x in src_ids if x is not None), default=0)
-    bs = batch_size or _auto_batch_size(model, n, longest + max_new_tokens)
+    bs = batch_size or _auto_batch_size(model, n, tokens_per_example(tgt_ids, src_ids, max_new_tokens))
     out_tokens: list = [None] * n
     out_reason: list = [None] * n
     out_mass = {name: np.full((n, max_new_tokens), np.nan) for name in per_row_sets}

@@ -10,7 +10,7 @@ def kv_bytes_per_token(model) -> int:
     return 2 * ad.n_layers * ad.n_kv_heads * ad.head_dim * torch.finfo(model.dtype).bits // 8
 
 
-def auto_batch_size(model, n: int, tokens_per_example: int = 512, headroom: float = 0.7) -> int:
+def auto_batch_size(model, n: int, tokens_per_example: int = 512, headroom: float = 0.8) -> int:
     """Batch size from free GPU memory: each example holds its KV cache (target, source and new
     tokens), a few vocabulary-sized rows for sampling, and a share of prefill activations.
     Batches are then evened out (1,200 examples at a cap of 700 run as 2 x 600, not 700 + 500)."""
