@@ -201,6 +201,7 @@ def main(shape="mistral-7b", n_pairs=300, max_new_tokens=150, batch_size=None, s
         run_engine(model, sources[:4], targets[:4], max_new_tokens=4, batch_size=batch_size)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
+        batch_size = batch_size or _engine_batch(model, sources, targets, max_new_tokens)
         result["engine"] = run_engine(model, sources, targets, max_new_tokens, batch_size)
         if dev.type == "cuda":
             result["engine"]["peak_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
