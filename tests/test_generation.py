@@ -348,6 +348,12 @@ def test_each_row_keeps_its_own_plan_order_at_a_shared_hook_point(tiny_models):
     both = _greedy(model, [PROMPT, PROMPT], sources=[STORY, STORY], plan=[p1, p2])
     _assert_same(both, a1, "row 0", [0], [0])
     _assert_same(both, a2, "row 1", [1], [0])
+    # a row that shares its second item with an earlier row must still apply its first item first
+    p3 = "v_proj@1:w3:mix:a0.5:prompt + v_proj@1:w3:add:a1.0:prompt + v_proj@1:w3:add:a0.5:prompt"
+    a3 = _greedy(model, [PROMPT], sources=[STORY], plan=p3)
+    three = _greedy(model, [PROMPT, PROMPT], sources=[STORY, STORY], plan=[p1, p3])
+    _assert_same(three, a1, "row 0 of [p1, p3]", [0], [0])
+    _assert_same(three, a3, "row 1 of [p1, p3]", [1], [0])
     # the audit numbers each row's interventions by their place in ITS plan
     ab = both.audit
     assert ab[(ab.example == 1) & (ab.intervention == 0)].description.item() == "v_proj@1:w3:prompt:add"
