@@ -387,3 +387,19 @@ def test_other_argument_errors(tiny_models):
 
         generate(model, [PROMPT], plan=Plan((Steer(site="resid_post", layer=1, vector=(1.0, 2.0, 3.0)),)),
                  max_new_tokens=2)
+
+
+def test_steer_adds_its_vector_at_every_real_position(tiny_models, monkeypatch):
+    from transferlab.interventions import Steer
+
+    model = tiny_models("qwen2")
+    vec = torch.linspace(-1, 1, 64)
+    spy = Spy(monkeypatch, model, "resid_post", 1)
+    g = generate(model, [PROMPT], plan=Plan((Steer(site="resid_post", layer=1, vector=tuple(vec.tolist()), alpha=2.0),)),
+                 greedy=True, max_new_tokens=N_NEW, stop_at_eos=False)
+    after, before = spy.prompt("after")[0], spy.prompt("before")[0]
+    assert torch.equal(after[0], before[0])  # BOS is never written
+    torch.testing.assert_close(after[1:], before[1:] + 2.0 * vec, atol=1e-5, rtol=0)
+    for b, a in zip(spy.decode("before"), spy.decode("after")):
+        torch.testing.assert_close(a, b + 2.0 * vec, atol=1e-5, rtol=0)
+    assert g.audit.iloc[0].fired_decode == N_NEW - 1
