@@ -234,8 +234,9 @@ class Noise(Patch):
     each written vector is rescaled to the norm of the source vector it stands
     in for (so the control differs from the transfer in direction only);
     otherwise it is plain ``N(0, std^2)`` noise, as in the seed's "random"
-    control. The noise of an example depends only on ``seed``, the example's
-    id and the position, never on the batch.
+    control. The noise of an example depends only on ``seed``, the sampling
+    seed passed to ``generate``, the example's id and the position, never on
+    the batch.
     """
 
     kind: ClassVar[str] = "noise"
