@@ -3,6 +3,7 @@
 from .capture import Activations, capture
 from .models import Model, ModelLoadError, load_model
 from .sites import HookPoint, SiteError
+from . import metrics, stats  # noqa: E402  (subpackages users reach as tl.metrics, tl.stats)
 
 __version__ = "0.1.0"
 
