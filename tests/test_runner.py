@@ -66,7 +66,7 @@ def audit_rows(row) -> list[dict]:
     return json.loads(row["audit"])
 
 
-DEMO = ["model=tiny:llama", "prompts.n=6", "generation.max_new_tokens=5", "seeds=[0, 1]"]
+DEMO = ["model=tiny:llama", "prompts.n=6", "generation.max_new_tokens=5", "seeds=[0, 1]", "scoring.logit=true"]
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +261,7 @@ def test_models_do_not_share_state(tmp_path, monkeypatch):
         return original(model, targets, **kw)
 
     monkeypatch.setattr(Model, "generate", spy)
-    small = ["prompts.n=4", "generation.max_new_tokens=4", "rv.window=8"]
+    small = ["prompts.n=4", "generation.max_new_tokens=4", "rv.window=8", "scoring.logit=true"]
     cfg, _, both = run_small("demo", tmp_path / "both", 'models=[{spec="tiny:llama"},{spec="tiny:qwen2"}]', *small)
     for name in ("tiny:llama", "tiny:qwen2"):
         model = build_tiny(name.split(":")[1])
