@@ -94,14 +94,20 @@ def _no_hooks_left(request):
 # --------------------------------------------------------------------------- engine test modules
 
 
-@pytest.fixture(scope="module")
-def engine_single_thread():
-    """One intra-op thread for a module: tiny matmuls gain nothing from threads, and two spinning
-    OpenMP threads crawl when the 2-core box is shared (4x slower under load)."""
+@pytest.fixture(scope="session", autouse=True)
+def single_thread():
+    """One intra-op thread for the whole suite: tiny matmuls gain nothing from threads, and two
+    spinning OpenMP threads crawl when the 2-core box is shared (4x slower under load)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def engine_single_thread(single_thread):
+    """Kept for the engine modules that ask for it by name; the session fixture does the work."""
+    yield
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 import transferlab
+from helpers import flat, nows
 from transferlab.cli import app
 from transferlab.experiments import list_presets, preset_path
 from transferlab.experiments.metadata import ledger
@@ -29,25 +30,10 @@ from transferlab.prompts import load_bank
 N_PAIRS, N_CONDITIONS = 6, 7
 HAS_REPORT = (Path(transferlab.__file__).parent / "report" / "__init__.py").exists()
 
-
 # small vocabularies have no token for most marker words (see marker_token_ids)
 pytestmark = pytest.mark.filterwarnings("ignore:no vocabulary token spells:UserWarning")
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-def nows(text: str) -> str:
-    """Output without any whitespace (rich may wrap a long path anywhere)."""
-    return "".join(text.split())
 
 
 def invoke(*args: str) -> str:

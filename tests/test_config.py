@@ -13,6 +13,7 @@ import json
 
 import pytest
 import torch
+from helpers import flat
 from typer.testing import CliRunner
 
 from transferlab.cli import app
@@ -21,21 +22,9 @@ from transferlab.experiments.config import parse_value
 from transferlab.experiments.metadata import ledger
 from transferlab.experiments.store import RunStore
 
-
 # small vocabularies have no token for most marker words (see marker_token_ids)
 pytestmark = pytest.mark.filterwarnings("ignore:no vocabulary token spells:UserWarning")
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def flat(text: str) -> str:
-    """Output with rich's line wrapping undone."""
-    return " ".join(text.split())
 
 
 def problems(exc_info) -> dict[str, str]:

@@ -38,16 +38,8 @@ def overrides(output_dir: Path, batch_size: int) -> list[str]:
     return ["model=stories260K", f"prompts.n={N_PAIRS}", "generation.max_new_tokens=12", f"batch_size={batch_size}",
             f"output_dir={output_dir}", "rv.window=8"]
 
-
 # small vocabularies have no token for most marker words (see marker_token_ids)
 pytestmark = pytest.mark.filterwarnings("ignore:no vocabulary token spells:UserWarning")
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import flat
 from typer.testing import CliRunner
 
 from transferlab.batching import encode
@@ -22,20 +23,9 @@ from transferlab.experiments.store import RunStore
 from transferlab.models.tiny import build_tiny
 from transferlab.prompts import load_bank, make_pairs
 
-
 # small vocabularies have no token for most marker words (see marker_token_ids)
 pytestmark = pytest.mark.filterwarnings("ignore:no vocabulary token spells:UserWarning")
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
 
 
 def results(run_dir) -> pd.DataFrame:
