@@ -283,26 +283,33 @@ def _precomputed_sources(model, acts: Activations, chunk, n_shadow, points, want
 
 
 def _capture_sources(model, row_tgt, row_src, points, want_kv, flavour):
-    """One forward over the batch's distinct sources (the target stands in where there is none).
+    """One forward over the batch's distinct sources.
 
     A source shared by several rows (one pair under several conditions) is
-    captured once; rows index into the distinct captures.
+    captured once, and rows without a source capture nothing; rows index into
+    the distinct captures (a row without a source points at capture 0 and has
+    length 0: no intervention reads it, since none of its plan needs a source).
     """
     tok = model.tokenizer
-    seqs = [s if s is not None else t for s, t in zip(row_src, row_tgt)]
     where: dict[tuple, int] = {}
     uniq, inv = [], []
-    for seq in seqs:
+    for seq in row_src:
+        if seq is None:
+            inv.append(-1)
+            continue
         j = where.setdefault(tuple(seq), len(uniq))
         if j == len(uniq):
             uniq.append(seq)
         inv.append(j)
+    if not uniq:  # nothing reads a source in this batch
+        uniq = [row_tgt[0]]
     sb = left_pad(uniq, pad_id_of(tok), tok.bos_token_id, device=model.device)
     store, cache, _ = forward_capture(model, sb, points, want_kv)
-    rows = torch.tensor(inv, dtype=torch.long, device=model.device)
+    rows = torch.tensor([max(j, 0) for j in inv], dtype=torch.long, device=model.device)
     store = {k: v.index_select(0, rows) for k, v in store.items()}
-    lengths = [sb.lengths[j] for j in inv]
-    acts = SourceBatch(store, lengths, [sb.has_bos[j] for j in inv], [s is not None for s in row_src], [None] * len(seqs))
+    lengths = [sb.lengths[j] if j >= 0 else 0 for j in inv]
+    acts = SourceBatch(store, lengths, [sb.has_bos[j] if j >= 0 else False for j in inv],
+                       [j >= 0 for j in inv], [None] * len(inv))
     kv = None
     if want_kv:
         n_layers = n_cache_layers(cache)
@@ -311,7 +318,7 @@ def _capture_sources(model, row_tgt, row_src, points, want_kv, flavour):
         if flavour == "seed":
             kv = SourceKV(ks, vs, list(lengths), sb.width, rows)
         else:
-            kv = SourceKV(ks, vs, [L - 1 for L in lengths], sb.width - 1, rows)
+            kv = SourceKV(ks, vs, [max(L - 1, 0) for L in lengths], sb.width - 1, rows)
     return acts, kv
 
 
