@@ -83,14 +83,37 @@ def _hub_cache() -> str:
         return os.path.expanduser("~/.cache/huggingface/hub")
 
 
-def _load_hf(spec: str, dtype: torch.dtype, device: torch.device, attn: str | None):
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _check_device_map(device_map) -> None:
+    if device_map is not None and not isinstance(device_map, dict) and device_map not in DEVICE_MAPS:
+        raise ModelLoadError(f"unknown device_map {device_map!r}; use one of {', '.join(DEVICE_MAPS)}, "
+                             "or a dict {module name: device}")
+
+
+def _dispatch(hf, device_map):
+    """Split an in-memory model over devices with accelerate (what ``from_pretrained(device_map=...)`` does)."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    if not isinstance(device_map, dict):
+        no_split = list(getattr(hf, "_no_split_modules", None) or [])
+        memory = None
+        if device_map != "sequential":
+            memory = get_balanced_memory(hf, no_split_module_classes=no_split, low_zero=device_map == "balanced_low_0")
+        device_map = infer_auto_device_map(hf, max_memory=memory, no_split_module_classes=no_split)
+    return dispatch_model(hf, device_map=device_map)
+
+
+def _load_hf(spec: str, dtype: torch.dtype, device: torch.device, attn: str | None, device_map=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"dtype": dtype}
     if attn:
         kwargs["attn_implementation"] = attn
-    if device.type == "cuda" and os.environ.get("TRANSFERLAB_DEVICE_MAP") == "auto":
-        kwargs["device_map"] = "auto"
+    if device_map is not None:
+        kwargs["device_map"] = device_map  # accelerate places the layers; no .to(device) afterwards
     try:
         tok = AutoTokenizer.from_pretrained(spec)
         hf = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
@@ -115,8 +138,19 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     attn_implementation: str | None = None,
+    device_map: str | dict | None = None,
 ) -> Model:
-    """Load a model by spec (see module docstring) and wrap it with its adapter."""
+    """Load a model by spec (see module docstring) and wrap it with its adapter.
+
+    ``device_map`` splits a model too large for one GPU over several:
+    ``"auto"`` (or ``"balanced"``, ``"balanced_low_0"``, ``"sequential"``)
+    lets accelerate place whole decoder layers on every visible GPU (spilling
+    to CPU if they do not fit); a dict ``{module name: device}`` places them
+    by hand. ``device`` is then unused; ``dtype`` defaults to bfloat16 where
+    CUDA is available. Interventions move their source tensors to the device
+    of the activation they edit, so plans work on a split model unchanged.
+    """
+    _check_device_map(device_map)
     dev = _device(device)
     dt = _dtype(dtype, dev)
     spec = str(spec)
@@ -129,7 +163,10 @@ def load_model(
         if not (seed or "0").isdigit():
             raise ModelLoadError(f"tiny model {spec!r}: the seed after the second ':' must be a non-negative integer")
         model = build_tiny(family, seed=int(seed or 0), attn_implementation=attn_implementation or "sdpa")
-        model.hf.to(device=dev, dtype=dt)
+        if device_map is None:
+            model.hf.to(device=dev, dtype=dt)
+        else:
+            model.hf = _dispatch(model.hf.to(dtype=dt), device_map)
         return model
     if spec == EMBEDDED or spec.lower().endswith(".gguf"):
         from .gguf import GGUFError, load_gguf
@@ -147,7 +184,7 @@ def load_model(
             hf = copy.deepcopy(hf)
         if attn_implementation:
             hf.config._attn_implementation = attn_implementation
-        hf = hf.to(device=dev, dtype=dt).eval()
+        hf = (hf.to(device=dev, dtype=dt) if device_map is None else _dispatch(hf.to(dtype=dt), device_map)).eval()
         source = {"kind": "gguf", "path": str(path), "sha256": file_sha256(path)}
         return Model(hf=hf, tokenizer=tok, adapter=make_adapter(hf), name=spec if spec == EMBEDDED else path.name, source=source)
     if Path(spec).is_dir() and not (Path(spec) / "config.json").is_file():
@@ -155,7 +192,7 @@ def load_model(
             f"{spec} is a directory but not a Hugging Face model directory (no config.json); "
             "a local model needs config.json, the weights and the tokenizer files"
         )
-    hf, tok = _load_hf(spec, dt, dev, attn_implementation)
+    hf, tok = _load_hf(spec, dt, dev, attn_implementation, device_map)
     if dev.type == "cuda" and attn_implementation is None:
         from ..fastpath import use_fast_attention
 
