@@ -8,6 +8,12 @@ batched tensor operations with no Python loop over examples.
 
 Examples whose plan does not hold an intervention are masked out of it; this is
 how one batch mixes conditions.
+
+On a model split over devices (``load_model(..., device_map="auto")``) the
+activation a hook edits lives on its layer's device. A bound intervention
+keeps its tables on the device of the module it hooks, and any table needed on
+another device is copied there once per batch (cached), never per token; on a
+model on one device every move is a no-op.
 """
 
 from __future__ import annotations
@@ -110,6 +116,31 @@ def _prompt_map(inter, nt: int, bt: int, lt: int, ns: int, bs: int, ls: int, whe
     return [(lt - k + j, ls - k + j) for j in range(k)]
 
 
+def hook_device(model, point: HookPoint, fallback: torch.device) -> torch.device:
+    """The device of the module a hook point sits on (its activations live there); ``fallback`` if unknown."""
+    try:
+        module = model.adapter.handle(point).module
+        param = next(module.parameters(), None)
+    except Exception:  # an adapter without a module for this point: the model's device
+        return fallback
+    if param is None or param.device.type == "meta":  # offloaded weights: no fixed device
+        return fallback
+    return param.device
+
+
+_PER_BATCH = ("rows", "partner", "keys", "src", "index", "channels", "seed_source_ok", "cycle_len",
+              "decode_table", "mean", "vector")
+
+
+class _Tables:
+    """A bound intervention's per-batch tensors, on one device."""
+
+    def __init__(self, owner: "BoundActivation", device: torch.device):
+        for name in _PER_BATCH:
+            t = getattr(owner, name)
+            setattr(self, name, t.to(device) if t is not None else None)
+
+
 class BoundActivation:
     """One activation intervention bound to a batch; ``__call__`` is its site function."""
 
@@ -117,9 +148,12 @@ class BoundActivation:
                  target_lengths: list[int], target_bos: list[bool], sources: SourceBatch | None,
                  keys: torch.Tensor, flavour: str, partner: torch.Tensor | None = None):
         self.inter, self.point, self.ctx, self.flavour = inter, point, ctx, flavour
-        device = rows.device
-        self.rows = rows
-        self.partner = partner  # lockstep: the row where this row's source generates alongside
+        device = self.device = hook_device(model, point, rows.device)
+        self.rows = rows.to(device)
+        rows = self.rows
+        # lockstep: the row where this row's source generates alongside
+        self.partner = partner.to(device) if partner is not None else None
+        self._tables: dict[torch.device, _Tables] = {}
         B = len(target_lengths)
         width = model.adapter.width(point.site)
         self.channels = _channel_mask(model, inter, width, device)
@@ -132,6 +166,8 @@ class BoundActivation:
             self.acts_prompt = inter.phase == "prompt"
             self.acts_decode = inter.phase in ("decode", "both")
         src = sources.acts.get(str(point)) if sources is not None else None
+        if src is not None:
+            src = src.to(device)  # captured at the same module: already there, unless the model moved
         self.src = src
         Ws = src.shape[1] if src is not None else 0
         dtype = model.dtype
@@ -207,55 +243,66 @@ class BoundActivation:
             self.vector = torch.tensor(inter.vector, dtype=dtype, device=device)
 
     # -- values -------------------------------------------------------------
+    def _at(self, device: torch.device) -> "BoundActivation | _Tables":
+        """The per-batch tensors on ``device``: this object itself on its own device, else a cached copy."""
+        if device == self.device:
+            return self
+        tables = self._tables.get(device)
+        if tables is None:
+            tables = self._tables[device] = _Tables(self, device)
+        return tables
+
     def _noise(self, positions: torch.Tensor, width: int, like: torch.Tensor) -> torch.Tensor:
         code = positions if self.ctx.phase == "prompt" else positions + (1 << 40)
         ch = torch.arange(width, device=positions.device)
-        key = rng.combine(self.inter.seed, self.keys[:, None, None], code[..., None], ch)
+        keys = self._at(positions.device).keys
+        key = rng.combine(self.inter.seed, keys[:, None, None], code[..., None], ch)
         return rng.normal(key).to(device=like.device, dtype=like.dtype)
 
     def _values(self, x: torch.Tensor):
         """``(written [B,T], source value [B,T,W])`` for the current call, or None."""
         ctx, inter = self.ctx, self.inter
         B, T, W = x.shape
-        valid = ctx.valid
         if self.flavour == "seed" and not isinstance(inter, (Ablate, Steer)):
             return self._seed_values(x)
+        t = self._at(x.device)
+        valid, positions = ctx.valid.to(x.device), ctx.positions.to(x.device)
         if ctx.phase == "prompt":
             if not self.acts_prompt:
                 return None
-            pos = ctx.positions.clamp(max=self.index.shape[1] - 1)
-            idx = self.index.gather(1, pos)
-            written = (idx >= 0) & valid & self.rows[:, None]
+            pos = positions.clamp(max=t.index.shape[1] - 1)
+            idx = t.index.gather(1, pos)
+            written = (idx >= 0) & valid & t.rows[:, None]
             if isinstance(inter, Steer):
-                return written, self.vector.expand(B, T, W)
+                return written, t.vector.expand(B, T, W)
             if isinstance(inter, Ablate):
-                val = torch.zeros_like(x) if self.mean is None else self.mean[:, None, :].expand(B, T, W)
+                val = torch.zeros_like(x) if t.mean is None else t.mean[:, None, :].expand(B, T, W)
                 return written, val
-            if self.src is not None:
-                val = self.src.gather(1, idx.clamp(min=0)[..., None].expand(B, T, W))
+            if t.src is not None:
+                val = t.src.gather(1, idx.clamp(min=0)[..., None].expand(B, T, W))
             else:
                 val = None
         else:
             if not self.acts_decode:
                 return None
-            written = valid & self.rows[:, None]
+            written = valid & t.rows[:, None]
             if isinstance(inter, Steer):
-                return written, self.vector.expand(B, T, W)
+                return written, t.vector.expand(B, T, W)
             if isinstance(inter, Ablate):
-                val = torch.zeros_like(x) if self.mean is None else self.mean[:, None, :].expand(B, T, W)
+                val = torch.zeros_like(x) if t.mean is None else t.mean[:, None, :].expand(B, T, W)
                 return written, val
             if getattr(inter, "decode", None) == "lockstep":
-                if self.partner is None:
+                if t.partner is None:
                     raise InterventionError(f"{inter.describe()}: lockstep needs the generation loop's shadow rows")
-                written = written & (self.partner >= 0)[:, None]
-                val = x[self.partner.clamp(min=0)]
-            elif self.decode_table is not None:
-                k = (ctx.step % self.cycle_len)[:, None, None].expand(B, 1, W)
-                val = self.decode_table.gather(1, k).expand(B, T, W)
+                written = written & (t.partner >= 0)[:, None]
+                val = x[t.partner.clamp(min=0)]
+            elif t.decode_table is not None:
+                k = (ctx.step % t.cycle_len)[:, None, None].expand(B, 1, W)
+                val = t.decode_table.gather(1, k).expand(B, T, W)
             else:
                 val = None
         if isinstance(inter, Noise):
-            noise = self._noise(ctx.positions, W, x)
+            noise = self._noise(positions, W, x)
             if inter.norm_matched:
                 ref = val if val is not None else x
                 noise = noise / noise.float().norm(dim=-1, keepdim=True).clamp(min=1e-12).to(noise.dtype)
@@ -271,19 +318,21 @@ class BoundActivation:
         if (ctx.phase == "prompt" and not self.acts_prompt) or (ctx.phase == "decode" and not self.acts_decode):
             return None
         B, T, W = x.shape
+        t = self._at(x.device)
+        valid = ctx.valid.to(x.device)
         w = self.seed_window
-        n_cur = ctx.valid.sum(dim=1)
-        fires = (n_cur >= w) & self.rows & self.seed_source_ok
+        n_cur = valid.sum(dim=1)
+        fires = (n_cur >= w) & t.rows & t.seed_source_ok
         cols = torch.arange(T, device=x.device)
-        written = fires[:, None] & (cols >= T - w)[None, :] & ctx.valid
-        if self.src is None:
+        written = fires[:, None] & (cols >= T - w)[None, :] & valid
+        if t.src is None:
             val = torch.zeros_like(x)
         else:
-            Ws = self.src.shape[1]
+            Ws = t.src.shape[1]
             src_cols = (Ws - (T - cols)).clamp(min=0)
-            val = self.src[:, src_cols]
+            val = t.src[:, src_cols]
         if isinstance(self.inter, Noise):
-            noise = self._noise(ctx.positions, W, x)
+            noise = self._noise(ctx.positions.to(x.device), W, x)
             if self.inter.norm_matched:
                 noise = noise / noise.float().norm(dim=-1, keepdim=True).clamp(min=1e-12).to(noise.dtype)
                 noise = noise * val.float().norm(dim=-1, keepdim=True).to(noise.dtype)
@@ -307,8 +356,13 @@ class BoundActivation:
             new = x + inter.alpha * val.to(x.dtype)
         else:
             new = (1 - inter.alpha) * x + inter.alpha * val.to(x.dtype)
-        if self.channels is not None:
-            new = torch.where(self.channels, new, x)
+        channels = self._at(x.device).channels
+        if channels is not None:
+            new = torch.where(channels, new, x)
         new = torch.where(written[..., None], new, x)
-        self.counters.record(self.ctx.phase, written, x, new)
+        home = self.counters.device
+        if x.device == home:
+            self.counters.record(self.ctx.phase, written, x, new)
+        else:  # a hook whose module's device was unknown at binding (offloaded weights)
+            self.counters.record(self.ctx.phase, written.to(home), x.to(home), new.to(home))
         return new
