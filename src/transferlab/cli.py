@@ -152,9 +152,18 @@ def run(
     set_: List[str] = typer.Option([], "--set", help="Override a field: key=value (repeatable), e.g. prompts.n=20."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Resume a killed run from its directory."),
     no_report: bool = typer.Option(False, "--no-report", help="Skip summary/report/figures."),
+    executor: str = typer.Option("inprocess", "--executor", help="Where batches run: inprocess (default) or ray "
+                                 "(Ray workers; pip install 'transferlab[ray]')."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address HOST:PORT (default: start "
+                                          "Ray on this machine)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray workers (default: one per GPU, or "
+                                          "one per CPU without GPUs)."),
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", min=0, help="GPUs per Ray worker "
+                                                    "(default 1 with GPUs; more for a model split with device_map)."),
 ) -> None:
     """Run an experiment end to end (or resume one) and write its run directory."""
     from .experiments import ConfigError, load_config, run_experiment
+    from .experiments.executors import ExecutorError
     from .experiments.runner import never_fired_summary
     from .interventions import InterventionError
     from .models import ModelLoadError
@@ -167,7 +176,13 @@ def run(
         if cfg is not None:
             console.print(f"[bold]{cfg.name}[/]: {len(cfg.conditions)} conditions x {cfg.prompts.n} pairs x "
                           f"{len(cfg.seeds)} seed(s) on {', '.join(m.spec for m in cfg.model_specs())}")
-        run_dir = run_experiment(cfg, resume=resume, console=console, report=not no_report)
+        options = dict(address=address, workers=workers, gpus_per_worker=gpus_per_worker)
+        run_dir = run_experiment(cfg, resume=resume, console=console, report=not no_report, executor=executor,
+                                 executor_options=options)
+    except ExecutorError as exc:
+        from rich.markup import escape
+
+        _fail(ExecutorError(escape(str(exc))))  # "transferlab[ray]" is not rich markup
     except (ConfigError, InterventionError, SiteError, FileNotFoundError, KeyError, ValueError, ModelLoadError) as exc:
         _fail(exc)
     from .experiments.store import RunStore

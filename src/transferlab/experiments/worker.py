@@ -1,0 +1,248 @@
+"""The worker side of a run: what any process does with a batch of work units.
+
+A run is split in two roles. The **driver** (:mod:`.runner`) plans the work,
+owns the run store and is its only writer. A **worker** holds a loaded model
+and turns batches of units into result rows. In-process, the driver and one
+worker share a process; with Ray (:mod:`.executors`), each worker is an actor
+on some GPU of some machine. Both run the code below, so both give the same
+rows by construction.
+
+Everything a worker needs travels with the request, as plain picklable data:
+
+- :class:`UnitBatch`: the resolved config (``config.json``), the model spec
+  name, the seed, the sampler settings, the units, the plans of their
+  conditions (sweep conditions are not in the config) and the R_V rows of
+  their prompts. The worker rebuilds the (source, target) pairs from the
+  config (pairing is seeded), and each unit's sampling stream is keyed by
+  its unit key, so a batch gives the same rows on any worker, in any order.
+- :class:`ModelRequest`: "load this model, check the plans against it, measure
+  R_V of these prompts"; answered with :class:`ModelFacts`. The driver never
+  loads a model itself, so a cluster's driver needs no GPU.
+
+A :class:`Worker` keeps one model loaded at a time (loaded on first use,
+reused for every later batch of the same model) and the per-model caches of
+logit scoring.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import ConfigError, ExperimentConfig, validate_config
+from .units import WorkUnit
+
+
+@dataclass(frozen=True)
+class UnitBatch:
+    """Units sharing one model, seed and sampler settings: one ``generate`` call on a worker."""
+
+    config: dict  # the resolved config (``ExperimentConfig.to_dict()``)
+    model: str  # a model spec name among the config's models
+    seed: int
+    settings: dict  # generation settings (the config's, with the conditions' overrides)
+    units: tuple[WorkUnit, ...]
+    conditions: dict  # condition name -> Condition as a dict, for the conditions of these units
+    rv: dict = field(default_factory=dict)  # prompt id -> R_V row, for the prompts of these units
+
+    @property
+    def keys(self) -> list[str]:
+        return [u.key for u in self.units]
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """Ask a worker to load ``model``, check the config's plans on it and measure R_V of ``rv_prompts``."""
+
+    config: dict
+    model: str
+    rv_prompts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the driver learns from a loaded model (it never holds one itself)."""
+
+    model: str
+    n_layers: int
+    device: str  # where the model's first weights live ("cpu", "cuda:0", ...)
+    rv: dict  # prompt id -> R_V row, for the requested prompts
+    plan_problems: list  # (key path, message) per plan that cannot run on this model
+    plan_source: str = ""  # what the problems are about (the ConfigError's heading)
+
+    def raise_problems(self) -> None:
+        if self.plan_problems:
+            raise ConfigError([tuple(p) for p in self.plan_problems], self.plan_source)
+
+
+def _config_key(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+class _Context:
+    """A config's prompts: the bank and the pairs, rebuilt deterministically from the config."""
+
+    def __init__(self, config: ExperimentConfig):
+        from ..prompts import load_bank, make_pairs
+
+        p = config.prompts
+        self.config = config
+        self.bank = load_bank(p.bank)
+        self.pairs = make_pairs(self.bank.select(p.sources), self.bank.select(p.targets), p.n, p.pair_seed,
+                                reuse=p.reuse, length_match=p.length_match)
+
+    def lexicon(self, prompt_id: str) -> list[str]:
+        from ..metrics.seed_v1 import SEED_MARKERS
+
+        markers = self.bank.get(prompt_id).markers
+        return list(markers) if markers else list(SEED_MARKERS)
+
+
+class Worker:
+    """Executes :class:`UnitBatch` es and :class:`ModelRequest` s; see the module docstring."""
+
+    def __init__(self):
+        self._ctx_key: str | None = None
+        self._ctx: _Context | None = None
+        self._model_key: str | None = None
+        self.model = None
+        self._top_cache: dict = {}  # (prompt, k) -> own top-k next-token ids, for the loaded model
+        self._marker_cache: dict = {}  # lexicon -> marker token ids, for the loaded model's tokenizer
+
+    # -- state ------------------------------------------------------------------
+    def context(self, config: dict) -> _Context:
+        key = _config_key(config)
+        if key != self._ctx_key:
+            self._ctx, self._ctx_key = _Context(validate_config(config, "config.json")), key
+        return self._ctx
+
+    def load(self, config: ExperimentConfig, name: str):
+        """The model named ``name`` in ``config``, loaded once and kept until another is asked for."""
+        specs = [s for s in config.model_specs() if s.spec == name]
+        if not specs:
+            raise ValueError(f"model {name!r} is not among the config's models")
+        spec = specs[0]
+        key = spec.model_dump_json()
+        if key != self._model_key:
+            from ..models import load_model
+
+            self.model, self._model_key = None, None  # free the old weights before loading new ones
+            self._top_cache, self._marker_cache = {}, {}  # token ids belong to one tokenizer
+            self.model = load_model(spec.spec, dtype=spec.dtype, device=spec.device,
+                                    attn_implementation=spec.attn_implementation, device_map=spec.device_map)
+            self._model_key = key
+        return self.model
+
+    # -- requests ---------------------------------------------------------------
+    def prepare(self, request: ModelRequest) -> ModelFacts:
+        """Load the model, check every plan against it, measure R_V of the requested prompts."""
+        from .checks import check_plans
+        from .units import expand_conditions
+
+        ctx = self.context(request.config)
+        cfg = ctx.config
+        model = self.load(cfg, request.model)
+        problems, source = [], ""
+        try:
+            check_plans(cfg, model, request.model, expand_conditions(cfg, model.n_layers), ctx.pairs)
+        except ConfigError as exc:  # returned as data: it crosses process boundaries
+            problems = [list(p) for p in exc.problems]
+            source = str(exc).split("\n", 1)[0].rsplit(" has ", 1)[0]
+        rv_rows = self._rv(model, ctx, list(request.rv_prompts)) if cfg.rv.enabled and not problems else {}
+        return ModelFacts(request.model, model.n_layers, str(model.device), rv_rows, problems, source)
+
+    def run(self, batch: UnitBatch) -> list[dict]:
+        """Generate and score one batch; one result row per unit (the columns of :mod:`.schema`)."""
+        from ..metrics.logit_scores import logit_mass_score
+        from ..metrics.scorers import score_table
+        from .config import Condition
+
+        ctx = self.context(batch.config)
+        cfg, pairs, bank = ctx.config, ctx.pairs, ctx.bank
+        model = self.load(cfg, batch.model)
+        conditions = {name: Condition.model_validate(c) for name, c in batch.conditions.items()}
+        targets, sources, plans, lexicons, roles = [], [], [], [], []
+        for u in batch.units:
+            pair, cond = pairs[u.pair_id], conditions[u.condition]
+            plan = cond.parsed_plan()
+            roles.append(cond.prompt)
+            targets.append(pair.target_text if cond.prompt == "target" else pair.source_text)
+            sources.append(pair.source_text if plan.needs_source else None)
+            plans.append(plan)
+            lexicons.append(ctx.lexicon(pair.source_id))
+        record = None
+        if cfg.scoring.logit:
+            record = {"markers": [self._marker_ids(model, lex) for lex in lexicons],
+                      "target_top": self._own_top_ids(model, targets, cfg.scoring.logit_top_k)}
+        gen = model.generate(targets, sources=sources, plan=plans, seed=batch.seed, example_ids=batch.keys,
+                             batch_size=len(batch.units), record_logits=record, **batch.settings)
+        scores = score_table(gen.texts, [pairs[u.pair_id].source_text for u in batch.units], cfg.scoring.scorers,
+                             lexicons=lexicons)
+        if cfg.scoring.logit:
+            scores["logit_markers"] = logit_mass_score(gen.logmass)
+        audit_by_example = {k: g for k, g in gen.audit.groupby("example", sort=False)} if len(gen.audit) else {}
+        rows = []
+        for b, u in enumerate(batch.units):
+            pair = pairs[u.pair_id]
+            a = audit_by_example.get(u.key)
+            audit = a.drop(columns=["example"]).to_dict(orient="records") if a is not None else []
+            rs, rt = batch.rv.get(pair.source_id, {}), batch.rv.get(pair.target_id, {})
+            row = dict(
+                unit=u.key, model=batch.model, seed=batch.seed, pair_id=u.pair_id, condition=u.condition,
+                source_id=pair.source_id, target_id=pair.target_id,
+                source_group=bank.get(pair.source_id).group, target_group=bank.get(pair.target_id).group,
+                prompt_role=roles[b], plan=str(plans[b]), text=gen.texts[b],
+                n_prompt_tokens=gen.prompt_lengths[b], n_new_tokens=len(gen.token_ids[b]),
+                finish_reason=gen.finish_reasons[b],
+            )
+            row.update({k: float(v) for k, v in scores.iloc[b].items()})
+            row.update(rv_source=rs.get("rv", np.nan), rv_target=rt.get("rv", np.nan),
+                       n_interventions=len(plans[b]),
+                       n_never_fired=int(sum(1 for r in audit if r["never_fired"])),
+                       audit=json.dumps(audit, default=float))
+            rows.append(row)
+        return rows
+
+    # -- helpers ----------------------------------------------------------------
+    def _rv(self, model, ctx: _Context, prompt_ids: list[str]) -> dict[str, dict]:
+        if not prompt_ids:
+            return {}
+        from ..metrics import rv
+
+        s = ctx.config.rv
+        df = rv(model, [ctx.bank.get(i).text for i in prompt_ids], early=s.early, late=s.late, window=s.window,
+                site=s.site, formula=s.formula, short=s.short)
+        return {pid: {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+                for pid, r in zip(prompt_ids, df.drop(columns=["prompt"]).to_dict(orient="records"))}
+
+    def _marker_ids(self, model, lexicon: list[str]) -> list[int]:
+        """Marker token ids of a lexicon, once per model: it decodes the whole vocabulary."""
+        from ..metrics.logit_scores import marker_token_ids
+
+        key = tuple(lexicon)
+        if key not in self._marker_cache:
+            self._marker_cache[key] = marker_token_ids(model.tokenizer, lexicon)
+        return self._marker_cache[key]
+
+    def _own_top_ids(self, model, prompts: list[str], k: int) -> list[list[int]]:
+        """Top-k next-token ids of each prompt's own (unpatched) last position."""
+        import torch
+
+        from ..batching import encode, left_pad, pad_id_of
+        from ..capture import forward_capture
+
+        cache = self._top_cache
+        todo = sorted({p for p in prompts if (p, k) not in cache})
+        for start in range(0, len(todo), 128):
+            chunk = todo[start : start + 128]
+            batch = left_pad(encode(model.tokenizer, chunk), pad_id_of(model.tokenizer), model.tokenizer.bos_token_id,
+                             device=model.device)
+            _, _, logits = forward_capture(model, batch, [], False)
+            top = torch.topk(logits[:, -1].float(), k, dim=-1).indices.cpu().tolist()
+            cache.update(((p, k), t) for p, t in zip(chunk, top))
+        return [cache[(p, k)] for p in prompts]
+
+
+__all__ = ["UnitBatch", "ModelRequest", "ModelFacts", "Worker"]
