@@ -21,6 +21,10 @@ first n; ``range`` -- the same slots ``[a, b)`` of both; ``prepend`` -- the
 whole source prefix goes before the target prefix, whose keys move S slots
 later. ``window=W`` caps n at W. With ``rope="reposition"`` every moved key is
 re-rotated by (landing position - source position) (:mod:`.rope`).
+
+On a model split over devices each layer's cache lives on its layer's device;
+source keys/values and the slot maps are moved to the device of the cache
+layer they are written into (each map once per device; no-ops on one device).
 """
 
 from __future__ import annotations
@@ -47,12 +51,29 @@ class SourceKV:
     end: int  # column after the last usable slot (Ws - 1 in corrected flavour, Ws in seed)
     rows: torch.Tensor | None = None  # batch row -> row of keys/values (distinct sources captured once)
 
-    def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of one layer, one row per batch row."""
+    def layer(self, layer: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of one layer, one row per batch row (on ``device`` if given)."""
         k, v = self.keys[layer], self.values[layer]
         if self.rows is not None:
-            k, v = k.index_select(0, self.rows), v.index_select(0, self.rows)
+            rows = self.rows.to(k.device)
+            k, v = k.index_select(0, rows), v.index_select(0, rows)
+        if device is not None:
+            k, v = k.to(device), v.to(device)
         return k, v
+
+
+class _PerDevice:
+    """Small per-splice tensors (slot maps), copied once to each device that needs them."""
+
+    def __init__(self, **tensors: torch.Tensor):
+        self._home = tensors
+        self._copies: dict[torch.device, dict[str, torch.Tensor]] = {}
+
+    def on(self, device: torch.device) -> dict[str, torch.Tensor]:
+        got = self._copies.get(device)
+        if got is None:
+            got = self._copies[device] = {k: t.to(device) for k, t in self._home.items()}
+        return got
 
 
 def splice_layers(splice: KVSplice, n_layers: int) -> list[int]:
@@ -118,25 +139,26 @@ def apply_splice(model, cache, splice: KVSplice, rows: torch.Tensor, source: Sou
     k0, _ = get_kv(cache, layers[0])
     tgt_w = k0.shape[2]
     index, delta, count = _slot_maps(splice, flavour, rows.tolist(), tgt_len, source.lengths, tgt_w, source.end)
-    device = k0.device
-    index, delta = index.to(device), delta.to(device)
+    device = counters.device  # the audit's device (the model's); each layer's cache may be elsewhere
+    rows = rows.to(device)
+    maps = _PerDevice(index=index, delta=delta)
     reposition = flavour != "seed" and splice.rope == "reposition"
     inv = inverse_frequencies(model) if reposition else None
-    hit = index >= 0
     sq = torch.zeros(index.shape[0], dtype=torch.float64, device=device)
     for layer in layers:
         k, v = get_kv(cache, layer)
-        sk, sv = source.layer(layer)
+        sk, sv = source.layer(layer, k.device)
+        local = maps.on(k.device)
         H, hd = k.shape[1], k.shape[3]
-        gidx = index.clamp(min=0)[:, None, :, None].expand(-1, H, -1, hd)
+        gidx = local["index"].clamp(min=0)[:, None, :, None].expand(-1, H, -1, hd)
         nk = sk.gather(2, gidx).to(k.dtype)
         nv = sv.gather(2, gidx).to(v.dtype)
         if reposition:
-            nk = rotate_keys(nk, delta[:, None, None], inv)
-        m = hit[:, None, :, None]
+            nk = rotate_keys(nk, local["delta"][:, None, None], inv)
+        m = (local["index"] >= 0)[:, None, :, None]
         new_k, new_v = torch.where(m, nk, k), torch.where(m, nv, v)
-        sq += ((new_k.float() - k.float()) ** 2).sum(dim=(1, 2, 3)).double()
-        sq += ((new_v.float() - v.float()) ** 2).sum(dim=(1, 2, 3)).double()
+        sq += ((new_k.float() - k.float()) ** 2).sum(dim=(1, 2, 3)).double().to(device)
+        sq += ((new_v.float() - v.float()) ** 2).sum(dim=(1, 2, 3)).double().to(device)
         set_kv(cache, layer, new_k, new_v)
     counters.fired_prompt += (count.to(device) > 0).long() * rows.long()
     counters.positions += count.to(device) * rows.long()
@@ -153,7 +175,7 @@ def apply_prepend(model, cache, splice: KVSplice, rows: torch.Tensor, source: So
     n_layers = n_cache_layers(cache)
     _check_whole_prompt_cached(cache, source, list(range(n_layers)))
     k0, _ = get_kv(cache, 0)
-    device = k0.device
+    device = counters.device  # the model's (inputs, mask, audit); each layer's cache may be elsewhere
     tgt_w = k0.shape[2]
     B = len(tgt_len)
     in_rows = rows.tolist()
@@ -176,19 +198,20 @@ def apply_prepend(model, cache, splice: KVSplice, rows: torch.Tensor, source: So
             shift[b, start + S + j] = S
         mask[b, start:] = 1
         offset[b] = S
-    index, shift = index.to(device), shift.to(device)
+    maps = _PerDevice(index=index, shift=shift)
     reposition = splice.rope == "reposition"
     inv = inverse_frequencies(model) if reposition else None
     for layer in range(n_layers):
         k, v = get_kv(cache, layer)
-        sk, sv = source.layer(layer)
+        sk, sv = source.layer(layer, k.device)
+        local = maps.on(k.device)
         cat_k = torch.cat([sk.to(k.dtype), k], dim=2)
         cat_v = torch.cat([sv.to(v.dtype), v], dim=2)
         H, hd = k.shape[1], k.shape[3]
-        g = index[:, None, :, None].expand(-1, H, -1, hd)
+        g = local["index"][:, None, :, None].expand(-1, H, -1, hd)
         nk, nv = cat_k.gather(2, g), cat_v.gather(2, g)
         if reposition:
-            nk = rotate_keys(nk, shift[:, None, :], inv)
+            nk = rotate_keys(nk, local["shift"][:, None, :], inv)
         set_kv(cache, layer, nk, nv)
         lay = cache.layers[layer] if hasattr(cache, "layers") else None
         if lay is not None and hasattr(lay, "cumulative_length"):
