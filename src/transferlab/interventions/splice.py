@@ -61,6 +61,19 @@ class SourceKV:
             k, v = k.to(device), v.to(device)
         return k, v
 
+    def gather_slots(self, layer: int, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, H, W, hd]`` keys/values where ``index[b, w]`` names a source slot of batch row b.
+
+        Reads only the slots asked for (not each row's whole source cache).
+        """
+        k, v = self.keys[layer], self.values[layer]
+        idx = index.clamp(min=0).to(k.device)
+        rows = self.rows.to(k.device) if self.rows is not None else torch.arange(idx.shape[0], device=k.device)
+        r = rows[:, None].expand_as(idx)
+        nk = k[r, :, idx].permute(0, 2, 1, 3)  # [B, W, H, hd] -> [B, H, W, hd]
+        nv = v[r, :, idx].permute(0, 2, 1, 3)
+        return nk.to(device), nv.to(device)
+
 
 class _PerDevice:
     """Small per-splice tensors (slot maps), copied once to each device that needs them."""
@@ -147,12 +160,9 @@ def apply_splice(model, cache, splice: KVSplice, rows: torch.Tensor, source: Sou
     sq = torch.zeros(index.shape[0], dtype=torch.float64, device=device)
     for layer in layers:
         k, v = get_kv(cache, layer)
-        sk, sv = source.layer(layer, k.device)
         local = maps.on(k.device)
-        H, hd = k.shape[1], k.shape[3]
-        gidx = local["index"].clamp(min=0)[:, None, :, None].expand(-1, H, -1, hd)
-        nk = sk.gather(2, gidx).to(k.dtype)
-        nv = sv.gather(2, gidx).to(v.dtype)
+        nk, nv = source.gather_slots(layer, local["index"], k.device)
+        nk, nv = nk.to(k.dtype), nv.to(v.dtype)
         if reposition:
             nk = rotate_keys(nk, local["delta"][:, None, None], inv)
         m = (local["index"] >= 0)[:, None, :, None]
