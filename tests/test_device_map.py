@@ -41,6 +41,8 @@ PLANS = [
     "ablate:attn_out@1:mean",
     "noise:v_proj@2:w4:both",  # norm-matched: reads the source
 ]
+# the seed flavour reproduces the seed's patcher: decode "last" only (mean/cycle/lockstep are refused)
+SEED_PLANS = [p for p in PLANS if not any(x in p for x in ("both:mean", ":cycle", ":lockstep"))]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -102,7 +104,8 @@ def _call_on(bi: BoundActivation, device: torch.device, phase: str):
 
 @pytest.mark.parametrize("flavour", ["corrected", "seed"])
 def test_bound_interventions_move_their_tables_to_the_activation(llama, monkeypatch, flavour):
-    plans = [Plan.parse(p) for p in PLANS] + [Plan([Steer("resid_post", 2, vector=(0.1,) * 64, alpha=2.0)])]
+    plans = [Plan.parse(p) for p in (PLANS if flavour == "corrected" else SEED_PLANS)]
+    plans.append(Plan([Steer("resid_post", 2, vector=(0.1,) * 64, alpha=2.0)]))
     bound = _bound(llama, monkeypatch, plans, flavour)
     assert len(bound) == len(plans)
     for bi in bound:
@@ -171,7 +174,8 @@ def test_split_over_two_gpus_generates_what_one_gpu_does(family, flavour):
     one = load_model(f"tiny:{family}", device="cuda:0", dtype="float32")
     split = load_model(f"tiny:{family}", device_map=half, dtype="float32")
     assert {p.device.index for p in split.hf.parameters()} == {0, 1}
-    plans = PLANS + ["kv:all", "kv:all:prepend", "kv:1,3:reposition + v_proj@3:w4:both", "ablate:v_proj@2:zero:h1"]
+    plans = ["kv:all", "kv:1,3:reposition + v_proj@3:w4:both", "ablate:v_proj@2:zero:h1"]
+    plans += PLANS + ["kv:all:prepend"] if flavour == "corrected" else SEED_PLANS
     for greedy in (True, False):
         kw = dict(sources=SOURCES * len(plans), plan=[p for p in plans for _ in TARGETS], max_new_tokens=8, seed=0,
                   greedy=greedy, flavour=flavour)
