@@ -125,7 +125,9 @@ def test_source_direct_generates_from_the_source(demo):
     g = cfg.generation
     for seed in (0, 1):
         rows = direct[direct.seed == seed]
+        streams = [f"tiny:llama|{seed}|{p}" for p in rows["pair_id"]]  # a pair's conditions share one stream
         gen = model.generate([bank.get(i).text for i in rows["source_id"]], seed=seed, example_ids=rows["unit"].tolist(),
+                             streams=streams,
                              max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
                              greedy=g.greedy, flavour=g.flavour)
         assert gen.texts == rows["text"].tolist()

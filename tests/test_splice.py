@@ -260,11 +260,16 @@ def test_seed_splice_is_right_aligned_and_not_rerotated(target, source, tiny_mod
         _close(v[:, :, T - n :], src[layer][1][:, :, S - n :])
         _close(k[:, :, : T - n], tgt[layer][0][:, :, : T - n])
     assert spy.pos.tolist() == [[T]]  # the re-fed last token sits one slot past the prompt
-    # the seed flavour ignores align and rope: the seed's rule whatever the splice asks
-    for plan in ("kv:all:left", "kv:all:keep", "kv:all:left:reposition"):
+    # rope is moot in the seed flavour (keys keep their source rotations either way) ...
+    for plan in ("kv:all:keep", "kv:all:reposition"):
         other = generate(model, [target], sources=[source], plan=plan, greedy=True, max_new_tokens=N_NEW,
                          stop_at_eos=False, flavour="seed")
         assert other.token_ids == g.token_ids, plan
+    # ... while an alignment the seed never had is refused, not silently replaced
+    from transferlab.interventions import InterventionError
+
+    with pytest.raises(InterventionError, match="flavour='seed'"):
+        generate(model, [target], sources=[source], plan="kv:all:left", flavour="seed", max_new_tokens=2)
 
 
 def test_prepend_reposition_rejects_sequence_dependent_rope(tiny_models):

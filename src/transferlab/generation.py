@@ -46,7 +46,7 @@ from .interventions.binding import BoundActivation, SourceBatch
 from .interventions.context import StepContext
 from .interventions.plan import Plan, as_plan
 from .interventions.splice import SourceKV, apply_prepend, apply_splice
-from .interventions.types import Intervention, InterventionError, KVSplice
+from .interventions.types import Intervention, InterventionError, KVSplice, Patch
 from .kvcache import cache_kwargs, get_kv, last_logits_kwargs, n_cache_layers, output_cache
 from .fastpath import preallocate
 from .sampling import Sampler
@@ -73,6 +73,30 @@ class Generation:
 
     def never_fired(self) -> pd.DataFrame:
         return never_fired(self.audit)
+
+
+def check_seed_plan(plan: Plan) -> None:
+    """Refuse what the seed's code could not express, rather than silently run something else.
+
+    The seed spliced right-aligned caches with keys at their source rotations
+    (``rope`` is therefore moot in this flavour: keys always keep their
+    rotations) and patched "the last W positions of each call".
+    """
+    for inter in plan:
+        if isinstance(inter, KVSplice):
+            if inter.align != "right" or inter.window is not None or inter.positions is not None:
+                raise InterventionError(
+                    f"{inter.describe()}: flavour='seed' reproduces the seed's splice (right-aligned, last "
+                    "min(T_target, T_source) slots, keys at source rotations) and has no equivalent of "
+                    "align/window/positions; use flavour='corrected'"
+                )
+        elif isinstance(inter, Patch):
+            if inter.fraction is not None or inter.positions is not None or inter.decode != "last":
+                raise InterventionError(
+                    f"{inter.describe()}: flavour='seed' reproduces the seed's patcher (the last W positions "
+                    "of each forward call, W = window or 16) and has no equivalent of fraction/positions or a "
+                    f"decode value other than 'last'; use flavour='corrected'"
+                )
 
 
 def _per_example(value, n: int, what: str) -> list:
@@ -120,6 +144,7 @@ def generate(
     batch_size: int | None = None,
     flavour: str = "corrected",
     example_ids: list | None = None,
+    streams: list | None = None,
     record_logits: dict | None = None,
     progress: bool = False,
 ) -> Generation:
@@ -127,7 +152,11 @@ def generate(
 
     ``plan`` and ``sources`` are either one for all targets or a list with one
     per target (``None`` entries allowed where the plan needs no source).
-    ``example_ids`` key each example's random streams (default: its index).
+    ``example_ids`` name the examples in the audit and, unless ``streams``
+    is given, key their random streams (default: the index). ``streams``
+    keys the sampling and noise streams separately: examples given the same
+    stream draw the same random numbers (an experiment gives every condition
+    of a pair one stream, so paired differences carry no extra sampling noise).
     ``record_logits`` maps a name to token ids (one list for all, or one list
     per example); ``Generation.logmass[name]`` then holds, per example and
     step, the log-probability mass the tempered next-token distribution puts
@@ -151,6 +180,9 @@ def generate(
         precomputed = _check_precomputed(model, sources, n, plans)
         sources = list(sources.prompts)
     srcs = _per_example(sources, n, "sources")
+    if flavour == "seed":
+        for p in {str(p): p for p in plans}.values():
+            check_seed_plan(p)
     for i, (p, s) in enumerate(zip(plans, srcs)):
         if p.needs_source and s is None:
             raise InterventionError(f"example {i}: the plan '{p}' needs a source prompt, but none was given (pass sources=...)")
@@ -159,7 +191,10 @@ def generate(
     ids = example_ids if example_ids is not None else list(range(n))
     if len(ids) != n:
         raise ValueError(f"example_ids: got {len(ids)} for {n} targets")
-    keys = rng.combine(seed, torch.tensor([rng.example_key(x) for x in ids], dtype=torch.long))
+    stream_ids = streams if streams is not None else ids
+    if len(stream_ids) != n:
+        raise ValueError(f"streams: got {len(stream_ids)} for {n} targets")
+    keys = rng.combine(seed, torch.tensor([rng.example_key(x) for x in stream_ids], dtype=torch.long))
     sampler = Sampler(temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy)
     tgt_ids = encode(model.tokenizer, targets)
     src_ids = [encode(model.tokenizer, [s])[0] if s is not None else None for s in srcs]
@@ -306,7 +341,7 @@ def _capture_sources(model, row_tgt, row_src, points, want_kv, flavour):
     sb = left_pad(uniq, pad_id_of(tok), tok.bos_token_id, device=model.device)
     store, cache, _ = forward_capture(model, sb, points, want_kv)
     rows = torch.tensor([max(j, 0) for j in inv], dtype=torch.long, device=model.device)
-    store = {k: v.index_select(0, rows) for k, v in store.items()}
+    store = {k: v.index_select(0, rows.to(v.device)) for k, v in store.items()}
     lengths = [sb.lengths[j] if j >= 0 else 0 for j in inv]
     acts = SourceBatch(store, lengths, [sb.has_bos[j] if j >= 0 else False for j in inv],
                        [j >= 0 for j in inv], [None] * len(inv))

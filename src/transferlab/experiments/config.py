@@ -119,6 +119,7 @@ class Condition(_Strict):
     name: str
     plan: str | list[dict] = ""
     prompt: Literal["target", "source"] = "target"
+    source: Literal["pair", "target"] = "pair"  # "target": the target is its own source (self-patch control)
     generation: GenerationOverride = Field(default_factory=GenerationOverride)
     description: str = ""
 

@@ -169,15 +169,19 @@ class Worker:
             plan = cond.parsed_plan()
             roles.append(cond.prompt)
             targets.append(pair.target_text if cond.prompt == "target" else pair.source_text)
-            sources.append(pair.source_text if plan.needs_source else None)
+            own = pair.target_text if cond.source == "target" else pair.source_text
+            sources.append(own if plan.needs_source else None)
             plans.append(plan)
             lexicons.append(ctx.lexicon(pair.source_id))
         record = None
         if cfg.scoring.logit:
             record = {"markers": [self._marker_ids(model, lex) for lex in lexicons],
                       "target_top": self._own_top_ids(model, targets, cfg.scoring.logit_top_k)}
+        # one random stream per (model, seed, pair), shared by its conditions: paired differences
+        # then differ by the intervention, not by the sampler's draws
+        streams = [f"{batch.model}|{batch.seed}|{u.pair_id}" for u in batch.units]
         gen = model.generate(targets, sources=sources, plan=plans, seed=batch.seed, example_ids=batch.keys,
-                             batch_size=len(batch.units), record_logits=record, **batch.settings)
+                             streams=streams, batch_size=len(batch.units), record_logits=record, **batch.settings)
         scores = score_table(gen.texts, [pairs[u.pair_id].source_text for u in batch.units], cfg.scoring.scorers,
                              lexicons=lexicons)
         if cfg.scoring.logit:
