@@ -343,3 +343,22 @@ def test_story_token_lengths_with_the_embedded_tokenizer(stories_bank):
     for group, lo, hi in (("story_source", 20, 60), ("story_target", 8, 25)):
         lens = [len(tok(p.text)["input_ids"]) for p in stories_bank.select([group])]
         assert lo <= min(lens) and max(lens) <= hi, (group, min(lens), max(lens))
+
+
+def test_a_marker_absent_from_its_own_source_is_an_error(tmp_path):
+    """A source's lexicon must be words the source uses: the loader checks it, naming file, entry and field."""
+    from pathlib import Path
+
+    import transferlab.prompts.bank as bank_mod
+    from transferlab.prompts import BankError, load_bank
+
+    data = Path(bank_mod.__file__).parent / "data"
+    text = (data / "stories.sources.yaml").read_text()
+    bad = text.replace("markers: [Daisy, bunny, fluffy, carrot, rock, farm]",
+                       "markers: [Daisy, bunny, fluffy, carrot, rock, banana]")
+    assert bad != text
+    (tmp_path / "stories.sources.yaml").write_text(bad)
+    (tmp_path / "stories.targets.yaml").write_text((data / "stories.targets.yaml").read_text())
+    with pytest.raises(BankError) as err:
+        load_bank(tmp_path)
+    assert "story_source_05" in str(err.value) and "'markers'" in str(err.value) and "banana" in str(err.value)

@@ -144,6 +144,10 @@ def transfer(
     console.print(side)
     console.print(audit_table_view(moved.audit))
     warn_never_fired(moved.audit)
+    if flavour == "seed" and len(parsed):
+        console.print("[bold red]WARNING: flavour 'seed': the transferred run re-feeds the last prompt token as its "
+                      "first decode step (the seed's loop) while the target's own run does not (the seed's "
+                      "baselines used model.generate): the two differ in more than the plan.[/]")
 
 
 @app.command()

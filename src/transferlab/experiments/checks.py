@@ -112,7 +112,8 @@ def check_plans(config: ExperimentConfig, model, model_name: str, conditions, pa
                 _check_heads(model, inter)
                 window = getattr(inter, "window", None)
                 if window is not None and flavour == "corrected":
-                    role = "source" if inter.needs_source or cond.prompt == "source" else "target"
+                    reads_source = inter.needs_source and cond.source == "pair"
+                    role = "source" if reads_source or cond.prompt == "source" else "target"
                     n = fewest(role)
                     if window > n:
                         raise InterventionError(f"window {window} is longer than the shortest {role} prompt "

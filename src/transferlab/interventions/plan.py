@@ -19,7 +19,8 @@ item                                    meaning
 ``SITE@LAYER[:opts]``                   Patch. opts: ``wN`` window, ``fX`` fraction,
                                         ``pA-B`` positions, ``prompt``/``decode``/
                                         ``both``, ``replace``/``add``/``mix``, ``aX``
-                                        alpha, ``last``/``mean``/``cycle`` decode value,
+                                        alpha, ``last``/``mean``/``cycle``/``lockstep``
+                                        decode value,
                                         ``hI,J`` kv heads or ``qhI,J`` query heads
                                         (makes it a HeadPatch)
 ``ablate:SITE@LAYER[:zero|mean]``       Ablate (``hI,J``/``qhI,J`` heads, a phase)

@@ -208,9 +208,14 @@ def apply_prepend(model, cache, splice: KVSplice, rows: torch.Tensor, source: So
             shift[b, start + S + j] = S
         mask[b, start:] = 1
         offset[b] = S
-    maps = _PerDevice(index=index, shift=shift)
+    inserted = torch.zeros(B, W, dtype=torch.bool)
+    for b in range(B):
+        S = source.lengths[b] if in_rows[b] else 0
+        inserted[b, W - tgt_len[b] - S : W - tgt_len[b]] = True
+    maps = _PerDevice(index=index, shift=shift, inserted=inserted)
     reposition = splice.rope == "reposition"
     inv = inverse_frequencies(model) if reposition else None
+    sq = torch.zeros(B, dtype=torch.float64, device=device)
     for layer in range(n_layers):
         k, v = get_kv(cache, layer)
         sk, sv = source.layer(layer, k.device)
@@ -222,6 +227,10 @@ def apply_prepend(model, cache, splice: KVSplice, rows: torch.Tensor, source: So
         nk, nv = cat_k.gather(2, g), cat_v.gather(2, g)
         if reposition:
             nk = rotate_keys(nk, local["shift"][:, None, :], inv)
+        # the change a prepend makes: the source keys/values it inserts
+        ins = local["inserted"][:, None, :, None]
+        sq += ((nk.float() ** 2) * ins).sum(dim=(1, 2, 3)).double().to(device)
+        sq += ((nv.float() ** 2) * ins).sum(dim=(1, 2, 3)).double().to(device)
         set_kv(cache, layer, nk, nv)
         lay = cache.layers[layer] if hasattr(cache, "layers") else None
         if lay is not None and hasattr(lay, "cumulative_length"):
@@ -229,4 +238,5 @@ def apply_prepend(model, cache, splice: KVSplice, rows: torch.Tensor, source: So
     slots = torch.tensor([source.lengths[b] if in_rows[b] else 0 for b in range(B)], device=device)
     counters.fired_prompt += (slots > 0).long()
     counters.positions += slots
+    counters.sq_change += sq
     return mask.to(device), offset.to(device)

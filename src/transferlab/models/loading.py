@@ -106,9 +106,54 @@ def _dispatch(hf, device_map):
     return dispatch_model(hf, device_map=device_map)
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within ``timeout`` seconds."""
+    import socket
+    import threading
+
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    except Exception:  # pragma: no cover
+        host = "huggingface.co"
+    ok = []
+
+    def probe():
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(ok)
+
+
+def _cached(spec: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(spec, "config.json"), str)
+    except Exception:
+        return False
+
+
 def _load_hf(spec: str, dtype: torch.dtype, device: torch.device, attn: str | None, device_map=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not Path(spec).exists() and not _cached(spec) and (os.environ.get("HF_HUB_OFFLINE") or not _hub_reachable()):
+        # fail at once, rather than after the hub client's retries (about 45 s)
+        raise ModelLoadError(
+            f"could not load model {spec!r}: it is not a local path, it is not in the Hugging Face cache "
+            f"at {_hub_cache()}, and the hub is not reachable from here. Download it elsewhere and pass the "
+            f"local directory (e.g. --model /path/to/{spec.split('/')[-1]}), set HF_HOME to a cache that "
+            "holds it, or use the embedded model 'stories260K'."
+        )
     kwargs = {"dtype": dtype}
     if attn:
         kwargs["attn_implementation"] = attn

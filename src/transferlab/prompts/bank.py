@@ -198,6 +198,13 @@ def _check_group(path: Path, raw: Any, name: str, g: _GroupSpec) -> None:
                 raise BankError(path, label, "markers", "markers must be non-empty, without outer spaces")
             if len({m.lower() for m in e.markers}) != len(e.markers):
                 raise BankError(path, label, "markers", "duplicate marker (case-insensitive)")
+            words = set(re.findall(r"[a-z0-9']+", e.text.lower()))
+            absent = [m for m in e.markers  # a marker may be an inflection's stem ("carrot" in "carrots")
+                      if not all(any(w.startswith(part) for w in words) for part in re.findall(r"[a-z0-9']+", m.lower()))]
+            if absent:
+                raise BankError(path, label, "markers",
+                                f"marker(s) {absent} do not occur in the prompt's own text; a source's lexicon "
+                                "must be words the source itself uses")
 
 
 # ----------------------------------------------------------------- the bank

@@ -91,10 +91,10 @@ def _warnings(summary: dict, config: dict | None, results: pd.DataFrame) -> list
     for w in generation_warnings(config, results, summary["reference"]):
         lines.append(f"- **WARNING: {w['message']}**")
     for w in warns:
-        if w["kind"] in ("raw_noise", "no_audit"):
+        if w["kind"] in ("raw_noise", "no_audit", "no_effect"):
             lines.append(f"- **WARNING: {w['message']}**")
     for w in warns:
-        if w["kind"] not in ("never_fired", "raw_noise", "no_audit"):
+        if w["kind"] not in ("never_fired", "raw_noise", "no_audit", "no_effect"):
             model = f" (model {w['model']})" if len(models) > 1 and "model" in w else ""
             lines.append(f"- {w['message']}{model}")
     return lines
@@ -165,7 +165,10 @@ def _delta_section(summary: dict, family: str) -> list[str]:
                  f"over source prompts ({st['n_boot']} draws) and, beside it, iid over pairs. p: paired t, Wilcoxon "
                  f"signed-rank, sign-flip permutation (pairs, and whole source-prompt clusters). Holm p adjusts "
                  f"`{st['primary_p']}` across all {st['holm_family_size']} comparisons of this report (both tables, "
-                 "every model and score). d_z = mean Δ / SD(Δ), ddof=1.")
+                 "every model and score). d_z = mean Δ / SD(Δ), ddof=1. "
+                 f"Permutation p values are resolution-limited (p ≥ 1/({st['n_perm']}+1)), so Holm p cannot fall "
+                 f"below {st['holm_family_size']}/({st['n_perm']}+1) = {st['holm_family_size'] / (st['n_perm'] + 1):.2g} "
+                 "here; p_t and p_wilcoxon show finer evidence (without the clustering).")
     else:
         if not rows:
             return []

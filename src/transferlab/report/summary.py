@@ -162,8 +162,8 @@ def audit_summary(results: pd.DataFrame, conditions: Sequence[str] | None = None
     condition's result rows (they differ if the audit is incomplete).
     """
     cols = ["model", "condition", "intervention", "description", "hook_point", "kind", "phase", "rows",
-            "examples", "examples_never_fired", "mean_fired_prompt", "mean_fired_decode", "mean_positions",
-            "mean_change_norm"]
+            "examples", "examples_never_fired", "examples_no_effect", "mean_fired_prompt", "mean_fired_decode",
+            "mean_positions", "mean_change_norm"]
     if "audit" not in results.columns:
         return pd.DataFrame(columns=cols)
     recs = []
@@ -176,14 +176,18 @@ def audit_summary(results: pd.DataFrame, conditions: Sequence[str] | None = None
     for c in ("fired_prompt", "fired_decode", "positions", "change_norm"):
         a[c] = pd.to_numeric(a.get(c, np.nan), errors="coerce")
     a["never_fired"] = a["never_fired"].astype(bool)
+    # fired, yet wrote exactly what was there (e.g. an earlier patch already set that activation)
+    a["no_effect"] = (~a["never_fired"]) & (a["change_norm"] == 0)
     g = a.groupby(["model", "condition", "intervention", "description", "hook_point"], sort=False, dropna=False)
     out = g.agg(kind=("kind", "first"), phase=("phase", "first"), examples=("never_fired", "size"),
-                examples_never_fired=("never_fired", "sum"), mean_fired_prompt=("fired_prompt", "mean"),
+                examples_never_fired=("never_fired", "sum"), examples_no_effect=("no_effect", "sum"),
+                mean_fired_prompt=("fired_prompt", "mean"),
                 mean_fired_decode=("fired_decode", "mean"), mean_positions=("positions", "mean"),
                 mean_change_norm=("change_norm", "mean")).reset_index()
     rows = results.groupby(["model", "condition"]).size()
     out["rows"] = [int(rows[(m, c)]) for m, c in zip(out["model"], out["condition"])]
     out["examples_never_fired"] = out["examples_never_fired"].astype(int)
+    out["examples_no_effect"] = out["examples_no_effect"].astype(int)
     rank = {c: i for i, c in enumerate(conditions or _order(results["condition"]))}
     mrank = {m: i for i, m in enumerate(_order(results["model"]))}
     out = out.assign(_nf=-(out.examples_never_fired > 0).astype(int), _n=-out.examples_never_fired,
@@ -281,6 +285,13 @@ def _data_warnings(results, all_scores, conds, audit, deltas, skipped, plans) ->
                         "count": int(r.examples_never_fired), "of": int(r.examples),
                         "message": f"{r.description} never fired in {r.examples_never_fired}/{r.examples} "
                                    f"examples of condition {r.condition}"})
+        if getattr(r, "examples_no_effect", 0) > 0:
+            out.append({"kind": "no_effect", "model": r.model, "condition": r.condition,
+                        "description": r.description, "hook_point": r.hook_point,
+                        "count": int(r.examples_no_effect), "of": int(r.examples),
+                        "message": f"{r.description} fired but changed nothing in {r.examples_no_effect}/"
+                                   f"{r.examples} examples of condition {r.condition} (it wrote the values "
+                                   "already there: an earlier intervention or the same layer twice?)"})
     if "n_interventions" in results.columns and "audit" in results.columns:
         empty = results["audit"].map(lambda a: len(_parse_audit(a)) == 0)
         lack = results[empty & (results["n_interventions"].fillna(0) > 0)]
