@@ -18,7 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 import transferlab
-from helpers import flat, nows
+from helpers import DEMO_CONDITIONS, flat, nows
 from transferlab.cli import app
 from transferlab.experiments import list_presets, preset_path
 from transferlab.experiments.metadata import ledger
@@ -27,7 +27,7 @@ from transferlab.experiments.store import RunStore
 from transferlab.models.loading import embedded_path, file_sha256
 from transferlab.prompts import load_bank
 
-N_PAIRS, N_CONDITIONS = 6, 7
+N_PAIRS, N_CONDITIONS = 6, DEMO_CONDITIONS
 HAS_REPORT = (Path(transferlab.__file__).parent / "report" / "__init__.py").exists()
 
 # small vocabularies have no token for most marker words (see marker_token_ids)
@@ -64,7 +64,7 @@ def full_run(tmp_path_factory):
 def test_run_directory_is_complete(full_run):
     out_dir, run_dir, output = full_run
     assert nows(f"run directory: {run_dir}") in nows(output)
-    assert "demo: 7 conditions x 6 pairs x 1 seed(s) on stories260K" in output
+    assert f"demo: {N_CONDITIONS} conditions x 6 pairs x 1 seed(s) on stories260K" in output
     for name in ("config.json", "metadata.json", "store.sqlite", "results.csv", "results.jsonl"):
         assert (run_dir / name).is_file(), name
     config = json.loads((run_dir / "config.json").read_text())

@@ -13,7 +13,7 @@ import json
 
 import pytest
 import torch
-from helpers import flat
+from helpers import DEMO_CONDITIONS, flat
 from typer.testing import CliRunner
 
 from transferlab.cli import app
@@ -120,7 +120,7 @@ def test_bad_set_without_equals():
 def test_set_index_errors_are_clear():
     with pytest.raises(ConfigError) as e:
         load_config("demo", ["conditions.9.plan=kv:all"])
-    assert "conditions has 7 entries" in problems(e)["conditions.9.plan"]
+    assert f"conditions has {DEMO_CONDITIONS} entries" in problems(e)["conditions.9.plan"]
     with pytest.raises(ConfigError) as e:
         load_config("demo", ["seeds.x=1"])
     assert "seeds is a list" in problems(e)["seeds.x"]

@@ -13,6 +13,7 @@ import pickle
 import sys
 
 import pytest
+from helpers import DEMO_CONDITIONS
 import torch
 from typer.testing import CliRunner
 
@@ -61,7 +62,7 @@ def test_a_pickled_batch_gives_the_stored_rows_on_a_fresh_worker(tmp_path):
     run_dir = run_experiment(load_config("demo", [f"output_dir={tmp_path}", *SMALL]), progress=False, report=False,
                              executor=ex)
     rows = stored(run_dir)
-    assert len(ex.batches) == 4 and sum(len(b.units) for b in ex.batches) == len(rows) == 4 * 7
+    assert len(ex.batches) == 4 and sum(len(b.units) for b in ex.batches) == len(rows) == 4 * DEMO_CONDITIONS
     meta = json.loads((run_dir / "metadata.json").read_text())
     assert meta["executor"] == {"kind": "inprocess"}
     fresh = Worker()
@@ -123,4 +124,4 @@ def test_cli_executor_options(tmp_path):
     res = run("--executor", "inprocess", *sets)
     assert res.exit_code == 0, (res.output, res.exception)
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-    assert len(stored(run_dir)) == 4 * 7
+    assert len(stored(run_dir)) == 4 * DEMO_CONDITIONS

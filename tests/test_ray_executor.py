@@ -1,6 +1,6 @@
 """``--executor ray``: two local CPU workers give exactly the in-process table, and a killed worker loses nothing.
 
-The demo preset (24 pairs x 7 conditions, 8 new tokens, batches of 8: 21
+The demo preset (24 pairs x its conditions, 8 new tokens, batches of 8: 21
 batches) runs once in-process (the reference) and then on two Ray actors. A
 real SIGKILL of a worker process while it computes a batch must lose nothing
 and store nothing twice (Ray restarts the actor and runs its batch again). A
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import DEMO_CONDITIONS
 import torch
 from typer.testing import CliRunner
 
@@ -27,7 +28,7 @@ from transferlab.experiments import load_config, run_experiment  # noqa: E402
 from transferlab.experiments.executors import Executor, RayExecutor  # noqa: E402
 from transferlab.experiments.store import RunStore  # noqa: E402
 
-N_PAIRS, N_CONDITIONS = 24, 7
+N_PAIRS, N_CONDITIONS = 24, DEMO_CONDITIONS
 TOTAL = N_PAIRS * N_CONDITIONS
 
 pytestmark = pytest.mark.filterwarnings("ignore:no vocabulary token spells:UserWarning")

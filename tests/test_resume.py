@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import DEMO_CONDITIONS
 import torch
 from typer.testing import CliRunner
 
@@ -30,7 +31,7 @@ from transferlab.experiments import load_config, run_experiment
 from transferlab.experiments.metadata import ledger
 from transferlab.experiments.store import RunStore
 
-N_PAIRS, N_CONDITIONS, N_SEEDS = 24, 7, 1  # the demo preset has 7 conditions
+N_PAIRS, N_CONDITIONS, N_SEEDS = 24, DEMO_CONDITIONS, 1
 TOTAL = N_PAIRS * N_CONDITIONS * N_SEEDS
 
 
@@ -78,7 +79,7 @@ def assert_same_table(got: pd.DataFrame, want: pd.DataFrame) -> None:
         a, b = _audit(a), _audit(b)
         assert [{k: v for k, v in r.items() if k != "change_norm"} for r in a] == \
                [{k: v for k, v in r.items() if k != "change_norm"} for r in b]
-        assert np.allclose([r["change_norm"] for r in a], [r["change_norm"] for r in b], rtol=1e-5)
+        assert np.allclose([r["change_norm"] for r in a], [r["change_norm"] for r in b], rtol=1e-5, atol=1e-3)  # float noise around 0 (self splices)
 
 
 class AppendSpy:

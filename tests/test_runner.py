@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import flat
+from helpers import DEMO_CONDITIONS, flat
 from typer.testing import CliRunner
 
 from transferlab.batching import encode
@@ -61,7 +61,7 @@ DEMO = ["model=tiny:llama", "prompts.n=6", "generation.max_new_tokens=5", "seeds
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """The demo design on tiny:llama, 6 pairs x 7 conditions x 2 seeds, batch size 4."""
+    """The demo design on tiny:llama, 6 pairs x every demo condition x 2 seeds, batch size 4."""
     return run_small("demo", tmp_path_factory.mktemp("demo"), *DEMO, "batch_size=4")
 
 
@@ -167,7 +167,7 @@ def test_seed_n300_patch_never_fires(tmp_path):
 
 def test_corrected_n300_patch_fires(tmp_path):
     out, _, df = cli_run("corrected_n300", tmp_path, *N300)
-    assert len(df) == 6 * 7
+    assert len(df) == 6 * DEMO_CONDITIONS
     assert (df.loc[df.condition == "transfer", "n_never_fired"] == 0).all()
     assert (df.loc[df.condition == "transfer", "n_interventions"] == 2).all()
     assert (df["n_never_fired"] == 0).all()
@@ -265,7 +265,7 @@ def test_models_do_not_share_state(tmp_path, monkeypatch):
     _, _, alone = run_small("demo", tmp_path / "alone", 'models=[{spec="tiny:qwen2"}]', *small)
     a = both[both.model == "tiny:qwen2"].sort_values("unit").reset_index(drop=True)
     b = alone.sort_values("unit").reset_index(drop=True)
-    assert len(a) == len(b) == 4 * 7
+    assert len(a) == len(b) == 4 * DEMO_CONDITIONS
     assert a["text"].tolist() == b["text"].tolist()
     cols = [c for c in a.columns if pd.api.types.is_float_dtype(b[c])]
     np.testing.assert_allclose(a[cols].to_numpy(float), b[cols].to_numpy(float), rtol=1e-6, equal_nan=True)
