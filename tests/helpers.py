@@ -1,4 +1,6 @@
-"""Small helpers shared by the CLI and runner tests."""
+"""Small helpers shared by the CLI, runner and executor tests."""
+
+from transferlab.experiments.store import RunStore
 
 
 def flat(text: str) -> str:
@@ -19,3 +21,17 @@ def demo_conditions() -> int:
 
 
 DEMO_CONDITIONS = demo_conditions()
+
+
+class AppendSpy:
+    """Records every unit the run store is asked to write (to prove nothing is computed twice)."""
+
+    def __init__(self, monkeypatch):
+        self.units: list[str] = []
+        original = RunStore.append
+
+        def append(store, rows):
+            self.units.extend(r["unit"] for r in rows)
+            return original(store, rows)
+
+        monkeypatch.setattr(RunStore, "append", append)

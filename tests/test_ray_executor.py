@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import DEMO_CONDITIONS
+from helpers import DEMO_CONDITIONS, AppendSpy
 import torch
 from typer.testing import CliRunner
 
@@ -86,20 +86,6 @@ def assert_same_table(got: pd.DataFrame, want: pd.DataFrame) -> None:
     for col in ("unit", "text", "n_prompt_tokens", "n_new_tokens", "finish_reason", "plan", "audit"):
         assert got[col].tolist() == want[col].tolist(), f"column {col} differs"
     pd.testing.assert_frame_equal(got, want, check_exact=True)
-
-
-class AppendSpy:
-    """Every unit the driver writes to a store (to show nothing is computed twice)."""
-
-    def __init__(self, monkeypatch):
-        self.units: list[str] = []
-        original = RunStore.append
-
-        def append(store, rows):
-            self.units.extend(r["unit"] for r in rows)
-            return original(store, rows)
-
-        monkeypatch.setattr(RunStore, "append", append)
 
 
 class KillOneWorker(Executor):

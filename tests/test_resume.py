@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import DEMO_CONDITIONS
+from helpers import DEMO_CONDITIONS, AppendSpy
 import torch
 from typer.testing import CliRunner
 
@@ -80,20 +80,6 @@ def assert_same_table(got: pd.DataFrame, want: pd.DataFrame) -> None:
         assert [{k: v for k, v in r.items() if k != "change_norm"} for r in a] == \
                [{k: v for k, v in r.items() if k != "change_norm"} for r in b]
         assert np.allclose([r["change_norm"] for r in a], [r["change_norm"] for r in b], rtol=1e-5, atol=1e-3)  # float noise around 0 (self splices)
-
-
-class AppendSpy:
-    """Records every unit the store is asked to write (to prove nothing is computed twice)."""
-
-    def __init__(self, monkeypatch):
-        self.units: list[str] = []
-        original = RunStore.append
-
-        def append(store, rows):
-            self.units.extend(r["unit"] for r in rows)
-            return original(store, rows)
-
-        monkeypatch.setattr(RunStore, "append", append)
 
 
 def _count_rows(db: Path) -> int:
