@@ -364,3 +364,16 @@ def test_score_table_columns_and_context():
     assert list(score_table(texts, sources).columns) == ["seed_v1", "strict", "collapse", "source_overlap"]
     with pytest.raises(ValueError, match="not in names"):
         score_table(texts, sources, ["seed_v1"], params={"lexicon": {}})
+
+
+def test_seed_v1_markers_is_seed_v1_without_the_bonus():
+    """seed_v1_markers + bonus == seed_v1, on a repetitive text (bonus) and a plain one (none)."""
+    from transferlab.metrics.scorers import get_scorer
+    from transferlab.metrics.seed_v1 import seed_v1_repetition_bonus
+
+    texts = ["the self the self the self the self the self the self the self",
+             "A mirror reflects itself; the observer is observing the process."]
+    full, markers = get_scorer("seed_v1")(texts), get_scorer("seed_v1_markers")(texts)
+    assert [m + seed_v1_repetition_bonus(t) for m, t in zip(markers, texts)] == full
+    assert seed_v1_repetition_bonus(texts[0]) == 5 and markers[0] == full[0] - 5
+    assert markers[1] == full[1] >= 4

@@ -13,6 +13,7 @@ Built-in scorers (``SCORERS`` maps each name to its :class:`ScorerSpec`):
 name               meaning                                                  range
 =================  =======================================================  ========
 ``seed_v1``        the seed's legacy keyword score, quirks included          0-26
+``seed_v1_markers`` seed_v1 without the +5 repetition bonus                0-21
 ``lexicon``        configurable marker set (substring/word, presence/count)  >= 0
 ``source_lexicon`` each text vs its own source's lexicon (fraction found)    0-1
 ``strict``         degeneracy gate, then self-referential structure          0-1
@@ -37,7 +38,7 @@ import pandas as pd
 
 from transferlab.metrics.collapse import CollapseScorer
 from transferlab.metrics.lexical import LexiconScorer, SourceLexiconScorer, SourceOverlapScorer
-from transferlab.metrics.seed_v1 import SeedV1Scorer
+from transferlab.metrics.seed_v1 import SeedV1MarkersScorer, SeedV1Scorer
 from transferlab.metrics.strict import StrictScorer
 
 Scorer = Callable[..., list[float]]
@@ -170,6 +171,6 @@ def score_table(
     return pd.DataFrame(cols, index=pd.RangeIndex(len(texts)), columns=list(names))
 
 
-for _cls in (SeedV1Scorer, LexiconScorer, SourceLexiconScorer, StrictScorer, SourceOverlapScorer, CollapseScorer):
+for _cls in (SeedV1Scorer, SeedV1MarkersScorer, LexiconScorer, SourceLexiconScorer, StrictScorer, SourceOverlapScorer, CollapseScorer):
     register_scorer(_cls.name, _cls)
 del _cls

@@ -101,3 +101,18 @@ class SeedV1Scorer:
 
     def __call__(self, texts: Sequence[str], sources: Sequence[str] | None = None) -> list[float]:
         return [float(seed_v1_score(t)) for t in check_texts(texts)]
+
+
+class SeedV1MarkersScorer:
+    """``seed_v1`` without its +5 repetition bonus: distinct markers only (0-21).
+
+    Shown beside ``seed_v1`` so that a gain made of the bonus alone (degenerate,
+    repetitive text scores +5) is visible as such.
+    """
+
+    name = "seed_v1_markers"
+    needs: frozenset[str] = frozenset()
+    bounds = (0.0, float(len(SEED_MARKERS)))
+
+    def __call__(self, texts: Sequence[str], sources: Sequence[str] | None = None) -> list[float]:
+        return [float(len(seed_v1_markers_found(t))) for t in check_texts(texts)]
