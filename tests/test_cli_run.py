@@ -123,9 +123,10 @@ def test_ledger_and_runs_command(full_run, tmp_path, monkeypatch):
     assert lines[1]["rows"] == N_PAIRS * N_CONDITIONS
     (entry,) = ledger(out_dir)
     assert entry["status"] == "complete" and entry["models"] == ["stories260K"]
-    # a second run, stopped by a bad plan, is listed as failed
+    # a second run, stopped by a plan only the loaded model can refute (a window longer than the
+    # prompts), is listed as failed
     res = CliRunner().invoke(app, ["run", "demo", "--no-report", *sets(out_dir, "model=tiny:llama",
-                                                                        "conditions.1.plan=v_proj@40")])
+                                                                        "conditions.1.plan=v_proj@1:w999")])
     assert res.exit_code == 2
     from transferlab import cli
 

@@ -234,15 +234,19 @@ def _fails_before_generation(tmp_path, overrides, monkeypatch) -> ConfigError:
     return e.value
 
 
-def test_layer_out_of_range_names_condition_and_depth(tmp_path, monkeypatch):
-    err = _fails_before_generation(tmp_path, ["conditions.1.plan=kv:all + v_proj@27:w16:both",
-                                              "conditions.4.plan=kv:0,9"], monkeypatch)
-    found = dict(err.problems)
+def test_layer_out_of_range_names_condition_and_depth(tmp_path):
+    """Known before loading the model (its depth is read from its config): no run directory at all."""
+    cfg = load_config("demo", small(tmp_path, "conditions.1.plan=kv:all + v_proj@27:w16:both",
+                                    "conditions.4.plan=kv:0,9"))
+    with pytest.raises(ConfigError) as e:
+        run_experiment(cfg, progress=False, report=False)
+    found = dict(e.value.problems)
     assert set(found) == {"conditions.1.plan", "conditions.4.plan"}
     assert "'transfer'" in found["conditions.1.plan"] and "layer 27" in found["conditions.1.plan"]
     assert "4 layers" in found["conditions.1.plan"]
     assert "'wrong_layer'" in found["conditions.4.plan"] and "layer 9" in found["conditions.4.plan"]
-    assert "tiny:llama (4 layers)" in str(err)
+    assert "tiny:llama: " in found["conditions.1.plan"]
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]
 
 
 def test_head_out_of_range(tmp_path, monkeypatch):
@@ -278,3 +282,18 @@ def test_config_json_is_the_resolved_config(tmp_path):
     saved = json.loads((run_dir / "config.json").read_text())
     assert ExperimentConfig.model_validate(saved) == cfg
     assert saved["model"]["spec"] == "tiny:llama" and saved["prompts"]["n"] == 4
+
+
+def test_layers_out_of_range_fail_before_a_run_directory_exists(tmp_path):
+    """A plan or R_V layer the model does not have is a config error with its key path, and no run dir is made."""
+    from transferlab.experiments import ConfigError, load_config, run_experiment
+
+    out = tmp_path / "runs"
+    cfg = load_config("demo", ["rv.late=9", "conditions.1.plan=v_proj@12", f"output_dir={out}", "prompts.n=4"])
+    with pytest.raises(ConfigError) as err:
+        run_experiment(cfg, progress=False, report=False)
+    paths = {p for p, _ in err.value.problems}
+    assert {"rv.late", "conditions.1.plan"} <= paths
+    text = str(err.value)
+    assert "layer 12 does not exist" in text and "5 layers" in text and "'transfer'" in text
+    assert not out.exists()

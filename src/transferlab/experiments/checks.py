@@ -61,9 +61,66 @@ def preflight(config: ExperimentConfig) -> list:
                                                   f"add it to scoring.scorers (scores: {', '.join(sorted(columns))})"))
     if config.rv.enabled and config.rv.site not in ACTIVATION_SITES:
         problems.append(("rv.site", f"unknown site {config.rv.site!r}; R_V reads one of {', '.join(ACTIVATION_SITES)}"))
+    problems.extend(_layer_problems(config))
     if problems:
         raise ConfigError(problems, "config")
     return pairs
+
+
+def model_depth(spec: str) -> int | None:
+    """The number of layers of a model spec, read without loading weights (None if unknown here)."""
+    from pathlib import Path
+
+    try:
+        if spec.startswith("tiny:"):
+            from ..models.tiny import tiny_config
+
+            return tiny_config(spec[5:].split(":")[0]).num_hidden_layers
+        if spec == "stories260K" or spec.lower().endswith(".gguf"):
+            from gguf import GGUFReader
+
+            from ..models.loading import embedded_path
+
+            path = embedded_path() if spec == "stories260K" else Path(spec)
+            field = GGUFReader(str(path)).fields.get("llama.block_count")
+            return int(field.contents()) if field is not None else None
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(spec, local_files_only=True)
+        return int(getattr(cfg, "num_hidden_layers", 0)) or None
+    except Exception:  # unknown offline, a bad spec: the model load reports it properly
+        return None
+
+
+def _layer_problems(config: ExperimentConfig) -> list[tuple[str, str]]:
+    """Layers out of range in any condition's plan or in the R_V settings, with key paths,
+    for every model whose depth is known without loading it."""
+    from ..interventions import KVSplice
+    from ..interventions.splice import splice_layers
+    from ..sites import resolve_layer
+
+    out = []
+    for m, spec in enumerate(config.model_specs()):
+        depth = model_depth(spec.spec)
+        if depth is None:
+            continue
+        on = f"{spec.spec}: "
+        for i, cond in enumerate(config.conditions):
+            for inter in cond.parsed_plan():
+                try:
+                    if isinstance(inter, KVSplice):
+                        splice_layers(inter, depth)
+                    else:
+                        resolve_layer(inter.layer, depth)
+                except (SiteError, InterventionError) as exc:
+                    out.append((f"conditions.{i}.plan", f"{on}condition {cond.name!r}: {inter.describe()}: {exc}"))
+        if config.rv.enabled:
+            for key in ("early", "late"):
+                try:
+                    resolve_layer(getattr(config.rv, key), depth)
+                except SiteError as exc:
+                    out.append((f"rv.{key}", f"{on}{exc}"))
+    return out
 
 
 def _check_heads(model, inter) -> None:
