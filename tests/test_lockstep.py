@@ -8,6 +8,7 @@ the source alone; and the lockstep patch fires once per decode forward.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import LONG, PROMPT, SHORT, SITES, STORY
@@ -21,10 +22,13 @@ PROMPTS = [PROMPT, LONG, SHORT, STORY]
 @pytest.mark.parametrize("greedy", [True, False])
 def test_self_lockstep_is_identity(tiny_models, site, greedy):
     model = tiny_models("mistral")
-    plain = model.generate(PROMPTS, greedy=greedy, max_new_tokens=10, seed=3, stop_at_eos=False)
+    mass = {"low": list(range(50)), "high": list(range(300, 512))}  # next-token log-mass at every step
+    plain = model.generate(PROMPTS, greedy=greedy, max_new_tokens=10, seed=3, stop_at_eos=False, record_logits=mass)
     moved = model.generate(PROMPTS, sources=PROMPTS, plan=f"kv:all + {site}@1:both:lockstep", greedy=greedy,
-                           max_new_tokens=10, seed=3, stop_at_eos=False)
+                           max_new_tokens=10, seed=3, stop_at_eos=False, record_logits=mass)
     assert moved.token_ids == plain.token_ids
+    for name in mass:  # the logits too, not only the argmax/sample
+        np.testing.assert_allclose(moved.logmass[name], plain.logmass[name], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "phi3"])
