@@ -297,3 +297,15 @@ def test_layers_out_of_range_fail_before_a_run_directory_exists(tmp_path):
     text = str(err.value)
     assert "layer 12 does not exist" in text and "5 layers" in text and "'transfer'" in text
     assert not out.exists()
+
+
+def test_depth_fractions_landing_on_one_layer_are_reported(tmp_path):
+    """On the 5-layer embedded model 25/32 and 27/32 of depth are both layer 4: the CLI says so."""
+    from transferlab.experiments.checks import layer_collisions
+
+    notes = layer_collisions(load_config("layer_sweep"))
+    assert any("c2_L25V_L27V" in n and "v_proj@4" in n and "5 layers" in n for n in notes)
+    assert layer_collisions(load_config("demo")) == []
+    res = CliRunner().invoke(app, ["run", "layer_sweep", "--set", "prompts.n=1", "--set", "generation.max_new_tokens=1",
+                                   "--set", f"output_dir={tmp_path}", "--no-report"])
+    assert "are both v_proj@4" in flat(res.output)

@@ -178,6 +178,10 @@ def run(
     try:
         cfg = None if resume else load_config(config, set_)
         if cfg is not None:
+            from .experiments.checks import layer_collisions
+
+            for msg in layer_collisions(cfg):
+                console.print(f"[yellow]note: {msg}[/]")
             console.print(f"[bold]{cfg.name}[/]: {len(cfg.conditions)} conditions x {cfg.prompts.n} pairs x "
                           f"{len(cfg.seeds)} seed(s) on {', '.join(m.spec for m in cfg.model_specs())}")
         options = dict(address=address, workers=workers, gpus_per_worker=gpus_per_worker)

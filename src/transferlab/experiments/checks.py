@@ -179,3 +179,34 @@ def check_plans(config: ExperimentConfig, model, model_name: str, conditions, pa
                 problems.append((where, f"condition {cond.name!r}: {inter.describe()}: {exc}"))
     if problems:
         raise ConfigError(problems, f"the config's plans on {model_name} ({model.n_layers} layers)")
+
+
+def layer_collisions(config: ExperimentConfig) -> list[str]:
+    """Plans whose hook points, written as different depth fractions, land on one layer of a model.
+
+    On a shallow model (the embedded one has 5 layers) ``v_proj@0.78125 + v_proj@0.84375``
+    is ``v_proj@4`` twice: the second patch then writes what the first already wrote. Not an
+    error (the plan is valid), but a researcher should know before reading the sweep.
+    """
+    from ..interventions import KVSplice
+    from ..sites import resolve_layer
+
+    out = []
+    for spec in config.model_specs():
+        depth = model_depth(spec.spec)
+        if depth is None:
+            continue
+        for i, cond in enumerate(config.conditions):
+            seen: dict[tuple[str, int], str] = {}
+            for inter in cond.parsed_plan():
+                if isinstance(inter, KVSplice):
+                    continue
+                try:
+                    key = (inter.site, resolve_layer(inter.layer, depth))
+                except (SiteError, ValueError):
+                    continue
+                if key in seen and seen[key] != str(inter.layer):
+                    out.append(f"conditions.{i} ({cond.name}): {inter.site}@{seen[key]} and {inter.site}@{inter.layer} "
+                               f"are both {inter.site}@{key[1]} on {spec.spec} ({depth} layers)")
+                seen.setdefault(key, str(inter.layer))
+    return out
