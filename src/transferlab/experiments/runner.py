@@ -198,25 +198,15 @@ def finalize(run_dir: Path, console=None) -> dict:
     scores = [c for c in results.columns if c in set(config["scoring"]["scorers"]) | {"logit_markers"}]
     from ..report import build_summary, write_report
 
-    rv_groups = _rv_by_group(results)
+    # R_V by group: the report reads rv_source/rv_target per model and role (source, target) itself
     summary = build_summary(results, scores, reference=config.get("reference", "baseline"),
-                            primary=config.get("primary"), rv_groups=rv_groups, sweep=sweep_info)
+                            primary=config.get("primary"), sweep=sweep_info)
     summary["scores"] = scores
     write_json(run_dir / "summary.json", summary)
     meta_path = run_dir / "metadata.json"
     metadata = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     write_report(run_dir, results, summary, config=config, metadata=metadata)
     return summary
-
-
-def _rv_by_group(results: pd.DataFrame) -> pd.DataFrame:
-    if not len(results):
-        return pd.DataFrame(columns=["prompt_id", "group", "rv"])
-    src = results[["source_id", "source_group", "rv_source"]].drop_duplicates("source_id")
-    src.columns = ["prompt_id", "group", "rv"]
-    tgt = results[["target_id", "target_group", "rv_target"]].drop_duplicates("target_id")
-    tgt.columns = ["prompt_id", "group", "rv"]
-    return pd.concat([src, tgt], ignore_index=True)
 
 
 def run_experiment(config: ExperimentConfig | None = None, *, resume: str | Path | None = None,
