@@ -35,3 +35,14 @@ class AppendSpy:
             return original(store, rows)
 
         monkeypatch.setattr(RunStore, "append", append)
+
+
+def stored_results(run_dir):
+    """The results table of a run directory's store."""
+    from pathlib import Path
+
+    store = RunStore(Path(run_dir) / "store.sqlite")
+    try:
+        return store.results()
+    finally:
+        store.close()

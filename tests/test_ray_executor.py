@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import DEMO_CONDITIONS, AppendSpy
+from helpers import DEMO_CONDITIONS, AppendSpy, stored_results as results
 import torch
 from typer.testing import CliRunner
 
@@ -26,7 +26,6 @@ ray = pytest.importorskip("ray")
 from transferlab.cli import app  # noqa: E402
 from transferlab.experiments import load_config, run_experiment  # noqa: E402
 from transferlab.experiments.executors import Executor, RayExecutor  # noqa: E402
-from transferlab.experiments.store import RunStore  # noqa: E402
 
 N_PAIRS, N_CONDITIONS = 24, DEMO_CONDITIONS
 TOTAL = N_PAIRS * N_CONDITIONS
@@ -67,14 +66,6 @@ def reference(tmp_path_factory) -> pd.DataFrame:
     run_dir = run_experiment(load_config("demo", overrides(tmp_path_factory.mktemp("inprocess"))), progress=False,
                              report=False)
     return results(run_dir)
-
-
-def results(run_dir: Path) -> pd.DataFrame:
-    store = RunStore(Path(run_dir) / "store.sqlite")
-    try:
-        return store.results()
-    finally:
-        store.close()
 
 
 def assert_same_table(got: pd.DataFrame, want: pd.DataFrame) -> None:

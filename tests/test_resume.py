@@ -22,14 +22,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import DEMO_CONDITIONS, AppendSpy
-import torch
+from helpers import DEMO_CONDITIONS, AppendSpy, stored_results as results
 from typer.testing import CliRunner
 
 from transferlab.cli import app
 from transferlab.experiments import load_config, run_experiment
 from transferlab.experiments.metadata import ledger
-from transferlab.experiments.store import RunStore
 
 N_PAIRS, N_CONDITIONS, N_SEEDS = 24, DEMO_CONDITIONS, 1
 TOTAL = N_PAIRS * N_CONDITIONS * N_SEEDS
@@ -49,14 +47,6 @@ def reference(tmp_path_factory) -> pd.DataFrame:
     out = tmp_path_factory.mktemp("reference")
     run_dir = run_experiment(load_config("demo", overrides(out, 64)), progress=False, report=False)
     return results(run_dir)
-
-
-def results(run_dir: Path) -> pd.DataFrame:
-    store = RunStore(Path(run_dir) / "store.sqlite")
-    try:
-        return store.results()
-    finally:
-        store.close()
 
 
 def _audit(text: str) -> list[dict]:

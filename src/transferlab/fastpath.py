@@ -20,7 +20,6 @@ Select the attention with ``load_model(..., attn_implementation="transferlab_sdp
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 

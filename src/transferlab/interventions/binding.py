@@ -28,7 +28,7 @@ from .. import rng
 from ..sites import HookPoint
 from .audit import Counters
 from .context import StepContext
-from .types import Ablate, HeadPatch, InterventionError, Noise, Patch, Steer
+from .types import Ablate, InterventionError, Noise, Patch, Steer
 
 SEED_WINDOW = 16  # the seed's hard-coded window_size
 
