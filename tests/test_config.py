@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from helpers import DEMO_CONDITIONS, flat
 from typer.testing import CliRunner
 

@@ -45,14 +45,6 @@ PLANS = [
 SEED_PLANS = [p for p in PLANS if not any(x in p for x in ("both:mean", ":cycle", ":lockstep"))]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def llama():
     return build_tiny("llama")

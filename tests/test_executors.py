@@ -14,7 +14,6 @@ import sys
 
 import pytest
 from helpers import DEMO_CONDITIONS
-import torch
 from typer.testing import CliRunner
 
 from transferlab.cli import app
@@ -26,14 +25,6 @@ from transferlab.experiments.worker import ModelRequest, UnitBatch, Worker
 pytestmark = pytest.mark.filterwarnings("ignore:no vocabulary token spells:UserWarning")
 
 SMALL = ["model=tiny:llama", "prompts.n=4", "generation.max_new_tokens=4", "batch_size=8", "rv.window=8"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class RecordingExecutor(InProcessExecutor):

@@ -121,6 +121,15 @@ def _is_heads(opt: str) -> bool:
     return opt.startswith("h") and (opt[1:2].isdigit() or opt[1:2] == "-")
 
 
+def _head_opt(opt: str, where: str) -> dict | None:
+    """``qhI,J`` (query heads) or ``hI,J`` (kv heads) as keyword arguments; None for other options."""
+    if opt.startswith("qh"):
+        return {"heads": _parse_heads(opt[2:], where), "head_kind": "query"}
+    if _is_heads(opt):
+        return {"heads": _parse_heads(opt[1:], where)}
+    return None
+
+
 def _parse_patch_opts(opts: list[str], where: str) -> dict:
     kw: dict = {}
     for opt in opts:
@@ -130,10 +139,8 @@ def _parse_patch_opts(opts: list[str], where: str) -> dict:
             kw["mode"] = opt
         elif opt in DECODE_VALUES:
             kw["decode"] = opt
-        elif opt.startswith("qh"):
-            kw["heads"], kw["head_kind"] = _parse_heads(opt[2:], where), "query"
-        elif _is_heads(opt):
-            kw["heads"] = _parse_heads(opt[1:], where)
+        elif (heads := _head_opt(opt, where)) is not None:
+            kw.update(heads)
         elif opt.startswith("w") and opt[1:].isdigit():
             kw["window"] = int(opt[1:])
         elif opt.startswith("f"):
@@ -195,10 +202,8 @@ def parse_intervention(text: str) -> Intervention:
                         kw["how"] = opt
                     elif opt in PHASES:
                         kw["phase"] = opt
-                    elif opt.startswith("qh"):
-                        kw["heads"], kw["head_kind"] = _parse_heads(opt[2:], where), "query"
-                    elif _is_heads(opt):
-                        kw["heads"] = _parse_heads(opt[1:], where)
+                    elif (heads := _head_opt(opt, where)) is not None:
+                        kw.update(heads)
                     else:
                         raise InterventionError(f"{where}: unknown ablate option {opt!r}")
                 return Ablate(**kw)
