@@ -12,7 +12,7 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Activation-patching behavior-transfer experiments.")
 console = Console()
 
-MODEL_HELP = "Model: 'stories260K' (embedded, default), 'tiny:<family>', a .gguf file, a local HF directory or a hub id."
+MODEL_HELP = "Model: 'stories260K' (embedded, default), 'tiny:<family>', 'random:<shape>' (token-id prompts), a .gguf file, a local HF directory or a hub id."
 
 
 def _fail(exc: Exception) -> None:

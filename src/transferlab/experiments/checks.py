@@ -76,6 +76,10 @@ def model_depth(spec: str) -> int | None:
             from ..models.tiny import tiny_config
 
             return tiny_config(spec[5:].split(":")[0]).num_hidden_layers
+        if spec.startswith("random:"):
+            from ..models.random import SHAPES
+
+            return int(SHAPES[spec[7:].split(":")[0]]["num_hidden_layers"])
         if spec == "stories260K" or spec.lower().endswith(".gguf"):
             from gguf import GGUFReader
 

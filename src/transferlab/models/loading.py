@@ -5,6 +5,11 @@
 * ``"stories260K"`` (the default): the 260K-parameter TinyStories Llama shipped
   inside this package as a GGUF file (with its MIT licence beside it);
 * ``"tiny:<family>"``: a tiny seeded random model (tests; see :mod:`.tiny`);
+* ``"random:<shape>"`` (or ``"random:<shape>:<seed>"``): a randomly initialised
+  model with a real model's shape (``mistral-7b``, ``tiny-mistral``; see
+  :mod:`.random`), built directly on the device (no download, no weights
+  copied; bfloat16 on CUDA, float32 on CPU unless ``dtype`` says), for speed
+  work. Its tokenizer reads prompts written as token ids (``"1 523 88"``);
 * a path to a ``.gguf`` file;
 * a local Hugging Face model directory (``config.json`` and weights);
 * a Hugging Face hub id such as ``mistralai/Mistral-7B-Instruct-v0.2``, which
@@ -177,6 +182,23 @@ def _load_hf(spec: str, dtype: torch.dtype, device: torch.device, attn: str | No
     return hf.eval(), tok
 
 
+def _load_random(spec: str, dtype: torch.dtype, device: torch.device, attn: str | None, device_map) -> Model:
+    """``random:<shape>[:<seed>]``, built on ``device`` in ``dtype`` (see :mod:`.random`)."""
+    from .random import SHAPES, build_random
+
+    shape, _, seed = spec[len("random:"):].partition(":")
+    if shape not in SHAPES:
+        raise ModelLoadError(f"unknown random model {spec!r}; use random:<shape> with a shape in {', '.join(SHAPES)}")
+    if not (seed or "0").isdigit():
+        raise ModelLoadError(f"random model {spec!r}: the seed after the second ':' must be a non-negative integer")
+    if device_map is not None:
+        raise ModelLoadError(f"random model {spec!r} is built on one device; device_map is not supported for it "
+                             "(give device instead)")
+    model = build_random(shape, device=device, dtype=dtype, attn_implementation=attn or "sdpa", seed=int(seed or 0))
+    model.name = spec
+    return model
+
+
 def load_model(
     spec: str = EMBEDDED,
     *,
@@ -213,6 +235,8 @@ def load_model(
         else:
             model.hf = _dispatch(model.hf.to(dtype=dt), device_map)
         return model
+    if spec.startswith("random:"):
+        return _load_random(spec, dt, dev, attn_implementation, device_map)
     if spec == EMBEDDED or spec.lower().endswith(".gguf"):
         from .gguf import GGUFError, load_gguf
 
