@@ -9,7 +9,10 @@ every decode step).
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +28,7 @@ from transferlab.models.random import IdTokenizer
 from transferlab.prompts import load_bank
 
 N_PAIRS, SEEDS, NEW = 8, (0, 1), 6
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -99,12 +103,37 @@ def test_a_tiny_w300_run_fires_every_intervention(inprocess):
 
 
 def test_two_ray_cpu_workers_give_the_in_process_table(inprocess, tiny_bank, tmp_path):
-    pytest.importorskip("ray")
-    run_dir = run_experiment(tiny_config(tiny_bank, tmp_path), progress=False, report=False, executor="ray",
-                             executor_options={"workers": 2, "gpus_per_worker": 0})
+    ray = pytest.importorskip("ray")
+    from transferlab.experiments.executors import RayExecutor
+
+    with RayExecutor(workers=2, gpus_per_worker=0) as executor:  # what --executor ray makes without GPUs
+        run_dir = run_experiment(tiny_config(tiny_bank, tmp_path), progress=False, report=False, executor=executor)
+        where = ray.get([a.placement.remote() for a in executor.actors])
     got = stored_results(run_dir).sort_values("unit").reset_index(drop=True)
     assert got["text"].tolist() == inprocess["text"].tolist()
     pd.testing.assert_frame_equal(got, inprocess, check_exact=True)
     meta = json.loads((run_dir / "metadata.json").read_text())
     assert meta["executor"]["workers"] == 2 and meta["executor"]["gpus_per_worker"] == 0
+    assert len({w["pid"] for w in where}) == 2 and [w["gpus"] for w in where] == [[], []]
+    assert [w["model_device"] for w in where] == ["cpu", "cpu"], "each worker loaded the model"
 
+
+def test_the_scaleout_script_writes_its_json(tiny_bank, tmp_path, monkeypatch):
+    """benchmarks/scaleout.py, in-process only and tiny: the file it writes and what it holds."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", "relative/dir")  # the script exports it, absolute, for Ray workers
+    spec = importlib.util.spec_from_file_location("scaleout", ROOT / "benchmarks" / "scaleout.py")
+    scaleout = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scaleout)
+    import os
+
+    assert os.environ["PYTHONPATH"].split(os.pathsep) == [str(ROOT / "src"), os.path.abspath("relative/dir")]
+    out = scaleout.main(["--model", "random:tiny-mistral", "--pairs", "4", "--seeds", "1", "--max-new-tokens", "2",
+                         "--modes", "inprocess", "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs")])
+    path = Path(out["path"])
+    assert re.fullmatch(r"scaleout_w4x1_cpu_\d{8}-\d{6}\.json", path.name)
+    saved = json.loads(path.read_text())
+    r = saved["modes"]["inprocess"]
+    assert r["rows"] == 4 * len(W300_CONDITIONS) and r["never_fired"] == 0 and r["n_batches"] >= 1
+    assert 0 < r["batches_s"] < r["end_to_end_s"] and r["prepare_s"] > 0
+    assert saved["workload"] == "W4x1" and saved["generations"] == 16 and "torch" in saved and "ray" in saved

@@ -107,6 +107,28 @@ class RayWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def placement(self) -> dict:
+        """Where this worker runs: host, process, the GPUs Ray gave it and its loaded model's device.
+
+        Ray gives an actor with ``num_gpus=1`` its own card by setting
+        ``CUDA_VISIBLE_DEVICES``; the model is then on ``cuda:0`` of that one
+        card. ``gpus`` names the cards this process sees (name and UUID), so
+        two workers on one card show the same UUID.
+        """
+        import socket
+
+        import torch
+
+        gpus = []
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                props = torch.cuda.get_device_properties(i)
+                gpus.append({"index": i, "name": props.name, "uuid": str(getattr(props, "uuid", ""))})
+        model = self.worker.model
+        return {"host": socket.gethostname(), "pid": os.getpid(),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpus": gpus,
+                "model_device": str(model.device) if model is not None else None}
+
 
 def import_ray():
     """``ray``, or :class:`ExecutorError` saying how to install it."""
