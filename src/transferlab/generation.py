@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import rng
+from . import decode, rng
 from .batching import encode, left_pad, pad_id_of
 from .capture import Activations, forward_capture
 from .hooks import hooked
@@ -47,8 +47,7 @@ from .interventions.context import StepContext
 from .interventions.plan import Plan, as_plan
 from .interventions.splice import SourceKV, apply_prepend, apply_splice
 from .interventions.types import Intervention, InterventionError, KVSplice, Patch
-from .kvcache import cache_kwargs, get_kv, last_logits_kwargs, n_cache_layers, output_cache
-from .fastpath import preallocate
+from .kvcache import cache_kwargs, get_kv, last_logits_kwargs, n_cache_layers, output_cache, set_kv
 from .sampling import Sampler
 from .sites import HookPoint
 
@@ -357,6 +356,37 @@ def _capture_sources(model, row_tgt, row_src, points, want_kv, flavour):
     return acts, kv
 
 
+def _prefix_cache(hf, ids, attn, pos, row_tgt, dedupe: bool):
+    """The prompt prefixes' cache. Rows sharing a target (one pair under several conditions) are
+    computed once and copied, when no intervention acts at the prompt phase (``dedupe``): the
+    forward is then the same for every such row."""
+    uniq, inverse = _distinct(row_tgt) if dedupe else (None, None)
+    if uniq is None or len(uniq) == len(row_tgt):
+        return output_cache(hf(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
+                               **last_logits_kwargs(hf)))
+    first = torch.tensor(uniq, dtype=torch.long, device=ids.device)
+    out = hf(input_ids=ids[first], attention_mask=attn[first], position_ids=pos[first], use_cache=True,
+             **last_logits_kwargs(hf))
+    cache = output_cache(out)
+    rows = torch.tensor(inverse, dtype=torch.long, device=ids.device)
+    for layer in range(n_cache_layers(cache)):
+        k, v = get_kv(cache, layer)
+        set_kv(cache, layer, k.index_select(0, rows.to(k.device)), v.index_select(0, rows.to(v.device)))
+    return cache
+
+
+def _distinct(seqs) -> tuple[list[int], list[int]]:
+    """(first row of each distinct sequence, the distinct index of every row)."""
+    where: dict[tuple, int] = {}
+    first, inverse = [], []
+    for b, seq in enumerate(seqs):
+        j = where.setdefault(tuple(seq), len(first))
+        if j == len(first):
+            first.append(b)
+        inverse.append(j)
+    return first, inverse
+
+
 def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, max_new, stop_at_eos,
                     flavour, logit_sets, example_ids, precomputed=None):
     hf, tok, device = model.hf, model.tokenizer, model.device
@@ -428,9 +458,8 @@ def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, ma
             attn_prefix = attn[:, :-1]
             if batch.width > 1:
                 ctx.positions, ctx.valid = pos[:, :-1], attn_prefix.bool()
-                out = hf(input_ids=ids[:, :-1], attention_mask=attn_prefix, position_ids=pos[:, :-1], use_cache=True,
-                         **last_logits_kwargs(hf))
-                cache = output_cache(out)
+                acts_at_prompt = any(b.acts_prompt for b in bound)
+                cache = _prefix_cache(hf, ids[:, :-1], attn_prefix, pos[:, :-1], row_tgt, dedupe=not acts_at_prompt)
                 prefix_len = [L - 1 for L in batch.lengths]
                 for e, c in zip(splices, splice_counters):
                     rows = e["rows"].to(device)
@@ -466,35 +495,16 @@ def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, ma
                 next_pos = lengths + refeed.long()
                 ctx.seed_refeed = False
         source_kv = sources = None  # spliced already; free the source cache before decoding
-        if max_new > 1:
-            preallocate(cache, max_new)
         eos = tok.eos_token_id
         fill = eos if eos is not None else pad_id_of(tok)
-        generated = torch.full((B, max_new), fill, dtype=torch.long, device=device)
-        finished = torch.zeros(B, dtype=torch.bool, device=device)
-        for step in range(max_new):
-            for name in names:
-                lp = sampler.log_probs(logits)
-                val = torch.logsumexp(lp.masked_fill(~masks[name], float("-inf")), dim=-1).double()
-                mass[name][:, step] = torch.where(finished, torch.full_like(val, float("nan")), val)
-            token = sampler.sample(logits, keys, step)
-            token = torch.where(finished, torch.full_like(token, fill), token)
-            generated[:, step] = token
-            if stop_at_eos and eos is not None:
-                finished = finished | (token == eos)
-            if step == max_new - 1:
-                break
-            if stop_at_eos and step % 8 == 7 and bool(finished.all()):
-                break
-            ctx.phase, ctx.step = "decode", step
-            ctx.positions = (lengths + step)[:, None]
-            ctx.valid = ~finished[:, None] if stop_at_eos else torch.ones(B, 1, dtype=torch.bool, device=device)
-            attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=device)], dim=1)
-            out = hf(input_ids=token[:, None], attention_mask=attn, position_ids=next_pos[:, None], use_cache=True,
-                     **cache_kwargs(hf, cache))
-            cache = output_cache(out)
-            logits = out.logits[:, -1]
-            next_pos = next_pos + 1
+        state = decode.DecodeState(
+            logits=logits, cache=cache, attn=attn, next_pos=next_pos, target_pos=lengths, keys=keys,
+            generated=torch.full((B, max_new), fill, dtype=torch.long, device=device),
+            finished=torch.zeros(B, dtype=torch.bool, device=device), mass=mass, masks=masks,
+        )
+        logits = cache = out = None
+        decode.run(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill)
+        generated = state.generated
     gen = generated[:n_real].cpu().tolist()
     toks, reasons = [], []
     for row in gen:
