@@ -1,10 +1,26 @@
-"""Profile the engine's decode steps on a random Mistral-7B-shape model (where does a step go?).
+"""Where does a W300 second go? Phases, per-step cost, and a kernel profile by category.
 
-    python benchmarks/profile_step.py [--batch 600] [--steps 24]
+    python benchmarks/profile_step.py [--batch 1200] [--steps 24] [--small 64,300]
+
+On a random Mistral-7B-shape model (bf16, built on the GPU) it measures, for
+the W300 mix of conditions and for the same rows with every plan empty:
+
+* the prompt phase (``generate`` with one new token: source capture, target
+  prefill, splice) and, separately, the source capture alone;
+* milliseconds per decode step (from 1 and 1 + ``steps`` new tokens);
+* the same per-step cost at small batches, where the GPU has little to do, so
+  the step is as slow as the host can launch it (the host's share of a step);
+* a CUDA kernel profile of a few decode steps, summed by category (matrix
+  products, attention, elementwise, reductions, sampling, copies), beside the
+  wall time of those steps: a GPU busy for less than the wall time is waiting
+  on the host.
+
+It writes JSON next to the W300 results.
 """
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -13,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from transferlab.bench import make_workload  # noqa: E402
+from transferlab.bench import W300_CONDITIONS, make_workload  # noqa: E402
 from transferlab.models.random import build_random  # noqa: E402
 
 
@@ -25,33 +41,149 @@ def timed(model, targets, sources, plans, steps, bs):
     return time.perf_counter() - t
 
 
+def rows(sources, targets, n_rows, empty=False):
+    """``n_rows`` rows cycling through the W300 conditions (a quarter each)."""
+    per = n_rows // len(W300_CONDITIONS)
+    tg, sr, pl = [], [], []
+    for plan in W300_CONDITIONS.values():
+        plan = "" if empty else plan
+        tg += targets[:per]
+        sr += [s if plan else None for s in sources[:per]]
+        pl += [plan] * per
+    return tg, sr, pl
+
+
+CATEGORIES = [
+    ("gemm", r"gemm|cutlass|sm90_xmma|nvjet|ampere_bf16|matmul"),
+    ("attention", r"fmha|attention|flash|efficient"),
+    ("sampling/scan", r"scan|cumsum|search|sort|softmax|logsumexp"),
+    ("reduction", r"reduce|norm|mean"),
+    ("copy", r"copy|cat|index|gather|scatter|Memcpy|Memset|fill"),
+    ("elementwise", r"elementwise|vectorized|unrolled|pointwise|triton"),
+]
+
+
+def categorize(name: str) -> str:
+    for cat, pat in CATEGORIES:
+        if re.search(pat, name, re.IGNORECASE):
+            return cat
+    return "other"
+
+
+def kernel_profile(model, tg, sr, pl, bs, steps=6):
+    """CUDA time per decode step by kernel category, and the wall time of those steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    short = 2
+    timed(model, tg, sr, pl, short, bs)  # warm
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        m_short = timed(model, tg, sr, pl, short, bs)
+    by_short = _by_category(prof)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        m_long = timed(model, tg, sr, pl, short + steps, bs)
+    by_long = _by_category(prof)
+    top = sorted(((e.key, e.device_time_total / 1e3) for e in _kernels(prof)), key=lambda x: -x[1])[:30]
+    per_step = {k: (by_long.get(k, 0.0) - by_short.get(k, 0.0)) / steps for k in set(by_long) | set(by_short)}
+    return {
+        "ms_per_step_wall_under_profiler": 1000 * (m_long - m_short) / steps,
+        "ms_per_step_gpu_by_category": dict(sorted(per_step.items(), key=lambda kv: -kv[1])),
+        "ms_per_step_gpu_total": sum(per_step.values()),
+        "top_kernels_ms_total_long_run": top,
+    }
+
+
+def _kernels(prof) -> list:
+    """The profile's GPU kernels only (CPU-side ops would count their kernels twice)."""
+    from torch.autograd import DeviceType
+
+    events = prof.key_averages()
+    gpu = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA]
+    return gpu or [e for e in events if not e.key.startswith(("aten::", "cuda", "Activity"))]
+
+
+def _by_category(prof) -> dict:
+    out: dict = {}
+    for e in _kernels(prof):
+        t = e.device_time_total / 1e3  # ms
+        if t <= 0:
+            continue
+        c = categorize(e.key)
+        out[c] = out.get(c, 0.0) + t
+    return out
+
+
+def capture_only(model, tg, sr, pl):
+    from transferlab.capture import forward_capture  # noqa: F401  (import cost outside the timing)
+    from transferlab.generation import _capture_sources
+    from transferlab.sites import HookPoint
+
+    points = sorted({HookPoint("v_proj", 27), HookPoint("v_proj", 5)})
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    _capture_sources(model, tg, sr, points, True, "corrected")
+    torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=1200)
     ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--small", default="64,300")
+    ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--fused", action="store_true", help="then fuse the elementwise work (transferlab.fused) and measure again")
     ap.add_argument("--out", default="benchmarks/results")
     a = ap.parse_args()
     m = build_random("mistral-7b", device="cuda")
-    src, tgt = make_workload(a.batch, 32000)
-    res = {}
-    srcs = src[: a.batch // 4] * 4
-    tg = tgt[: a.batch // 4] * 4
-    plans = ["", "kv:all + v_proj@27:decode", "noise:v_proj@27:decode", "kv:all + v_proj@5:decode"]
-    plans = [p for p in plans for _ in range(a.batch // 4)]
-    sr = [s if p else None for s, p in zip(srcs, plans)]
-    timed(m, tg[:8], sr[:8], plans[:8], 4, 8)
-    for name, pl, sx in [("unpatched", "", None), ("w300_mix", plans, sr)]:
-        short = timed(m, tg, sx, pl, 2, a.batch)
-        long = timed(m, tg, sx, pl, 2 + a.steps, a.batch)
-        res[name] = {"prompt_phase_s": short, "ms_per_decode_step": 1000 * (long - short) / a.steps}
-    print(json.dumps(res, indent=1))
-    from torch.profiler import ProfilerActivity, profile
+    src, tgt = make_workload(300, 32000)
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": a.batch}
+    w = rows(src, tgt, 16)
+    timed(m, w[0], w[1], w[2], 4, 16)  # warm-up
+    for name, empty in [("unpatched", True), ("w300_mix", False)]:
+        tg, sr, pl = rows(src, tgt, a.batch, empty)
+        one = timed(m, tg, sr, pl, 1, a.batch)
+        long = timed(m, tg, sr, pl, 1 + a.steps, a.batch)
+        res[name] = {"prompt_phase_s": one, "ms_per_decode_step": 1000 * (long - one) / a.steps}
+        if not empty:
+            capture_only(m, tg, sr, pl)
+            res[name]["source_capture_s"] = capture_only(m, tg, sr, pl)
+        print(name, res[name], flush=True)
+    for b in [int(x) for x in a.small.split(",") if x]:
+        for name, empty in [("unpatched", True), ("w300_mix", False)]:
+            tg, sr, pl = rows(src, tgt, b, empty)
+            one = timed(m, tg, sr, pl, 1, b)
+            long = timed(m, tg, sr, pl, 1 + a.steps, b)
+            res[f"{name}_b{b}"] = {"prompt_phase_s": one, "ms_per_decode_step": 1000 * (long - one) / a.steps}
+            print(f"{name}_b{b}", res[f"{name}_b{b}"], flush=True)
+    if not a.no_profile:
+        for name, empty in [("unpatched", True), ("w300_mix", False)]:
+            tg, sr, pl = rows(src, tgt, a.batch, empty)
+            res[f"profile_{name}"] = kernel_profile(m, tg, sr, pl, a.batch)
+            print(name, json.dumps({k: v for k, v in res[f"profile_{name}"].items() if k != "top_kernels_ms_total_long_run"}, indent=1), flush=True)
+            for k, v in res[f"profile_{name}"]["top_kernels_ms_total_long_run"][:18]:
+                print(f"  {v:9.1f} ms  {k[:110]}")
+    if a.fused:
+        from transferlab.fused import fuse
 
-    for name, pl, sx in [("unpatched", "", None), ("w300_mix", plans, sr)]:
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            m.generate(tg, sources=sx, plan=pl, max_new_tokens=12, stop_at_eos=False, batch_size=a.batch)
-            torch.cuda.synchronize()
-        print(name)
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=70))
+        t0 = time.perf_counter()
+        res["fused_parts"] = fuse(m.hf)
+        w = rows(src, tgt, 16)
+        timed(m, w[0], w[1], w[2], 4, 16)
+        tg, sr, pl = rows(src, tgt, a.batch, False)
+        timed(m, tg[:64], sr[:64], pl[:64], 3, 64)
+        res["fuse_and_compile_s"] = time.perf_counter() - t0
+        for name, empty in [("unpatched", True), ("w300_mix", False)]:
+            tg, sr, pl = rows(src, tgt, a.batch, empty)
+            one = timed(m, tg, sr, pl, 1, a.batch)
+            long = timed(m, tg, sr, pl, 1 + a.steps, a.batch)
+            res[f"fused_{name}"] = {"prompt_phase_s": one, "ms_per_decode_step": 1000 * (long - one) / a.steps}
+            print(f"fused_{name}", res[f"fused_{name}"], flush=True)
+        if not a.no_profile:
+            tg, sr, pl = rows(src, tgt, a.batch, True)
+            res["profile_fused_unpatched"] = kernel_profile(m, tg, sr, pl, a.batch)
+            print(json.dumps(res["profile_fused_unpatched"]["ms_per_step_gpu_by_category"], indent=1))
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / f"profile_step_{torch.cuda.get_device_name().replace(' ', '_')}.json").write_text(json.dumps(res, indent=1))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(a.out) / f"profile_step_{torch.cuda.get_device_name().replace(' ', '_')}_{stamp}.json"
+    path.write_text(json.dumps(res, indent=1))
+    print("wrote", path)

@@ -45,6 +45,13 @@ def make_workload(n_pairs: int = 300, vocab: int = 32000, seed: int = 0, src_len
     return sources, targets
 
 
+def _decode_mode(device) -> str:
+    from .decode import mode
+
+    how = mode()
+    return ("graph" if device.type == "cuda" else "eager") if how == "auto" else how
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -178,7 +185,8 @@ def _tokens_per_example(targets, sources, max_new_tokens):
 
 
 def main(shape="mistral-7b", n_pairs=300, max_new_tokens=150, batch_size=None, seed_sample=3,
-         out_dir="benchmarks/results", skip=(), device=None, n_layers=None, hf_batch=None) -> dict:
+         out_dir="benchmarks/results", skip=(), device=None, n_layers=None, hf_batch=None,
+         variants=("plain",)) -> dict:
     from .models.random import build_random
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -191,7 +199,7 @@ def main(shape="mistral-7b", n_pairs=300, max_new_tokens=150, batch_size=None, s
     result = {"workload": f"W{n_pairs}", "shape": shape, "n_layers": model.n_layers, "device": gpu,
               "attention": model.hf.config._attn_implementation,
               "dtype": str(dtype), "max_new_tokens": max_new_tokens, "build_s": build_s,
-              "torch": torch.__version__}
+              "torch": torch.__version__, "decode": _decode_mode(dev)}
     import transformers
 
     result["transformers"] = transformers.__version__
@@ -213,6 +221,21 @@ def main(shape="mistral-7b", n_pairs=300, max_new_tokens=150, batch_size=None, s
             result["engine_unpatched"]["batch_size"] = same
             result["intervention_overhead"] = result["engine"]["wall_s"] / result["engine_unpatched"]["wall_s"] - 1
         result["engine"]["batch_size"] = batch_size or _engine_batch(model, sources, targets, max_new_tokens)
+    if "fused" in variants and "engine" not in skip:
+        # the same measurements with RMSNorm, SiLU*up and RoPE fused (transferlab.fused); compile time apart
+        from .fused import fuse
+
+        t1 = time.perf_counter()
+        result["fused_parts"] = fuse(model.hf)
+        run_engine(model, sources[:4], targets[:4], max_new_tokens=4, batch_size=batch_size)
+        run_engine(model, sources[:8], targets[:8], max_new_tokens=4, batch_size=32)
+        result["fuse_compile_s"] = time.perf_counter() - t1
+        result["engine_fused"] = run_engine(model, sources, targets, max_new_tokens, batch_size)
+        if "unpatched" not in skip:
+            plain = {name: "" for name in W300_CONDITIONS}
+            result["engine_fused_unpatched"] = run_engine(model, sources, targets, max_new_tokens, batch_size, plain)
+            result["fused_intervention_overhead"] = (result["engine_fused"]["wall_s"]
+                                                     / result["engine_fused_unpatched"]["wall_s"] - 1)
     if "seed" not in skip:
         result["seed_loop"] = run_seed_loop(model, sources, targets, seed_sample, max_new_tokens, total)
     if "hf" not in skip:
