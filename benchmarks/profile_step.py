@@ -125,12 +125,50 @@ def capture_only(model, tg, sr, pl):
     return time.perf_counter() - t
 
 
+def phases(model, tg, sr, pl, bs, steps=150):
+    """Seconds per phase of one full generate (each phase synchronised before and after)."""
+    from transferlab import decode, generation
+    from transferlab.interventions import splice
+
+    spent: dict = {}
+    decode.TIMINGS = spent
+    originals = {}
+
+    def wrap(owner, name, label):
+        real = getattr(owner, name)
+        originals[(owner, name)] = real
+
+        def timed_call(*a, **k):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            out = real(*a, **k)
+            torch.cuda.synchronize()
+            spent[label] = spent.get(label, 0.0) + time.perf_counter() - t
+            return out
+
+        setattr(owner, name, timed_call)
+
+    wrap(generation, "_capture_sources", "source_capture_s")
+    wrap(generation, "_prefix_cache", "target_prefix_s")
+    wrap(generation, "apply_splice", "splice_s")
+    wrap(decode, "run", "decode_loop_s")
+    try:
+        total = timed(model, tg, sr, pl, steps, bs)
+    finally:
+        for (owner, name), real in originals.items():
+            setattr(owner, name, real)
+        decode.TIMINGS = None
+    spent["total_s"] = total
+    return spent
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=1200)
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--small", default="64,300")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--phases-only", action="store_true", help="only the per-phase seconds of full W300-mix runs")
     ap.add_argument("--fused", action="store_true", help="then fuse the elementwise work (transferlab.fused) and measure again")
     ap.add_argument("--out", default="benchmarks/results")
     a = ap.parse_args()
@@ -139,7 +177,13 @@ if __name__ == "__main__":
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": a.batch}
     w = rows(src, tgt, 16)
     timed(m, w[0], w[1], w[2], 4, 16)  # warm-up
-    for name, empty in [("unpatched", True), ("w300_mix", False)]:
+    for name, empty in [("w300_mix", False), ("unpatched", True), ("w300_mix", False), ("unpatched", True)]:
+        tg, sr, pl = rows(src, tgt, a.batch, empty)
+        res[f"phases_{name}"] = phases(m, tg, sr, pl, a.batch)  # the second of each is kept (warm)
+        print(f"phases_{name}", json.dumps(res[f"phases_{name}"]), flush=True)
+    if a.phases_only:
+        a.small, a.no_profile, a.steps = "", True, 0
+    for name, empty in [("unpatched", True), ("w300_mix", False)] if a.steps else []:
         tg, sr, pl = rows(src, tgt, a.batch, empty)
         one = timed(m, tg, sr, pl, 1, a.batch)
         long = timed(m, tg, sr, pl, 1 + a.steps, a.batch)

@@ -1,4 +1,4 @@
-"""Rows sharing a target compute its prefix once, when nothing acts at the prompt phase.
+"""Work shared or split inside a batch changes no result: shared target prefixes, bucketed sources.
 
 An experiment batches one pair under several conditions: the same target
 appears in several rows. When no intervention of the batch acts at the prompt
@@ -66,3 +66,27 @@ def test_prompt_phase_intervention_keeps_every_row(tiny_models, monkeypatch):
     assert 3 in seen  # no copy: the patched row's prefix differs
     alone = generate(model, PROMPT, sources=STORY, plan="v_proj@1:prompt", max_new_tokens=5, greedy=True)
     assert batch.token_ids[1] == alone.token_ids[0]
+
+
+def test_sources_captured_in_length_buckets_equal_one_forward(tiny_models, monkeypatch):
+    """Many sources of varied lengths are captured in a few length-sorted forwards, merged left-padded:
+    the same generations as one padded forward over all of them."""
+    from transferlab import generation
+
+    model = tiny_models("mistral")
+    words = LONG.split()
+    sources = [" ".join(words[: 2 + i]) for i in range(12)]  # 12 distinct lengths
+    targets = [PROMPT, STORY, LONG] * 4
+    plans = ["kv:all + v_proj@1:decode", "v_proj@0:both:cycle", "noise:resid_post@1:both", "kv:0,1"] * 3
+    kw = dict(sources=sources, plan=plans, max_new_tokens=6, seed=1)
+    monkeypatch.setattr(generation, "BUCKET_ROWS", 10**6)
+    one = generate(model, targets, **kw)
+    forwards = []
+    real = generation.forward_capture
+    monkeypatch.setattr(generation, "forward_capture", lambda *a, **k: forwards.append(a[1].width) or real(*a, **k))
+    monkeypatch.setattr(generation, "BUCKET_ROWS", 3)
+    split = generate(model, targets, **kw)
+    assert len(forwards) == 4 and len(set(forwards)) == 4  # four buckets, each padded to its own longest
+    assert split.token_ids == one.token_ids
+    assert split.audit[["fired_prompt", "fired_decode", "positions"]].equals(one.audit[["fired_prompt", "fired_decode", "positions"]])
+    assert (abs(split.audit.change_norm - one.audit.change_norm) <= 1e-4 * (1 + one.audit.change_norm)).all()

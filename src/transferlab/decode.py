@@ -38,6 +38,7 @@ from .fastpath import NAME as FAST_ATTENTION, preallocate
 from .kvcache import cache_kwargs, output_cache
 
 SEGMENT = 32  # decode steps per static segment (one CUDA graph each)
+TIMINGS: dict | None = None  # set to a dict to collect seconds spent capturing graphs (benchmarks)
 MODES = ("auto", "eager", "static", "graph")
 
 
@@ -223,10 +224,19 @@ def _replay_segment(step_fn, step: int, seg_end: int, stop_at_eos: bool, state, 
         step_fn()
     torch.cuda.current_stream().wait_stream(side)
     step += 1
+    if TIMINGS is not None:
+        import time
+
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, pool=pool[0]):
         step_fn()  # recorded, not run
     pool[0] = graph.pool()
+    if TIMINGS is not None:
+        torch.cuda.synchronize()
+        TIMINGS["graph_capture_s"] = TIMINGS.get("graph_capture_s", 0.0) + time.perf_counter() - t0
+        TIMINGS["graphs"] = TIMINGS.get("graphs", 0) + 1
     while step < seg_end:
         graph.replay()
         step += 1

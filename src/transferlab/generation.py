@@ -337,8 +337,7 @@ def _capture_sources(model, row_tgt, row_src, points, want_kv, flavour):
         inv.append(j)
     if not uniq:  # nothing reads a source in this batch
         uniq = [row_tgt[0]]
-    sb = left_pad(uniq, pad_id_of(tok), tok.bos_token_id, device=model.device)
-    store, cache, _ = forward_capture(model, sb, points, want_kv)
+    sb, store, ks, vs = _capture_bucketed(model, uniq, points, want_kv)
     rows = torch.tensor([max(j, 0) for j in inv], dtype=torch.long, device=model.device)
     store = {k: v.index_select(0, rows.to(v.device)) for k, v in store.items()}
     lengths = [sb.lengths[j] if j >= 0 else 0 for j in inv]
@@ -346,14 +345,60 @@ def _capture_sources(model, row_tgt, row_src, points, want_kv, flavour):
                        [j >= 0 for j in inv], [None] * len(inv))
     kv = None
     if want_kv:
-        n_layers = n_cache_layers(cache)
-        ks = [get_kv(cache, layer)[0] for layer in range(n_layers)]
-        vs = [get_kv(cache, layer)[1] for layer in range(n_layers)]
         if flavour == "seed":
             kv = SourceKV(ks, vs, list(lengths), sb.width, rows)
         else:
             kv = SourceKV(ks, vs, [max(L - 1, 0) for L in lengths], sb.width - 1, rows)
     return acts, kv
+
+
+BUCKET_ROWS = 64  # sources per capture forward, at least, before a batch's sources are split by length
+
+
+def _capture_bucketed(model, seqs, points, want_kv):
+    """Capture distinct sources in a few forwards of similar lengths, merged into one left-padded batch.
+
+    One forward pads every source to the longest; with many sources of
+    varied lengths, up to 4 forwards over length-sorted buckets (at least
+    ``BUCKET_ROWS`` sources each) compute far fewer padding positions. The
+    merged tensors are left-padded to the longest source like a single
+    forward's (pad slots hold zeros; nothing reads them).
+    """
+    tok = model.tokenizer
+    sb = left_pad(seqs, pad_id_of(tok), tok.bos_token_id, device=model.device)
+    k = min(4, len(seqs) // BUCKET_ROWS)
+    if k < 2:
+        store, cache, _ = forward_capture(model, sb, points, want_kv)
+        ks = vs = None
+        if want_kv:
+            ks = [get_kv(cache, layer)[0] for layer in range(n_cache_layers(cache))]
+            vs = [get_kv(cache, layer)[1] for layer in range(n_cache_layers(cache))]
+        return sb, store, ks, vs
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    W = sb.width
+    store: dict = {}
+    ks: list = []
+    vs: list = []
+    for part in np.array_split(np.asarray(order), k):
+        part = part.tolist()
+        sub = left_pad([seqs[i] for i in part], pad_id_of(tok), tok.bos_token_id, device=model.device)
+        got, cache, _ = forward_capture(model, sub, points, want_kv)
+        idx = torch.tensor(part, dtype=torch.long, device=model.device)
+        w = sub.width
+        for name, t in got.items():
+            if name not in store:
+                store[name] = t.new_zeros(len(seqs), W, t.shape[-1])
+            store[name][idx.to(t.device), W - w:] = t
+        if want_kv:
+            for layer in range(n_cache_layers(cache)):
+                kl, vl = get_kv(cache, layer)
+                if len(ks) <= layer:
+                    ks.append(kl.new_zeros(len(seqs), kl.shape[1], W, kl.shape[-1]))
+                    vs.append(vl.new_zeros(len(seqs), vl.shape[1], W, vl.shape[-1]))
+                ks[layer][idx.to(kl.device), :, W - w:] = kl
+                vs[layer][idx.to(vl.device), :, W - w:] = vl
+        del got, cache
+    return sb, store, ks, vs
 
 
 def _prefix_cache(hf, ids, attn, pos, row_tgt, dedupe: bool):
