@@ -13,8 +13,9 @@ generations; see :mod:`transferlab.experiments.w300`) runs through
   own card through ``CUDA_VISIBLE_DEVICES``; the worker's model goes to
   ``cuda:0`` of that card).
 
-Without CUDA, Ray workers are CPU workers (one thread each) instead, so the
-script runs on a laptop: ``--model random:tiny-mistral --pairs 8 --seeds 2``.
+Without CUDA, Ray workers are CPU workers (one thread each, and in-process
+runs on one thread too) instead, so the script runs on a laptop:
+``--model random:tiny-mistral --pairs 8 --seeds 2``.
 
 Per mode it records the wall time of the whole run (making the executor,
 ``run_experiment`` with the report skipped, closing the executor) and its
@@ -195,6 +196,8 @@ def main(argv=None) -> dict:
         if m != "inprocess" and not (m.startswith("ray") and m[3:].isdigit() and int(m[3:]) >= 1):
             ap.error(f"unknown mode {m!r}: use inprocess or ray<workers> (ray1, ray2, ...)")
     cuda = torch.cuda.is_available()
+    if not cuda:
+        torch.set_num_threads(1)  # in-process on one core, as each Ray CPU worker (cpus_per_worker=1)
     n_visible = torch.cuda.device_count() if cuda else 0
     gpus = [torch.cuda.get_device_name(i) for i in range(n_visible)]
     if cuda and any(m.startswith("ray") and int(m[3:]) > n_visible for m in modes):
