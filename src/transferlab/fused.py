@@ -62,8 +62,12 @@ def _rope(q, k, cos, sin, unsqueeze_dim: int = 1):
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    tol = 1e-5 if a.dtype == torch.float32 else 2e-2
-    return a.shape == b.shape and bool(torch.allclose(a.float(), b.float(), atol=tol, rtol=tol))
+    """Equal up to rounding: relative error of the whole tensor (bf16 rounds once where eager rounds twice)."""
+    if a.shape != b.shape:
+        return False
+    tol = 1e-5 if a.dtype == torch.float32 else 1e-2
+    err = (a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12)
+    return bool(err <= tol)
 
 
 def _norm_forward(mod, compiler):
@@ -102,23 +106,47 @@ def fuse(hf_model, parts=("norm", "mlp", "rope"), compiler=None) -> dict[str, in
     with torch.no_grad():
         for mod in hf_model.modules():
             name = type(mod).__name__
-            if "norm" in parts and name.endswith("RMSNorm") and not getattr(mod, "_transferlab_fused", False):
-                new = _norm_forward(mod, compiler)
-                if new is not None:
-                    x = rand(2, 3, mod.weight.shape[0])
-                    if _close(new(x), mod.forward(x)):
-                        mod.forward, mod._transferlab_fused = new, True
-                        done["norm"] += 1
-            elif "mlp" in parts and hasattr(mod, "gate_proj") and not getattr(mod, "_transferlab_fused", False):
-                new = _mlp_forward(mod, compiler)
-                if new is not None:
-                    x = rand(2, 3, mod.gate_proj.in_features)
-                    if _close(new(x), mod.forward(x)):
-                        mod.forward, mod._transferlab_fused = new, True
-                        done["mlp"] += 1
+            if getattr(mod, "_transferlab_fused", False):
+                continue
+            if "norm" in parts and name.endswith("RMSNorm"):
+                kind, new = "norm", _norm_forward(mod, compiler)
+                x = rand(2, 3, mod.weight.shape[0]) if new is not None else None
+            elif "mlp" in parts and hasattr(mod, "gate_proj"):
+                kind, new = "mlp", _mlp_forward(mod, compiler)
+                x = rand(2, 3, mod.gate_proj.in_features) if new is not None else None
+            else:
+                continue
+            if new is not None and _agrees(new, mod.forward, x):
+                mod.forward, mod._transferlab_fused = new, True
+                done[kind] += 1
         if "rope" in parts:
             done["rope"] = _fuse_rope(hf_model, compiler, rand)
     return done
+
+
+def _agrees(new, old, *args) -> bool:
+    """The fused function gives the original's result (a compiler that fails counts as disagreeing)."""
+    try:
+        got = new(*args)
+    except Exception as exc:  # no Triton, no C compiler, an unsupported op: keep the eager code
+        _warn_once(exc)
+        return False
+    want = old(*args)
+    if isinstance(got, tuple):
+        return all(_close(a, b) for a, b in zip(got, want))
+    return _close(got, want)
+
+
+_WARNED = []
+
+
+def _warn_once(exc: Exception) -> None:
+    if not _WARNED:
+        import warnings
+
+        _WARNED.append(exc)
+        warnings.warn(f"transferlab.fused: compiling a fused kernel failed ({type(exc).__name__}: {str(exc)[:200]}); "
+                      "that part keeps its eager code", RuntimeWarning, stacklevel=3)
 
 
 def _fuse_rope(hf_model, compiler, rand) -> int:
@@ -133,11 +161,7 @@ def _fuse_rope(hf_model, compiler, rand) -> int:
 
     d = 8
     q, k, cos, sin = rand(2, 4, 3, d), rand(2, 2, 3, d), rand(2, 3, d), rand(2, 3, d)
-    try:
-        ok = all(_close(a, b) for a, b in zip(fused(q, k, cos, sin), original(q, k, cos, sin)))
-    except TypeError:
-        ok = False
-    if not ok:
+    if not _agrees(fused, original, q, k, cos, sin):
         return 0
     fused._transferlab_fused = True
     module.apply_rotary_pos_emb = fused

@@ -80,6 +80,8 @@ class ModelSpec(_Strict):
     dtype: str | None = None
     device: str | None = None
     attn_implementation: str | None = None
+    fuse: bool | None = Field(None, description="compiled fused RMSNorm/SiLU/RoPE kernels (transferlab.fused); "
+                                                "default: on for a model on a CUDA device")
     device_map: Literal["auto", "balanced", "balanced_low_0", "sequential"] | None = Field(
         None, description="'auto': split a model too large for one GPU over every visible GPU (accelerate); "
                           "device is then unused")

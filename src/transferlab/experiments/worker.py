@@ -131,7 +131,8 @@ class Worker:
             self.model, self._model_key = None, None  # free the old weights before loading new ones
             self._top_cache, self._marker_cache = {}, {}  # token ids belong to one tokenizer
             self.model = load_model(spec.spec, dtype=spec.dtype, device=spec.device,
-                                    attn_implementation=spec.attn_implementation, device_map=spec.device_map)
+                                    attn_implementation=spec.attn_implementation, device_map=spec.device_map,
+                                    fuse=spec.fuse)
             self._model_key = key
         return self.model
 

@@ -206,8 +206,35 @@ def load_model(
     device: str | torch.device | None = None,
     attn_implementation: str | None = None,
     device_map: str | dict | None = None,
+    fuse: bool | None = None,
 ) -> Model:
     """Load a model by spec (see module docstring) and wrap it with its adapter.
+
+    ``fuse``: replace RMSNorm, the gated MLP's SiLU and RoPE with compiled fused
+    kernels (:mod:`transferlab.fused`; each checked against the original first).
+    Default: on where the model sits on a CUDA device, unless the environment
+    sets ``TRANSFERLAB_FUSE=0``. A part whose compilation fails keeps its eager
+    code; ``model.source["fused"]`` records what was fused.
+    """
+    model = _load(spec, dtype=dtype, device=device, attn_implementation=attn_implementation, device_map=device_map)
+    if fuse is None:
+        fuse = os.environ.get("TRANSFERLAB_FUSE", "1") != "0" and model.device.type == "cuda"
+    if fuse:
+        from ..fused import fuse as fuse_model
+
+        model.source = {**(model.source or {}), "fused": fuse_model(model.hf)}
+    return model
+
+
+def _load(
+    spec: str = EMBEDDED,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    attn_implementation: str | None = None,
+    device_map: str | dict | None = None,
+) -> Model:
+    """``load_model`` without fusion.
 
     ``device_map`` splits a model too large for one GPU over several:
     ``"auto"`` (or ``"balanced"``, ``"balanced_low_0"``, ``"sequential"``)

@@ -1,0 +1,97 @@
+"""Fused elementwise kernels (transferlab.fused) compute what the model's own modules compute.
+
+``fuse`` swaps RMSNorm, SiLU(gate) * up and RoPE for compiled functions, each
+checked against the original on random inputs first. These tests use the
+identity as the "compiler" (the plumbing and the checks, fast) and one real
+``torch.compile`` run, and check that parts whose arithmetic differs (Gemma-2's
+``1 + w`` norm, a GELU MLP) or whose compilation fails keep their eager code.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from transferlab.fused import fuse
+from transferlab.generation import generate
+from transferlab.models.loading import load_model
+
+from conftest import LONG, PROMPT
+
+IDS = torch.tensor([[1, 5, 9, 22, 7, 3, 40, 2]])
+
+
+@pytest.fixture(autouse=True)
+def _restore_rope(monkeypatch):
+    """RoPE fusion replaces a module-level function of the model family: put every original back after."""
+    import sys
+
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("transformers.models.") and hasattr(mod, "apply_rotary_pos_emb"):
+            monkeypatch.setattr(mod, "apply_rotary_pos_emb", mod.apply_rotary_pos_emb)
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model.hf(IDS).logits
+
+
+@pytest.mark.parametrize("family,want", [
+    ("mistral", {"norm": 9, "mlp": 4, "rope": 1}),
+    ("qwen2", {"norm": 9, "mlp": 4, "rope": 1}),
+    ("gemma2", {"norm": 0, "mlp": 0, "rope": 1}),  # 1 + w norms, GELU MLP: kept eager
+    ("phi3", {"norm": 9, "mlp": 0, "rope": 1}),  # fused gate_up_proj: kept eager
+])
+def test_identity_fusion_changes_nothing(family, want):
+    model = load_model(f"tiny:{family}", fuse=False)
+    ref = _logits(model)
+    assert fuse(model.hf, compiler=lambda f: f) == want
+    assert torch.equal(_logits(model), ref)
+    assert fuse(model.hf, compiler=lambda f: f)["norm"] == 0  # already fused: nothing twice
+
+
+def test_a_fused_function_that_differs_is_refused():
+    model = load_model("tiny:llama", fuse=False)
+    ref = _logits(model)
+    wrong = lambda f: (lambda *a: f(*a) * 1.1 if not isinstance(f(*a), tuple) else f(*a))  # noqa: E731
+    done = fuse(model.hf, parts=("norm", "mlp"), compiler=wrong)
+    assert done == {"norm": 0, "mlp": 0, "rope": 0}
+    assert torch.equal(_logits(model), ref)
+
+
+def test_a_compiler_that_fails_keeps_eager_code():
+    model = load_model("tiny:llama", fuse=False)
+    ref = _logits(model)
+
+    def broken(fn):
+        def run(*a, **k):
+            raise RuntimeError("no compiler here")
+        return run
+
+    with pytest.warns(RuntimeWarning, match="keeps its eager code"):
+        done = fuse(model.hf, parts=("norm", "mlp"), compiler=broken)
+    assert done == {"norm": 0, "mlp": 0, "rope": 0}
+    assert torch.equal(_logits(model), ref)
+
+
+def test_fusion_is_off_on_cpu_by_default_and_recorded_when_asked(monkeypatch):
+    assert "fused" not in (load_model("tiny:llama").source or {})
+    import transferlab.fused as fused_mod
+
+    monkeypatch.setattr(fused_mod, "default_compiler", lambda f: f)
+    model = load_model("tiny:llama", fuse=True)
+    assert model.source["fused"]["norm"] == 9
+
+
+def test_compiled_fusion_generates_the_same_tokens():
+    """A real torch.compile (C++ on CPU): same greedy tokens, logits within float32 rounding."""
+    model = load_model("tiny:llama", fuse=False)
+    ref = _logits(model)
+    before = generate(model, [PROMPT, LONG], greedy=True, max_new_tokens=6)
+    done = fuse(model.hf, parts=("norm", "mlp"))
+    if done["norm"] == 0:
+        pytest.skip("torch.compile is not usable on this machine (the fallback is tested above)")
+    assert done == {"norm": 9, "mlp": 4, "rope": 0}
+    assert torch.allclose(_logits(model), ref, atol=1e-5, rtol=1e-5)
+    after = generate(model, [PROMPT, LONG], greedy=True, max_new_tokens=6)
+    assert after.token_ids == before.token_ids
