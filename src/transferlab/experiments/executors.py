@@ -16,7 +16,9 @@ Two executors share that interface:
   next result, so a driver that stops early computes nothing more.
 - :class:`RayExecutor`: one Ray actor per GPU (``gpus_per_worker`` GPUs each,
   for models split over several cards) or, without GPUs, ``workers`` CPU
-  actors. Each actor loads the model once and pulls one batch at a time.
+  actors. Each actor loads the model once and holds up to ``prefetch`` (2)
+  batches: the next one is queued on it before the driver scores and stores
+  the last, so a worker never idles between batches.
   Actors are created with ``max_restarts=-1, max_task_retries=-1``: when a
   worker process dies, Ray restarts the actor and runs its batch again, so
   nothing is lost; should Ray give up on an actor (its node gone for good),
@@ -153,8 +155,9 @@ class RayExecutor(Executor):
     kind = "ray"
 
     def __init__(self, address: str | None = None, workers: int | None = None, gpus_per_worker: float | None = None,
-                 cpus_per_worker: int = 1, num_cpus: int | None = None):
+                 cpus_per_worker: int = 1, num_cpus: int | None = None, prefetch: int = 2):
         ray = import_ray()
+        self.prefetch = max(1, int(prefetch))
         self._ray = ray
         self.address = address
         self._owns_ray = not ray.is_initialized()
@@ -189,22 +192,38 @@ class RayExecutor(Executor):
         ray = self._ray
         pending = deque(batches)
         running: dict = {}  # object ref -> (batch, actor)
-        idle = list(self.actors)
+        queued: dict = {actor: deque() for actor in self.actors}  # actor -> its batches in flight, oldest first
+
+        def dispatch() -> None:
+            # each actor holds up to ``prefetch`` batches: the next is already queued on it when one
+            # finishes, so it never waits while the driver scores and stores a result
+            for actor in list(self.actors):
+                while pending and len(queued[actor]) < self.prefetch:
+                    batch = pending.popleft()
+                    running[actor.run.remote(batch)] = (batch, actor)
+                    queued[actor].append(batch)
+                    self._busy[actor] = queued[actor][0]
+
         while pending or running:
-            while pending and idle:  # each actor pulls one batch at a time
-                actor, batch = idle.pop(0), pending.popleft()
-                running[actor.run.remote(batch)] = (batch, actor)
-                self._busy[actor] = batch
+            dispatch()
             (ref,), _ = ray.wait(list(running), num_returns=1)
             batch, actor = running.pop(ref)
-            self._busy.pop(actor, None)
+            mine = queued[actor]
+            for i, b in enumerate(mine):
+                if b is batch:  # identity: comparing batches field by field is slow and could match a twin
+                    del mine[i]
+                    break
+            if queued[actor]:
+                self._busy[actor] = queued[actor][0]
+            else:
+                self._busy.pop(actor, None)
             try:
                 rows = ray.get(ref)
             except ray.exceptions.RayActorError:
                 self._drop(actor)
                 pending.appendleft(batch)  # Ray gave up on the actor: a live one takes the batch
                 continue
-            idle.append(actor)
+            dispatch()
             yield batch, rows
 
     def describe(self) -> dict:
