@@ -199,13 +199,12 @@ def _static(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill, graphs: bo
 
     token.copy_(_sample_into(sampler, state, state.logits, 0, stop_at_eos, eos, fill))
     state.logits = None
-    pool = [None]  # one CUDA-graph memory pool shared by the segments' graphs (never replayed at once)
     step = 0  # index of the next token to feed
     while step < max_new - 1:
         seg_end = min(step + SEGMENT, max_new - 1)  # this segment feeds tokens step .. seg_end-1
         span[0] = T0 + seg_end
         if graphs and seg_end - step > 2:
-            step = _replay_segment(step_fn, step, seg_end, stop_at_eos, state, pool)
+            step = _replay_segment(step_fn, step, seg_end, stop_at_eos, state)
         else:
             for _ in range(step, seg_end):
                 step_fn()
@@ -216,8 +215,11 @@ def _static(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill, graphs: bo
             return
 
 
-def _replay_segment(step_fn, step: int, seg_end: int, stop_at_eos: bool, state, pool: list) -> int:
-    """Run steps ``step .. seg_end-1``: one eager step (warm-up, on a side stream), then a captured graph."""
+def _replay_segment(step_fn, step: int, seg_end: int, stop_at_eos: bool, state) -> int:
+    """Run steps ``step .. seg_end-1``: one eager step (warm-up, on a side stream), then a captured graph.
+
+    The graph (and its private memory pool) is released when the segment ends, before the next capture.
+    """
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -230,9 +232,8 @@ def _replay_segment(step_fn, step: int, seg_end: int, stop_at_eos: bool, state, 
         torch.cuda.synchronize()
         t0 = time.perf_counter()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool[0]):
+    with torch.cuda.graph(graph):
         step_fn()  # recorded, not run
-    pool[0] = graph.pool()
     if TIMINGS is not None:
         torch.cuda.synchronize()
         TIMINGS["graph_capture_s"] = TIMINGS.get("graph_capture_s", 0.0) + time.perf_counter() - t0
