@@ -173,7 +173,16 @@ def generate(
         raise ValueError("no targets given")
     if isinstance(plan, (list, tuple)) and plan and all(isinstance(x, (Intervention, dict)) for x in plan):
         plan = as_plan(plan)  # a list of interventions (or their dicts) is ONE plan, not one per target
-    plans = [as_plan(p) for p in _per_example(plan, n, "plan")]
+    parsed: dict[str, Plan] = {}  # plan text -> Plan: an experiment's rows repeat a few plans many times
+
+    def plan_of(p) -> Plan:
+        if not isinstance(p, str):
+            return as_plan(p)
+        if p not in parsed:
+            parsed[p] = as_plan(p)
+        return parsed[p]
+
+    plans = [plan_of(p) for p in _per_example(plan, n, "plan")]
     precomputed = None
     if isinstance(sources, Activations):
         precomputed = _check_precomputed(model, sources, n, plans)
@@ -451,11 +460,17 @@ def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, ma
     # there. Keying by position keeps a repeated intervention (two "add"s) and, applied in position
     # order, gives every row its own plan's order at a shared hook point whatever the other rows hold.
     entries: dict[tuple, dict] = {}
+    plan_keys: dict[int, list] = {}  # id(plan) -> [(entry key, resolved intervention)], computed once per plan
     for b in range(B):
-        for j, inter in enumerate(row_plan[b]):
-            res = _resolve(model, inter)
-            k = (j, json.dumps(res.to_dict(), sort_keys=True, default=str))
-            e = entries.setdefault(k, {"inter": res, "rows": torch.zeros(B, dtype=torch.bool), "index": j})
+        keyed = plan_keys.get(id(row_plan[b]))
+        if keyed is None:
+            keyed = []
+            for j, inter in enumerate(row_plan[b]):
+                res = _resolve(model, inter)
+                keyed.append(((j, json.dumps(res.to_dict(), sort_keys=True, default=str)), res))
+            plan_keys[id(row_plan[b])] = keyed
+        for k, res in keyed:
+            e = entries.setdefault(k, {"inter": res, "rows": torch.zeros(B, dtype=torch.bool), "index": k[0]})
             e["rows"][b] = True
     entries = dict(sorted(entries.items(), key=lambda kv: kv[0][0]))
     splices = [e for e in entries.values() if isinstance(e["inter"], KVSplice)]

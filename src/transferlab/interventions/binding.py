@@ -175,8 +175,9 @@ class BoundActivation:
         index = np.full((B, pmax), -1, dtype=np.int64)
         dec_rows: list[list[int]] = [[] for _ in range(B)]
         needs = inter.needs_source
+        in_rows = rows.tolist()  # one copy to the host, not one synchronisation per row
         for b in range(B):
-            if not bool(rows[b]):
+            if not in_rows[b]:
                 continue
             where = f"{inter.describe()} (example {b})"
             lt, bt = target_lengths[b], int(target_bos[b])
@@ -232,7 +233,7 @@ class BoundActivation:
         if isinstance(inter, Ablate) and inter.how == "mean":
             means = torch.zeros(B, width, dtype=dtype, device=device)
             for b in range(B):
-                if bool(rows[b]):
+                if in_rows[b]:
                     ls, bs = sources.lengths[b], int(sources.has_bos[b])
                     means[b] = src[b, Ws - ls + bs :].float().mean(0).to(dtype)
             self.mean = means

@@ -61,14 +61,20 @@ class SourceKV:
             k, v = k.to(device), v.to(device)
         return k, v
 
-    def gather_slots(self, layer: int, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[B, H, W, hd]`` keys/values where ``index[b, w]`` names a source slot of batch row b.
+    def gather_slots(self, layer: int, index: torch.Tensor, device: torch.device,
+                     batch_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, H, W, hd]`` keys/values where ``index[b, w]`` names a source slot of batch row b
+        (of batch row ``batch_rows[b]`` when given: a subset of the batch).
 
         Reads only the slots asked for (not each row's whole source cache).
         """
         k, v = self.keys[layer], self.values[layer]
         idx = index.clamp(min=0).to(k.device)
-        rows = self.rows.to(k.device) if self.rows is not None else torch.arange(idx.shape[0], device=k.device)
+        if batch_rows is not None:
+            sel = batch_rows.to(k.device)
+            rows = self.rows.to(k.device).index_select(0, sel) if self.rows is not None else sel
+        else:
+            rows = self.rows.to(k.device) if self.rows is not None else torch.arange(idx.shape[0], device=k.device)
         r = rows[:, None].expand_as(idx)
         nk = k[r, :, idx].permute(0, 2, 1, 3)  # [B, W, H, hd] -> [B, H, W, hd]
         nv = v[r, :, idx].permute(0, 2, 1, 3)
@@ -154,22 +160,29 @@ def apply_splice(model, cache, splice: KVSplice, rows: torch.Tensor, source: Sou
     index, delta, count = _slot_maps(splice, flavour, rows.tolist(), tgt_len, source.lengths, tgt_w, source.end)
     device = counters.device  # the audit's device (the model's); each layer's cache may be elsewhere
     rows = rows.to(device)
-    maps = _PerDevice(index=index, delta=delta)
+    # only the rows whose plan holds this splice are read, rewritten and audited
+    sel = torch.from_numpy(np.flatnonzero(count.numpy() > 0))
+    maps = _PerDevice(index=index[sel], delta=delta[sel], sel=sel)
     reposition = flavour != "seed" and splice.rope == "reposition"
     inv = inverse_frequencies(model) if reposition else None
     sq = torch.zeros(index.shape[0], dtype=torch.float64, device=device)
-    for layer in layers:
+    for layer in layers if len(sel) else []:
         k, v = get_kv(cache, layer)
         local = maps.on(k.device)
-        nk, nv = source.gather_slots(layer, local["index"], k.device)
+        nk, nv = source.gather_slots(layer, local["index"], k.device, batch_rows=local["sel"])
         nk, nv = nk.to(k.dtype), nv.to(v.dtype)
         if reposition:
             nk = rotate_keys(nk, local["delta"][:, None, None], inv)
         m = (local["index"] >= 0)[:, None, :, None]
-        new_k, new_v = torch.where(m, nk, k), torch.where(m, nv, v)
-        sq += ((new_k.float() - k.float()) ** 2).sum(dim=(1, 2, 3)).double().to(device)
-        sq += ((new_v.float() - v.float()) ** 2).sum(dim=(1, 2, 3)).double().to(device)
-        set_kv(cache, layer, new_k, new_v)
+        old_k, old_v = k.index_select(0, local["sel"]), v.index_select(0, local["sel"])
+        new_k, new_v = torch.where(m, nk, old_k), torch.where(m, nv, old_v)
+        change = ((new_k.float() - old_k.float()) ** 2).sum(dim=(1, 2, 3)) + ((new_v.float() - old_v.float()) ** 2).sum(dim=(1, 2, 3))
+        sq.index_add_(0, local["sel"].to(device), change.double().to(device))
+        if k.is_inference() or not k.requires_grad:
+            k.index_copy_(0, local["sel"], new_k)  # in place: only the spliced rows move
+            v.index_copy_(0, local["sel"], new_v)
+        else:  # pragma: no cover - caches are made under inference_mode
+            set_kv(cache, layer, k.index_copy(0, local["sel"], new_k), v.index_copy(0, local["sel"], new_v))
     counters.fired_prompt += (count.to(device) > 0).long() * rows.long()
     counters.positions += count.to(device) * rows.long()
     counters.sq_change += sq * rows.double()
