@@ -197,12 +197,14 @@ class RayExecutor(Executor):
         def dispatch() -> None:
             # each actor holds up to ``prefetch`` batches: the next is already queued on it when one
             # finishes, so it never waits while the driver scores and stores a result
-            for actor in list(self.actors):
-                while pending and len(queued[actor]) < self.prefetch:
-                    batch = pending.popleft()
-                    running[actor.run.remote(batch)] = (batch, actor)
-                    queued[actor].append(batch)
-                    self._busy[actor] = queued[actor][0]
+            # (level by level: every actor gets a first batch before any gets a second)
+            for depth in range(1, self.prefetch + 1):
+                for actor in list(self.actors):
+                    if pending and len(queued[actor]) < depth:
+                        batch = pending.popleft()
+                        running[actor.run.remote(batch)] = (batch, actor)
+                        queued[actor].append(batch)
+                        self._busy[actor] = queued[actor][0]
 
         while pending or running:
             dispatch()
