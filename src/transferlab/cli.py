@@ -254,6 +254,34 @@ def presets() -> None:
         console.print(f"[bold]{name}[/]  {first}")
 
 
+@app.command()
+def bench(
+    shape: str = typer.Option("mistral-7b", help="Random model shape (transferlab.models.random.SHAPES)."),
+    pairs: int = typer.Option(300, min=1, help="Pairs of the workload (W300: 300)."),
+    max_new_tokens: int = typer.Option(150, "--max-new-tokens", min=1),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default: from free GPU memory."),
+    skip: str = typer.Option("", help="Comma-separated parts to skip: engine, unpatched, seed, hf."),
+    fused: bool = typer.Option(False, "--fused", help="Also measure with fused elementwise kernels (torch.compile)."),
+    out: str = typer.Option("benchmarks/results", help="Where the JSON result goes."),
+    device: Optional[str] = typer.Option(None, help="Default: cuda if available, else cpu."),
+) -> None:
+    """The W300 speed benchmark: our engine vs unpatched, the seed's loop and HF generate (JSON to --out)."""
+    import json
+
+    from .bench import main as bench_main
+
+    known = {"engine", "unpatched", "seed", "hf"}
+    parts = tuple(p for p in skip.split(",") if p)
+    if set(parts) - known:
+        _fail(ValueError(f"--skip: unknown part(s) {', '.join(sorted(set(parts) - known))}; use {', '.join(sorted(known))}"))
+    try:
+        result = bench_main(shape, pairs, max_new_tokens, batch_size, out_dir=out, skip=parts, device=device,
+                            variants=("plain", "fused") if fused else ("plain",))
+    except ValueError as exc:
+        _fail(exc)
+    console.print_json(json.dumps(result))
+
+
 def _register_optional() -> None:
     try:
         from .cli_prompts import prompts_app
