@@ -203,7 +203,7 @@ def _static(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill, graphs: bo
     while step < max_new - 1:
         seg_end = min(step + SEGMENT, max_new - 1)  # this segment feeds tokens step .. seg_end-1
         span[0] = T0 + seg_end
-        if graphs and seg_end - step > 2:
+        if graphs and not _GRAPHS_OFF and seg_end - step > 2:
             step = _replay_segment(step_fn, step, seg_end, stop_at_eos, state)
         else:
             for _ in range(step, seg_end):
@@ -213,6 +213,18 @@ def _static(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill, graphs: bo
                     return
         if stop_at_eos and bool(state.finished.all()):
             return
+
+
+_GRAPHS_OFF: list = []  # set once a capture failed in this process: decode without graphs from then on
+
+
+def _graphs_failed(exc: Exception) -> None:
+    if not _GRAPHS_OFF:
+        import warnings
+
+        warnings.warn(f"transferlab.decode: capturing a CUDA graph failed ({type(exc).__name__}: {str(exc)[:200]}); "
+                      "decoding goes on without graphs (same tokens, slower)", RuntimeWarning, stacklevel=3)
+    _GRAPHS_OFF.append(exc)
 
 
 def _replay_segment(step_fn, step: int, seg_end: int, stop_at_eos: bool, state) -> int:
@@ -232,8 +244,16 @@ def _replay_segment(step_fn, step: int, seg_end: int, stop_at_eos: bool, state) 
         torch.cuda.synchronize()
         t0 = time.perf_counter()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step_fn()  # recorded, not run
+    try:
+        with torch.cuda.graph(graph):
+            step_fn()  # recorded, not run
+    except RuntimeError as exc:  # out of memory for the graph's pool, an op that cannot be captured, ...
+        _graphs_failed(exc)
+        torch.cuda.synchronize()
+        while step < seg_end:  # the same steps, launched one by one
+            step_fn()
+            step += 1
+        return step
     if TIMINGS is not None:
         torch.cuda.synchronize()
         TIMINGS["graph_capture_s"] = TIMINGS.get("graph_capture_s", 0.0) + time.perf_counter() - t0
