@@ -123,3 +123,38 @@ def test_unknown_mode_is_refused(tiny_models, monkeypatch):
     monkeypatch.setenv("TRANSFERLAB_DECODE", "fast")
     with pytest.raises(ValueError, match="TRANSFERLAB_DECODE='fast'"):
         generate(tiny_models("llama"), PROMPT, max_new_tokens=3)
+
+
+def test_a_graph_that_cannot_be_captured_falls_back_to_plain_steps(tiny_models, monkeypatch):
+    """Where capture fails (no memory for the graph's pool, say), the steps run one by one: same tokens, a warning.
+
+    CUDA is faked on CPU: streams are no-ops and every capture raises.
+    """
+    import contextlib
+    import types
+
+    import torch
+
+    model = tiny_models("llama")
+    eager, _ = _run(model, "eager", monkeypatch, stop_at_eos=False)
+    stream = types.SimpleNamespace(wait_stream=lambda s: None)
+    fake = types.SimpleNamespace(
+        Stream=lambda: stream, stream=lambda s: contextlib.nullcontext(), synchronize=lambda *a: None,
+        current_stream=lambda: stream, CUDAGraph=lambda: None,
+    )
+
+    def graph(g):
+        raise RuntimeError("CUDA out of memory (faked)")
+
+    fake.graph = graph
+    monkeypatch.setattr(torch, "cuda", fake)
+    monkeypatch.setattr(decode, "_GRAPHS_OFF", [])
+    real = decode._static
+    monkeypatch.setattr(decode, "_static", lambda *a, graphs=False, **k: real(*a, graphs=True, **k))
+    monkeypatch.setenv("TRANSFERLAB_DECODE", "static")
+    monkeypatch.setattr(decode, "SEGMENT", 4)
+    with pytest.warns(RuntimeWarning, match="decoding goes on without graphs"):
+        got = generate(model, TARGETS * 2, sources=SOURCES * 2, plan=PLANS[:4] + PLANS[3:],
+                       record_logits={"low": list(range(40))}, max_new_tokens=9, stop_at_eos=False)
+    assert len(decode._GRAPHS_OFF) == 1  # tried once, then no more captures in this process
+    _same(eager, got)
