@@ -126,7 +126,8 @@ def test_unknown_mode_is_refused(tiny_models, monkeypatch):
 
 
 def test_a_graph_that_cannot_be_captured_falls_back_to_plain_steps(tiny_models, monkeypatch):
-    """Where capture fails (no memory for the graph's pool, say), the steps run one by one: same tokens, a warning.
+    """Where capture fails (a MoE router's host loop, no memory for the graph's pool), the steps run one by
+    one: same tokens, a warning, and that model (only) decodes without graphs from then on.
 
     CUDA is faked on CPU: streams are no-ops and every capture raises.
     """
@@ -135,26 +136,52 @@ def test_a_graph_that_cannot_be_captured_falls_back_to_plain_steps(tiny_models, 
 
     import torch
 
-    model = tiny_models("llama")
+    model, other = tiny_models("llama"), tiny_models("qwen2")
     eager, _ = _run(model, "eager", monkeypatch, stop_at_eos=False)
     stream = types.SimpleNamespace(wait_stream=lambda s: None)
-    fake = types.SimpleNamespace(
-        Stream=lambda: stream, stream=lambda s: contextlib.nullcontext(), synchronize=lambda *a: None,
-        current_stream=lambda: stream, CUDAGraph=lambda: None,
-    )
+    attempts = []
 
     def graph(g):
+        attempts.append(1)
         raise RuntimeError("CUDA out of memory (faked)")
 
-    fake.graph = graph
+    fake = types.SimpleNamespace(
+        Stream=lambda: stream, stream=lambda s: contextlib.nullcontext(), synchronize=lambda *a: None,
+        current_stream=lambda: stream, CUDAGraph=lambda: None, graph=graph,
+    )
     monkeypatch.setattr(torch, "cuda", fake)
-    monkeypatch.setattr(decode, "_GRAPHS_OFF", [])
+    for m in (model, other):  # the session's shared models: the flag is removed after the test
+        monkeypatch.setattr(m.hf, decode.GRAPHS_OFF, False, raising=False)
     real = decode._static
     monkeypatch.setattr(decode, "_static", lambda *a, graphs=False, **k: real(*a, graphs=True, **k))
     monkeypatch.setenv("TRANSFERLAB_DECODE", "static")
     monkeypatch.setattr(decode, "SEGMENT", 4)
-    with pytest.warns(RuntimeWarning, match="decoding goes on without graphs"):
-        got = generate(model, TARGETS * 2, sources=SOURCES * 2, plan=PLANS[:4] + PLANS[3:],
-                       record_logits={"low": list(range(40))}, max_new_tokens=9, stop_at_eos=False)
-    assert len(decode._GRAPHS_OFF) == 1  # tried once, then no more captures in this process
+    kw = dict(sources=SOURCES * 2, plan=PLANS[:4] + PLANS[3:], record_logits={"low": list(range(40))},
+              max_new_tokens=9, stop_at_eos=False)
+    with pytest.warns(RuntimeWarning, match="decodes without graphs from now on"):
+        got = generate(model, TARGETS * 2, **kw)
     _same(eager, got)
+    assert len(attempts) == 1 and getattr(model.hf, decode.GRAPHS_OFF)  # tried once, then not again
+    with pytest.warns(RuntimeWarning):
+        generate(other, TARGETS * 2, **kw)
+    assert len(attempts) == 2  # another model still tries
+    generate(model, TARGETS * 2, **kw)
+    assert len(attempts) == 2
+
+
+def test_a_model_split_over_devices_decodes_eagerly():
+    """Each layer of a split model keeps its cache on its own device: one device-side slot cannot serve them."""
+    import torch
+    from transformers.cache_utils import DynamicCache
+
+    class FakeHF:
+        config = type("C", (), {"_attn_implementation": "sdpa", "sliding_window": None})()
+
+    cache = DynamicCache()
+    for layer, dev in enumerate(["cpu", "cpu", "meta", "meta"]):
+        cache.update(torch.zeros(2, 4, 5, 8, device=dev), torch.zeros(2, 4, 5, 8, device=dev), layer)
+    assert not decode.static_ok(FakeHF(), cache, 20)
+    one = DynamicCache()
+    for layer in range(4):
+        one.update(torch.zeros(2, 4, 5, 8), torch.zeros(2, 4, 5, 8), layer)
+    assert decode.static_ok(FakeHF(), one, 20)

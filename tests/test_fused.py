@@ -95,3 +95,47 @@ def test_compiled_fusion_generates_the_same_tokens():
     assert torch.allclose(_logits(model), ref, atol=1e-5, rtol=1e-5)
     after = generate(model, [PROMPT, LONG], greedy=True, max_new_tokens=6)
     assert after.token_ids == before.token_ids
+
+
+def test_partial_rotary_rope_is_fused_exactly():
+    """Phi-3-family models with ``partial_rotary_factor`` rotate only part of each head: so does the fused RoPE."""
+    import transformers as tf
+    from transformers import AutoModelForCausalLM
+
+    from transferlab.models.tiny import _COMMON
+
+    torch.manual_seed(0)
+    config = tf.Phi3Config(**_COMMON, partial_rotary_factor=0.5, resid_pdrop=0.0, embd_pdrop=0.0,
+                           attention_dropout=0.0, sliding_window=None)
+    config._attn_implementation = "sdpa"
+    hf = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        ref = hf(IDS).logits
+        assert fuse(hf, parts=("rope",), compiler=lambda f: f)["rope"] == 1
+        assert torch.allclose(hf(IDS).logits, ref, atol=1e-6, rtol=1e-6)
+        full = load_model("tiny:phi3", fuse=False)  # the module-level function now serves full width too
+        assert torch.allclose(_logits(full), _logits(load_model("tiny:phi3", fuse=False)))
+
+
+def test_fused_rope_that_fails_hands_back_to_the_original(monkeypatch):
+    """A compiled RoPE that raises at some call (another device, a shape it cannot serve) falls back."""
+    import sys
+
+    model = load_model("tiny:llama", fuse=False)
+    ref = _logits(model)
+    calls = []
+
+    def flaky(fn):
+        def run(*a, **k):
+            calls.append(1)
+            if len(calls) > 2:  # passes the install-time checks, then fails
+                raise RuntimeError("cannot compile for this device")
+            return fn(*a, **k)
+        return run
+
+    assert fuse(model.hf, parts=("rope",), compiler=flaky)["rope"] == 1
+    with pytest.warns(RuntimeWarning, match="keeps its eager code"):
+        out = _logits(model)
+    assert torch.equal(out, ref)
+    module = sys.modules[type(model.hf).__module__]
+    assert getattr(module.apply_rotary_pos_emb, "_transferlab_fused", False)

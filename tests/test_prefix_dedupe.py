@@ -90,3 +90,29 @@ def test_sources_captured_in_length_buckets_equal_one_forward(tiny_models, monke
     assert split.token_ids == one.token_ids
     assert split.audit[["fired_prompt", "fired_decode", "positions"]].equals(one.audit[["fired_prompt", "fired_decode", "positions"]])
     assert (abs(split.audit.change_norm - one.audit.change_norm) <= 1e-4 * (1 + one.audit.change_norm)).all()
+
+
+def test_bucketed_sources_on_a_sliding_window_model_fall_back_to_one_forward(monkeypatch):
+    """A sliding-window layer keeps fewer slots than a bucket is wide: the sources are captured in one forward."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from transferlab import generation
+    from transferlab.models.adapters import make_adapter
+    from transferlab.models.loading import embedded_tokenizer
+    from transferlab.models.model import Model
+    from transferlab.models.tiny import tiny_config
+
+    config = tiny_config("gemma2")
+    config.sliding_window, config._attn_implementation = 6, "eager"
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(config).eval()
+    model = Model(hf=hf, tokenizer=embedded_tokenizer(), adapter=make_adapter(hf), name="g2", source={})
+    words = LONG.split()
+    sources = [" ".join(words[: 2 + i]) for i in range(12)]
+    kw = dict(sources=sources, plan="kv:1", max_new_tokens=3, seed=2)
+    monkeypatch.setattr(generation, "BUCKET_ROWS", 10**6)
+    one = generate(model, [PROMPT] * 12, **kw)
+    monkeypatch.setattr(generation, "BUCKET_ROWS", 3)
+    split = generate(model, [PROMPT] * 12, **kw)
+    assert split.token_ids == one.token_ids

@@ -76,7 +76,10 @@ def static_ok(hf, cache, total_slots: int) -> bool:
     layers = getattr(cache, "layers", None)
     if not layers:
         return False
-    return all(type(lay) in (DynamicLayer,) or type(lay).__name__ == "PreallocatedLayer" for lay in layers)
+    if not all(type(lay) in (DynamicLayer,) or type(lay).__name__ == "PreallocatedLayer" for lay in layers):
+        return False
+    devices = {lay.keys.device for lay in layers}  # a model split over devices: each layer writes its own slot
+    return len(devices) == 1
 
 
 def run(hf, ctx, sampler, state: DecodeState, max_new: int, stop_at_eos: bool, eos, fill, how: str | None = None):
@@ -203,8 +206,8 @@ def _static(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill, graphs: bo
     while step < max_new - 1:
         seg_end = min(step + SEGMENT, max_new - 1)  # this segment feeds tokens step .. seg_end-1
         span[0] = T0 + seg_end
-        if graphs and not _GRAPHS_OFF and seg_end - step > 2:
-            step = _replay_segment(step_fn, step, seg_end, stop_at_eos, state)
+        if graphs and not getattr(hf, GRAPHS_OFF, False) and seg_end - step > 2:
+            step = _replay_segment(hf, step_fn, step, seg_end, stop_at_eos, state)
         else:
             for _ in range(step, seg_end):
                 step_fn()
@@ -215,19 +218,20 @@ def _static(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill, graphs: bo
             return
 
 
-_GRAPHS_OFF: list = []  # set once a capture failed in this process: decode without graphs from then on
+GRAPHS_OFF = "_transferlab_graphs_off"  # set on a model whose step could not be captured (a MoE router's
+# host-side expert loop, no memory for the graph's pool, ...): that model decodes without graphs from then on
 
 
-def _graphs_failed(exc: Exception) -> None:
-    if not _GRAPHS_OFF:
-        import warnings
+def _graphs_failed(hf, exc: Exception) -> None:
+    import warnings
 
-        warnings.warn(f"transferlab.decode: capturing a CUDA graph failed ({type(exc).__name__}: {str(exc)[:200]}); "
-                      "decoding goes on without graphs (same tokens, slower)", RuntimeWarning, stacklevel=3)
-    _GRAPHS_OFF.append(exc)
+    warnings.warn(f"transferlab.decode: capturing a CUDA graph of {type(hf).__name__} failed ({type(exc).__name__}: "
+                  f"{str(exc)[:200]}); this model decodes without graphs from now on (same tokens, slower)",
+                  RuntimeWarning, stacklevel=3)
+    setattr(hf, GRAPHS_OFF, True)
 
 
-def _replay_segment(step_fn, step: int, seg_end: int, stop_at_eos: bool, state) -> int:
+def _replay_segment(hf, step_fn, step: int, seg_end: int, stop_at_eos: bool, state) -> int:
     """Run steps ``step .. seg_end-1``: one eager step (warm-up, on a side stream), then a captured graph.
 
     The graph (and its private memory pool) is released when the segment ends, before the next capture.
@@ -248,7 +252,7 @@ def _replay_segment(step_fn, step: int, seg_end: int, stop_at_eos: bool, state) 
         with torch.cuda.graph(graph):
             step_fn()  # recorded, not run
     except RuntimeError as exc:  # out of memory for the graph's pool, an op that cannot be captured, ...
-        _graphs_failed(exc)
+        _graphs_failed(hf, exc)
         torch.cuda.synchronize()
         while step < seg_end:  # the same steps, launched one by one
             step_fn()

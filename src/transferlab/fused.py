@@ -10,7 +10,9 @@ function of the same arithmetic, on a loaded model, in place:
 * every ``*RMSNorm`` module whose forward is ``weight * normalize(x.float()).to(dtype)``;
 * every gated MLP (``down_proj(act_fn(gate_proj(x)) * up_proj(x))``) whose activation is SiLU;
 * the model family's ``apply_rotary_pos_emb`` (module-level, so every model of
-  that family in this process uses the fused one from then on).
+  that family in this process uses the fused one from then on, ``fuse=False``
+  or not: the same arithmetic, full or partial rotary width; a call the
+  compiled function cannot serve goes back to the original).
 
 Each replacement is checked against the original on random inputs before it is
 installed, and left out where they differ beyond rounding (Gemma's ``1 + w``
@@ -51,14 +53,18 @@ def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 
 def _rope(q, k, cos, sin, unsqueeze_dim: int = 1):
+    """RoPE on the first ``cos.shape[-1]`` channels (all of them, or a partial rotary width as in Phi-3)."""
     cos = cos.unsqueeze(unsqueeze_dim)
     sin = sin.unsqueeze(unsqueeze_dim)
+    width = cos.shape[-1]
 
-    def rot(x):
-        half = x.shape[-1] // 2
-        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    def apply(x):
+        xr, rest = x[..., :width], x[..., width:]
+        half = width // 2
+        turned = torch.cat((-xr[..., half:], xr[..., :half]), dim=-1)
+        return torch.cat((xr * cos + turned * sin, rest), dim=-1)
 
-    return q * cos + rot(q) * sin, k * cos + rot(k) * sin
+    return apply(q), apply(k)
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -96,6 +102,7 @@ def fuse(hf_model, parts=("norm", "mlp", "rope"), compiler=None) -> dict[str, in
     """
     compiler = compiler or default_compiler
     done = {"norm": 0, "mlp": 0, "rope": 0}
+    failed: list = []  # compilation failures of this call (warned about once)
     param = next(hf_model.parameters())
     device, dtype = param.device, param.dtype
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -116,20 +123,20 @@ def fuse(hf_model, parts=("norm", "mlp", "rope"), compiler=None) -> dict[str, in
                 x = rand(2, 3, mod.gate_proj.in_features) if new is not None else None
             else:
                 continue
-            if new is not None and _agrees(new, mod.forward, x):
+            if new is not None and _agrees(new, mod.forward, x, seen=failed):
                 mod.forward, mod._transferlab_fused = new, True
                 done[kind] += 1
         if "rope" in parts:
-            done["rope"] = _fuse_rope(hf_model, compiler, rand)
+            done["rope"] = _fuse_rope(hf_model, compiler, rand, failed)
     return done
 
 
-def _agrees(new, old, *args) -> bool:
+def _agrees(new, old, *args, seen: list | None = None) -> bool:
     """The fused function gives the original's result (a compiler that fails counts as disagreeing)."""
     try:
         got = new(*args)
     except Exception as exc:  # no Triton, no C compiler, an unsupported op: keep the eager code
-        _warn_once(exc)
+        _warn_once(exc, seen if seen is not None else [])
         return False
     want = old(*args)
     if isinstance(got, tuple):
@@ -137,32 +144,46 @@ def _agrees(new, old, *args) -> bool:
     return _close(got, want)
 
 
-_WARNED = []
-
-
-def _warn_once(exc: Exception) -> None:
-    if not _WARNED:
+def _warn_once(exc: Exception, seen: list) -> None:
+    """One warning per ``seen`` list (a ``fuse`` call, or one fused function), not per failing part."""
+    if not seen:
         import warnings
 
-        _WARNED.append(exc)
+        seen.append(exc)
         warnings.warn(f"transferlab.fused: compiling a fused kernel failed ({type(exc).__name__}: {str(exc)[:200]}); "
                       "that part keeps its eager code", RuntimeWarning, stacklevel=3)
 
 
-def _fuse_rope(hf_model, compiler, rand) -> int:
+def _fuse_rope(hf_model, compiler, rand, failed: list) -> int:
     module = sys.modules.get(type(hf_model).__module__)
     original = getattr(module, "apply_rotary_pos_emb", None)
     if original is None or getattr(original, "_transferlab_fused", False):
         return int(original is not None)
     fn = _compiled("rope", _rope, compiler)
+    broken: list = []
 
     def fused(q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
-        return fn(q, k, cos, sin, unsqueeze_dim)
+        # every model of the family in this process comes here (the function is module-level):
+        # a compilation that fails on some device or shape hands the call back to the original
+        if not broken:
+            try:
+                return fn(q, k, cos, sin, unsqueeze_dim)
+            except Exception as exc:
+                _warn_once(exc, broken)
+        return original(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
 
     d = 8
-    q, k, cos, sin = rand(2, 4, 3, d), rand(2, 2, 3, d), rand(2, 3, d), rand(2, 3, d)
-    if not _agrees(fused, original, q, k, cos, sin):
-        return 0
+    q, k = rand(2, 4, 3, d), rand(2, 2, 3, d)
+    for width in (d, d // 2):  # full and partial rotary widths (where the family's own function has them)
+        cos, sin = rand(2, 3, width), rand(2, 3, width)
+        try:
+            original(q, k, cos, sin)
+        except Exception:  # this family rotates whole heads only
+            if width == d:
+                return 0
+            continue
+        if not _agrees(fn, original, q, k, cos, sin, seen=failed):
+            return 0
     fused._transferlab_fused = True
     module.apply_rotary_pos_emb = fused
     return 1

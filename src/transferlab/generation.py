@@ -364,7 +364,7 @@ def _capture_sources(model, row_tgt, row_src, points, want_kv, flavour):
 BUCKET_ROWS = 64  # sources per capture forward, at least, before a batch's sources are split by length
 
 
-def _capture_bucketed(model, seqs, points, want_kv):
+def _capture_bucketed(model, seqs, points, want_kv, buckets: int | None = None):
     """Capture distinct sources in a few forwards of similar lengths, merged into one left-padded batch.
 
     One forward pads every source to the longest; with many sources of
@@ -375,7 +375,7 @@ def _capture_bucketed(model, seqs, points, want_kv):
     """
     tok = model.tokenizer
     sb = left_pad(seqs, pad_id_of(tok), tok.bos_token_id, device=model.device)
-    k = min(4, len(seqs) // BUCKET_ROWS)
+    k = min(4, len(seqs) // BUCKET_ROWS) if buckets is None else buckets
     if k < 2:
         store, cache, _ = forward_capture(model, sb, points, want_kv)
         ks = vs = None
@@ -399,6 +399,11 @@ def _capture_bucketed(model, seqs, points, want_kv):
                 store[name] = t.new_zeros(len(seqs), W, t.shape[-1])
             store[name][idx.to(t.device), W - w:] = t
         if want_kv:
+            if any(get_kv(cache, layer)[0].shape[2] != w for layer in range(n_cache_layers(cache))):
+                # a sliding-window layer kept fewer slots than the bucket is wide: capture in one forward,
+                # whose caches the splice checks and refuses or accepts as usual
+                del got, cache
+                return _capture_bucketed(model, seqs, points, want_kv, buckets=1)
             for layer in range(n_cache_layers(cache)):
                 kl, vl = get_kv(cache, layer)
                 if len(ks) <= layer:
