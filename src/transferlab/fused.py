@@ -107,8 +107,10 @@ def fuse(hf_model, parts=("norm", "mlp", "rope"), compiler=None) -> dict[str, in
     device, dtype = param.device, param.dtype
     gen = torch.Generator(device="cpu").manual_seed(0)
 
-    def rand(*shape):
-        return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+    def rand(*shape, like=None):
+        """Check inputs on the device of the module checked (a split model's layers sit on several)."""
+        p = next(like.parameters(), None) if like is not None else None
+        return torch.randn(*shape, generator=gen).to(device=p.device if p is not None else device, dtype=dtype)
 
     with torch.no_grad():
         for mod in hf_model.modules():
@@ -117,10 +119,10 @@ def fuse(hf_model, parts=("norm", "mlp", "rope"), compiler=None) -> dict[str, in
                 continue
             if "norm" in parts and name.endswith("RMSNorm"):
                 kind, new = "norm", _norm_forward(mod, compiler)
-                x = rand(2, 3, mod.weight.shape[0]) if new is not None else None
+                x = rand(2, 3, mod.weight.shape[0], like=mod) if new is not None else None
             elif "mlp" in parts and hasattr(mod, "gate_proj"):
                 kind, new = "mlp", _mlp_forward(mod, compiler)
-                x = rand(2, 3, mod.gate_proj.in_features) if new is not None else None
+                x = rand(2, 3, mod.gate_proj.in_features, like=mod) if new is not None else None
             else:
                 continue
             if new is not None and _agrees(new, mod.forward, x, seen=failed):
