@@ -187,12 +187,13 @@ class Worker:
                              lexicons=lexicons)
         if cfg.scoring.logit:
             scores["logit_markers"] = logit_mass_score(gen.logmass)
-        audit_by_example = {k: g for k, g in gen.audit.groupby("example", sort=False)} if len(gen.audit) else {}
+        audit_by_example: dict = {}  # example -> its audit rows (one conversion of the table, not one per example)
+        for r in gen.audit.to_dict(orient="records") if len(gen.audit) else []:
+            audit_by_example.setdefault(r.pop("example"), []).append(r)
         rows = []
         for b, u in enumerate(batch.units):
             pair = pairs[u.pair_id]
-            a = audit_by_example.get(u.key)
-            audit = a.drop(columns=["example"]).to_dict(orient="records") if a is not None else []
+            audit = audit_by_example.get(u.key, [])
             rs, rt = batch.rv.get(pair.source_id, {}), batch.rv.get(pair.target_id, {})
             row = dict(
                 unit=u.key, model=batch.model, seed=batch.seed, pair_id=u.pair_id, condition=u.condition,
