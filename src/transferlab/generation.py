@@ -333,17 +333,8 @@ def _capture_sources(model, row_tgt, row_src, points, want_kv, flavour):
     the distinct captures (a row without a source points at capture 0 and has
     length 0: no intervention reads it, since none of its plan needs a source).
     """
-    tok = model.tokenizer
-    where: dict[tuple, int] = {}
-    uniq, inv = [], []
-    for seq in row_src:
-        if seq is None:
-            inv.append(-1)
-            continue
-        j = where.setdefault(tuple(seq), len(uniq))
-        if j == len(uniq):
-            uniq.append(seq)
-        inv.append(j)
+    first, inv = _distinct(row_src)
+    uniq = [row_src[b] for b in first]
     if not uniq:  # nothing reads a source in this batch
         uniq = [row_tgt[0]]
     sb, store, ks, vs = _capture_bucketed(model, uniq, points, want_kv)
@@ -435,10 +426,13 @@ def _prefix_cache(hf, ids, attn, pos, row_tgt, dedupe: bool):
 
 
 def _distinct(seqs) -> tuple[list[int], list[int]]:
-    """(first row of each distinct sequence, the distinct index of every row)."""
+    """(first row of each distinct sequence, the distinct index of every row; -1 for a row that is None)."""
     where: dict[tuple, int] = {}
     first, inverse = [], []
     for b, seq in enumerate(seqs):
+        if seq is None:
+            inverse.append(-1)
+            continue
         j = where.setdefault(tuple(seq), len(first))
         if j == len(first):
             first.append(b)
