@@ -76,7 +76,7 @@ def static_ok(hf, cache, total_slots: int) -> bool:
     layers = getattr(cache, "layers", None)
     if not layers:
         return False
-    if not all(type(lay) in (DynamicLayer,) or type(lay).__name__ == "PreallocatedLayer" for lay in layers):
+    if not all(type(lay) is DynamicLayer for lay in layers):  # as the prompt phase left them
         return False
     devices = {lay.keys.device for lay in layers}  # a model split over devices: each layer writes its own slot
     return len(devices) == 1
@@ -232,7 +232,8 @@ def _graphs_failed(hf, exc: Exception) -> None:
 
 
 def _replay_segment(hf, step_fn, step: int, seg_end: int, stop_at_eos: bool, state) -> int:
-    """Run steps ``step .. seg_end-1``: one eager step (warm-up, on a side stream), then a captured graph.
+    """Run steps ``step .. seg_end-1``: one eager step (warm-up, on a side stream), then a captured graph;
+    returns the next step to run (after the warm-up only, when the capture failed).
 
     The graph (and its private memory pool) is released when the segment ends, before the next capture.
     """
@@ -252,11 +253,8 @@ def _replay_segment(hf, step_fn, step: int, seg_end: int, stop_at_eos: bool, sta
         with torch.cuda.graph(graph):
             step_fn()  # recorded, not run
     except RuntimeError as exc:  # out of memory for the graph's pool, an op that cannot be captured, ...
-        _graphs_failed(hf, exc)
+        _graphs_failed(hf, exc)  # the caller's loop goes on from ``step`` without graphs
         torch.cuda.synchronize()
-        while step < seg_end:  # the same steps, launched one by one
-            step_fn()
-            step += 1
         return step
     if TIMINGS is not None:
         torch.cuda.synchronize()

@@ -178,11 +178,8 @@ def apply_splice(model, cache, splice: KVSplice, rows: torch.Tensor, source: Sou
         new_k, new_v = torch.where(m, nk, old_k), torch.where(m, nv, old_v)
         change = ((new_k.float() - old_k.float()) ** 2).sum(dim=(1, 2, 3)) + ((new_v.float() - old_v.float()) ** 2).sum(dim=(1, 2, 3))
         sq.index_add_(0, local["sel"].to(device), change.double().to(device))
-        if k.is_inference() or not k.requires_grad:
-            k.index_copy_(0, local["sel"], new_k)  # in place: only the spliced rows move
-            v.index_copy_(0, local["sel"], new_v)
-        else:  # pragma: no cover - caches are made under inference_mode
-            set_kv(cache, layer, k.index_copy(0, local["sel"], new_k), v.index_copy(0, local["sel"], new_v))
+        k.index_copy_(0, local["sel"], new_k)  # in place: only the spliced rows move
+        v.index_copy_(0, local["sel"], new_v)
     counters.fired_prompt += (count.to(device) > 0).long() * rows.long()
     counters.positions += count.to(device) * rows.long()
     counters.sq_change += sq * rows.double()
