@@ -9,7 +9,11 @@ than their plan) come first in the document, in bold.
 
 from .figures import make_figures
 from .markdown import md_table, render_markdown, write_report
-from .summary import ReportError, audit_summary, build_summary, generation_warnings, jsonable, rv_prompt_table
+from .alerts import generation_warnings
+from .audit import audit_summary
+from .common import ReportError, jsonable
+from .rv import rv_prompt_table
+from .summary import build_summary
 
 __all__ = [
     "ReportError", "audit_summary", "build_summary", "generation_warnings", "jsonable", "make_figures",

@@ -21,7 +21,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from ..stats import paired_table
-from .summary import CLUSTER, PAIR_UNIT
+from .common import CLUSTER, PAIR_UNIT
 
 DPI = 150
 SCORE_UNITS = {

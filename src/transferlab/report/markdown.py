@@ -20,7 +20,8 @@ from typing import Any
 import pandas as pd
 
 from .figures import make_figures
-from .summary import generation_warnings, jsonable
+from .alerts import generation_warnings
+from .common import jsonable
 
 DASH = "–"
 
