@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from transferlab.bench import W300_CONDITIONS, make_workload  # noqa: E402
+from transferlab.experiments.w300 import W300_CONDITIONS, make_workload  # noqa: E402
 from transferlab.models.random import build_random  # noqa: E402
 
 
@@ -113,8 +113,8 @@ def _by_category(prof) -> dict:
 
 
 def capture_only(model, tg, sr, pl):
-    from transferlab.capture import forward_capture  # noqa: F401  (import cost outside the timing)
-    from transferlab.generation import _capture_sources
+    from transferlab.engine.capture import forward_capture  # noqa: F401  (import cost outside the timing)
+    from transferlab.engine.generation import _capture_sources
     from transferlab.sites import HookPoint
 
     points = sorted({HookPoint("v_proj", 27), HookPoint("v_proj", 5)})
@@ -127,7 +127,7 @@ def capture_only(model, tg, sr, pl):
 
 def phases(model, tg, sr, pl, bs, steps=150):
     """Seconds per phase of one full generate (each phase synchronised before and after)."""
-    from transferlab import decode, generation
+    from transferlab.engine import decode, generation
     from transferlab.interventions import splice
 
     spent: dict = {}
@@ -169,7 +169,7 @@ if __name__ == "__main__":
     ap.add_argument("--small", default="64,300")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--phases-only", action="store_true", help="only the per-phase seconds of full W300-mix runs")
-    ap.add_argument("--fused", action="store_true", help="then fuse the elementwise work (transferlab.fused) and measure again")
+    ap.add_argument("--fused", action="store_true", help="then fuse the elementwise work (transferlab.engine.fused) and measure again")
     ap.add_argument("--out", default="benchmarks/results")
     a = ap.parse_args()
     m = build_random("mistral-7b", device="cuda")
@@ -207,7 +207,7 @@ if __name__ == "__main__":
             for k, v in res[f"profile_{name}"]["top_kernels_ms_total_long_run"][:18]:
                 print(f"  {v:9.1f} ms  {k[:110]}")
     if a.fused:
-        from transferlab.fused import fuse
+        from transferlab.engine.fused import fuse
 
         t0 = time.perf_counter()
         res["fused_parts"] = fuse(m.hf)

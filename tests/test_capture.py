@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from transferlab import capture, load_model
-from transferlab.batching import left_pad
-from transferlab.capture import forward_capture
+from transferlab.engine.batching import left_pad
+from transferlab.engine.capture import forward_capture
 from transferlab.hooks import hooked
 from transferlab.models.tiny import build_tiny
 from transferlab.sites import HookPoint, SiteError
@@ -376,7 +376,7 @@ def test_hook_on_a_fused_slice_writes_only_that_slice():
 def test_pad_id_of():
     from types import SimpleNamespace
 
-    from transferlab.batching import pad_id_of
+    from transferlab.engine.batching import pad_id_of
 
     assert pad_id_of(SimpleNamespace(pad_token_id=7, eos_token_id=2)) == 7
     assert pad_id_of(SimpleNamespace(pad_token_id=None, eos_token_id=2)) == 2

@@ -24,7 +24,8 @@ from transferlab.experiments import list_presets, preset_path
 from transferlab.experiments.metadata import ledger
 from transferlab.experiments.schema import BASE_COLUMNS, TAIL_COLUMNS
 from transferlab.experiments.store import RunStore
-from transferlab.models.loading import embedded_path, file_sha256
+from transferlab.models.embedded import embedded_path
+from transferlab.models.loading import file_sha256
 from transferlab.prompts import load_bank
 
 N_PAIRS, N_CONDITIONS = 6, DEMO_CONDITIONS

@@ -215,7 +215,7 @@ def test_unknown_group_scorer_bank(tmp_path):
 
 
 def _fails_before_generation(tmp_path, overrides, monkeypatch) -> ConfigError:
-    import transferlab.generation as generation
+    import transferlab.engine.generation as generation
 
     def no_generation(*a, **k):
         raise AssertionError("generation ran before the plans were checked")

@@ -16,8 +16,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from transferlab import decode
-from transferlab.generation import generate
+from transferlab.engine import decode
+from transferlab.engine.generation import generate
 
 from conftest import LONG, PROMPT, SHORT, STORY, STORY2
 

@@ -21,7 +21,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from transferlab import generation, load_model
+from transferlab import load_model
+from transferlab.engine import generation
 from transferlab.interventions import KVSplice, Plan, Steer
 from transferlab.interventions.audit import Counters
 from transferlab.interventions.binding import BoundActivation

@@ -1,4 +1,4 @@
-"""Fused elementwise kernels (transferlab.fused) compute what the model's own modules compute.
+"""Fused elementwise kernels (transferlab.engine.fused) compute what the model's own modules compute.
 
 ``fuse`` swaps RMSNorm, SiLU(gate) * up and RoPE for compiled functions, each
 checked against the original on random inputs first. These tests use the
@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transferlab.fused import fuse
-from transferlab.generation import generate
+from transferlab.engine.fused import fuse
+from transferlab.engine.generation import generate
 from transferlab.models.loading import load_model
 
 from conftest import LONG, PROMPT
@@ -76,7 +76,7 @@ def test_a_compiler_that_fails_keeps_eager_code():
 
 def test_fusion_is_off_on_cpu_by_default_and_recorded_when_asked(monkeypatch):
     assert "fused" not in (load_model("tiny:llama").source or {})
-    import transferlab.fused as fused_mod
+    import transferlab.engine.fused as fused_mod
 
     monkeypatch.setattr(fused_mod, "default_compiler", lambda f: f)
     model = load_model("tiny:llama", fuse=True)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from transferlab.generation import generate
+from transferlab.engine.generation import generate
 from transferlab.interventions import InterventionError
 from transferlab.models.tiny import TINY_FAMILIES
 
@@ -316,7 +316,7 @@ def test_batch_equals_each_example_alone(family, sampling, tiny_models, stories)
 
 
 def _seed_expressible(plan) -> bool:
-    from transferlab.generation import check_seed_plan
+    from transferlab.engine.generation import check_seed_plan
     from transferlab.interventions import as_plan
 
     try:

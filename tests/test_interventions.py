@@ -15,8 +15,8 @@ import math
 import pytest
 import torch
 
-from transferlab import generation as gen_mod
-from transferlab.generation import generate
+from transferlab.engine import generation as gen_mod
+from transferlab.engine.generation import generate
 from transferlab.interventions import InterventionError, Plan
 from transferlab.sites import SiteError
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from transferlab import ModelLoadError, load_model
-from transferlab.batching import pad_id_of
+from transferlab.engine.batching import pad_id_of
 from transferlab.models.adapters import make_adapter
-from transferlab.models.loading import embedded_path
+from transferlab.models.embedded import embedded_path
 from transferlab.models.tiny import TINY_FAMILIES, build_tiny
 from transferlab.sites import ACTIVATION_SITES, HookPoint, SiteError
 

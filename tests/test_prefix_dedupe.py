@@ -14,7 +14,7 @@ import functools
 
 import pytest
 
-from transferlab.generation import generate
+from transferlab.engine.generation import generate
 
 from conftest import LONG, PROMPT, STORY, STORY2
 
@@ -71,7 +71,7 @@ def test_prompt_phase_intervention_keeps_every_row(tiny_models, monkeypatch):
 def test_sources_captured_in_length_buckets_equal_one_forward(tiny_models, monkeypatch):
     """Many sources of varied lengths are captured in a few length-sorted forwards, merged left-padded:
     the same generations as one padded forward over all of them."""
-    from transferlab import generation
+    from transferlab.engine import generation
 
     model = tiny_models("mistral")
     words = LONG.split()
@@ -97,9 +97,9 @@ def test_bucketed_sources_on_a_sliding_window_model_fall_back_to_one_forward(mon
     import torch
     from transformers import AutoModelForCausalLM
 
-    from transferlab import generation
+    from transferlab.engine import generation
     from transferlab.models.adapters import make_adapter
-    from transferlab.models.loading import embedded_tokenizer
+    from transferlab.models.embedded import embedded_tokenizer
     from transferlab.models.model import Model
     from transferlab.models.tiny import tiny_config
 

@@ -337,7 +337,7 @@ def test_bad_arguments():
 
 def test_story_token_lengths_with_the_embedded_tokenizer(stories_bank):
     """Sources 20-60 tokens, targets 8-25 (BOS included) for the shipped model."""
-    from transferlab.models.loading import embedded_tokenizer
+    from transferlab.models.embedded import embedded_tokenizer
 
     tok = embedded_tokenizer()
     for group, lo, hi in (("story_source", 20, 60), ("story_target", 8, 25)):

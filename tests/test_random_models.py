@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from transferlab import ModelLoadError, load_model
-from transferlab.batching import encode, pad_id_of
-from transferlab.capture import tokenizer_fingerprint
+from transferlab.engine.batching import encode, pad_id_of
+from transferlab.engine.capture import tokenizer_fingerprint
 from transferlab.experiments.checks import model_depth
 from transferlab.models.random import SHAPES, IdTokenizer, TokenIdError, build_random
 

@@ -15,7 +15,7 @@ import torch
 from helpers import DEMO_CONDITIONS, flat
 from typer.testing import CliRunner
 
-from transferlab.batching import encode
+from transferlab.engine.batching import encode
 from transferlab.cli import app
 from transferlab.experiments import load_config, run_experiment
 from transferlab.experiments.schema import BASE_COLUMNS, TAIL_COLUMNS, unit_key

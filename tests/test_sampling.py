@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from transferlab import rng
-from transferlab.sampling import Sampler
+from transferlab.engine.sampling import Sampler
 
 from engine_reference import filtered_probs_reference
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from transferlab.generation import generate
+from transferlab.engine.generation import generate
 from transferlab.models.tiny import TINY_FAMILIES
 
 from conftest import LONG, PROMPT, SHORT, STORY, STORY2

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from helpers import stored_results
 
-from transferlab.bench import W300_CONDITIONS, make_workload
+from transferlab.experiments.w300 import W300_CONDITIONS, make_workload
 from transferlab.experiments import run_experiment
 from transferlab.experiments.checks import preflight
 from transferlab.experiments.runner import never_fired_summary

@@ -22,33 +22,18 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-W300_CONDITIONS = {
-    "baseline": "",
-    "transfer": "kv:all + v_proj@27:decode",
-    "noise": "noise:v_proj@27:decode",
-    "wrong_layer": "kv:all + v_proj@5:decode",
-}
-
-
-def make_workload(n_pairs: int = 300, vocab: int = 32000, seed: int = 0, src_len=(60, 120), tgt_len=(8, 40)):
-    rng = np.random.default_rng(seed)
-
-    def prompt(lo, hi):
-        n = int(rng.integers(lo, hi + 1))
-        return [1] + rng.integers(3, vocab, size=n - 1).tolist()
-
-    sources = [prompt(*src_len) for _ in range(n_pairs)]
-    targets = [prompt(*tgt_len) for _ in range(n_pairs)]
-    return sources, targets
-
+from .engine import prepare
+from .engine.batching import left_pad
+from .engine.decode import mode as decode_mode
+from .engine.generation import auto_batch_size, tokens_per_example
+from .experiments.w300 import W300_CONDITIONS, make_workload
+from .models.cache import cache_kwargs, get_kv, output_cache
+from .models.random import build_random
 
 def _decode_mode(device) -> str:
-    from .decode import mode
-
-    how = mode()
+    how = decode_mode()
     return ("graph" if device.type == "cuda" else "eager") if how == "auto" else how
 
 
@@ -80,8 +65,6 @@ def run_engine(model, sources, targets, max_new_tokens=150, batch_size=None, con
 def seed_loop_one(model, source, target, layer=27, max_new_tokens=150, window=16):
     """The seed's Quick Start loop for one pair (batch 1, token by token)."""
     from transformers import DynamicCache
-
-    from .kvcache import cache_kwargs, get_kv, output_cache
 
     hf = model.hf
     dev = model.device
@@ -151,8 +134,6 @@ def run_hf_generate(model, targets, batch_size, max_new_tokens=150, repeats=4):
 
 
 def _hf_generate(model, targets, batch_size, max_new_tokens, repeats):
-    from .batching import left_pad
-
     hf = model.hf
     seqs = sorted(targets * repeats, key=len)
     _sync(model.device)
@@ -172,27 +153,17 @@ def _hf_generate(model, targets, batch_size, max_new_tokens, repeats):
 
 def _engine_batch(model, sources, targets, max_new_tokens):
     """The batch size ``generate`` picks for the full W300 (4 conditions)."""
-    from .generation import _auto_batch_size
-
     n = len(targets) * len(W300_CONDITIONS)
-    return _auto_batch_size(model, n, _tokens_per_example(targets, sources, max_new_tokens))
-
-
-def _tokens_per_example(targets, sources, max_new_tokens):
-    from .generation import tokens_per_example
-
-    return tokens_per_example(targets, sources, max_new_tokens)
+    return auto_batch_size(model, n, tokens_per_example(targets, sources, max_new_tokens))
 
 
 def main(shape="mistral-7b", n_pairs=300, max_new_tokens=150, batch_size=None, seed_sample=3,
          out_dir="benchmarks/results", skip=(), device=None, n_layers=None, hf_batch=None,
          variants=("plain",)) -> dict:
-    from .models.random import build_random
-
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     t0 = time.perf_counter()
-    model = build_random(shape, device=dev, dtype=dtype, n_layers=n_layers)
+    model = prepare(build_random(shape, device=dev, dtype=dtype, n_layers=n_layers), fast_attention=dev.type == "cuda")
     build_s = time.perf_counter() - t0
     sources, targets = make_workload(n_pairs, model.hf.config.vocab_size)
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
@@ -222,11 +193,9 @@ def main(shape="mistral-7b", n_pairs=300, max_new_tokens=150, batch_size=None, s
             result["intervention_overhead"] = result["engine"]["wall_s"] / result["engine_unpatched"]["wall_s"] - 1
         result["engine"]["batch_size"] = batch_size or _engine_batch(model, sources, targets, max_new_tokens)
     if "fused" in variants and "engine" not in skip:
-        # the same measurements with RMSNorm, SiLU*up and RoPE fused (transferlab.fused); compile time apart
-        from .fused import fuse
-
+        # the same measurements with RMSNorm, SiLU*up and RoPE fused (transferlab.engine.fused); compile time apart
         t1 = time.perf_counter()
-        result["fused_parts"] = fuse(model.hf)
+        result["fused_parts"] = prepare(model, fuse=True).source["fused"]
         run_engine(model, sources[:4], targets[:4], max_new_tokens=4, batch_size=batch_size)
         run_engine(model, sources[:8], targets[:8], max_new_tokens=4, batch_size=32)
         result["fuse_compile_s"] = time.perf_counter() - t1

@@ -1,8 +1,9 @@
 """Reading and writing the activation at a hook point with PyTorch hooks.
 
 One small mechanism serves capture and every intervention: a *site function*
-receives the activation at a :class:`~transferlab.models.adapters.SiteHandle`
-as a ``[batch, positions, width]`` tensor and returns either ``None`` (leave it
+receives the activation at a :class:`SiteHandle` (a module, its input or
+output, an optional slice; an adapter maps each hook point to one) as a
+``[batch, positions, width]`` tensor and returns either ``None`` (leave it
 alone) or a tensor of the same shape that replaces it. This module hides the
 differences between sites: a module's output or its input, a plain tensor or a
 tuple, a slice of a fused ``qkv_proj`` output.
@@ -13,11 +14,22 @@ Hooks are always removed, even when the forward raises: use :func:`hooked`.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import torch
+import torch.nn as nn
 
-from .models.adapters import SiteHandle
+
+@dataclass(frozen=True)
+class SiteHandle:
+    """How to reach one hook point: a module, input or output, and an optional slice."""
+
+    module: nn.Module
+    where: str  # "output" (forward hook) or "input" (forward pre-hook on hidden_states)
+    start: int | None = None  # slice of the last dimension, for fused projections
+    stop: int | None = None
+
 
 SiteFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 

@@ -7,7 +7,7 @@ hook point a ``[tokens, width]`` tensor per prompt, over that prompt's real
 tokens only, and for ``"kv"`` the per-layer keys/values per prompt with the
 positions they were computed at.
 
-Which tokens are kept follows the BOS rule of :mod:`transferlab.batching`:
+Which tokens are kept follows the BOS rule of :mod:`transferlab.engine.batching`:
 without a window, every real token (BOS included); with ``window=W``, the last
 ``min(W, n_tokens)`` tokens, never BOS. ``Activations.positions[i]`` gives the
 absolute positions kept for prompt ``i``.
@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .batching import Batch, encode, left_pad, pad_id_of
-from .hooks import hooked
-from .kvcache import get_kv, last_logits_kwargs, n_cache_layers, output_cache
-from .sites import HookPoint, parse_hook_point
+from ..hooks import hooked
+from ..models.cache import get_kv, last_logits_kwargs, n_cache_layers, output_cache
+from ..sites import HookPoint, parse_hook_point
 
 
 @dataclass

@@ -35,7 +35,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from .fastpath import NAME as FAST_ATTENTION, preallocate
-from .kvcache import cache_kwargs, output_cache
+from ..models.cache import cache_kwargs, output_cache
 
 SEGMENT = 32  # decode steps per static segment (one CUDA graph each)
 TIMINGS: dict | None = None  # set to a dict to collect seconds spent capturing graphs (benchmarks)
@@ -225,7 +225,7 @@ GRAPHS_OFF = "_transferlab_graphs_off"  # set on a model whose step could not be
 def _graphs_failed(hf, exc: Exception) -> None:
     import warnings
 
-    warnings.warn(f"transferlab.decode: capturing a CUDA graph of {type(hf).__name__} failed ({type(exc).__name__}: "
+    warnings.warn(f"transferlab.engine.decode: capturing a CUDA graph of {type(hf).__name__} failed ({type(exc).__name__}: "
                   f"{str(exc)[:200]}); this model decodes without graphs from now on (same tokens, slower)",
                   RuntimeWarning, stacklevel=3)
     setattr(hf, GRAPHS_OFF, True)

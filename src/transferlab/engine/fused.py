@@ -152,7 +152,7 @@ def _warn_once(exc: Exception, seen: list) -> None:
         import warnings
 
         seen.append(exc)
-        warnings.warn(f"transferlab.fused: compiling a fused kernel failed ({type(exc).__name__}: {str(exc)[:200]}); "
+        warnings.warn(f"transferlab.engine.fused: compiling a fused kernel failed ({type(exc).__name__}: {str(exc)[:200]}); "
                       "that part keeps its eager code", RuntimeWarning, stacklevel=3)
 
 

@@ -37,19 +37,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import decode, rng
+from .. import rng
+from . import decode
 from .batching import encode, left_pad, pad_id_of
 from .capture import Activations, forward_capture
-from .hooks import hooked
-from .interventions.audit import Counters, audit_rows, audit_table, never_fired
-from .interventions.binding import BoundActivation, SourceBatch
-from .interventions.context import StepContext
-from .interventions.plan import Plan, as_plan
-from .interventions.splice import SourceKV, apply_prepend, apply_splice
-from .interventions.types import Intervention, InterventionError, KVSplice, Patch
-from .kvcache import cache_kwargs, get_kv, last_logits_kwargs, n_cache_layers, output_cache, set_kv
+from ..hooks import hooked
+from ..interventions.audit import Counters, audit_rows, audit_table, never_fired
+from ..interventions.binding import BoundActivation, SourceBatch
+from ..interventions.context import StepContext
+from ..interventions.plan import Plan, as_plan
+from ..interventions.splice import SourceKV, apply_prepend, apply_splice
+from ..interventions.types import Intervention, InterventionError, KVSplice, Patch
+from ..models.cache import cache_kwargs, get_kv, last_logits_kwargs, n_cache_layers, output_cache, set_kv
 from .sampling import Sampler
-from .sites import HookPoint
+from ..sites import HookPoint
 
 FLAVOURS = ("corrected", "seed")
 
@@ -119,12 +120,30 @@ def tokens_per_example(tgt_ids, src_ids, max_new_tokens: int) -> int:
     return max(len(t) for t in tgt_ids) + max_new_tokens + longest_src // 2
 
 
-def _auto_batch_size(model, n: int, tokens_per_example: int = 512) -> int:
+def kv_bytes_per_token(model) -> int:
+    """Bytes of KV cache one token occupies across all layers."""
+    ad = model.adapter
+    return 2 * ad.n_layers * ad.n_kv_heads * ad.head_dim * torch.finfo(model.dtype).bits // 8
+
+
+def auto_batch_size(model, n: int, tokens_per_example: int = 512, headroom: float = 0.8) -> int:
+    """Examples per batch: 64 on the CPU; on a GPU, from its free memory.
+
+    On a GPU each example holds its KV cache (target, source and new tokens),
+    a few vocabulary-sized rows for sampling, and a share of prefill
+    activations. Batches are then evened out (1,200 examples at a cap of 700
+    run as 2 x 600, not 700 + 500).
+    """
     if model.device.type != "cuda":
         return min(n, 64)
-    from .speed import auto_batch_size
-
-    return auto_batch_size(model, n, tokens_per_example)
+    free, _ = torch.cuda.mem_get_info(model.device)
+    cfg = model.hf.config
+    per_example = (kv_bytes_per_token(model) * tokens_per_example
+                   + cfg.vocab_size * 24
+                   + 64 * getattr(cfg, "intermediate_size", 4 * cfg.hidden_size) * 2)
+    cap = max(1, int(free * headroom // per_example))
+    n_batches = -(-n // cap)
+    return max(1, -(-n // n_batches))
 
 
 def generate(
@@ -208,7 +227,7 @@ def generate(
     src_ids = [encode(model.tokenizer, [s])[0] if s is not None else None for s in srcs]
     per_row_sets = _logit_sets(record_logits, n, model)
     order = sorted(range(n), key=lambda i: (len(tgt_ids[i]), len(src_ids[i] or ())))
-    bs = batch_size or _auto_batch_size(model, n, tokens_per_example(tgt_ids, src_ids, max_new_tokens))
+    bs = batch_size or auto_batch_size(model, n, tokens_per_example(tgt_ids, src_ids, max_new_tokens))
     out_tokens: list = [None] * n
     out_reason: list = [None] * n
     out_mass = {name: np.full((n, max_new_tokens), np.nan) for name in per_row_sets}

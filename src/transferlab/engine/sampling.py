@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import rng
+from .. import rng
 
 
 @dataclass(frozen=True)

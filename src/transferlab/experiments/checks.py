@@ -83,7 +83,7 @@ def model_depth(spec: str) -> int | None:
         if spec == "stories260K" or spec.lower().endswith(".gguf"):
             from gguf import GGUFReader
 
-            from ..models.loading import embedded_path
+            from ..models.embedded import embedded_path
 
             path = embedded_path() if spec == "stories260K" else Path(spec)
             field = GGUFReader(str(path)).fields.get("llama.block_count")
@@ -141,7 +141,7 @@ def _check_heads(model, inter) -> None:
 
 def _shortest(model, texts: list[str]) -> int:
     """Fewest tokens (BOS excluded) among ``texts``."""
-    from ..batching import encode
+    from ..engine.batching import encode
 
     bos = model.tokenizer.bos_token_id
     return min(len(ids) - int(bool(ids) and ids[0] == bos) for ids in encode(model.tokenizer, sorted(set(texts))))

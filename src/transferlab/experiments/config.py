@@ -80,7 +80,7 @@ class ModelSpec(_Strict):
     dtype: str | None = None
     device: str | None = None
     attn_implementation: str | None = None
-    fuse: bool | None = Field(None, description="compiled fused RMSNorm/SiLU/RoPE kernels (transferlab.fused); "
+    fuse: bool | None = Field(None, description="compiled fused RMSNorm/SiLU/RoPE kernels (transferlab.engine.fused); "
                                                 "default: on for a model on a CUDA device")
     device_map: Literal["auto", "balanced", "balanced_low_0", "sequential"] | None = Field(
         None, description="'auto': split a model too large for one GPU over every visible GPU (accelerate); "

@@ -286,7 +286,8 @@ def _model_metadata(runner: Runner, config: ExperimentConfig) -> list[dict]:
         entry = {"spec": spec.spec, "dtype": spec.dtype, "device": spec.device}
         if spec.device_map:
             entry["device_map"] = spec.device_map
-        from ..models.loading import EMBEDDED, embedded_path, file_sha256
+        from ..models.embedded import EMBEDDED, embedded_path
+        from ..models.loading import file_sha256
 
         if spec.spec == EMBEDDED:
             entry["sha256"] = file_sha256(embedded_path())

@@ -1,6 +1,10 @@
-"""W300 as an experiment: the speed workload of :mod:`transferlab.bench`, run by the runner.
+"""W300, the speed workload, and W300 as an experiment run by the runner.
 
-:mod:`transferlab.bench` times W300 in one process with one ``generate``
+W300 = 300 (source, target) pairs x 4 conditions (:data:`W300_CONDITIONS`)
+x 150 new tokens over random token-id prompts (:func:`make_workload`). This
+module is its one definition: :mod:`transferlab.bench` and ``benchmarks/``
+import it from here. :mod:`transferlab.bench` times W300 in one process with
+one ``generate``
 call. Scale-out (issue 7) times the same work through the experiment runner
 (config, run store, executors), so that one GPU in-process can be compared
 with Ray workers on several GPUs. This module turns W300 into the two things
@@ -8,7 +12,7 @@ the runner reads:
 
 - a **prompt bank** (:func:`write_w300_bank`): bank ``w300`` with groups
   ``w300_source`` and ``w300_target``, whose prompt texts are the token ids
-  of :func:`~transferlab.bench.make_workload` written as space-separated
+  of :func:`make_workload` written as space-separated
   integers (``"1 523 88 ..."``). A random model's tokenizer
   (:class:`~transferlab.models.random.IdTokenizer`) reads them back to exactly
   those ids; the bank's word limits are the workload's token-length ranges
@@ -16,7 +20,7 @@ the runner reads:
   bank pillars describes a speed workload; both groups are filed under
   ``baseline`` and their descriptions say so.
 - a **config** (:func:`w300_config`): the four W300 conditions (plans from
-  :data:`~transferlab.bench.W300_CONDITIONS`), 150 new tokens at T=0.8 with
+  :data:`W300_CONDITIONS`), 150 new tokens at T=0.8 with
   EOS ignored (fixed work), corrected flavour, no R_V, no logit scoring, and
   one cheap text scorer (``collapse``, which reads number texts; the
   word-based scorers see no words in them).
@@ -33,10 +37,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import yaml
 
-from ..bench import W300_CONDITIONS, make_workload
 from .config import ExperimentConfig, validate_config
+
+W300_CONDITIONS = {
+    "baseline": "",
+    "transfer": "kv:all + v_proj@27:decode",
+    "noise": "noise:v_proj@27:decode",
+    "wrong_layer": "kv:all + v_proj@5:decode",
+}
+
+
+def make_workload(n_pairs: int = 300, vocab: int = 32000, seed: int = 0, src_len=(60, 120), tgt_len=(8, 40)):
+    """W300's prompts as token ids: ``n_pairs`` sources and targets, BOS (id 1) first, lengths drawn uniformly."""
+    rng = np.random.default_rng(seed)
+
+    def prompt(lo, hi):
+        n = int(rng.integers(lo, hi + 1))
+        return [1] + rng.integers(3, vocab, size=n - 1).tolist()
+
+    sources = [prompt(*src_len) for _ in range(n_pairs)]
+    targets = [prompt(*tgt_len) for _ in range(n_pairs)]
+    return sources, targets
+
 
 BANK = "w300"
 SOURCE_GROUP, TARGET_GROUP = "w300_source", "w300_target"

@@ -236,8 +236,8 @@ class Worker:
         """Top-k next-token ids of each prompt's own (unpatched) last position."""
         import torch
 
-        from ..batching import encode, left_pad, pad_id_of
-        from ..capture import forward_capture
+        from ..engine.batching import encode, left_pad, pad_id_of
+        from ..engine.capture import forward_capture
 
         cache = self._top_cache
         todo = sorted({p for p in prompts if (p, k) not in cache})

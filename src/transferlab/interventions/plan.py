@@ -105,10 +105,6 @@ def _num(text: str):
     return float(text) if any(c in text for c in ".eE") else int(text)
 
 
-def _layers_text(layers) -> str:
-    return "all" if layers == "all" else ",".join(str(x) for x in layers)
-
-
 def _parse_heads(opt: str, where: str):
     try:
         return tuple(int(h) for h in opt.split(",") if h != "")
@@ -241,65 +237,6 @@ def parse_plan(text: str) -> Plan:
     return Plan(tuple(parse_intervention(item) for item in text.split("+")))
 
 
-def _fmt_num(x) -> str:
-    return repr(x) if isinstance(x, float) else str(x)
-
-
-def _patch_opts(p: Patch, defaults: Patch) -> list[str]:
-    out = []
-    if p.window is not None:
-        out.append(f"w{p.window}")
-    if p.fraction is not None:
-        out.append(f"f{p.fraction!r}")
-    if p.positions is not None:
-        out.append(f"p{p.positions[0]}-{p.positions[1]}")
-    if p.phase != defaults.phase:
-        out.append(p.phase)
-    if p.mode != defaults.mode:
-        out.append(p.mode)
-    if p.alpha != defaults.alpha:
-        out.append(f"a{p.alpha!r}")
-    if p.decode != defaults.decode:
-        out.append(p.decode)
-    return out
-
-
 def format_intervention(i: Intervention) -> str:
     """The mini-language form of one intervention (inverse of :func:`parse_intervention`)."""
-    if isinstance(i, KVSplice):
-        out = ["kv", _layers_text(i.layers)]
-        if i.align == "range":
-            out.append(f"p{i.positions[0]}-{i.positions[1]}")
-        elif i.align != "right":
-            out.append(i.align)
-        if i.rope != "reposition":
-            out.append(i.rope)
-        if i.window is not None:
-            out.append(f"w{i.window}")
-        return ":".join(out)
-    if isinstance(i, Noise):
-        out = ["noise", f"{i.site}@{_fmt_num(i.layer)}"]
-        if not i.norm_matched:
-            out.append("raw")
-        if i.seed != 0:
-            out.append(f"seed{i.seed}")
-        if i.std != 1.0:
-            out.append(f"sd{i.std!r}")
-        return ":".join(out + _patch_opts(i, Noise()))
-    if isinstance(i, HeadPatch):
-        heads = ("qh" if i.head_kind == "query" else "h") + ",".join(map(str, i.heads))
-        return ":".join([f"{i.site}@{_fmt_num(i.layer)}", heads] + _patch_opts(i, Patch()))
-    if isinstance(i, Patch):
-        return ":".join([f"{i.site}@{_fmt_num(i.layer)}"] + _patch_opts(i, Patch()))
-    if isinstance(i, Ablate):
-        out = ["ablate", f"{i.site}@{_fmt_num(i.layer)}"]
-        if i.how != "zero":
-            out.append(i.how)
-        if i.heads is not None:
-            out.append(("qh" if i.head_kind == "query" else "h") + ",".join(map(str, i.heads)))
-        if i.phase != "both":
-            out.append(i.phase)
-        return ":".join(out)
-    if isinstance(i, Steer):
-        return f"steer:{i.site}@{_fmt_num(i.layer)}({len(i.vector)}-dim, alpha {i.alpha})"
-    raise InterventionError(f"cannot format {i!r}")  # pragma: no cover
+    return i.describe()

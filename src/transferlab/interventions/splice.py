@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..kvcache import get_kv, n_cache_layers, set_kv
+from ..models.cache import get_kv, n_cache_layers, set_kv
 from ..sites import resolve_layer
 from .audit import Counters
 from .rope import inverse_frequencies, rotate_keys

@@ -78,6 +78,38 @@ def _pair(value):
     return (int(value[0]), int(value[1]))
 
 
+def _layers_text(layers) -> str:
+    return "all" if layers == "all" else ",".join(str(x) for x in layers)
+
+
+def _heads_text(head_kind: str, heads) -> str:
+    return ("qh" if head_kind == "query" else "h") + ",".join(map(str, heads))
+
+
+def _fmt_num(x) -> str:
+    return repr(x) if isinstance(x, float) else str(x)
+
+
+def _patch_opts(p: "Patch", defaults: "Patch") -> list[str]:
+    """Options of a patch that differ from ``defaults``, in mini-language order."""
+    out = []
+    if p.window is not None:
+        out.append(f"w{p.window}")
+    if p.fraction is not None:
+        out.append(f"f{p.fraction!r}")
+    if p.positions is not None:
+        out.append(f"p{p.positions[0]}-{p.positions[1]}")
+    if p.phase != defaults.phase:
+        out.append(p.phase)
+    if p.mode != defaults.mode:
+        out.append(p.mode)
+    if p.alpha != defaults.alpha:
+        out.append(f"a{p.alpha!r}")
+    if p.decode != defaults.decode:
+        out.append(p.decode)
+    return out
+
+
 @dataclass(frozen=True)
 class Intervention:
     """Base class; ``kind`` names the type in serialized form."""
@@ -95,9 +127,8 @@ class Intervention:
         return out
 
     def describe(self) -> str:
-        from .plan import format_intervention
-
-        return format_intervention(self)
+        """The mini-language form (inverse of :func:`~transferlab.interventions.plan.parse_intervention`)."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -139,6 +170,18 @@ class KVSplice(Intervention):
                 "(give the slots with positions=(a, b) for a range)"
             )
 
+    def describe(self) -> str:
+        out = ["kv", _layers_text(self.layers)]
+        if self.align == "range":
+            out.append(f"p{self.positions[0]}-{self.positions[1]}")
+        elif self.align != "right":
+            out.append(self.align)
+        if self.rope != "reposition":
+            out.append(self.rope)
+        if self.window is not None:
+            out.append(f"w{self.window}")
+        return ":".join(out)
+
 
 @dataclass(frozen=True)
 class Patch(Intervention):
@@ -169,6 +212,9 @@ class Patch(Intervention):
         if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
             raise InterventionError(f"fraction must lie in (0, 1]; got {self.fraction}")
 
+    def describe(self) -> str:
+        return ":".join([f"{self.site}@{_fmt_num(self.layer)}"] + _patch_opts(self, Patch()))
+
 
 @dataclass(frozen=True)
 class HeadPatch(Patch):
@@ -193,6 +239,10 @@ class HeadPatch(Patch):
         if not self.heads:
             raise InterventionError("HeadPatch needs at least one head")
         _check(self.head_kind, ("kv", "query"), "HeadPatch.head_kind")
+
+    def describe(self) -> str:
+        return ":".join([f"{self.site}@{_fmt_num(self.layer)}", _heads_text(self.head_kind, self.heads)]
+                        + _patch_opts(self, Patch()))
 
 
 @dataclass(frozen=True)
@@ -225,6 +275,16 @@ class Ablate(Intervention):
     def needs_source(self) -> bool:  # type: ignore[override]
         return self.how == "mean"
 
+    def describe(self) -> str:
+        out = ["ablate", f"{self.site}@{_fmt_num(self.layer)}"]
+        if self.how != "zero":
+            out.append(self.how)
+        if self.heads is not None:
+            out.append(_heads_text(self.head_kind, self.heads))
+        if self.phase != "both":
+            out.append(self.phase)
+        return ":".join(out)
+
 
 @dataclass(frozen=True)
 class Noise(Patch):
@@ -248,6 +308,16 @@ class Noise(Patch):
     def needs_source(self) -> bool:  # type: ignore[override]
         return self.norm_matched
 
+    def describe(self) -> str:
+        out = ["noise", f"{self.site}@{_fmt_num(self.layer)}"]
+        if not self.norm_matched:
+            out.append("raw")
+        if self.seed != 0:
+            out.append(f"seed{self.seed}")
+        if self.std != 1.0:
+            out.append(f"sd{self.std!r}")
+        return ":".join(out + _patch_opts(self, Noise()))
+
 
 @dataclass(frozen=True)
 class Steer(Intervention):
@@ -267,6 +337,9 @@ class Steer(Intervention):
         object.__setattr__(self, "vector", tuple(float(v) for v in self.vector))
         if not self.vector:
             raise InterventionError("Steer needs a non-empty vector")
+
+    def describe(self) -> str:
+        return f"steer:{self.site}@{_fmt_num(self.layer)}({len(self.vector)}-dim, alpha {self.alpha})"
 
 
 KINDS: dict[str, type[Intervention]] = {

@@ -14,7 +14,7 @@ projection (``v_proj`` output, before attention; no RoPE on V) of the prompt's
 last ``window`` tokens at an early and a late layer. Defaults follow the seed on
 32 layers (layers 5 and 27, window 16) and scale by depth elsewhere
 (``early=5/32``, ``late=27/32``). The window never includes BOS (see
-:mod:`transferlab.batching`); a prompt with fewer tokens than the window is an
+:mod:`transferlab.engine.batching`); a prompt with fewer tokens than the window is an
 error, NaN, or a shrunken window, as ``short`` says, and ``status`` records it.
 """
 

@@ -1,7 +1,9 @@
 """Models: loading, architecture adapters, tiny random models for tests."""
 
-from .adapters import Adapter, SiteHandle, make_adapter
-from .loading import EMBEDDED, ModelLoadError, load_model
+from ..hooks import SiteHandle
+from .adapters import Adapter, make_adapter
+from .embedded import EMBEDDED
+from .loading import ModelLoadError, load_model
 from .model import Model
 
 __all__ = ["Adapter", "SiteHandle", "make_adapter", "EMBEDDED", "ModelLoadError", "load_model", "Model"]

@@ -17,21 +17,12 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from ..hooks import SiteHandle
 from ..sites import ACTIVATION_SITES, HookPoint, SiteError, check_site
 
 SEPARATE_QKV = ("llama", "mistral", "mixtral", "qwen2", "gemma2", "qwen3", "gemma", "granite")
 FUSED_QKV = ("phi3",)
 FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "gemma2", "phi3")
-
-
-@dataclass(frozen=True)
-class SiteHandle:
-    """How to reach one hook point: a module, input or output, and an optional slice."""
-
-    module: nn.Module
-    where: str  # "output" (forward hook) or "input" (forward pre-hook on hidden_states)
-    start: int | None = None  # slice of the last dimension, for fused projections
-    stop: int | None = None
 
 
 @dataclass(frozen=True)

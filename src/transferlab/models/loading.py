@@ -19,38 +19,18 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from .adapters import make_adapter
-from .model import Model
-
-EMBEDDED = "stories260K"
-
+from .embedded import EMBEDDED, embedded, embedded_path
+from .model import Model, runtime
 
 class ModelLoadError(RuntimeError):
     """A model spec that could not be loaded, with what to do about it."""
-
-
-def embedded_path() -> Path:
-    return Path(str(resources.files("transferlab.models") / "data" / "stories260K.gguf"))
-
-
-@functools.lru_cache(maxsize=1)
-def _embedded():
-    from .gguf import load_gguf
-
-    return load_gguf(embedded_path())
-
-
-def embedded_tokenizer():
-    """The stories260K tokenizer (shared by the tiny test models)."""
-    return _embedded()[1]
 
 
 def _dtype(dtype, device: torch.device) -> torch.dtype:
@@ -211,18 +191,20 @@ def load_model(
     """Load a model by spec (see module docstring) and wrap it with its adapter.
 
     ``fuse``: replace RMSNorm, the gated MLP's SiLU and RoPE with compiled fused
-    kernels (:mod:`transferlab.fused`; each checked against the original first).
-    Default: on where the model sits on a CUDA device, unless the environment
-    sets ``TRANSFERLAB_FUSE=0``. A part whose compilation fails keeps its eager
-    code; ``model.source["fused"]`` records what was fused.
+    kernels (:mod:`transferlab.engine.fused`; each checked against the original
+    first). Default: on where the model sits on a CUDA device, unless the
+    environment sets ``TRANSFERLAB_FUSE=0``. A part whose compilation fails
+    keeps its eager code; ``model.source["fused"]`` records what was fused.
+    On CUDA, models that run SDPA attention (and were not given an
+    ``attn_implementation``) switch to the engine's grouped-query decode
+    attention. Both are done by the engine's ``prepare`` (the model's runtime).
     """
     model = _load(spec, dtype=dtype, device=device, attn_implementation=attn_implementation, device_map=device_map)
     if fuse is None:
         fuse = os.environ.get("TRANSFERLAB_FUSE", "1") != "0" and model.device.type == "cuda"
-    if fuse:
-        from ..fused import fuse as fuse_model
-
-        model.source = {**(model.source or {}), "fused": fuse_model(model.hf)}
+    fast = (model.device.type == "cuda" and attn_implementation is None
+            and model.source.get("kind") in ("hf", "random"))
+    runtime().prepare(model, fuse=bool(fuse), fast_attention=fast)
     return model
 
 
@@ -271,7 +253,7 @@ def _load(
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}")
         try:
-            hf, tok = _embedded() if spec == EMBEDDED else load_gguf(path)
+            hf, tok = embedded() if spec == EMBEDDED else load_gguf(path)
         except GGUFError as exc:
             raise ModelLoadError(str(exc)) from exc
         if spec == EMBEDDED:  # the cached copy is shared; give each caller its own weights
@@ -289,10 +271,6 @@ def _load(
             "a local model needs config.json, the weights and the tokenizer files"
         )
     hf, tok = _load_hf(spec, dt, dev, attn_implementation, device_map)
-    if dev.type == "cuda" and attn_implementation is None:
-        from ..fastpath import use_fast_attention
-
-        use_fast_attention(hf)
     source = {"kind": "hf", "id": spec, "revision": getattr(hf.config, "_commit_hash", None)}
     if Path(spec).is_dir():
         source["files_sha256"] = {

@@ -4,16 +4,39 @@ This is the object every other part of transferlab takes. It is deliberately
 thin: it owns no numerics of its own (the forward is always Hugging Face's),
 it only knows how to resolve layers and sites, and it offers ``capture`` and
 ``generate`` as methods for convenience.
+
+Those methods belong to the engine (:mod:`transferlab.engine`), a higher
+floor that this module never imports: the engine installs itself as the
+model's *runtime* when it is imported (which ``import transferlab`` always
+does), and the methods hand over to it. The same runtime prepares a freshly
+loaded model for fast generation (:func:`~transferlab.engine.prepare`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from ..sites import HookPoint, parse_hook_point, resolve_layer
 from .adapters import Adapter
+
+
+_RUNTIME: Any = None
+
+
+def install_runtime(runtime) -> None:
+    """Make ``runtime`` (a module or object with ``capture``, ``generate`` and ``prepare``) serve every Model."""
+    global _RUNTIME
+    _RUNTIME = runtime
+
+
+def runtime():
+    """The installed runtime (the engine); an error if nothing installed one."""
+    if _RUNTIME is None:
+        raise RuntimeError("no runtime installed: import transferlab (which imports transferlab.engine) first")
+    return _RUNTIME
 
 
 @dataclass
@@ -47,16 +70,12 @@ class Model:
         return parse_hook_point(text, self.adapter.n_layers)
 
     def capture(self, prompts, sites=("v_proj@-1",), window=None, batch_size=None):
-        """See :func:`transferlab.capture.capture`."""
-        from ..capture import capture
-
-        return capture(self, prompts, sites=sites, window=window, batch_size=batch_size)
+        """See :func:`transferlab.engine.capture.capture`."""
+        return runtime().capture(self, prompts, sites=sites, window=window, batch_size=batch_size)
 
     def generate(self, targets, **kwargs):
-        """See :func:`transferlab.generation.generate`."""
-        from ..generation import generate
-
-        return generate(self, targets, **kwargs)
+        """See :func:`transferlab.engine.generation.generate`."""
+        return runtime().generate(self, targets, **kwargs)
 
     def info(self) -> dict:
         out = {"name": self.name, **self.adapter.describe()}

@@ -129,10 +129,6 @@ def build_random(shape: str = "mistral-7b", *, device="cuda", dtype=torch.bfloat
     finally:
         torch.set_default_dtype(old)
     hf.eval()
-    if attn_implementation == "sdpa" and torch.device(device).type == "cuda":
-        from ..fastpath import use_fast_attention
-
-        use_fast_attention(hf)
     with torch.no_grad():  # random normal weights with a sane scale (init may leave some at zero)
         for p in hf.parameters():
             if p.dim() == 2:

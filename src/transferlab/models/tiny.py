@@ -59,7 +59,7 @@ def build_tiny(family: str = "llama", seed: int = 0, attn_implementation: str = 
     """A seeded random ``family`` model with the stories260K tokenizer."""
     from transformers import AutoModelForCausalLM
 
-    from .loading import embedded_tokenizer
+    from .embedded import embedded_tokenizer
 
     config = tiny_config(family)
     if family == "gemma2":  # softcapped attention: HF supports only the eager kernel

@@ -1,0 +1,57 @@
+"""The engine: the runtime that turns a plan into tokens.
+
+Entry points:
+
+- :func:`capture` -- activations (and the KV cache) of prompts at hook points,
+  one left-padded forward per batch (:mod:`.capture`, :mod:`.batching`);
+- :func:`generate` -- batched generation under per-example plans and sources:
+  capture sources, prefix with prompt-phase interventions and splices, last
+  prompt token, decode (:mod:`.generation`; the decode loop over static
+  buffers and CUDA graphs in :mod:`.decode`; samplers and their random streams
+  in :mod:`.sampling`);
+- :func:`prepare` -- ready a loaded model for fast generation: the grouped-query
+  decode attention (:mod:`.fastpath`) and fused elementwise kernels
+  (:mod:`.fused`).
+
+Importing this package installs it as the runtime behind ``Model.capture``,
+``Model.generate`` and ``load_model``'s preparation step (see
+:mod:`transferlab.models.model`); the models floor never imports the engine.
+"""
+
+from __future__ import annotations
+
+from ..models.model import install_runtime
+from .capture import Activations, capture
+from .generation import Generation, auto_batch_size, generate
+
+
+def prepare(model, *, fuse: bool = False, fast_attention: bool = False):
+    """Switch ``model`` to the engine's fast attention and/or fused kernels, in place.
+
+    ``fast_attention``: a model that runs SDPA attention uses the grouped-query
+    decode attention ``transferlab_sdpa`` from then on. ``fuse``: RMSNorm,
+    SiLU x up and RoPE become compiled functions, each checked against the
+    original first; ``model.source["fused"]`` records how many of each part.
+    """
+    if fast_attention:
+        from .fastpath import use_fast_attention
+
+        use_fast_attention(model.hf)
+    if fuse:
+        from .fused import fuse as fuse_model
+
+        model.source = {**(model.source or {}), "fused": fuse_model(model.hf)}
+    return model
+
+
+class _Runtime:
+    """What ``Model``'s methods and ``load_model`` hand over to."""
+
+    capture = staticmethod(capture)
+    generate = staticmethod(generate)
+    prepare = staticmethod(prepare)
+
+
+install_runtime(_Runtime())
+
+__all__ = ["Activations", "Generation", "auto_batch_size", "capture", "generate", "prepare"]
