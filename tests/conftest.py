@@ -7,6 +7,8 @@ forward, change weights) builds its own with ``build_tiny`` (instant).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -30,7 +32,6 @@ SITES = ("q_proj", "k_proj", "v_proj", "attn_out", "resid_pre", "resid_post", "m
 @pytest.fixture(scope="session", autouse=True)
 def _deterministic():
     torch.manual_seed(0)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="session")
@@ -96,10 +97,12 @@ def _no_hooks_left(request):
 
 @pytest.fixture(scope="session", autouse=True)
 def single_thread():
-    """One intra-op thread for the whole suite: tiny matmuls gain nothing from threads, and two
-    spinning OpenMP threads crawl when the 2-core box is shared (4x slower under load)."""
+    """One intra-op thread for the whole suite, chosen on purpose: tiny matmuls gain nothing from
+    threads, and two spinning OpenMP threads crawl when the 2-core box is shared (4x slower under
+    load; 10x measured on SmolLM2). ``TRANSFERLAB_TEST_THREADS=2`` runs the suite at 2 threads, to
+    check that no result depends on the thread count."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("TRANSFERLAB_TEST_THREADS", "1")))
     yield
     torch.set_num_threads(before)
 
