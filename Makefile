@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup clean
+.PHONY: demo test lint setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# ruff (configured in pyproject.toml): lint and format check of the tracked Python files
+lint: $(STAMP)
+	$(BIN)/ruff check $$(git ls-files '*.py')
+	$(BIN)/ruff format --check $$(git ls-files '*.py')
 
 clean:
 	rm -rf $(VENV) runs

@@ -128,7 +128,6 @@ def capture_only(model, tg, sr, pl):
 def phases(model, tg, sr, pl, bs, steps=150):
     """Seconds per phase of one full generate (each phase synchronised before and after)."""
     from transferlab.engine import decode, generation
-    from transferlab.interventions import splice
 
     spent: dict = {}
     decode.TIMINGS = spent
@@ -169,7 +168,11 @@ if __name__ == "__main__":
     ap.add_argument("--small", default="64,300")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--phases-only", action="store_true", help="only the per-phase seconds of full W300-mix runs")
-    ap.add_argument("--fused", action="store_true", help="then fuse the elementwise work (transferlab.engine.fused) and measure again")
+    ap.add_argument(
+        "--fused",
+        action="store_true",
+        help="then fuse the elementwise work (transferlab.engine.fused) and measure again",
+    )
     ap.add_argument("--out", default="benchmarks/results")
     a = ap.parse_args()
     m = build_random("mistral-7b", device="cuda")
@@ -203,7 +206,13 @@ if __name__ == "__main__":
         for name, empty in [("unpatched", True), ("w300_mix", False)]:
             tg, sr, pl = rows(src, tgt, a.batch, empty)
             res[f"profile_{name}"] = kernel_profile(m, tg, sr, pl, a.batch)
-            print(name, json.dumps({k: v for k, v in res[f"profile_{name}"].items() if k != "top_kernels_ms_total_long_run"}, indent=1), flush=True)
+            print(
+                name,
+                json.dumps(
+                    {k: v for k, v in res[f"profile_{name}"].items() if k != "top_kernels_ms_total_long_run"}, indent=1
+                ),
+                flush=True,
+            )
             for k, v in res[f"profile_{name}"]["top_kernels_ms_total_long_run"][:18]:
                 print(f"  {v:9.1f} ms  {k[:110]}")
     if a.fused:

@@ -113,8 +113,14 @@ class TimedExecutor(Executor):
         model = self.inner.worker.model
         device = model.device if model is not None else None
         gpu = torch.cuda.get_device_name(device) if device is not None and device.type == "cuda" else None
-        return [{"pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                 "model_device": str(device) if device is not None else None, "gpu": gpu}]
+        return [
+            {
+                "pid": os.getpid(),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "model_device": str(device) if device is not None else None,
+                "gpu": gpu,
+            }
+        ]
 
     def close(self) -> None:
         self.inner.close()
@@ -151,10 +157,20 @@ def run_mode(mode: str, config, cuda: bool) -> tuple[dict, Path]:
     close_s = time.perf_counter() - t_close
     end = start_s + run_s + close_s
     df = results(run_dir)
-    out = {"executor": described, "end_to_end_s": end, "start_s": start_s, **timed.times,
-           "run_experiment_s": run_s, "close_s": close_s, "n_batches": timed.n_batches,
-           "rows": len(df), "new_tokens": int(df["n_new_tokens"].sum()),
-           "never_fired": int(df["n_never_fired"].sum()), "placement": placement, "run_dir": str(run_dir)}
+    out = {
+        "executor": described,
+        "end_to_end_s": end,
+        "start_s": start_s,
+        **timed.times,
+        "run_experiment_s": run_s,
+        "close_s": close_s,
+        "n_batches": timed.n_batches,
+        "rows": len(df),
+        "new_tokens": int(df["n_new_tokens"].sum()),
+        "never_fired": int(df["n_never_fired"].sum()),
+        "placement": placement,
+        "run_dir": str(run_dir),
+    }
     out["tokens_per_s_batches"] = out["new_tokens"] / out["batches_s"] if out["batches_s"] else None
     if cuda and mode != "inprocess":  # each worker sees exactly one card, and no two share one
         cards = [tuple(g["uuid"] for g in p["gpus"]) for p in placement]
@@ -183,7 +199,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--model", default="random:mistral-7b")
     ap.add_argument("--seeds", type=int, default=4, help="seeds 0..N-1")
     ap.add_argument("--pairs", type=int, default=300)
-    ap.add_argument("--gpus", type=int, default=2, help="workers of the last Ray mode (one GPU each; CPU workers without CUDA)")
+    ap.add_argument(
+        "--gpus", type=int, default=2, help="workers of the last Ray mode (one GPU each; CPU workers without CUDA)"
+    )
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--modes", default=None, help="comma-separated, in order; default inprocess,ray1,ray<gpus>")
     ap.add_argument("--max-new-tokens", type=int, default=150)
@@ -214,12 +232,22 @@ def main(argv=None) -> dict:
     config = w300_config(bank_dir, model=a.model, seeds=seeds, n_pairs=a.pairs, **overrides)
 
     result = {
-        "workload": f"W{a.pairs}x{a.seeds}", "model": a.model, "pairs": a.pairs, "seeds": seeds,
-        "conditions": [c.name for c in config.conditions], "max_new_tokens": a.max_new_tokens,
-        "generations": a.pairs * len(config.conditions) * a.seeds, "batch_size": a.batch_size or "runner default",
-        "cuda": cuda, "gpus": gpus, **versions(), "torch_threads": torch.get_num_threads(),
+        "workload": f"W{a.pairs}x{a.seeds}",
+        "model": a.model,
+        "pairs": a.pairs,
+        "seeds": seeds,
+        "conditions": [c.name for c in config.conditions],
+        "max_new_tokens": a.max_new_tokens,
+        "generations": a.pairs * len(config.conditions) * a.seeds,
+        "batch_size": a.batch_size or "runner default",
+        "cuda": cuda,
+        "gpus": gpus,
+        **versions(),
+        "torch_threads": torch.get_num_threads(),
         "env": {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "NCCL_NVLS_ENABLE", "PYTHONPATH")},
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"), "work_dir": str(work), "modes": {},
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "work_dir": str(work),
+        "modes": {},
     }
     reference = None
     for mode in modes:
@@ -234,15 +262,19 @@ def main(argv=None) -> dict:
             r["identical_texts"] = float((df["text"] == reference["text"]).mean()) if same else 0.0
             r["identical_table"] = bool(same and df.equals(reference))
         result["modes"][mode] = r
-        print(f"[scaleout] {mode}: {r['end_to_end_s']:.1f} s end to end, {r['batches_s']:.1f} s of batches",
-              file=sys.stderr, flush=True)
+        print(
+            f"[scaleout] {mode}: {r['end_to_end_s']:.1f} s end to end, {r['batches_s']:.1f} s of batches",
+            file=sys.stderr,
+            flush=True,
+        )
 
     last = f"ray{a.gpus}"
     t = result["modes"]
     if last in t:
         result["speedup"] = {
             f"{m}_over_{last}_{kind}": t[m][key] / t[last][key]
-            for m in ("inprocess", "ray1") if m in t and m != last
+            for m in ("inprocess", "ray1")
+            if m in t and m != last
             for kind, key in (("end_to_end", "end_to_end_s"), ("batches", "batches_s"))
         }
     out = Path(a.out)

@@ -26,6 +26,15 @@ if __name__ == "__main__":
     ap.add_argument("--fused", action="store_true", help="also measure with fused elementwise kernels (torch.compile)")
     ap.add_argument("--out", default="benchmarks/results")
     a = ap.parse_args()
-    r = main(a.shape, a.pairs, a.max_new_tokens, a.batch_size, a.seed_sample, a.out, tuple(filter(None, a.skip.split(","))),
-             hf_batch=a.hf_batch, variants=("plain", "fused") if a.fused else ("plain",))
+    r = main(
+        a.shape,
+        a.pairs,
+        a.max_new_tokens,
+        a.batch_size,
+        a.seed_sample,
+        a.out,
+        tuple(filter(None, a.skip.split(","))),
+        hf_batch=a.hf_batch,
+        variants=("plain", "fused") if a.fused else ("plain",),
+    )
     print(json.dumps(r, indent=2))

@@ -13,7 +13,6 @@ import inspect
 import torch
 from transformers.cache_utils import DynamicCache
 
-
 # --------------------------------------------------------------------------- HF plumbing
 
 
@@ -65,8 +64,15 @@ def forward_hook(module, fn):
 
 
 @torch.no_grad()
-def seed_quickstart(hf, target_ids: list[int], source_ids: list[int], layer: int, n_new: int,
-                    window: int = 16, v_hook_at_prefill: bool = False) -> dict:
+def seed_quickstart(
+    hf,
+    target_ids: list[int],
+    source_ids: list[int],
+    layer: int,
+    n_new: int,
+    window: int = 16,
+    v_hook_at_prefill: bool = False,
+) -> dict:
     """The seed write-up's "Quick Start: Minimal Reproduction" loop, greedy instead of multinomial.
 
     Returns ``{"tokens": new ids, "v_fired": calls in which the seed's v_hook wrote,
@@ -135,7 +141,7 @@ def seed_quickstart(hf, target_ids: list[int], source_ids: list[int], layer: int
             current_kv = out_cache(outputs)
     finally:
         h.remove()
-    return {"tokens": generated_ids[0, len(target_ids):].tolist(), "v_fired": fired[0], "fed": fed}
+    return {"tokens": generated_ids[0, len(target_ids) :].tolist(), "v_fired": fired[0], "fed": fed}
 
 
 @torch.no_grad()
@@ -198,8 +204,7 @@ def greedy_on_cache(hf, layers_kv, last_token: int, position: int, n_new: int) -
     tokens = []
     nxt = torch.tensor([[last_token]])
     for step in range(n_new):
-        out = hf(input_ids=nxt, position_ids=torch.tensor([[position + step]]), use_cache=True,
-                 **cache_kw(hf, cache))
+        out = hf(input_ids=nxt, position_ids=torch.tensor([[position + step]]), use_cache=True, **cache_kw(hf, cache))
         cache = out_cache(out)
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         tokens.append(int(nxt))

@@ -23,14 +23,20 @@ import transferlab
 ROOT = Path(transferlab.__file__).parent
 
 FLOORS = {
-    "hooks": 0, "sites": 0, "rng": 0, "stats": 0, "prompts": 0,
+    "hooks": 0,
+    "sites": 0,
+    "rng": 0,
+    "stats": 0,
+    "prompts": 0,
     "models": 1,
     "interventions": 2,
     "engine": 3,
     "metrics": 4,
     "report": 5,
     "experiments": 6,
-    "bench": 7, "cli": 7, "cli_prompts": 7,
+    "bench": 7,
+    "cli": 7,
+    "cli_prompts": 7,
 }
 
 
@@ -58,8 +64,12 @@ def _imports(path: Path) -> set[str]:
                 continue
             for alias in node.names:  # ``from . import rng`` names a module
                 sub = f"{mod}.{alias.name}"
-                out.add(sub if (ROOT.parent / Path(*sub.split("."))).with_suffix(".py").exists()
-                        or (ROOT.parent / Path(*sub.split("."))).is_dir() else mod)
+                out.add(
+                    sub
+                    if (ROOT.parent / Path(*sub.split("."))).with_suffix(".py").exists()
+                    or (ROOT.parent / Path(*sub.split("."))).is_dir()
+                    else mod
+                )
         elif isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name.startswith("transferlab"))
     out.discard(name)
@@ -76,8 +86,11 @@ def _floor(module: str) -> int | None:
 
 
 def test_every_room_has_a_floor():
-    rooms = {p.stem if p.is_file() else p.name for p in ROOT.iterdir()
-             if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").exists())}
+    rooms = {
+        p.stem if p.is_file() else p.name
+        for p in ROOT.iterdir()
+        if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").exists())
+    }
     assert rooms - set(FLOORS) == set(), "a new module or package needs a floor in FLOORS (and in ARCHITECTURE.md)"
 
 
@@ -108,7 +121,7 @@ def test_no_import_circles():
             if dep not in edges:
                 continue
             if state.get(dep) == 1:
-                cycles.append(" -> ".join(stack[stack.index(dep):] + [dep]))
+                cycles.append(" -> ".join(stack[stack.index(dep) :] + [dep]))
             elif dep not in state:
                 visit(dep, stack)
         stack.pop()

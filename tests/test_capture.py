@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import LONG, PROMPT, SHORT, SITES, all_hooks_removed, hook_snapshot
 
 from transferlab import capture, load_model
 from transferlab.engine.batching import left_pad
@@ -11,8 +12,6 @@ from transferlab.engine.capture import forward_capture
 from transferlab.hooks import hooked
 from transferlab.models.tiny import build_tiny
 from transferlab.sites import HookPoint, SiteError
-
-from conftest import LONG, PROMPT, SHORT, SITES, all_hooks_removed, hook_snapshot
 
 TOL = 1e-5
 
@@ -31,6 +30,7 @@ def _reference_forward(model, ids: list[int], taps: dict[str, tuple[torch.nn.Mod
     out: dict[str, torch.Tensor] = {}
     handles = []
     for name, (module, sl) in taps.items():
+
         def hook(mod, args, output, name=name, sl=sl):
             y = output[0] if isinstance(output, tuple) else output
             out[name] = (y if sl is None else y[..., sl])[0].detach().clone()
@@ -157,7 +157,9 @@ def test_resid_equals_output_hidden_states(tiny):
 
 def test_attn_out_and_mlp_out_sum_to_the_residual_update(tiny):
     """resid_post = resid_pre + attn_out + mlp_out (Gemma-2: each through its post-norm)."""
-    points = [f"{s}@{layer}" for s in ("resid_pre", "resid_post", "attn_out", "mlp_out") for layer in range(tiny.n_layers)]
+    points = [
+        f"{s}@{layer}" for s in ("resid_pre", "resid_post", "attn_out", "mlp_out") for layer in range(tiny.n_layers)
+    ]
     acts = capture(tiny, [PROMPT, LONG], sites=points)
     for layer in range(tiny.n_layers):
         pre, post = acts[f"resid_pre@{layer}"][0], acts[f"resid_post@{layer}"][0]
@@ -256,12 +258,15 @@ def test_duplicate_points_are_captured_once(tiny_models):
     assert list(acts.points) == ["v_proj@3"]
 
 
-@pytest.mark.parametrize("sites, match", [
-    (["v_proj@4"], "layer 4 does not exist: the model has 4 layers"),
-    (["values@1"], "unknown site 'values'"),
-    (["v_proj"], "must be written site@layer"),
-    (["v_proj@1.0"], "fraction of depth"),
-])
+@pytest.mark.parametrize(
+    "sites, match",
+    [
+        (["v_proj@4"], "layer 4 does not exist: the model has 4 layers"),
+        (["values@1"], "unknown site 'values'"),
+        (["v_proj"], "must be written site@layer"),
+        (["v_proj@1.0"], "fraction of depth"),
+    ],
+)
 def test_capture_bad_sites(tiny_models, sites, match):
     with pytest.raises(SiteError, match=match):
         capture(tiny_models("llama"), [PROMPT], sites=sites)

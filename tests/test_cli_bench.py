@@ -11,8 +11,22 @@ from transferlab.cli import app
 
 def test_bench_writes_its_json(tmp_path, monkeypatch):
     monkeypatch.delenv("TRANSFERLAB_DECODE", raising=False)  # the default decode loop on CPU
-    res = CliRunner().invoke(app, ["bench", "--shape", "tiny-mistral", "--pairs", "4", "--max-new-tokens", "3",
-                                   "--skip", "seed,hf", "--out", str(tmp_path)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--shape",
+            "tiny-mistral",
+            "--pairs",
+            "4",
+            "--max-new-tokens",
+            "3",
+            "--skip",
+            "seed,hf",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert res.exit_code == 0, (res.output, res.exception)
     (path,) = tmp_path.glob("w4_tiny-mistral_cpu_*.json")
     data = json.loads(path.read_text())

@@ -6,12 +6,11 @@ import json
 import math
 
 import pytest
+from conftest import PROMPT, STORY, STORY2
 from typer.testing import CliRunner
 
 from transferlab.cli import app
 from transferlab.metrics import rv
-
-from conftest import PROMPT, STORY, STORY2
 
 
 @pytest.fixture(scope="module")
@@ -71,23 +70,44 @@ def test_rv_table_on_tiny_mistral(runner):
 
 
 def test_rv_options(runner, stories):
-    out = _ok(runner.invoke(app, ["rv", "--json", "--window", "4", "--early", "0", "--late", "-1",
-                                  "--formula", "unsquared", "--short", "shrink", PROMPT]))
+    out = _ok(
+        runner.invoke(
+            app,
+            [
+                "rv",
+                "--json",
+                "--window",
+                "4",
+                "--early",
+                "0",
+                "--late",
+                "-1",
+                "--formula",
+                "unsquared",
+                "--short",
+                "shrink",
+                PROMPT,
+            ],
+        )
+    )
     row = json.loads(out)[0]
     e = rv(stories, [PROMPT], window=4, early=0, late=-1, formula="unsquared", short="shrink")
     assert (row["layer_early"], row["layer_late"]) == (0, 4)
     assert row["rv"] == pytest.approx(e.rv[0], rel=1e-6) and not math.isnan(row["rv"])
 
 
-@pytest.mark.parametrize("args, message", [
-    (["rv", "--short", "error", PROMPT], "fewer than the R_V window of 16"),
-    (["rv", "--window", "1", STORY], "R_V window must be at least 2 tokens"),
-    (["rv", "--late", "9", STORY], "the model has 5 layers"),
-    (["rv", "--early", "1.5", STORY], "fraction of depth"),
-    (["info", "--model", "tiny:gpt2"], "unknown tiny model"),
-    (["info", "--model", "missing/model.gguf"], "GGUF file not found"),
-    (["rv", "--model", "tiny:llama:x", STORY], "seed"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["rv", "--short", "error", PROMPT], "fewer than the R_V window of 16"),
+        (["rv", "--window", "1", STORY], "R_V window must be at least 2 tokens"),
+        (["rv", "--late", "9", STORY], "the model has 5 layers"),
+        (["rv", "--early", "1.5", STORY], "fraction of depth"),
+        (["info", "--model", "tiny:gpt2"], "unknown tiny model"),
+        (["info", "--model", "missing/model.gguf"], "GGUF file not found"),
+        (["rv", "--model", "tiny:llama:x", STORY], "seed"),
+    ],
+)
 def test_bad_input_exits_nonzero_with_a_readable_message(runner, args, message):
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output

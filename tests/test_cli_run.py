@@ -15,10 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import DEMO_CONDITIONS, flat, nows
 from typer.testing import CliRunner
 
 import transferlab
-from helpers import DEMO_CONDITIONS, flat, nows
 from transferlab.cli import app
 from transferlab.experiments import list_presets, preset_path
 from transferlab.experiments.metadata import ledger
@@ -33,8 +33,6 @@ HAS_REPORT = (Path(transferlab.__file__).parent / "report" / "__init__.py").exis
 
 # small vocabularies have no token for most marker words (see marker_token_ids)
 pytestmark = pytest.mark.filterwarnings("ignore:no vocabulary token spells:UserWarning")
-
-
 
 
 def invoke(*args: str) -> str:
@@ -74,7 +72,10 @@ def test_run_directory_is_complete(full_run):
     jsonl = pd.read_json(run_dir / "results.jsonl", lines=True)
     assert len(csv) == len(jsonl) == N_PAIRS * N_CONDITIONS
     assert list(csv.columns) == list(jsonl.columns)
-    assert list(csv.columns[: len(BASE_COLUMNS)]) == BASE_COLUMNS and list(csv.columns[-len(TAIL_COLUMNS):]) == TAIL_COLUMNS
+    assert (
+        list(csv.columns[: len(BASE_COLUMNS)]) == BASE_COLUMNS
+        and list(csv.columns[-len(TAIL_COLUMNS) :]) == TAIL_COLUMNS
+    )
     store = RunStore(run_dir / "store.sqlite")
     assert sorted(store.results()["unit"]) == sorted(csv["unit"])
     store.close()
@@ -105,7 +106,9 @@ def test_metadata(full_run):
 
     assert meta["transformers"] == transformers.__version__
     assert meta["device"] and meta["python"]
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(transferlab.__file__).parent, capture_output=True, text=True)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=Path(transferlab.__file__).parent, capture_output=True, text=True
+    )
     if head.returncode == 0:
         assert meta["git_commit"].removesuffix("+dirty") == head.stdout.strip()
     assert meta["bank"] == {"name": "stories", "version": load_bank("stories").version}
@@ -126,8 +129,9 @@ def test_ledger_and_runs_command(full_run, tmp_path, monkeypatch):
     assert entry["status"] == "complete" and entry["models"] == ["stories260K"]
     # a second run, stopped by a plan only the loaded model can refute (a window longer than the
     # prompts), is listed as failed
-    res = CliRunner().invoke(app, ["run", "demo", "--no-report", *sets(out_dir, "model=tiny:llama",
-                                                                        "conditions.1.plan=v_proj@1:w999")])
+    res = CliRunner().invoke(
+        app, ["run", "demo", "--no-report", *sets(out_dir, "model=tiny:llama", "conditions.1.plan=v_proj@1:w999")]
+    )
     assert res.exit_code == 2
     from transferlab import cli
 
@@ -158,7 +162,9 @@ def test_presets_command():
         assert name in out
         first = preset_path(name).read_text().splitlines()[0].lstrip("# ")
         assert flat(first)[:40] in out
-    assert {"demo", "seed_n300", "corrected_n300", "layer_sweep", "minimal_layers", "seeds_x10", "cross_model"} <= set(list_presets())
+    assert {"demo", "seed_n300", "corrected_n300", "layer_sweep", "minimal_layers", "seeds_x10", "cross_model"} <= set(
+        list_presets()
+    )
 
 
 def test_configs_symlink_points_at_the_presets():

@@ -16,14 +16,21 @@ from helpers import DEMO_CONDITIONS, flat
 from typer.testing import CliRunner
 
 from transferlab.cli import app
-from transferlab.experiments import ConfigError, ExperimentConfig, apply_overrides, list_presets, load_config, run_experiment, validate_config
+from transferlab.experiments import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    list_presets,
+    load_config,
+    run_experiment,
+    validate_config,
+)
 from transferlab.experiments.config import parse_value
 from transferlab.experiments.metadata import ledger
 from transferlab.experiments.store import RunStore
 
 # small vocabularies have no token for most marker words (see marker_token_ids)
 pytestmark = pytest.mark.filterwarnings("ignore:no vocabulary token spells:UserWarning")
-
 
 
 def problems(exc_info) -> dict[str, str]:
@@ -53,7 +60,7 @@ def test_malformed_toml(tmp_path):
     path.write_text('name = "x"\n[model\nspec = "tiny:llama"\n')
     with pytest.raises(ConfigError) as e:
         load_config(path)
-    (where, msg), = e.value.problems
+    ((where, msg),) = e.value.problems
     assert where == str(path) and "not valid TOML" in msg and "line 2" in msg
     res = CliRunner().invoke(app, ["run", str(path)])
     assert res.exit_code == 2 and "not valid TOML" in flat(res.output)
@@ -72,8 +79,10 @@ def test_unknown_key_has_its_path(tmp_path):
 
 def test_several_problems_at_once():
     with pytest.raises(ConfigError) as e:
-        load_config("demo", ["prompts.n=0", "generation.temperature=-1", "bogus=1", "conditions.1.plan=v_prj@3",
-                             "reference=nope"])
+        load_config(
+            "demo",
+            ["prompts.n=0", "generation.temperature=-1", "bogus=1", "conditions.1.plan=v_prj@3", "reference=nope"],
+        )
     found = problems(e)
     assert set(found) == {"prompts.n", "generation.temperature", "bogus", "conditions.1.plan", "reference"}
     assert "unknown site 'v_prj'" in found["conditions.1.plan"]
@@ -135,8 +144,17 @@ def test_unknown_preset():
 
 
 def test_override_values_and_shorthands():
-    cfg = load_config("demo", ["seeds=[1, 2]", "prompts.reuse=false", "model=tiny:llama", "generation.temperature=0.5",
-                               "name=x y", "conditions.1.plan=kv:all"])
+    cfg = load_config(
+        "demo",
+        [
+            "seeds=[1, 2]",
+            "prompts.reuse=false",
+            "model=tiny:llama",
+            "generation.temperature=0.5",
+            "name=x y",
+            "conditions.1.plan=kv:all",
+        ],
+    )
     assert cfg.seeds == [1, 2] and cfg.prompts.reuse is False and cfg.model.spec == "tiny:llama"
     assert cfg.generation.temperature == 0.5 and cfg.name == "x y" and cfg.conditions[1].plan == "kv:all"
     assert parse_value("[0,1]") == [0, 1] and parse_value("tiny:llama") == "tiny:llama"
@@ -147,7 +165,9 @@ def test_override_values_and_shorthands():
 def test_cross_model_overrides():
     whole = load_config("cross_model", ['models=[{spec="tiny:llama"},{spec="tiny:qwen2"}]'])
     assert [m.spec for m in whole.model_specs()] == ["tiny:llama", "tiny:qwen2"]
-    each = load_config("cross_model", ["models.0.spec=tiny:llama", "models.1.spec=tiny:qwen2", "models.2.spec=tiny:gemma2"])
+    each = load_config(
+        "cross_model", ["models.0.spec=tiny:llama", "models.1.spec=tiny:qwen2", "models.2.spec=tiny:gemma2"]
+    )
     assert [m.spec for m in each.model_specs()] == ["tiny:llama", "tiny:qwen2", "tiny:gemma2"]
     # --set model=X on a config with [[models]] would be silently ignored: refuse it
     with pytest.raises(ConfigError) as e:
@@ -187,8 +207,15 @@ def test_n_larger_than_the_pools_without_reuse(tmp_path):
     with pytest.raises(ConfigError) as e:
         run_experiment(cfg, progress=False, report=False)
     assert "prompts.reuse = true" in problems(e)["prompts.n"]
-    res = CliRunner().invoke(app, ["run", "demo", "--no-report", *sum([["--set", s] for s in
-                                   small(tmp_path, "prompts.reuse=false", "prompts.n=100000")], [])])
+    res = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "demo",
+            "--no-report",
+            *sum([["--set", s] for s in small(tmp_path, "prompts.reuse=false", "prompts.n=100000")], []),
+        ],
+    )
     assert res.exit_code == 2 and "prompts.n" in flat(res.output)
     _no_run_dir(tmp_path)
 
@@ -235,8 +262,9 @@ def _fails_before_generation(tmp_path, overrides, monkeypatch) -> ConfigError:
 
 def test_layer_out_of_range_names_condition_and_depth(tmp_path):
     """Known before loading the model (its depth is read from its config): no run directory at all."""
-    cfg = load_config("demo", small(tmp_path, "conditions.1.plan=kv:all + v_proj@27:w16:both",
-                                    "conditions.4.plan=kv:0,9"))
+    cfg = load_config(
+        "demo", small(tmp_path, "conditions.1.plan=kv:all + v_proj@27:w16:both", "conditions.4.plan=kv:0,9")
+    )
     with pytest.raises(ConfigError) as e:
         run_experiment(cfg, progress=False, report=False)
     found = dict(e.value.problems)
@@ -261,16 +289,24 @@ def test_window_longer_than_the_prompts(tmp_path, monkeypatch):
 
 
 def test_layer_out_of_range_cli(tmp_path):
-    res = CliRunner().invoke(app, ["run", "demo", "--no-report", *sum([["--set", s] for s in small(
-        tmp_path, "conditions.1.plan=kv:all + v_proj@27:w16:both")], [])])
+    res = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "demo",
+            "--no-report",
+            *sum([["--set", s] for s in small(tmp_path, "conditions.1.plan=kv:all + v_proj@27:w16:both")], []),
+        ],
+    )
     out = flat(res.output)
     assert res.exit_code == 2, out
     assert "transfer" in out and "layer 27" in out and "4 layers" in out
 
 
 def test_unknown_model_is_a_clear_error(tmp_path):
-    res = CliRunner().invoke(app, ["run", "demo", "--no-report", *sum([["--set", s] for s in small(
-        tmp_path, "model=tiny:nope")], [])])
+    res = CliRunner().invoke(
+        app, ["run", "demo", "--no-report", *sum([["--set", s] for s in small(tmp_path, "model=tiny:nope")], [])]
+    )
     assert res.exit_code == 2 and "unknown tiny model" in flat(res.output)
     assert ledger(tmp_path)[0]["status"] == "failed"
 
@@ -305,6 +341,18 @@ def test_depth_fractions_landing_on_one_layer_are_reported(tmp_path):
     notes = layer_collisions(load_config("layer_sweep"))
     assert any("c2_L25V_L27V" in n and "v_proj@4" in n and "5 layers" in n for n in notes)
     assert layer_collisions(load_config("demo")) == []
-    res = CliRunner().invoke(app, ["run", "layer_sweep", "--set", "prompts.n=1", "--set", "generation.max_new_tokens=1",
-                                   "--set", f"output_dir={tmp_path}", "--no-report"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "layer_sweep",
+            "--set",
+            "prompts.n=1",
+            "--set",
+            "generation.max_new_tokens=1",
+            "--set",
+            f"output_dir={tmp_path}",
+            "--no-report",
+        ],
+    )
     assert "are both v_proj@4" in flat(res.output)

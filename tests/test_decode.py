@@ -15,11 +15,10 @@ import dataclasses
 
 import numpy as np
 import pytest
+from conftest import LONG, PROMPT, SHORT, STORY, STORY2
 
 from transferlab.engine import decode
 from transferlab.engine.generation import generate
-
-from conftest import LONG, PROMPT, SHORT, STORY, STORY2
 
 pytestmark = pytest.mark.usefixtures("engine_single_thread", "engine_no_hooks_left")
 
@@ -49,8 +48,14 @@ def _run(model, how, monkeypatch, segment=None, **kw):
 
     monkeypatch.setattr(decode, "_static", spy)
     kw.setdefault("max_new_tokens", 9)
-    gen = generate(model, TARGETS * 2, sources=SOURCES * 2, plan=PLANS[:4] + PLANS[3:], record_logits={"low": list(range(40))},
-                   **kw)
+    gen = generate(
+        model,
+        TARGETS * 2,
+        sources=SOURCES * 2,
+        plan=PLANS[:4] + PLANS[3:],
+        record_logits={"low": list(range(40))},
+        **kw,
+    )
     return gen, calls["static"]
 
 
@@ -146,8 +151,12 @@ def test_a_graph_that_cannot_be_captured_falls_back_to_plain_steps(tiny_models, 
         raise RuntimeError("CUDA out of memory (faked)")
 
     fake = types.SimpleNamespace(
-        Stream=lambda: stream, stream=lambda s: contextlib.nullcontext(), synchronize=lambda *a: None,
-        current_stream=lambda: stream, CUDAGraph=lambda: None, graph=graph,
+        Stream=lambda: stream,
+        stream=lambda s: contextlib.nullcontext(),
+        synchronize=lambda *a: None,
+        current_stream=lambda: stream,
+        CUDAGraph=lambda: None,
+        graph=graph,
     )
     monkeypatch.setattr(torch, "cuda", fake)
     for m in (model, other):  # the session's shared models: the flag is removed after the test
@@ -156,8 +165,13 @@ def test_a_graph_that_cannot_be_captured_falls_back_to_plain_steps(tiny_models, 
     monkeypatch.setattr(decode, "_static", lambda *a, graphs=False, **k: real(*a, graphs=True, **k))
     monkeypatch.setenv("TRANSFERLAB_DECODE", "static")
     monkeypatch.setattr(decode, "SEGMENT", 4)
-    kw = dict(sources=SOURCES * 2, plan=PLANS[:4] + PLANS[3:], record_logits={"low": list(range(40))},
-              max_new_tokens=9, stop_at_eos=False)
+    kw = dict(
+        sources=SOURCES * 2,
+        plan=PLANS[:4] + PLANS[3:],
+        record_logits={"low": list(range(40))},
+        max_new_tokens=9,
+        stop_at_eos=False,
+    )
     with pytest.warns(RuntimeWarning, match="decodes without graphs from now on"):
         got = generate(model, TARGETS * 2, **kw)
     _same(eager, got)

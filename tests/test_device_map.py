@@ -32,7 +32,10 @@ from transferlab.models.tiny import build_tiny
 
 META = torch.device("meta")
 TARGETS = ["Once upon a time there was a cat", "The dog ran to the big red house and played with a ball"]
-SOURCES = ["Tom had a red ball. He liked to throw it high in the sky", "Once upon a time, a frog named Pip sat on a log"]
+SOURCES = [
+    "Tom had a red ball. He liked to throw it high in the sky",
+    "Once upon a time, a frog named Pip sat on a log",
+]
 PLANS = [
     "v_proj@2:w4:both",  # decode "last"
     "v_proj@2:w4:both:mean",
@@ -73,8 +76,14 @@ def _bound(model, monkeypatch, plans, flavour="corrected") -> list[BoundActivati
             made.append(self)
 
     monkeypatch.setattr(generation, "BoundActivation", Recording)
-    model.generate(TARGETS * len(plans), sources=SOURCES * len(plans), plan=[p for p in plans for _ in TARGETS],
-                   max_new_tokens=3, seed=0, flavour=flavour)
+    model.generate(
+        TARGETS * len(plans),
+        sources=SOURCES * len(plans),
+        plan=[p for p in plans for _ in TARGETS],
+        max_new_tokens=3,
+        seed=0,
+        flavour=flavour,
+    )
     monkeypatch.undo()
     return made
 
@@ -135,8 +144,13 @@ def test_splice_writes_each_cache_layer_on_its_own_device(align):
 
     def run(devices):
         cache = _fake_cache([k.to(d) for k, d in zip(tk, devices)], [v.to(d) for v, d in zip(tv, devices)])
-        source = SourceKV([k.to(d) for k, d in zip(sk, devices)], [v.to(d) for v, d in zip(sv, devices)],
-                          [S - 1, S - 1], S - 1, rows=torch.tensor([1, 0]))
+        source = SourceKV(
+            [k.to(d) for k, d in zip(sk, devices)],
+            [v.to(d) for v, d in zip(sv, devices)],
+            [S - 1, S - 1],
+            S - 1,
+            rows=torch.tensor([1, 0]),
+        )
         counters = Counters(B, devices[-1])
         if align == "prepend":
             apply_prepend(None, cache, splice, rows, source, [P, P], counters)
@@ -162,19 +176,37 @@ two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two C
 @pytest.mark.parametrize("flavour", ["corrected", "seed"])
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_split_over_two_gpus_generates_what_one_gpu_does(family, flavour):
-    half = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.layers.0": 0, "model.layers.1": 0,
-            "model.layers.2": 1, "model.layers.3": 1, "model.norm": 1, "lm_head": 1}
+    half = {
+        "model.embed_tokens": 0,
+        "model.rotary_emb": 0,
+        "model.layers.0": 0,
+        "model.layers.1": 0,
+        "model.layers.2": 1,
+        "model.layers.3": 1,
+        "model.norm": 1,
+        "lm_head": 1,
+    }
     one = load_model(f"tiny:{family}", device="cuda:0", dtype="float32")
     split = load_model(f"tiny:{family}", device_map=half, dtype="float32")
     assert {p.device.index for p in split.hf.parameters()} == {0, 1}
     plans = ["kv:all", "kv:1,3:reposition + v_proj@3:w4:both", "ablate:v_proj@2:zero:h1"]
     plans += PLANS + ["kv:all:prepend"] if flavour == "corrected" else SEED_PLANS
     for greedy in (True, False):
-        kw = dict(sources=SOURCES * len(plans), plan=[p for p in plans for _ in TARGETS], max_new_tokens=8, seed=0,
-                  greedy=greedy, flavour=flavour)
+        kw = dict(
+            sources=SOURCES * len(plans),
+            plan=[p for p in plans for _ in TARGETS],
+            max_new_tokens=8,
+            seed=0,
+            greedy=greedy,
+            flavour=flavour,
+        )
         want = one.generate(TARGETS * len(plans), **kw)
         got = split.generate(TARGETS * len(plans), **kw)
         assert got.texts == want.texts
         assert got.audit.drop(columns="change_norm").equals(want.audit.drop(columns="change_norm"))
-        assert torch.allclose(torch.tensor(got.audit.change_norm.values), torch.tensor(want.audit.change_norm.values),
-                              rtol=1e-4, atol=1e-5)
+        assert torch.allclose(
+            torch.tensor(got.audit.change_norm.values),
+            torch.tensor(want.audit.change_norm.values),
+            rtol=1e-4,
+            atol=1e-5,
+        )

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from transferlab.cli import app
 from transferlab.experiments import load_config, run_experiment
-from transferlab.experiments.executors import (RAY_MISSING, ExecutorError, InProcessExecutor, make_executor)
+from transferlab.experiments.executors import RAY_MISSING, ExecutorError, InProcessExecutor, make_executor
 from transferlab.experiments.store import RunStore
 from transferlab.experiments.worker import ModelRequest, UnitBatch, Worker
 
@@ -50,8 +50,9 @@ def stored(run_dir) -> dict[str, dict]:
 
 def test_a_pickled_batch_gives_the_stored_rows_on_a_fresh_worker(tmp_path):
     ex = RecordingExecutor()
-    run_dir = run_experiment(load_config("demo", [f"output_dir={tmp_path}", *SMALL]), progress=False, report=False,
-                             executor=ex)
+    run_dir = run_experiment(
+        load_config("demo", [f"output_dir={tmp_path}", *SMALL]), progress=False, report=False, executor=ex
+    )
     rows = stored(run_dir)
     assert len(ex.batches) == 4 and sum(len(b.units) for b in ex.batches) == len(rows) == 4 * DEMO_CONDITIONS
     meta = json.loads((run_dir / "metadata.json").read_text())

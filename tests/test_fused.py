@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import LONG, PROMPT
 
 from transferlab.engine.fused import fuse
 from transferlab.engine.generation import generate
 from transferlab.models.loading import load_model
-
-from conftest import LONG, PROMPT
 
 IDS = torch.tensor([[1, 5, 9, 22, 7, 3, 40, 2]])
 
@@ -36,12 +35,15 @@ def _logits(model):
         return model.hf(IDS).logits
 
 
-@pytest.mark.parametrize("family,want", [
-    ("mistral", {"norm": 9, "mlp": 4, "rope": 1}),
-    ("qwen2", {"norm": 9, "mlp": 4, "rope": 1}),
-    ("gemma2", {"norm": 0, "mlp": 0, "rope": 1}),  # 1 + w norms, GELU MLP: kept eager
-    ("phi3", {"norm": 9, "mlp": 0, "rope": 1}),  # fused gate_up_proj: kept eager
-])
+@pytest.mark.parametrize(
+    "family,want",
+    [
+        ("mistral", {"norm": 9, "mlp": 4, "rope": 1}),
+        ("qwen2", {"norm": 9, "mlp": 4, "rope": 1}),
+        ("gemma2", {"norm": 0, "mlp": 0, "rope": 1}),  # 1 + w norms, GELU MLP: kept eager
+        ("phi3", {"norm": 9, "mlp": 0, "rope": 1}),  # fused gate_up_proj: kept eager
+    ],
+)
 def test_identity_fusion_changes_nothing(family, want):
     model = load_model(f"tiny:{family}", fuse=False)
     ref = _logits(model)
@@ -53,7 +55,7 @@ def test_identity_fusion_changes_nothing(family, want):
 def test_a_fused_function_that_differs_is_refused():
     model = load_model("tiny:llama", fuse=False)
     ref = _logits(model)
-    wrong = lambda f: (lambda *a: f(*a) * 1.1 if not isinstance(f(*a), tuple) else f(*a))  # noqa: E731
+    wrong = lambda f: lambda *a: f(*a) * 1.1 if not isinstance(f(*a), tuple) else f(*a)  # noqa: E731
     done = fuse(model.hf, parts=("norm", "mlp"), compiler=wrong)
     assert done == {"norm": 0, "mlp": 0, "rope": 0}
     assert torch.equal(_logits(model), ref)
@@ -66,6 +68,7 @@ def test_a_compiler_that_fails_keeps_eager_code():
     def broken(fn):
         def run(*a, **k):
             raise RuntimeError("no compiler here")
+
         return run
 
     with pytest.warns(RuntimeWarning, match="keeps its eager code"):
@@ -105,8 +108,14 @@ def test_partial_rotary_rope_is_fused_exactly():
     from transferlab.models.tiny import _COMMON
 
     torch.manual_seed(0)
-    config = tf.Phi3Config(**_COMMON, partial_rotary_factor=0.5, resid_pdrop=0.0, embd_pdrop=0.0,
-                           attention_dropout=0.0, sliding_window=None)
+    config = tf.Phi3Config(
+        **_COMMON,
+        partial_rotary_factor=0.5,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attention_dropout=0.0,
+        sliding_window=None,
+    )
     config._attn_implementation = "sdpa"
     hf = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
@@ -131,6 +140,7 @@ def test_fused_rope_that_fails_hands_back_to_the_original(monkeypatch):
             if len(calls) > 2:  # passes the install-time checks, then fails
                 raise RuntimeError("cannot compile for this device")
             return fn(*a, **k)
+
         return run
 
     assert fuse(model.hf, parts=("rope",), compiler=flaky)["rope"] == 1

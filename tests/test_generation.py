@@ -13,12 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import LONG, PROMPT, SHORT, SITES, STORY, STORY2
 
 from transferlab.engine.generation import generate
 from transferlab.interventions import InterventionError
 from transferlab.models.tiny import TINY_FAMILIES
-
-from conftest import LONG, PROMPT, SHORT, SITES, STORY, STORY2
 
 pytestmark = pytest.mark.usefixtures("engine_single_thread", "engine_no_hooks_left")
 
@@ -64,9 +63,18 @@ def _self_plans(model) -> list[str]:
     plans = [f"{site}@{layer}:prompt" for site in SITES for layer in range(model.n_layers)]
     L = model.n_layers // 2
     plans += [
-        f"v_proj@{L}:w2:prompt", f"resid_post@{L}:f0.5:prompt", f"k_proj@{L}:p1-3:prompt",
-        f"q_proj@{L}:h3:prompt", f"v_proj@{L}:qh5:prompt", f"mlp_out@{L}:w1:prompt + attn_out@0:prompt",
-        "kv:all", "kv:all:keep", "kv:all:left", "kv:all:p0-1", "kv:0,2:w1", "kv:all:left:w2",
+        f"v_proj@{L}:w2:prompt",
+        f"resid_post@{L}:f0.5:prompt",
+        f"k_proj@{L}:p1-3:prompt",
+        f"q_proj@{L}:h3:prompt",
+        f"v_proj@{L}:qh5:prompt",
+        f"mlp_out@{L}:w1:prompt + attn_out@0:prompt",
+        "kv:all",
+        "kv:all:keep",
+        "kv:all:left",
+        "kv:all:p0-1",
+        "kv:0,2:w1",
+        "kv:all:left:w2",
         f"kv:all + v_proj@{L}:prompt + resid_pre@{L + 1}:prompt",
     ]
     return plans
@@ -191,7 +199,7 @@ def test_seed_flavour_batch_refeeds_only_rows_with_a_plan(tiny_models):
     targets = [PROMPT, LONG]
     rec = _FedIds(model)
     try:
-        g = _greedy(model, targets, sources=[None, STORY], plan=[None, "kv:all"], flavour="seed")
+        _greedy(model, targets, sources=[None, STORY], plan=[None, "kv:all"], flavour="seed")
     finally:
         rec.close()
     # calls: source capture, prompt, the refeed (masked for the row without a plan), N-1 decode
@@ -234,7 +242,7 @@ def test_phase_restricts_firing(tiny_models):
         g = _greedy(model, [PROMPT, LONG], sources=[STORY, STORY], plan=f"resid_post@1:w3:{phase}", max_new_tokens=n)
         a = g.audit
         assert ((a.fired_prompt > 0) == want_prompt).all(), phase
-        assert ((a.fired_decode == (n - 1 if want_decode else 0))).all(), phase
+        assert (a.fired_decode == (n - 1 if want_decode else 0)).all(), phase
 
 
 def test_decode_patch_with_eos_stops_firing_after_the_end():
@@ -245,8 +253,12 @@ def test_decode_patch_with_eos_stops_firing_after_the_end():
     plan, n = "v_proj@1:decode", 12
     before = generate(model, [PROMPT, LONG], sources=STORY, plan=plan, greedy=True, max_new_tokens=n)
     # a token that first appears at step k >= 2 of one row and never in the other row
-    r, k = next((r, j) for r in (1, 0) for j in range(2, n)
-                if before.token_ids[r][j] not in before.token_ids[r][:j] + before.token_ids[1 - r])
+    r, k = next(
+        (r, j)
+        for r in (1, 0)
+        for j in range(2, n)
+        if before.token_ids[r][j] not in before.token_ids[r][:j] + before.token_ids[1 - r]
+    )
     row = before.token_ids[r]
     with torch.no_grad():  # make eos win exactly where that token did
         w = model.hf.lm_head.weight
@@ -286,9 +298,17 @@ IDS = [f"ex{i}" for i in range(len(CASES))]
 
 def _run_cases(model, order, **kw):
     cases = [CASES[i] for i in order]
-    return generate(model, [c[0] for c in cases], sources=[c[1] for c in cases], plan=[c[2] for c in cases],
-                    example_ids=[IDS[i] for i in order], max_new_tokens=N_NEW, stop_at_eos=False,
-                    record_logits=MASS, **kw)
+    return generate(
+        model,
+        [c[0] for c in cases],
+        sources=[c[1] for c in cases],
+        plan=[c[2] for c in cases],
+        example_ids=[IDS[i] for i in order],
+        max_new_tokens=N_NEW,
+        stop_at_eos=False,
+        record_logits=MASS,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2", "phi3", "stories260K"])
@@ -303,8 +323,12 @@ def test_batch_equals_each_example_alone(family, sampling, tiny_models, stories)
     perm = [5, 2, 9, 0, 7, 10, 1, 3, 8, 4, 6]
     shuffled = _run_cases(model, perm, **sampling)
     for i in range(n):
-        for name, g, row in (("batch", together, i), ("bs1", ones, i), ("bs3", threes, i),
-                             ("shuffled", shuffled, perm.index(i))):
+        for name, g, row in (
+            ("batch", together, i),
+            ("bs1", ones, i),
+            ("bs3", threes, i),
+            ("shuffled", shuffled, perm.index(i)),
+        ):
             assert g.token_ids[row] == alone[i].token_ids[0], (family, name, CASES[i])
             diff = _mass_diff(g.logmass["low"][row], alone[i].logmass["low"][0])
             assert diff <= TOL, (family, name, CASES[i], diff)
@@ -336,12 +360,18 @@ def test_seed_flavour_batch_equals_alone(tiny_models):
         assert together.token_ids[j] == alone[j].token_ids[0], CASES[i]
 
 
-@pytest.mark.parametrize("plan, what", [
-    ("kv:all:left", "align/window/positions"), ("kv:all:prepend", "align/window/positions"),
-    ("kv:all:p0-3", "align/window/positions"), ("kv:all:w3", "align/window/positions"),
-    ("v_proj@1:f0.25:prompt", "fraction/positions"), ("v_proj@1:p1-3:prompt", "fraction/positions"),
-    ("v_proj@1:w2:decode:lockstep", "decode value"),
-])
+@pytest.mark.parametrize(
+    "plan, what",
+    [
+        ("kv:all:left", "align/window/positions"),
+        ("kv:all:prepend", "align/window/positions"),
+        ("kv:all:p0-3", "align/window/positions"),
+        ("kv:all:w3", "align/window/positions"),
+        ("v_proj@1:f0.25:prompt", "fraction/positions"),
+        ("v_proj@1:p1-3:prompt", "fraction/positions"),
+        ("v_proj@1:w2:decode:lockstep", "decode value"),
+    ],
+)
 def test_seed_flavour_refuses_what_the_seed_could_not_express(tiny_models, plan, what):
     """The seed flavour never silently runs something other than the plan says."""
     model = tiny_models("mistral")
@@ -436,8 +466,15 @@ def test_captured_sources_equal_text_sources(flavour, tiny_models):
     targets, sources, plans = [c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases]
     points = sorted({f"{s}@{layer}" for s in SITES for layer in range(model.n_layers)})
     acts = capture(model, sources, sites=points + ["kv"])
-    kw = dict(plan=plans, max_new_tokens=N_NEW, flavour=flavour, temperature=0.8, seed=3, stop_at_eos=False,
-              record_logits=MASS)
+    kw = dict(
+        plan=plans,
+        max_new_tokens=N_NEW,
+        flavour=flavour,
+        temperature=0.8,
+        seed=3,
+        stop_at_eos=False,
+        record_logits=MASS,
+    )
     a = generate(model, targets, sources=acts, **kw)
     b = generate(model, targets, sources=sources, **kw)
     _assert_same(a, b, f"captured vs text ({flavour})")
@@ -451,10 +488,22 @@ def test_captured_sources_errors(tiny_models):
     with pytest.raises(InterventionError, match="without 'kv'"):
         generate(model, [PROMPT], sources=capture(model, [STORY], sites=["v_proj@1"]), plan="kv:all", max_new_tokens=2)
     with pytest.raises(InterventionError, match="did not capture"):
-        generate(model, [PROMPT], sources=capture(model, [STORY], sites=["v_proj@1"]), plan="v_proj@2", max_new_tokens=2)
+        generate(
+            model, [PROMPT], sources=capture(model, [STORY], sites=["v_proj@1"]), plan="v_proj@2", max_new_tokens=2
+        )
     with pytest.raises(InterventionError, match="window"):
-        generate(model, [PROMPT], sources=capture(model, [STORY], sites=["v_proj@1"], window=4), plan="v_proj@1",
-                 max_new_tokens=2)
+        generate(
+            model,
+            [PROMPT],
+            sources=capture(model, [STORY], sites=["v_proj@1"], window=4),
+            plan="v_proj@1",
+            max_new_tokens=2,
+        )
     with pytest.raises(ValueError, match="2 captured prompts for 1 targets"):
-        generate(model, [PROMPT], sources=capture(model, [STORY, LONG], sites=["v_proj@1"]), plan="v_proj@1",
-                 max_new_tokens=2)
+        generate(
+            model,
+            [PROMPT],
+            sources=capture(model, [STORY, LONG], sites=["v_proj@1"]),
+            plan="v_proj@1",
+            max_new_tokens=2,
+        )

@@ -7,12 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import PROMPT, STORY, STORY2
 
 from transferlab.metrics import ShortPromptError, participation_ratio, rv
 from transferlab.metrics.geometry import default_rv_layers
 from transferlab.sites import SiteError
-
-from conftest import PROMPT, STORY, STORY2
 
 FORMULAS = ("squared", "unsquared")
 
@@ -146,7 +145,16 @@ def test_rv_equals_independent_computation(stories):
         assert df.pr_early[i] == pytest.approx(_pr_reference(v[1][1:][-16:]), rel=1e-5)
         assert df.pr_late[i] == pytest.approx(_pr_reference(v[4][1:][-16:]), rel=1e-5)
         assert df.rv[i] == pytest.approx(_rv_reference(stories, text, 1, 4), rel=1e-5)
-    assert list(df.columns) == ["prompt", "n_tokens", "layer_early", "layer_late", "pr_early", "pr_late", "rv", "status"]
+    assert list(df.columns) == [
+        "prompt",
+        "n_tokens",
+        "layer_early",
+        "layer_late",
+        "pr_early",
+        "pr_late",
+        "rv",
+        "status",
+    ]
 
 
 def test_rv_options_match_reference(stories):
@@ -155,8 +163,8 @@ def test_rv_options_match_reference(stories):
     assert df.rv[0] == pytest.approx(_rv_reference(stories, STORY, 0, 3, window=8, formula="unsquared"), rel=1e-5)
     centred = rv(stories, [STORY], center=True)
     v = _v_proj_reference(stories, STORY, (1, 4))
-    e, l = v[1][1:][-16:], v[4][1:][-16:]
-    expected = _pr_reference(l - l.mean(0)) / _pr_reference(e - e.mean(0))
+    early, late = v[1][1:][-16:], v[4][1:][-16:]
+    expected = _pr_reference(late - late.mean(0)) / _pr_reference(early - early.mean(0))
     assert centred.rv[0] == pytest.approx(expected, rel=1e-5)
     assert centred.rv[0] != pytest.approx(rv(stories, [STORY]).rv[0], rel=1e-3)
 

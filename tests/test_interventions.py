@@ -14,14 +14,13 @@ import math
 
 import pytest
 import torch
+from conftest import LONG, PROMPT, SHORT, STORY, STORY2
+from engine_reference import proj_module
 
 from transferlab.engine import generation as gen_mod
 from transferlab.engine.generation import generate
 from transferlab.interventions import InterventionError, Plan
 from transferlab.sites import SiteError
-
-from conftest import LONG, PROMPT, SHORT, STORY, STORY2
-from engine_reference import proj_module
 
 pytestmark = pytest.mark.usefixtures("engine_single_thread", "engine_no_hooks_left")
 
@@ -61,7 +60,9 @@ class Spy:
         @contextlib.contextmanager
         def spying(pairs):
             with real(pairs):
-                h1 = self.module.register_forward_hook(lambda m, a, o: self.before.append(_out(o, self.sl)), prepend=True)
+                h1 = self.module.register_forward_hook(
+                    lambda m, a, o: self.before.append(_out(o, self.sl)), prepend=True
+                )
                 h2 = self.module.register_forward_hook(lambda m, a, o: self.after.append(_out(o, self.sl)))
                 try:
                     yield
@@ -109,14 +110,17 @@ def _channels(heads):
 
 
 @pytest.mark.parametrize("family", ["llama", "phi3", "qwen2"])
-@pytest.mark.parametrize("site,opt,width,channels", [
-    ("v_proj", "h1", 32, range(8, 16)),
-    ("v_proj", "qh5", 32, range(16, 24)),   # query head 5 reads kv head 5 // 2 = 2
-    ("k_proj", "qh0,1", 32, range(0, 8)),   # query heads 0 and 1 share kv head 0
-    ("k_proj", "h0,3", 32, list(range(0, 8)) + list(range(24, 32))),
-    ("q_proj", "h5", 64, range(40, 48)),    # on q_proj heads are query heads
-    ("q_proj", "qh2", 64, range(16, 24)),
-])
+@pytest.mark.parametrize(
+    "site,opt,width,channels",
+    [
+        ("v_proj", "h1", 32, range(8, 16)),
+        ("v_proj", "qh5", 32, range(16, 24)),  # query head 5 reads kv head 5 // 2 = 2
+        ("k_proj", "qh0,1", 32, range(0, 8)),  # query heads 0 and 1 share kv head 0
+        ("k_proj", "h0,3", 32, list(range(0, 8)) + list(range(24, 32))),
+        ("q_proj", "h5", 64, range(40, 48)),  # on q_proj heads are query heads
+        ("q_proj", "qh2", 64, range(16, 24)),
+    ],
+)
 def test_head_patch_changes_only_its_channels(family, site, opt, width, channels, tiny_models, monkeypatch):
     model = tiny_models(family)
     spy = Spy(monkeypatch, model, site, 2)
@@ -231,8 +235,15 @@ def test_decode_values_last_mean_cycle(tiny_models, monkeypatch):
         ("cycle", lambda k: src[-4:][k % 4]),
     ):
         spy = Spy(monkeypatch, model, "v_proj", 3)
-        generate(model, [PROMPT], sources=[STORY2], plan=f"v_proj@3:w4:decode:{opt}", greedy=True,
-                 max_new_tokens=8, stop_at_eos=False)
+        generate(
+            model,
+            [PROMPT],
+            sources=[STORY2],
+            plan=f"v_proj@3:w4:decode:{opt}",
+            greedy=True,
+            max_new_tokens=8,
+            stop_at_eos=False,
+        )
         dec = spy.decode()
         assert len(dec) == 7
         for k, a in enumerate(dec):
@@ -244,8 +255,17 @@ def test_decode_values_last_mean_cycle(tiny_models, monkeypatch):
 
 def _noise_rows(monkeypatch, model, targets, sources, plan, ids, **kw):
     spy = Spy(monkeypatch, model, "v_proj", 2)
-    generate(model, targets, sources=sources, plan=plan, example_ids=ids, greedy=True, max_new_tokens=N_NEW,
-             stop_at_eos=False, **kw)
+    generate(
+        model,
+        targets,
+        sources=sources,
+        plan=plan,
+        example_ids=ids,
+        greedy=True,
+        max_new_tokens=N_NEW,
+        stop_at_eos=False,
+        **kw,
+    )
     return spy
 
 
@@ -265,8 +285,15 @@ def test_norm_matched_noise_has_the_source_norm(tiny_models, monkeypatch):
 def test_raw_noise_is_not_norm_matched(tiny_models, monkeypatch):
     model = tiny_models("llama")
     spy = Spy(monkeypatch, model, "resid_post", 2)
-    generate(model, [STORY], sources=[PROMPT], plan="noise:resid_post@2:w8:raw:sd2.0:prompt", greedy=True,
-             max_new_tokens=2, stop_at_eos=False)
+    generate(
+        model,
+        [STORY],
+        sources=[PROMPT],
+        plan="noise:resid_post@2:w8:raw:sd2.0:prompt",
+        greedy=True,
+        max_new_tokens=2,
+        stop_at_eos=False,
+    )
     src = plain_activation(model, PROMPT, "resid_post", 2)
     after = spy.prompt("after")[0][-8:]
     var = after.pow(2).mean().item()
@@ -385,8 +412,9 @@ def test_other_argument_errors(tiny_models):
     with pytest.raises(InterventionError, match="vector has 3 dims, resid_post has 64"):
         from transferlab.interventions import Steer
 
-        generate(model, [PROMPT], plan=Plan((Steer(site="resid_post", layer=1, vector=(1.0, 2.0, 3.0)),)),
-                 max_new_tokens=2)
+        generate(
+            model, [PROMPT], plan=Plan((Steer(site="resid_post", layer=1, vector=(1.0, 2.0, 3.0)),)), max_new_tokens=2
+        )
 
 
 def test_steer_adds_its_vector_at_every_real_position(tiny_models, monkeypatch):
@@ -395,8 +423,14 @@ def test_steer_adds_its_vector_at_every_real_position(tiny_models, monkeypatch):
     model = tiny_models("qwen2")
     vec = torch.linspace(-1, 1, 64)
     spy = Spy(monkeypatch, model, "resid_post", 1)
-    g = generate(model, [PROMPT], plan=Plan((Steer(site="resid_post", layer=1, vector=tuple(vec.tolist()), alpha=2.0),)),
-                 greedy=True, max_new_tokens=N_NEW, stop_at_eos=False)
+    g = generate(
+        model,
+        [PROMPT],
+        plan=Plan((Steer(site="resid_post", layer=1, vector=tuple(vec.tolist()), alpha=2.0),)),
+        greedy=True,
+        max_new_tokens=N_NEW,
+        stop_at_eos=False,
+    )
     after, before = spy.prompt("after")[0], spy.prompt("before")[0]
     assert torch.equal(after[0], before[0])  # BOS is never written
     torch.testing.assert_close(after[1:], before[1:] + 2.0 * vec, atol=1e-5, rtol=0)

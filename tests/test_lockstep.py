@@ -24,8 +24,16 @@ def test_self_lockstep_is_identity(tiny_models, site, greedy):
     model = tiny_models("mistral")
     mass = {"low": list(range(50)), "high": list(range(300, 512))}  # next-token log-mass at every step
     plain = model.generate(PROMPTS, greedy=greedy, max_new_tokens=10, seed=3, stop_at_eos=False, record_logits=mass)
-    moved = model.generate(PROMPTS, sources=PROMPTS, plan=f"kv:all + {site}@1:both:lockstep", greedy=greedy,
-                           max_new_tokens=10, seed=3, stop_at_eos=False, record_logits=mass)
+    moved = model.generate(
+        PROMPTS,
+        sources=PROMPTS,
+        plan=f"kv:all + {site}@1:both:lockstep",
+        greedy=greedy,
+        max_new_tokens=10,
+        seed=3,
+        stop_at_eos=False,
+        record_logits=mass,
+    )
     assert moved.token_ids == plain.token_ids
     for name in mass:  # the logits too, not only the argmax/sample
         np.testing.assert_allclose(moved.logmass[name], plain.logmass[name], rtol=1e-5, atol=1e-5)
@@ -43,7 +51,8 @@ def _record(model, layer, fn):
     """Run ``fn`` while recording every v_proj@layer output (after any patch hook)."""
     seen = []
     handle = model.adapter.layers[layer].self_attn.v_proj.register_forward_hook(
-        lambda m, i, o: seen.append(o.detach().clone()))
+        lambda m, i, o: seen.append(o.detach().clone())
+    )
     try:
         out = fn()
     finally:
@@ -56,10 +65,13 @@ def test_writes_the_source_own_activation_at_each_step(stories, monkeypatch):
     from transferlab.interventions.binding import BoundActivation
 
     source, target, layer, n = STORY, "Tom had a toy car. He", 3, 8
-    own, own_acts = _record(stories, layer, lambda: stories.generate([source], greedy=True, max_new_tokens=n,
-                                                                     stop_at_eos=False, example_ids=[7]))
+    own, own_acts = _record(
+        stories,
+        layer,
+        lambda: stories.generate([source], greedy=True, max_new_tokens=n, stop_at_eos=False, example_ids=[7]),
+    )
     # the source's decode forwards are the last n-1 calls, one position each
-    src_steps = [a[0, -1] for a in own_acts[-(n - 1):]]
+    src_steps = [a[0, -1] for a in own_acts[-(n - 1) :]]
     written = []
     call = BoundActivation.__call__
 
@@ -71,8 +83,9 @@ def test_writes_the_source_own_activation_at_each_step(stories, monkeypatch):
 
     monkeypatch.setattr(BoundActivation, "__call__", spy)
     plan = Plan((Patch("v_proj", layer, phase="decode", decode="lockstep"),))
-    gen = stories.generate([target], sources=[source], plan=plan, greedy=True, max_new_tokens=n,
-                           stop_at_eos=False, example_ids=[7])
+    gen = stories.generate(
+        [target], sources=[source], plan=plan, greedy=True, max_new_tokens=n, stop_at_eos=False, example_ids=[7]
+    )
     assert len(written) == n - 1
     for k in range(n - 1):
         # row 0 is the target, row 1 its source's shadow: both now hold the source's own activation
@@ -86,8 +99,13 @@ def test_writes_the_source_own_activation_at_each_step(stories, monkeypatch):
 def test_lockstep_with_another_source_changes_the_output(stories):
     target = "One day, a little girl went to the park."
     plain = stories.generate([target], greedy=True, max_new_tokens=20)
-    moved = stories.generate([target], sources=[STORY], plan="kv:all + v_proj@-1:both:lockstep + resid_post@2:decode:lockstep",
-                             greedy=True, max_new_tokens=20)
+    moved = stories.generate(
+        [target],
+        sources=[STORY],
+        plan="kv:all + v_proj@-1:both:lockstep + resid_post@2:decode:lockstep",
+        greedy=True,
+        max_new_tokens=20,
+    )
     assert moved.token_ids != plain.token_ids
     assert not moved.audit.never_fired.any()
 
@@ -97,6 +115,8 @@ def test_lockstep_mixed_batch_equals_alone(stories):
     sources = [STORY, None, LONG]
     plans = ["v_proj@2:decode:lockstep", "", "kv:all + resid_post@1:both:lockstep"]
     batch = stories.generate(targets, sources=sources, plan=plans, max_new_tokens=10, seed=1)
-    alone = [stories.generate([t], sources=[s], plan=[p], max_new_tokens=10, seed=1, example_ids=[i]).token_ids[0]
-             for i, (t, s, p) in enumerate(zip(targets, sources, plans))]
+    alone = [
+        stories.generate([t], sources=[s], plan=[p], max_new_tokens=10, seed=1, example_ids=[i]).token_ids[0]
+        for i, (t, s, p) in enumerate(zip(targets, sources, plans))
+    ]
     assert batch.token_ids == alone

@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 import torch
+from conftest import GREEDY_TEXT, PROMPT
 
 from transferlab import ModelLoadError, load_model
 from transferlab.engine.batching import pad_id_of
@@ -13,8 +14,6 @@ from transferlab.models.adapters import make_adapter
 from transferlab.models.embedded import embedded_path
 from transferlab.models.tiny import TINY_FAMILIES, build_tiny
 from transferlab.sites import ACTIVATION_SITES, HookPoint, SiteError
-
-from conftest import GREEDY_TEXT, PROMPT
 
 EMBEDDED_SHA256 = "270cba1bd5109f42d03350f60406024560464db173c0e387d91f0426d3bd256d"
 UNSET_UINT32 = 4294967295
@@ -76,7 +75,9 @@ def test_each_load_gets_its_own_weights(stories):
         w.add_(1.0)
     assert not torch.equal(w, stories.hf.model.layers[0].self_attn.v_proj.weight)
     fresh = load_model(device="cpu")
-    assert torch.equal(fresh.hf.model.layers[0].self_attn.v_proj.weight, stories.hf.model.layers[0].self_attn.v_proj.weight)
+    assert torch.equal(
+        fresh.hf.model.layers[0].self_attn.v_proj.weight, stories.hf.model.layers[0].self_attn.v_proj.weight
+    )
 
 
 def test_gguf_path_loads_the_same_model(stories):
@@ -192,11 +193,14 @@ def test_unknown_dtype(dtype):
         load_model(dtype=dtype)
 
 
-@pytest.mark.parametrize("spec, match", [
-    ("tiny:gpt2", r"unknown tiny model 'tiny:gpt2'.*llama, mistral"),
-    ("tiny:", r"unknown tiny model"),
-    ("tiny:llama:abc", r"seed .* must be a non-negative integer"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("tiny:gpt2", r"unknown tiny model 'tiny:gpt2'.*llama, mistral"),
+        ("tiny:", r"unknown tiny model"),
+        ("tiny:llama:abc", r"seed .* must be a non-negative integer"),
+    ],
+)
 def test_bad_tiny_spec(spec, match):
     with pytest.raises(ModelLoadError, match=match):
         load_model(spec)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
 import tomllib
 
-import pytest
-
 from transferlab.interventions import (
-    Ablate, HeadPatch, InterventionError, KVSplice, Noise, Patch, Plan, Steer, as_plan, intervention_from_dict,
+    Ablate,
+    HeadPatch,
+    InterventionError,
+    KVSplice,
+    Noise,
+    Patch,
+    Plan,
+    Steer,
+    as_plan,
+    intervention_from_dict,
     parse_intervention,
 )
 from transferlab.sites import SiteError
@@ -38,8 +46,9 @@ CANONICAL = {
     "noise:v_proj@27:raw:seed42:sd0.5:w16:prompt": "noise:v_proj@27:raw:seed42:sd0.5:w16:prompt",
     "noise:resid_post@0.5:f0.5:decode:cycle": "noise:resid_post@0.5:f0.5:decode:cycle",
     " kv:all  +  v_proj@27 : w16 ": "kv:all + v_proj@27:w16",
-    "kv:all + resid_post@18:w16 + resid_post@25:w16 + v_proj@27:w16":
-        "kv:all + resid_post@18:w16 + resid_post@25:w16 + v_proj@27:w16",
+    "kv:all + resid_post@18:w16 + resid_post@25:w16 + v_proj@27:w16": (
+        "kv:all + resid_post@18:w16 + resid_post@25:w16 + v_proj@27:w16"
+    ),
 }
 
 
@@ -58,9 +67,12 @@ def test_parse_gives_the_declared_objects():
     assert parse_intervention("kv:all:p2-6") == KVSplice(align="range", positions=(2, 6))
     assert parse_intervention("v_proj@0.84:qh5") == HeadPatch(site="v_proj", layer=0.84, heads=(5,), head_kind="query")
     assert parse_intervention("ablate:k_proj@2:mean:h1") == Ablate(site="k_proj", layer=2, how="mean", heads=(1,))
-    assert parse_intervention("noise:v_proj@27:raw:sd2.0") == Noise(site="v_proj", layer=27, norm_matched=False, std=2.0)
+    assert parse_intervention("noise:v_proj@27:raw:sd2.0") == Noise(
+        site="v_proj", layer=27, norm_matched=False, std=2.0
+    )
     assert parse_intervention("resid_post@1:f0.25:mix:a0.5:decode:cycle") == Patch(
-        site="resid_post", layer=1, fraction=0.25, mode="mix", alpha=0.5, phase="decode", decode="cycle")
+        site="resid_post", layer=1, fraction=0.25, mode="mix", alpha=0.5, phase="decode", decode="cycle"
+    )
     for empty in ("", "none", "baseline", "(none)", "  "):
         assert Plan.parse(empty) == Plan() and len(Plan.parse(empty)) == 0
     assert str(Plan()) == "(none)"
@@ -77,15 +89,17 @@ def test_needs_source():
     assert not Plan((Steer(vector=(1.0,)),)).needs_source
 
 
-ALL_KINDS = Plan((
-    KVSplice(layers=(1, 0.5, -1), align="left", rope="keep", window=3),
-    KVSplice(align="range", positions=(1, 4)),
-    Patch(site="resid_pre", layer=0.5, fraction=0.25, phase="prompt", mode="add", alpha=0.5, decode="mean"),
-    HeadPatch(site="k_proj", layer=-1, heads=(0, 3), head_kind="query", positions=(2, 5)),
-    Ablate(site="v_proj", layer=2, heads=(1,), how="mean", phase="decode"),
-    Noise(site="attn_out", layer=1, window=4, norm_matched=False, seed=9, std=0.25),
-    Steer(site="resid_post", layer=1, vector=(0.5, -1.0, 2.0), alpha=3.0, phase="prompt"),
-))
+ALL_KINDS = Plan(
+    (
+        KVSplice(layers=(1, 0.5, -1), align="left", rope="keep", window=3),
+        KVSplice(align="range", positions=(1, 4)),
+        Patch(site="resid_pre", layer=0.5, fraction=0.25, phase="prompt", mode="add", alpha=0.5, decode="mean"),
+        HeadPatch(site="k_proj", layer=-1, heads=(0, 3), head_kind="query", positions=(2, 5)),
+        Ablate(site="v_proj", layer=2, heads=(1,), how="mean", phase="decode"),
+        Noise(site="attn_out", layer=1, window=4, norm_matched=False, seed=9, std=0.25),
+        Steer(site="resid_post", layer=1, vector=(0.5, -1.0, 2.0), alpha=3.0, phase="prompt"),
+    )
+)
 
 
 def test_dict_round_trip_of_every_kind():
@@ -153,15 +167,17 @@ alpha = 2.0
 def test_toml_table_parses_into_the_plan():
     data = tomllib.loads(TOML)
     plan = Plan.from_dicts(data["plan"])
-    expected = Plan((
-        KVSplice(rope="keep"),
-        KVSplice(layers=(18, 0.75, -1), align="left", window=4),
-        Patch(site="v_proj", layer=27, window=16),
-        HeadPatch(site="v_proj", layer=0.84, heads=(1, 3), head_kind="query", positions=(2, 6)),
-        Ablate(site="k_proj", layer=-2, heads=(0,), how="mean"),
-        Noise(site="v_proj", layer=27, window=16, norm_matched=False, seed=3, std=0.5),
-        Steer(site="resid_post", layer=-1, vector=(0.5, -1.0), alpha=2.0),
-    ))
+    expected = Plan(
+        (
+            KVSplice(rope="keep"),
+            KVSplice(layers=(18, 0.75, -1), align="left", window=4),
+            Patch(site="v_proj", layer=27, window=16),
+            HeadPatch(site="v_proj", layer=0.84, heads=(1, 3), head_kind="query", positions=(2, 6)),
+            Ablate(site="k_proj", layer=-2, heads=(0,), how="mean"),
+            Noise(site="v_proj", layer=27, window=16, norm_matched=False, seed=3, std=0.5),
+            Steer(site="resid_post", layer=-1, vector=(0.5, -1.0), alpha=2.0),
+        )
+    )
     assert plan == expected
     assert str(Plan(plan.interventions[:-1])) == (
         "kv:all:keep + kv:18,0.75,-1:left:w4 + v_proj@27:w16 + v_proj@0.84:qh1,3:p2-6 + "
@@ -170,43 +186,46 @@ def test_toml_table_parses_into_the_plan():
     assert Plan.parse(str(Plan(plan.interventions[:-1]))) == Plan(plan.interventions[:-1])
 
 
-@pytest.mark.parametrize("text,error,match", [
-    ("v_proj", InterventionError, r"expected SITE@LAYER \(e.g. v_proj@27\)"),
-    ("v_proj@x", InterventionError, "layer 'x' is not a number"),
-    ("v_proj@1:zz", InterventionError, "unknown option 'zz'"),
-    ("v_proj@1:p3", InterventionError, "unknown option 'p3'"),
-    ("v_proj@1:pa-b", InterventionError, "v_proj@1:pa-b"),
-    ("v_proj@1:fx", InterventionError, "v_proj@1:fx"),
-    ("v_proj@1:ax", InterventionError, "v_proj@1:ax"),
-    ("noise:v_proj@1:seedx", InterventionError, "noise:v_proj@1:seedx"),
-    ("kv:1,x", InterventionError, "kv:1,x"),
-    ("kv:foo", InterventionError, "unknown kv option 'foo'"),
-    ("kv:all:w0", InterventionError, "window must be >= 1"),
-    ("ablate", InterventionError, "expected ablate:SITE@LAYER"),
-    ("ablate:v_proj@1:half", InterventionError, "unknown ablate option 'half'"),
-    ("ablate:v_proj@1:hx", InterventionError, "unknown ablate option 'hx'"),
-    ("ablate:v_proj@1:h1,x", InterventionError, "heads must be integers, got '1,x'"),
-    ("v_proj@1:h1,x", InterventionError, "heads must be integers"),
-    ("ablate:resid_post@1:h1", InterventionError, "acts on q_proj, k_proj or v_proj"),
-    ("attn_out@1:h1", InterventionError, "HeadPatch acts on q_proj, k_proj or v_proj"),
-    ("v_proj@1:qh", InterventionError, "needs at least one head"),
-    ("noise", InterventionError, "expected noise:SITE@LAYER"),
-    ("noise:v_proj@1:h1", InterventionError, "noise does not take heads"),
-    ("steer:resid_post@1", InterventionError, "carries a vector"),
-    ("v_proj@1:w0", InterventionError, "window must be >= 1"),
-    ("v_proj@1:f1.5", InterventionError, r"fraction must lie in \(0, 1\]"),
-    ("v_proj@1:f0", InterventionError, r"fraction must lie in \(0, 1\]"),
-    ("v_proj@1:w4:f0.5", InterventionError, "at most one of window, positions, fraction"),
-    ("v_proj@1:p5-3", InterventionError, "0 <= start < stop"),
-    ("kv:all:p4-4", InterventionError, "0 <= start < stop"),
-    ("kv:1:prepend", InterventionError, "needs layers='all'"),
-    ("kv:all:prepend + kv:all", InterventionError, "cannot be combined"),
-    ("kv:all:p1-3:w2", InterventionError, "window"),
-    ("kv:all:prepend:w2", InterventionError, "window"),
-    ("foo@1", SiteError, "unknown site 'foo'"),
-    ("kv@3", SiteError, "unknown site 'kv'"),
-    ("v_proj@1 + + kv", InterventionError, "expected SITE@LAYER"),
-])
+@pytest.mark.parametrize(
+    "text,error,match",
+    [
+        ("v_proj", InterventionError, r"expected SITE@LAYER \(e.g. v_proj@27\)"),
+        ("v_proj@x", InterventionError, "layer 'x' is not a number"),
+        ("v_proj@1:zz", InterventionError, "unknown option 'zz'"),
+        ("v_proj@1:p3", InterventionError, "unknown option 'p3'"),
+        ("v_proj@1:pa-b", InterventionError, "v_proj@1:pa-b"),
+        ("v_proj@1:fx", InterventionError, "v_proj@1:fx"),
+        ("v_proj@1:ax", InterventionError, "v_proj@1:ax"),
+        ("noise:v_proj@1:seedx", InterventionError, "noise:v_proj@1:seedx"),
+        ("kv:1,x", InterventionError, "kv:1,x"),
+        ("kv:foo", InterventionError, "unknown kv option 'foo'"),
+        ("kv:all:w0", InterventionError, "window must be >= 1"),
+        ("ablate", InterventionError, "expected ablate:SITE@LAYER"),
+        ("ablate:v_proj@1:half", InterventionError, "unknown ablate option 'half'"),
+        ("ablate:v_proj@1:hx", InterventionError, "unknown ablate option 'hx'"),
+        ("ablate:v_proj@1:h1,x", InterventionError, "heads must be integers, got '1,x'"),
+        ("v_proj@1:h1,x", InterventionError, "heads must be integers"),
+        ("ablate:resid_post@1:h1", InterventionError, "acts on q_proj, k_proj or v_proj"),
+        ("attn_out@1:h1", InterventionError, "HeadPatch acts on q_proj, k_proj or v_proj"),
+        ("v_proj@1:qh", InterventionError, "needs at least one head"),
+        ("noise", InterventionError, "expected noise:SITE@LAYER"),
+        ("noise:v_proj@1:h1", InterventionError, "noise does not take heads"),
+        ("steer:resid_post@1", InterventionError, "carries a vector"),
+        ("v_proj@1:w0", InterventionError, "window must be >= 1"),
+        ("v_proj@1:f1.5", InterventionError, r"fraction must lie in \(0, 1\]"),
+        ("v_proj@1:f0", InterventionError, r"fraction must lie in \(0, 1\]"),
+        ("v_proj@1:w4:f0.5", InterventionError, "at most one of window, positions, fraction"),
+        ("v_proj@1:p5-3", InterventionError, "0 <= start < stop"),
+        ("kv:all:p4-4", InterventionError, "0 <= start < stop"),
+        ("kv:1:prepend", InterventionError, "needs layers='all'"),
+        ("kv:all:prepend + kv:all", InterventionError, "cannot be combined"),
+        ("kv:all:p1-3:w2", InterventionError, "window"),
+        ("kv:all:prepend:w2", InterventionError, "window"),
+        ("foo@1", SiteError, "unknown site 'foo'"),
+        ("kv@3", SiteError, "unknown site 'kv'"),
+        ("v_proj@1 + + kv", InterventionError, "expected SITE@LAYER"),
+    ],
+)
 def test_malformed_items(text, error, match):
     with pytest.raises(error, match=match):
         Plan.parse(text)

@@ -13,10 +13,9 @@ from __future__ import annotations
 import functools
 
 import pytest
+from conftest import LONG, PROMPT, STORY, STORY2
 
 from transferlab.engine.generation import generate
-
-from conftest import LONG, PROMPT, STORY, STORY2
 
 pytestmark = pytest.mark.usefixtures("engine_single_thread", "engine_no_hooks_left")
 
@@ -88,7 +87,9 @@ def test_sources_captured_in_length_buckets_equal_one_forward(tiny_models, monke
     split = generate(model, targets, **kw)
     assert len(forwards) == 4 and len(set(forwards)) == 4  # four buckets, each padded to its own longest
     assert split.token_ids == one.token_ids
-    assert split.audit[["fired_prompt", "fired_decode", "positions"]].equals(one.audit[["fired_prompt", "fired_decode", "positions"]])
+    assert split.audit[["fired_prompt", "fired_decode", "positions"]].equals(
+        one.audit[["fired_prompt", "fired_decode", "positions"]]
+    )
     assert (abs(split.audit.change_norm - one.audit.change_norm) <= 1e-4 * (1 + one.audit.change_norm)).all()
 
 

@@ -21,9 +21,11 @@ from transferlab.prompts import (
 )
 from transferlab.prompts.bank import DATA_DIR
 
-SEED_MARKERS = """itself self recursive loop process cycle return eigen writing mirror awareness
-consciousness observer observing generating emerging simultaneous""".split() + [
-    "fixed point", "solution", "answerer", "answer is"]
+SEED_MARKERS = (
+    """itself self recursive loop process cycle return eigen writing mirror awareness
+consciousness observer observing generating emerging simultaneous""".split()
+    + ["fixed point", "solution", "answerer", "answer is"]
+)
 
 BASELINES = ["math", "factual", "creative", "impossible", "personal", "instructional"]
 
@@ -62,7 +64,11 @@ def test_ids_levels_and_pillars(research_bank):
     assert [p.level for p in research_bank.select(["L3"])] == [3] * 20
     assert all(p.level is None for p in research_bank.select(["math"]))
     assert {p.group for p in research_bank.select(pillar="kill_switch")} == {
-        "kill_repetition", "kill_ood", "kill_surreal_first", "kill_surreal_third"}
+        "kill_repetition",
+        "kill_ood",
+        "kill_surreal_first",
+        "kill_surreal_third",
+    }
     assert research_bank.get("L5_07").group == "L5"
     assert research_bank.get("math_long_03").group == "math_long"
 
@@ -79,8 +85,11 @@ def test_long_variants_are_long_enough_for_the_rv_window(research_bank):
 
 
 def test_baselines_carry_no_seed_markers(research_bank):
-    groups = BASELINES + [f"{g}_long" for g in BASELINES] + [
-        "long_nonrecursive", "kill_ood", "kill_surreal_first", "kill_surreal_third"]
+    groups = (
+        BASELINES
+        + [f"{g}_long" for g in BASELINES]
+        + ["long_nonrecursive", "kill_ood", "kill_surreal_first", "kill_surreal_third"]
+    )
     for p in research_bank.select(groups):
         low = p.text.lower()
         assert not [m for m in SEED_MARKERS if m in low], p.id
@@ -89,6 +98,7 @@ def test_baselines_carry_no_seed_markers(research_bank):
 def test_recursion_levels_are_a_dose(research_bank):
     """Marker density of the prompts themselves grows with the level (the
     confound source_overlap measures); L1 and L2 carry none."""
+
     def mean_hits(g):
         return np.mean([sum(m in p.text.lower() for m in SEED_MARKERS) for p in research_bank.select([g])])
 
@@ -202,7 +212,7 @@ def test_good_file_loads(tmp_path):
     "edit, entry, field, message",
     [
         (('{id: g_02, text: "good morning"}', "{id: g_02}"), "g_02", "text", "Field required"),
-        (('{id: g_02, text: "good morning"}', '{id: g_02, text: 5}'), "g_02", "text", "string"),
+        (('{id: g_02, text: "good morning"}', "{id: g_02, text: 5}"), "g_02", "text", "string"),
         (("id: g_02", "id: g-2"), "g-2", "id", "must be 'g_<NN>'"),
         (("id: g_02", "id: g_01"), "g_01", "id", "duplicate id"),
         (('"good morning"', '"morning"'), "g_02", "text", "at least 2"),
@@ -354,8 +364,9 @@ def test_a_marker_absent_from_its_own_source_is_an_error(tmp_path):
 
     data = Path(bank_mod.__file__).parent / "data"
     text = (data / "stories.sources.yaml").read_text()
-    bad = text.replace("markers: [Daisy, bunny, fluffy, carrot, rock, farm]",
-                       "markers: [Daisy, bunny, fluffy, carrot, rock, banana]")
+    bad = text.replace(
+        "markers: [Daisy, bunny, fluffy, carrot, rock, farm]", "markers: [Daisy, bunny, fluffy, carrot, rock, banana]"
+    )
     assert bad != text
     (tmp_path / "stories.sources.yaml").write_text(bad)
     (tmp_path / "stories.targets.yaml").write_text((data / "stories.targets.yaml").read_text())

@@ -46,13 +46,16 @@ def test_text_of_ids_round_trips(tok):
     assert tok.decode(torch.tensor([1, 5])) == "1 5"
 
 
-@pytest.mark.parametrize("text, named", [
-    ("Once upon a time", "'Once'"),
-    ("1 523 cat 88", "'cat'"),
-    ("1 -3 4", "'-3'"),
-    ("1 2.5", "'2.5'"),
-    ("1 ٣", "'٣'"),  # a non-ASCII digit is not an id
-])
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("Once upon a time", "'Once'"),
+        ("1 523 cat 88", "'cat'"),
+        ("1 -3 4", "'-3'"),
+        ("1 2.5", "'2.5'"),
+        ("1 ٣", "'٣'"),  # a non-ASCII digit is not an id
+    ],
+)
 def test_text_that_is_not_ids_is_a_clear_error(tok, text, named):
     with pytest.raises(TokenIdError, match=r'token ids like "1 523 88"') as err:
         tok(text)

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import DEMO_CONDITIONS, AppendSpy, stored_results as results
 import torch
+from helpers import DEMO_CONDITIONS, AppendSpy
+from helpers import stored_results as results
 from typer.testing import CliRunner
 
 ray = pytest.importorskip("ray")
@@ -63,8 +64,9 @@ def executor(ray_local):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> pd.DataFrame:
     """The in-process table."""
-    run_dir = run_experiment(load_config("demo", overrides(tmp_path_factory.mktemp("inprocess"))), progress=False,
-                             report=False)
+    run_dir = run_experiment(
+        load_config("demo", overrides(tmp_path_factory.mktemp("inprocess"))), progress=False, report=False
+    )
     return results(run_dir)
 
 
@@ -126,13 +128,15 @@ def test_a_killed_worker_loses_nothing(executor, reference, tmp_path, monkeypatc
 
 def test_a_partial_ray_run_resumes_from_the_cli(executor, reference, tmp_path, monkeypatch):
     spy = AppendSpy(monkeypatch)
-    run_dir = run_experiment(load_config("demo", overrides(tmp_path)), progress=False, report=False, executor=executor,
-                             max_batches=3)
+    run_dir = run_experiment(
+        load_config("demo", overrides(tmp_path)), progress=False, report=False, executor=executor, max_batches=3
+    )
     before = results(run_dir)
     assert len(before) == len(spy.units) == 24  # three batches of 8, each stored once
     spy.units.clear()
-    res = CliRunner().invoke(app, ["run", "--resume", str(run_dir), "--no-report", "--executor", "ray",
-                                   "--workers", "2"])
+    res = CliRunner().invoke(
+        app, ["run", "--resume", str(run_dir), "--no-report", "--executor", "ray", "--workers", "2"]
+    )
     assert res.exit_code == 0, (res.output, res.exception)
     assert set(spy.units).isdisjoint(before["unit"]), "a stored unit was computed again"
     assert len(spy.units) == len(set(spy.units)) == TOTAL - 24
@@ -158,8 +162,9 @@ def test_a_worker_gone_for_good_has_its_batch_requeued(ray_local, reference, tmp
     spy = AppendSpy(monkeypatch)
     with RayExecutor(workers=2) as inner:
         remover = RemoveOneWorker(inner)
-        run_dir = run_experiment(load_config("demo", overrides(tmp_path)), progress=False, report=False,
-                                 executor=remover)
+        run_dir = run_experiment(
+            load_config("demo", overrides(tmp_path)), progress=False, report=False, executor=remover
+        )
         actor, _, in_flight = remover.killed
         assert in_flight and actor not in inner.actors and len(inner.actors) == 1  # the driver dropped it
     assert len(spy.units) == len(set(spy.units)) == TOTAL, "a unit was lost or written twice"

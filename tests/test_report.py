@@ -21,8 +21,15 @@ PLANS = {
     "noise": "noise:v_proj@27:w16",
     "source_direct": "",
 }
-EFFECT = {"baseline": 0.0, "transfer": 2.0, "kv_only": 1.8, "patch_only": 0.2, "wrong_layer": 1.6,
-          "noise": 0.1, "source_direct": 5.0}
+EFFECT = {
+    "baseline": 0.0,
+    "transfer": 2.0,
+    "kv_only": 1.8,
+    "patch_only": 0.2,
+    "wrong_layer": 1.6,
+    "noise": 0.1,
+    "source_direct": 5.0,
+}
 SCORES = ["seed_v1", "strict", "source_overlap"]
 # Few resamples keep the suite fast. Tables keep n > 50 pairs: below that, scipy's Wilcoxon with ties
 # switches to a permutation method that takes seconds per call.
@@ -34,19 +41,35 @@ def _audit(cond, unit, rng, pair_id, plans):
     patch_only's misses every ninth pair."""
     rows = []
     for k, item in enumerate(i.strip() for i in plans[cond].split("+") if i.strip()):
-        hp, kind = ("kv", "kv_splice") if item.startswith("kv") else (
-            ("v_proj@27", "noise") if item.startswith("noise") else (item.split(":")[0], "patch"))
+        hp, kind = (
+            ("kv", "kv_splice")
+            if item.startswith("kv")
+            else (("v_proj@27", "noise") if item.startswith("noise") else (item.split(":")[0], "patch"))
+        )
         never = (cond == "transfer" and kind == "patch") or (cond == "patch_only" and pair_id % 9 == 0)
         fp, fd = (0, 0) if never else (1, int(rng.integers(0, 150)))
-        rows.append(dict(example=unit, intervention=k, kind=kind, description=item, hook_point=hp,
-                         phase="decode" if item.endswith("decode") else "both", fired_prompt=fp, fired_decode=fd,
-                         fired=fp + fd, positions=0 if never else 16 + fd,
-                         change_norm=0.0 if never else float(rng.gamma(2, 3)), never_fired=never))
+        rows.append(
+            dict(
+                example=unit,
+                intervention=k,
+                kind=kind,
+                description=item,
+                hook_point=hp,
+                phase="decode" if item.endswith("decode") else "both",
+                fired_prompt=fp,
+                fired_decode=fd,
+                fired=fp + fd,
+                positions=0 if never else 16 + fd,
+                change_norm=0.0 if never else float(rng.gamma(2, 3)),
+                never_fired=never,
+            )
+        )
     return rows
 
 
-def synthetic_results(n_pairs=60, n_sources=12, conditions=tuple(PLANS), seeds=(0, 1), models=("stories260K",),
-                      seed=0, plans=None):
+def synthetic_results(
+    n_pairs=60, n_sources=12, conditions=tuple(PLANS), seeds=(0, 1), models=("stories260K",), seed=0, plans=None
+):
     """A realistic results table: 60 pairs from 12 source prompts and 20 targets, a real transfer
     effect with a per-source random effect, count-valued seed_v1, one NaN strict score, NaN R_V for
     one source and for every 'short' target, and audit rows with one intervention that never fired."""
@@ -54,10 +77,10 @@ def synthetic_results(n_pairs=60, n_sources=12, conditions=tuple(PLANS), seeds=(
     rng = np.random.default_rng(seed)
     src_groups, tgt_groups, n_targets = ["L3", "L4", "L5"], ["math", "factual", "creative", "short"], 20
     src_eff = rng.normal(0, 1.0, n_sources)
-    rv_src = {f"s{i:02d}": (np.nan if i == 3 else 0.55 + 0.1 * (i % 3) + rng.normal(0, 0.05))
-              for i in range(n_sources)}
-    rv_tgt = {f"t{j:02d}": (np.nan if tgt_groups[j % 4] == "short" else 0.95 + rng.normal(0, 0.08))
-              for j in range(n_targets)}
+    rv_src = {f"s{i:02d}": (np.nan if i == 3 else 0.55 + 0.1 * (i % 3) + rng.normal(0, 0.05)) for i in range(n_sources)}
+    rv_tgt = {
+        f"t{j:02d}": (np.nan if tgt_groups[j % 4] == "short" else 0.95 + rng.normal(0, 0.08)) for j in range(n_targets)
+    }
     rows = []
     for model in models:
         for s in seeds:
@@ -71,15 +94,33 @@ def synthetic_results(n_pairs=60, n_sources=12, conditions=tuple(PLANS), seeds=(
                     if c == "noise" and p == 5 and s == seeds[0]:
                         strict = np.nan
                     audit = _audit(c, unit, rng, p, plans)
-                    rows.append(dict(
-                        unit=unit, model=model, seed=s, pair_id=p, condition=c, source_id=sid, target_id=tid,
-                        source_group=src_groups[si % 3], target_group=tgt_groups[tj % 4],
-                        prompt_role="source" if c == "source_direct" else "target", plan=plans[c], text="...",
-                        n_prompt_tokens=20, n_new_tokens=150, finish_reason="length",
-                        seed_v1=float(rng.poisson(lam)), strict=strict,
-                        source_overlap=float(np.clip(0.05 + 0.04 * EFFECT[c] + rng.normal(0, 0.04), 0, 1)),
-                        rv_source=rv_src[sid], rv_target=rv_tgt[tid], n_interventions=len(audit),
-                        n_never_fired=sum(a["never_fired"] for a in audit), audit=json.dumps(audit)))
+                    rows.append(
+                        dict(
+                            unit=unit,
+                            model=model,
+                            seed=s,
+                            pair_id=p,
+                            condition=c,
+                            source_id=sid,
+                            target_id=tid,
+                            source_group=src_groups[si % 3],
+                            target_group=tgt_groups[tj % 4],
+                            prompt_role="source" if c == "source_direct" else "target",
+                            plan=plans[c],
+                            text="...",
+                            n_prompt_tokens=20,
+                            n_new_tokens=150,
+                            finish_reason="length",
+                            seed_v1=float(rng.poisson(lam)),
+                            strict=strict,
+                            source_overlap=float(np.clip(0.05 + 0.04 * EFFECT[c] + rng.normal(0, 0.04), 0, 1)),
+                            rv_source=rv_src[sid],
+                            rv_target=rv_tgt[tid],
+                            n_interventions=len(audit),
+                            n_never_fired=sum(a["never_fired"] for a in audit),
+                            audit=json.dumps(audit),
+                        )
+                    )
     return pd.DataFrame(rows)
 
 
@@ -126,8 +167,9 @@ def test_paired_deltas_match_scipy(table, summary):
     assert r["d_z"] == pytest.approx(d.mean() / d.std(ddof=1))
     assert r["p_t"] == pytest.approx(tt.pvalue)
     assert r["p_wilcoxon"] == pytest.approx(sps.wilcoxon(d).pvalue)
-    direct = paired_compare(table, "transfer", "baseline", "seed_v1", pair_col=["pair_id", "seed"],
-                            cluster_col="source_id", seed=0, **FAST).iloc[0]
+    direct = paired_compare(
+        table, "transfer", "baseline", "seed_v1", pair_col=["pair_id", "seed"], cluster_col="source_id", seed=0, **FAST
+    ).iloc[0]
     for k in ("ci_low", "ci_high", "ci_iid_low", "ci_iid_high", "p_perm", "p_perm_cluster"):
         assert r[k] == pytest.approx(direct[k])
     # the NaN strict score is counted, not silently dropped
@@ -154,8 +196,9 @@ def test_holm_is_applied_across_all_rows(table, summary):
         np.testing.assert_allclose(got, adj, equal_nan=True)
     assert [r["p_holm"] for r in rows] == [r["p_perm_cluster_holm"] for r in rows]
     # a family of the vs-reference rows alone would adjust less: the report's family is larger
-    alone = compare_all(table, [(c, "baseline") for c in summary["conditions"][1:]], SCORES,
-                        pair_col=["pair_id", "seed"], **FAST)
+    alone = compare_all(
+        table, [(c, "baseline") for c in summary["conditions"][1:]], SCORES, pair_col=["pair_id", "seed"], **FAST
+    )
     ref_rows = [r for r in rows if r["family"] == "vs_reference"]
     assert any(r["p_t_holm"] > a for r, a in zip(ref_rows, alone["p_t_holm"]))
 
@@ -163,8 +206,11 @@ def test_holm_is_applied_across_all_rows(table, summary):
 def test_audit_counts_and_never_fired_first(summary):
     audit = summary["audit"]
     first = audit[0]
-    assert (first["condition"], first["description"], first["hook_point"]) == ("transfer", "v_proj@27:w16:decode",
-                                                                              "v_proj@27")
+    assert (first["condition"], first["description"], first["hook_point"]) == (
+        "transfer",
+        "v_proj@27:w16:decode",
+        "v_proj@27",
+    )
     assert (first["examples_never_fired"], first["examples"]) == (120, 120)
     patch = _rows(summary, "audit", condition="patch_only")[0]
     assert patch["examples_never_fired"] == 7 * 2  # pairs 0, 9, ..., 54 in both seeds
@@ -180,9 +226,15 @@ def test_never_fired_warning_is_bold_at_the_top(report):
     assert "**WARNING: v_proj@27:w16 never fired in 14/120 examples of condition patch_only**" in text
     assert text.index("## Warnings") < text.index(line) < text.index("## Conditions")
     assert text.startswith("# transferlab report: synthetic (stories260K)")
-    for section in ("## Paired deltas vs baseline", "## transfer vs each control", "## Source-overlap diagnostic",
-                    "## Intervention audit", "## R_V by prompt group", "## Reproducibility across seeds",
-                    "## Figures"):
+    for section in (
+        "## Paired deltas vs baseline",
+        "## transfer vs each control",
+        "## Source-overlap diagnostic",
+        "## Intervention audit",
+        "## R_V by prompt group",
+        "## Reproducibility across seeds",
+        "## Figures",
+    ):
         assert section in text
 
 
@@ -248,23 +300,31 @@ def test_missing_baseline_is_a_clear_error():
 
 
 def test_generation_differences_and_raw_noise_are_warned(tmp_path):
-    df = synthetic_results(seeds=(0,), conditions=("baseline", "transfer", "noise"),
-                           plans={"noise": "noise:v_proj@27:w16:raw"})
+    df = synthetic_results(
+        seeds=(0,), conditions=("baseline", "transfer", "noise"), plans={"noise": "noise:v_proj@27:w16:raw"}
+    )
     s = build_summary(df, ["seed_v1"], **FAST)
-    config = {"flavour": "seed", "generation": {"temperature": 0.8},
-              "conditions": {"baseline": {"plan": "", "generation": {"top_k": 50}}, "transfer": "kv:all"}}
+    config = {
+        "flavour": "seed",
+        "generation": {"temperature": 0.8},
+        "conditions": {"baseline": {"plan": "", "generation": {"top_k": 50}}, "transfer": "kv:all"},
+    }
     text = write_report(tmp_path, df, s, config=config).read_text()
     head = text[: text.index("## Run")]
-    assert "**WARNING: conditions differ in more than the intervention: transfer, noise generate with " \
-           "top_k=unset (default) where baseline has top_k=50**" in head
+    assert (
+        "**WARNING: conditions differ in more than the intervention: transfer, noise generate with "
+        "top_k=unset (default) where baseline has top_k=50**" in head
+    )
     assert "per-condition generation overrides for baseline" in head
     assert "re-feeds its last prompt token" in head
     assert "not norm-matched" in head
 
 
 def test_sweep_table_and_path_are_printed(tmp_path, table):
-    sweep = {"kind": "minimal_layers",
-             "path": [{"layers": [18, 25, 27], "delta": 2.1}, {"layers": [25, 27], "delta": 1.9}]}
+    sweep = {
+        "kind": "minimal_layers",
+        "path": [{"layers": [18, 25, 27], "delta": 2.1}, {"layers": [25, 27], "delta": 1.9}],
+    }
     three = table[table.condition.isin(["baseline", "transfer", "kv_only"])]
     s = build_summary(three, ["seed_v1"], sweep=sweep, **FAST)
     assert s["sweep"]["kind"] == "minimal_layers" and s["sweep"]["path"] == sweep["path"]
@@ -285,9 +345,13 @@ def test_empty_overrides_in_a_dumped_config_are_not_warned(tmp_path):
 
     df = synthetic_results(seeds=(0,), conditions=("baseline", "transfer"))
     empty = dict.fromkeys(("max_new_tokens", "temperature", "top_p", "top_k", "greedy", "flavour", "stop_at_eos"))
-    config = {"generation": {"temperature": 0.8, "top_k": 0, "flavour": "corrected"},
-              "conditions": [{"name": "baseline", "plan": "", "generation": dict(empty)},
-                             {"name": "transfer", "plan": "kv:all", "generation": dict(empty)}]}
+    config = {
+        "generation": {"temperature": 0.8, "top_k": 0, "flavour": "corrected"},
+        "conditions": [
+            {"name": "baseline", "plan": "", "generation": dict(empty)},
+            {"name": "transfer", "plan": "kv:all", "generation": dict(empty)},
+        ],
+    }
     assert generation_warnings(config, df) == []
     config["conditions"][0]["generation"]["top_k"] = 50
     kinds = [w["kind"] for w in generation_warnings(config, df)]

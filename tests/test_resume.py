@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import DEMO_CONDITIONS, AppendSpy, stored_results as results
+from helpers import DEMO_CONDITIONS, AppendSpy
+from helpers import stored_results as results
 from typer.testing import CliRunner
 
 from transferlab.cli import app
@@ -34,8 +35,15 @@ TOTAL = N_PAIRS * N_CONDITIONS * N_SEEDS
 
 
 def overrides(output_dir: Path, batch_size: int) -> list[str]:
-    return ["model=stories260K", f"prompts.n={N_PAIRS}", "generation.max_new_tokens=12", f"batch_size={batch_size}",
-            f"output_dir={output_dir}", "rv.window=8"]
+    return [
+        "model=stories260K",
+        f"prompts.n={N_PAIRS}",
+        "generation.max_new_tokens=12",
+        f"batch_size={batch_size}",
+        f"output_dir={output_dir}",
+        "rv.window=8",
+    ]
+
 
 # small vocabularies have no token for most marker words (see marker_token_ids)
 pytestmark = pytest.mark.filterwarnings("ignore:no vocabulary token spells:UserWarning")
@@ -67,9 +75,12 @@ def assert_same_table(got: pd.DataFrame, want: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(got[numeric], want[numeric], check_exact=False, rtol=1e-6)
     for a, b in zip(got["audit"], want["audit"]):
         a, b = _audit(a), _audit(b)
-        assert [{k: v for k, v in r.items() if k != "change_norm"} for r in a] == \
-               [{k: v for k, v in r.items() if k != "change_norm"} for r in b]
-        assert np.allclose([r["change_norm"] for r in a], [r["change_norm"] for r in b], rtol=1e-5, atol=1e-3)  # float noise around 0 (self splices)
+        assert [{k: v for k, v in r.items() if k != "change_norm"} for r in a] == [
+            {k: v for k, v in r.items() if k != "change_norm"} for r in b
+        ]
+        assert np.allclose(
+            [r["change_norm"] for r in a], [r["change_norm"] for r in b], rtol=1e-5, atol=1e-3
+        )  # float noise around 0 (self splices)
 
 
 def _count_rows(db: Path) -> int:

@@ -15,8 +15,8 @@ import torch
 from helpers import DEMO_CONDITIONS, flat
 from typer.testing import CliRunner
 
-from transferlab.engine.batching import encode
 from transferlab.cli import app
+from transferlab.engine.batching import encode
 from transferlab.experiments import load_config, run_experiment
 from transferlab.experiments.schema import BASE_COLUMNS, TAIL_COLUMNS, unit_key
 from transferlab.experiments.store import RunStore
@@ -25,7 +25,6 @@ from transferlab.prompts import load_bank, make_pairs
 
 # small vocabularies have no token for most marker words (see marker_token_ids)
 pytestmark = pytest.mark.filterwarnings("ignore:no vocabulary token spells:UserWarning")
-
 
 
 def results(run_dir) -> pd.DataFrame:
@@ -72,7 +71,9 @@ def test_one_row_per_pair_condition_seed(demo):
     cfg, _, df = demo
     names = [c.name for c in cfg.conditions]
     assert len(df) == 6 * len(names) * 2 and df["unit"].is_unique
-    assert sorted(df["unit"]) == sorted(unit_key("tiny:llama", s, p, c) for s in (0, 1) for p in range(6) for c in names)
+    assert sorted(df["unit"]) == sorted(
+        unit_key("tiny:llama", s, p, c) for s in (0, 1) for p in range(6) for c in names
+    )
     counts = df.groupby(["pair_id", "condition", "seed"]).size()
     assert (counts == 1).all() and len(counts) == len(df)
     for r in df.itertuples():
@@ -83,8 +84,8 @@ def test_schema_columns(demo):
     cfg, _, df = demo
     cols = list(df.columns)
     assert cols[: len(BASE_COLUMNS)] == BASE_COLUMNS
-    assert cols[-len(TAIL_COLUMNS):] == TAIL_COLUMNS
-    assert cols[len(BASE_COLUMNS): -len(TAIL_COLUMNS)] == cfg.scoring.scorers + ["logit_markers"]
+    assert cols[-len(TAIL_COLUMNS) :] == TAIL_COLUMNS
+    assert cols[len(BASE_COLUMNS) : -len(TAIL_COLUMNS)] == cfg.scoring.scorers + ["logit_markers"]
     assert set(df["finish_reason"]) <= {"eos", "length"}
     assert (df["n_new_tokens"] <= 5).all() and (df["n_new_tokens"] >= 1).all()
     for col in cfg.scoring.scorers:
@@ -126,10 +127,18 @@ def test_source_direct_generates_from_the_source(demo):
     for seed in (0, 1):
         rows = direct[direct.seed == seed]
         streams = [f"tiny:llama|{seed}|{p}" for p in rows["pair_id"]]  # a pair's conditions share one stream
-        gen = model.generate([bank.get(i).text for i in rows["source_id"]], seed=seed, example_ids=rows["unit"].tolist(),
-                             streams=streams,
-                             max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                             greedy=g.greedy, flavour=g.flavour)
+        gen = model.generate(
+            [bank.get(i).text for i in rows["source_id"]],
+            seed=seed,
+            example_ids=rows["unit"].tolist(),
+            streams=streams,
+            max_new_tokens=g.max_new_tokens,
+            temperature=g.temperature,
+            top_p=g.top_p,
+            top_k=g.top_k,
+            greedy=g.greedy,
+            flavour=g.flavour,
+        )
         assert gen.texts == rows["text"].tolist()
 
 
@@ -176,8 +185,9 @@ def test_corrected_n300_patch_fires(tmp_path):
 
 
 def test_layer_sweep(tmp_path):
-    cfg, _, df = run_small("layer_sweep", tmp_path, "model=tiny:llama", "prompts.n=3", "generation.max_new_tokens=3",
-                           "rv.enabled=false")
+    cfg, _, df = run_small(
+        "layer_sweep", tmp_path, "model=tiny:llama", "prompts.n=3", "generation.max_new_tokens=3", "rv.enabled=false"
+    )
     sweep = {"kv@2:w16", "kv@2:w32", "kv@3:w16", "kv@3:w32"}  # 0.5625, 0.78125, 0.84375 of 4 layers -> 2, 3, 3
     assert set(df.condition) == {c.name for c in cfg.conditions} | sweep
     assert len(df) == 3 * (len(cfg.conditions) + len(sweep))
@@ -186,8 +196,9 @@ def test_layer_sweep(tmp_path):
 
 
 def test_minimal_layers_records_its_path(tmp_path):
-    cfg, run_dir, df = run_small("minimal_layers", tmp_path, "prompts.n=16", "generation.max_new_tokens=16",
-                                 "rv.enabled=false")
+    cfg, run_dir, df = run_small(
+        "minimal_layers", tmp_path, "prompts.n=16", "generation.max_new_tokens=16", "rv.enabled=false"
+    )
     store = RunStore(run_dir / "store.sqlite")
     info = store.get("minimal_layers")
     store.close()
@@ -212,24 +223,34 @@ def test_minimal_layers_records_its_path(tmp_path):
 
 
 def test_minimal_layers_partial_run_stores_no_path(tmp_path):
-    _, run_dir, _ = run_small("minimal_layers", tmp_path, "model=tiny:llama", "prompts.n=4",
-                              "generation.max_new_tokens=3", "rv.enabled=false", "batch_size=4", max_batches=3)
+    _, run_dir, _ = run_small(
+        "minimal_layers",
+        tmp_path,
+        "model=tiny:llama",
+        "prompts.n=4",
+        "generation.max_new_tokens=3",
+        "rv.enabled=false",
+        "batch_size=4",
+        max_batches=3,
+    )
     store = RunStore(run_dir / "store.sqlite")
     assert store.get("minimal_layers") is None  # an incomplete search is not recorded as a result
     store.close()
 
 
 def test_seeds_x10_reduced(tmp_path):
-    cfg, _, df = run_small("seeds_x10", tmp_path, "model=tiny:llama", "seeds=[0,1]", "prompts.n=4",
-                           "generation.max_new_tokens=4")
+    cfg, _, df = run_small(
+        "seeds_x10", tmp_path, "model=tiny:llama", "seeds=[0,1]", "prompts.n=4", "generation.max_new_tokens=4"
+    )
     assert sorted(df.seed.unique()) == [0, 1]
     assert len(df) == 4 * 3 * 2 and df["unit"].is_unique
 
 
 def test_cross_model_on_tiny_models(tmp_path):
     models = 'models=[{spec="tiny:llama"},{spec="tiny:qwen2"}]'
-    cfg, run_dir, df = run_small("cross_model", tmp_path, models, "prompts.n=4", "generation.max_new_tokens=4",
-                                 "rv.window=8")
+    cfg, run_dir, df = run_small(
+        "cross_model", tmp_path, models, "prompts.n=4", "generation.max_new_tokens=4", "rv.window=8"
+    )
     assert sorted(df.model.unique()) == ["tiny:llama", "tiny:qwen2"]
     assert len(df) == 2 * 4 * len(cfg.conditions) and df["unit"].is_unique
     meta = json.loads((run_dir / "metadata.json").read_text())
@@ -272,9 +293,15 @@ def test_models_do_not_share_state(tmp_path, monkeypatch):
 
 
 def test_cross_model_per_index_override(tmp_path):
-    cfg, _, df = run_small("cross_model", tmp_path, "models.0.spec=tiny:llama", "models.1.spec=tiny:phi3",
-                           "models.2.spec=tiny:gemma2", "prompts.n=2", "generation.max_new_tokens=2",
-                           "rv.enabled=false")
+    cfg, _, df = run_small(
+        "cross_model",
+        tmp_path,
+        "models.0.spec=tiny:llama",
+        "models.1.spec=tiny:phi3",
+        "models.2.spec=tiny:gemma2",
+        "prompts.n=2",
+        "generation.max_new_tokens=2",
+        "rv.enabled=false",
+    )
     assert sorted(df.model.unique()) == ["tiny:gemma2", "tiny:llama", "tiny:phi3"]
     assert len(df) == 3 * 2 * len(cfg.conditions)
-

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from engine_reference import filtered_probs_reference
 
 from transferlab import rng
 from transferlab.engine.sampling import Sampler
-
-from engine_reference import filtered_probs_reference
 
 pytestmark = pytest.mark.usefixtures("engine_single_thread")
 
@@ -22,8 +21,9 @@ def _logits(rows=6, vocab=40, seed=0, scale=3.0):
 KEYS = torch.tensor([rng.example_key(x) for x in ["a", "b", 3, 4, "e", 99]], dtype=torch.long)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(top_k=5), dict(top_p=0.9), dict(top_k=10, top_p=0.5),
-                                dict(temperature=1.7, top_p=0.3)])
+@pytest.mark.parametrize(
+    "kw", [dict(), dict(top_k=5), dict(top_p=0.9), dict(top_k=10, top_p=0.5), dict(temperature=1.7, top_p=0.3)]
+)
 def test_draws_are_batch_independent(kw):
     s = Sampler(**kw)
     logits = _logits()
@@ -51,10 +51,20 @@ def test_draws_follow_the_inverse_cdf_of_the_example_stream():
             assert got[b].item() == want
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [
-    (1.0, 0, 1.0), (0.8, 5, 1.0), (0.8, 0, 0.9), (1.3, 0, 0.5), (0.5, 12, 0.7), (1.0, 1, 1.0), (2.0, 0, 0.05),
-    (1.0, 40, 1.0), (1.0, 100, 0.999),
-])
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p",
+    [
+        (1.0, 0, 1.0),
+        (0.8, 5, 1.0),
+        (0.8, 0, 0.9),
+        (1.3, 0, 0.5),
+        (0.5, 12, 0.7),
+        (1.0, 1, 1.0),
+        (2.0, 0, 0.05),
+        (1.0, 40, 1.0),
+        (1.0, 100, 0.999),
+    ],
+)
 def test_filtering_matches_reference(temperature, top_k, top_p):
     logits = _logits(rows=8, seed=1)
     got = Sampler(temperature=temperature, top_k=top_k, top_p=top_p).filtered_probs(logits).double()
@@ -87,7 +97,9 @@ def _chi2(counts: np.ndarray, probs: np.ndarray) -> float:
     return float(((counts[keep] - exp) ** 2 / exp).sum())
 
 
-@pytest.mark.parametrize("kw", [dict(temperature=1.0), dict(temperature=0.7, top_k=4), dict(temperature=1.0, top_p=0.8)])
+@pytest.mark.parametrize(
+    "kw", [dict(temperature=1.0), dict(temperature=0.7, top_k=4), dict(temperature=1.0, top_p=0.8)]
+)
 def test_empirical_distribution_matches_probabilities(kw):
     vocab, n = 8, 40000
     logits = torch.tensor([[1.0, 0.5, 0.0, -0.5, 2.0, -1.0, 0.2, 1.5]])

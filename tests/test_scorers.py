@@ -18,13 +18,16 @@ from transferlab.metrics.text import longest_periodic_run, mattr
 
 # Written from SEED_FACTS.md alone, in a different style from the package:
 # str.find for presence, integer arithmetic for the 60 % rule.
-REFERENCE_MARKERS = """itself self recursive loop process cycle return eigen writing mirror
-awareness consciousness observer observing generating emerging simultaneous""".split() + [
-    "fixed point",
-    "solution",
-    "answerer",
-    "answer is",
-]
+REFERENCE_MARKERS = (
+    """itself self recursive loop process cycle return eigen writing mirror
+awareness consciousness observer observing generating emerging simultaneous""".split()
+    + [
+        "fixed point",
+        "solution",
+        "answerer",
+        "answer is",
+    ]
+)
 
 
 def reference_seed_v1(text: str) -> int:
@@ -97,9 +100,30 @@ def test_seed_v1_bonus_tokens_are_case_and_punctuation_sensitive():
 def test_seed_v1_agrees_with_reference_on_random_texts():
     rng = random.Random(1234)
     pieces = REFERENCE_MARKERS + [
-        "itselfish", "selfhood", "dissolution", "Recursion", "LOOPING", "fixed-point",
-        "Fixed Point", "answer", "is", "the", "a", "mirror,", "Mirror", "bicycle",
-        "answer  is", "observ", "eigen-", "emergin", "cat", "dog", "\n", "\t", "x", "y",
+        "itselfish",
+        "selfhood",
+        "dissolution",
+        "Recursion",
+        "LOOPING",
+        "fixed-point",
+        "Fixed Point",
+        "answer",
+        "is",
+        "the",
+        "a",
+        "mirror,",
+        "Mirror",
+        "bicycle",
+        "answer  is",
+        "observ",
+        "eigen-",
+        "emergin",
+        "cat",
+        "dog",
+        "\n",
+        "\t",
+        "x",
+        "y",
     ]
     texts = []
     for _ in range(600):
@@ -371,8 +395,10 @@ def test_seed_v1_markers_is_seed_v1_without_the_bonus():
     from transferlab.metrics.scorers import get_scorer
     from transferlab.metrics.seed_v1 import seed_v1_repetition_bonus
 
-    texts = ["the self the self the self the self the self the self the self",
-             "A mirror reflects itself; the observer is observing the process."]
+    texts = [
+        "the self the self the self the self the self the self the self",
+        "A mirror reflects itself; the observer is observing the process.",
+    ]
     full, markers = get_scorer("seed_v1")(texts), get_scorer("seed_v1_markers")(texts)
     assert [m + seed_v1_repetition_bonus(t) for m, t in zip(markers, texts)] == full
     assert seed_v1_repetition_bonus(texts[0]) == 5 and markers[0] == full[0] - 5

@@ -12,12 +12,11 @@ the same tokens, alone and in a left-padded batch.
 from __future__ import annotations
 
 import pytest
+from conftest import LONG, PROMPT, SHORT, STORY, STORY2
+from engine_reference import greedy_plain, seed_quickstart
 
 from transferlab.engine.generation import generate
 from transferlab.models.tiny import TINY_FAMILIES
-
-from conftest import LONG, PROMPT, SHORT, STORY, STORY2
-from engine_reference import greedy_plain, seed_quickstart
 
 pytestmark = pytest.mark.usefixtures("engine_single_thread", "engine_no_hooks_left")
 
@@ -53,12 +52,14 @@ def test_seed_flavour_matches_quickstart(family, tiny_models, stories):
     targets, sources = [t for t, _ in PAIRS], [s for _, s in PAIRS]
     # alone
     for (t, s), ref in zip(PAIRS, refs):
-        g = generate(model, [t], sources=[s], plan=plan, flavour="seed", greedy=True,
-                     max_new_tokens=N_NEW, stop_at_eos=False)
+        g = generate(
+            model, [t], sources=[s], plan=plan, flavour="seed", greedy=True, max_new_tokens=N_NEW, stop_at_eos=False
+        )
         assert g.token_ids[0] == ref["tokens"], (family, t, s)
     # one left-padded batch
-    g = generate(model, targets, sources=sources, plan=plan, flavour="seed", greedy=True,
-                 max_new_tokens=N_NEW, stop_at_eos=False)
+    g = generate(
+        model, targets, sources=sources, plan=plan, flavour="seed", greedy=True, max_new_tokens=N_NEW, stop_at_eos=False
+    )
     assert g.token_ids == [r["tokens"] for r in refs], family
     audit = g.audit
     vrows = audit[audit.kind == "patch"]
@@ -71,10 +72,20 @@ def test_seed_flavour_prompt_phase_patch_matches_seed_hook_at_prefill(family, ti
     """``v_proj@L:w16:prompt`` in seed flavour = the seed's v_hook registered during the target's prefill."""
     model = stories if family == "stories260K" else tiny_models(family)
     plan = f"kv:all + v_proj@{LAYER}:w16:prompt"
-    refs = [seed_quickstart(model.hf, _ids(model, t), _ids(model, s), LAYER, N_NEW, v_hook_at_prefill=True)
-            for t, s in PAIRS]
-    g = generate(model, [t for t, _ in PAIRS], sources=[s for _, s in PAIRS], plan=plan, flavour="seed",
-                 greedy=True, max_new_tokens=N_NEW, stop_at_eos=False)
+    refs = [
+        seed_quickstart(model.hf, _ids(model, t), _ids(model, s), LAYER, N_NEW, v_hook_at_prefill=True)
+        for t, s in PAIRS
+    ]
+    g = generate(
+        model,
+        [t for t, _ in PAIRS],
+        sources=[s for _, s in PAIRS],
+        plan=plan,
+        flavour="seed",
+        greedy=True,
+        max_new_tokens=N_NEW,
+        stop_at_eos=False,
+    )
     assert g.token_ids == [r["tokens"] for r in refs], family
     fired = g.audit[g.audit.kind == "patch"].sort_values("example").fired_prompt.tolist()
     assert fired == [r["v_fired"] for r in refs]

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import LONG, PROMPT, SHORT, STORY, STORY2
+from engine_reference import greedy_on_cache, prompt_cache
 
 from transferlab.engine.generation import generate
 from transferlab.interventions.rope import inverse_frequencies, rotate_keys
 from transferlab.models.tiny import TINY_FAMILIES
-
-from conftest import LONG, PROMPT, SHORT, STORY, STORY2
-from engine_reference import greedy_on_cache, prompt_cache
 
 pytestmark = pytest.mark.usefixtures("engine_single_thread", "engine_no_hooks_left")
 
@@ -60,8 +59,9 @@ class CacheSpy:
 
 def _spliced(model, target, source, plan, **kw):
     with CacheSpy(model) as spy:
-        g = generate(model, [target], sources=[source], plan=plan, greedy=True, max_new_tokens=N_NEW,
-                     stop_at_eos=False, **kw)
+        g = generate(
+            model, [target], sources=[source], plan=plan, greedy=True, max_new_tokens=N_NEW, stop_at_eos=False, **kw
+        )
     return spy, g
 
 
@@ -230,8 +230,7 @@ def test_prepend_in_a_batch_pads_the_other_rows(tiny_models):
     targets, sources = [PROMPT, LONG, SHORT], [STORY, None, PROMPT]
     plans = ["kv:all:prepend", None, "kv:all:prepend"]
     with CacheSpy(model) as spy:
-        g = generate(model, targets, sources=sources, plan=plans, greedy=True, max_new_tokens=N_NEW,
-                     stop_at_eos=False)
+        g = generate(model, targets, sources=sources, plan=plans, greedy=True, max_new_tokens=N_NEW, stop_at_eos=False)
     # rows are sorted by length inside the engine; find each row by its mask length
     lens = {t: len(_ids(model, t)) - 1 for t in targets}
     extra = {PROMPT: len(_ids(model, STORY)) - 1, LONG: 0, SHORT: len(_ids(model, PROMPT)) - 1}
@@ -239,8 +238,9 @@ def test_prepend_in_a_batch_pads_the_other_rows(tiny_models):
     assert widths == sorted(lens[t] + extra[t] + 1 for t in targets)
     assert sorted(spy.pos[:, 0].tolist()) == sorted(lens[t] + extra[t] for t in targets)
     for i, t in enumerate(targets):
-        alone = generate(model, [t], sources=[sources[i]], plan=plans[i], greedy=True, max_new_tokens=N_NEW,
-                         stop_at_eos=False)
+        alone = generate(
+            model, [t], sources=[sources[i]], plan=plans[i], greedy=True, max_new_tokens=N_NEW, stop_at_eos=False
+        )
         assert g.token_ids[i] == alone.token_ids[0]
 
 
@@ -264,8 +264,16 @@ def test_seed_splice_is_right_aligned_and_not_rerotated(target, source, tiny_mod
     assert spy.pos.tolist() == [[T]]  # the re-fed last token sits one slot past the prompt
     # rope is moot in the seed flavour (keys keep their source rotations either way) ...
     for plan in ("kv:all:keep", "kv:all:reposition"):
-        other = generate(model, [target], sources=[source], plan=plan, greedy=True, max_new_tokens=N_NEW,
-                         stop_at_eos=False, flavour="seed")
+        other = generate(
+            model,
+            [target],
+            sources=[source],
+            plan=plan,
+            greedy=True,
+            max_new_tokens=N_NEW,
+            stop_at_eos=False,
+            flavour="seed",
+        )
         assert other.token_ids == g.token_ids, plan
     # ... while an alignment the seed never had is refused, not silently replaced
     from transferlab.interventions import InterventionError
@@ -281,7 +289,9 @@ def test_prepend_reposition_rejects_sequence_dependent_rope(tiny_models):
     from transferlab.interventions import InterventionError
 
     model = tiny_models("llama")
-    broken = dataclasses.replace(model, adapter=dataclasses.replace(model.adapter, rope_scaling={"rope_type": "dynamic", "factor": 2.0}))
+    broken = dataclasses.replace(
+        model, adapter=dataclasses.replace(model.adapter, rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    )
     with pytest.raises(InterventionError, match="dynamic"):
         generate(broken, [LONG], sources=[PROMPT], plan="kv:all", greedy=True, max_new_tokens=2)
     g = generate(broken, [LONG], sources=[PROMPT], plan="kv:all:keep", greedy=True, max_new_tokens=2)
@@ -314,8 +324,13 @@ def test_splice_refuses_sliding_layers_that_dropped_positions():
 
     model = _sliding_gemma2(6)
     assert len(_ids(model, PROMPT)) > 6 and len(_ids(model, LONG)) > 6
-    for plan, flavour in (("kv:all", "corrected"), ("kv:all", "seed"), ("kv:all:left", "corrected"),
-                          ("kv:all:prepend", "corrected"), ("kv:0", "corrected")):
+    for plan, flavour in (
+        ("kv:all", "corrected"),
+        ("kv:all", "seed"),
+        ("kv:all:left", "corrected"),
+        ("kv:all:prepend", "corrected"),
+        ("kv:0", "corrected"),
+    ):
         with pytest.raises(InterventionError, match="sliding-window layer"):
             generate(model, [PROMPT], sources=[LONG], plan=plan, greedy=True, max_new_tokens=3, flavour=flavour)
     # full-attention layers keep every position: splicing them works, batched or alone
@@ -325,8 +340,15 @@ def test_splice_refuses_sliding_layers_that_dropped_positions():
     src = prompt_cache(model.hf, si[:-1], P - S)
     for layer in (1, 3):
         _close(spy.kv[layer][0][:, :, P - S :], src[layer][0])
-    both = generate(model, [LONG, PROMPT], sources=[PROMPT, LONG], plan="kv:1,3", greedy=True,
-                    max_new_tokens=N_NEW, stop_at_eos=False)
+    both = generate(
+        model,
+        [LONG, PROMPT],
+        sources=[PROMPT, LONG],
+        plan="kv:1,3",
+        greedy=True,
+        max_new_tokens=N_NEW,
+        stop_at_eos=False,
+    )
     assert both.token_ids[0] == g.token_ids[0]
     # prompts inside the window splice every layer as usual
     short = _sliding_gemma2(64)

@@ -26,8 +26,15 @@ def long_table(n_pairs=24, n_sources=6, effect=0.5, seed=0, conditions=("baselin
         base = rng.normal()
         for k, c in enumerate(conditions):
             rows.append(
-                dict(pair_id=p, source_id=f"s{p % n_sources}", target_id=f"t{p}", condition=c, seed=0,
-                     score=base + k * effect + rng.normal(), other=rng.integers(0, 5))
+                dict(
+                    pair_id=p,
+                    source_id=f"s{p % n_sources}",
+                    target_id=f"t{p}",
+                    condition=c,
+                    seed=0,
+                    score=base + k * effect + rng.normal(),
+                    other=rng.integers(0, 5),
+                )
             )
     return pd.DataFrame(rows)
 
@@ -62,8 +69,12 @@ def test_paired_compare_matches_scipy():
     assert row.ddof == 1
     # permutation p against scipy's own call with the same resampling
     ref_perm = sps.permutation_test(
-        (cond, ref), lambda x, y, axis: np.mean(x - y, axis=axis), permutation_type="samples",
-        n_resamples=5000, vectorized=True, rng=np.random.default_rng(0),
+        (cond, ref),
+        lambda x, y, axis: np.mean(x - y, axis=axis),
+        permutation_type="samples",
+        n_resamples=5000,
+        vectorized=True,
+        rng=np.random.default_rng(0),
     )
     assert row.p_perm == pytest.approx(ref_perm.pvalue, abs=0.02)
     assert row.ci_low < d.mean() < row.ci_high
@@ -134,8 +145,11 @@ def test_holm_against_hand_example_and_statsmodels():
 def test_compare_all_adjusts_across_all_rows():
     df = long_table(conditions=("baseline", "transfer", "wrong_layer"))
     out = compare_all(
-        df, [("transfer", "baseline"), ("wrong_layer", "baseline"), ("transfer", "wrong_layer")],
-        ["score", "other"], n_perm=500, n_boot=300,
+        df,
+        [("transfer", "baseline"), ("wrong_layer", "baseline"), ("transfer", "wrong_layer")],
+        ["score", "other"],
+        n_perm=500,
+        n_boot=300,
     )
     assert len(out) == 6
     assert list(out[["condition", "reference", "score"]].iloc[4]) == ["transfer", "wrong_layer", "score"]

@@ -19,11 +19,10 @@ import pandas as pd
 import pytest
 from helpers import stored_results
 
-from transferlab.experiments.w300 import W300_CONDITIONS, make_workload
 from transferlab.experiments import run_experiment
 from transferlab.experiments.checks import preflight
 from transferlab.experiments.runner import never_fired_summary
-from transferlab.experiments.w300 import w300_config, write_w300_bank
+from transferlab.experiments.w300 import W300_CONDITIONS, make_workload, w300_config, write_w300_bank
 from transferlab.models.random import IdTokenizer
 from transferlab.prompts import load_bank
 
@@ -42,8 +41,14 @@ def tiny_bank(tmp_path_factory) -> Path:
 
 
 def tiny_config(bank: Path, out: Path):
-    return w300_config(bank, model="random:tiny-mistral", seeds=SEEDS, n_pairs=N_PAIRS, output_dir=str(out),
-                       generation={"max_new_tokens": NEW})
+    return w300_config(
+        bank,
+        model="random:tiny-mistral",
+        seeds=SEEDS,
+        n_pairs=N_PAIRS,
+        output_dir=str(out),
+        generation={"max_new_tokens": NEW},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +80,13 @@ def test_the_config_pairs_every_prompt_once(bank300):
     assert sorted(p.target_id for p in pairs) == [f"w300_target_{i:03d}" for i in range(300)]
     assert {c.name: c.plan for c in config.conditions} == W300_CONDITIONS
     g = config.generation
-    assert (g.max_new_tokens, g.temperature, g.stop_at_eos, g.flavour, g.greedy) == (150, 0.8, False, "corrected", False)
+    assert (g.max_new_tokens, g.temperature, g.stop_at_eos, g.flavour, g.greedy) == (
+        150,
+        0.8,
+        False,
+        "corrected",
+        False,
+    )
     assert config.seeds == [0, 1, 2, 3] and config.model.spec == "random:mistral-7b" and config.batch_size is None
     assert not config.rv.enabled and not config.scoring.logit and config.scoring.scorers == ["collapse"]
     assert w300_config(bank300, generation={"max_new_tokens": 4}).generation.temperature == 0.8  # tables merge
@@ -128,8 +139,24 @@ def test_the_scaleout_script_writes_its_json(tiny_bank, tmp_path, monkeypatch):
     import os
 
     assert os.environ["PYTHONPATH"].split(os.pathsep) == [str(ROOT / "src"), os.path.abspath("relative/dir")]
-    out = scaleout.main(["--model", "random:tiny-mistral", "--pairs", "4", "--seeds", "1", "--max-new-tokens", "2",
-                         "--modes", "inprocess", "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs")])
+    out = scaleout.main(
+        [
+            "--model",
+            "random:tiny-mistral",
+            "--pairs",
+            "4",
+            "--seeds",
+            "1",
+            "--max-new-tokens",
+            "2",
+            "--modes",
+            "inprocess",
+            "--out",
+            str(tmp_path / "out"),
+            "--runs",
+            str(tmp_path / "runs"),
+        ]
+    )
     path = Path(out["path"])
     assert re.fullmatch(r"scaleout_w4x1_cpu_\d{8}-\d{6}\.json", path.name)
     saved = json.loads(path.read_text())

@@ -1,6 +1,7 @@
 """transferlab: activation-patching behavior-transfer experiments on HF causal LMs."""
 
-from . import metrics, stats  # subpackages users reach as tl.metrics, tl.stats
+from . import metrics as metrics  # subpackages users reach as tl.metrics, tl.stats
+from . import stats as stats
 from .engine import Activations, Generation, capture, generate
 from .interventions import Ablate, HeadPatch, KVSplice, Noise, Patch, Plan, Steer
 from .models import Model, ModelLoadError, load_model
@@ -8,6 +9,22 @@ from .sites import HookPoint, SiteError
 
 __version__ = "0.1.0"
 
-__all__ = ["Generation", "generate", "Ablate", "HeadPatch", "KVSplice", "Noise", "Patch", "Plan", "Steer",
-           "Activations", "capture", "Model", "ModelLoadError", "load_model", "HookPoint", "SiteError",
-           "__version__"]
+__all__ = [
+    "Generation",
+    "generate",
+    "Ablate",
+    "HeadPatch",
+    "KVSplice",
+    "Noise",
+    "Patch",
+    "Plan",
+    "Steer",
+    "Activations",
+    "capture",
+    "Model",
+    "ModelLoadError",
+    "load_model",
+    "HookPoint",
+    "SiteError",
+    "__version__",
+]

@@ -32,6 +32,7 @@ from .experiments.w300 import W300_CONDITIONS, make_workload
 from .models.cache import cache_kwargs, get_kv, output_cache
 from .models.random import build_random
 
+
 def _decode_mode(device) -> str:
     how = decode_mode()
     return ("graph" if device.type == "cuda" else "eager") if how == "auto" else how
@@ -53,13 +54,26 @@ def run_engine(model, sources, targets, max_new_tokens=150, batch_size=None, con
             ids.append(f"{name}|{i}")
     _sync(model.device)
     t0 = time.perf_counter()
-    gen = model.generate(tg, sources=sr, plan=pl, max_new_tokens=max_new_tokens, temperature=0.8,
-                         stop_at_eos=False, batch_size=batch_size, example_ids=ids)
+    gen = model.generate(
+        tg,
+        sources=sr,
+        plan=pl,
+        max_new_tokens=max_new_tokens,
+        temperature=0.8,
+        stop_at_eos=False,
+        batch_size=batch_size,
+        example_ids=ids,
+    )
     _sync(model.device)
     wall = time.perf_counter() - t0
     n_tokens = sum(len(t) for t in gen.token_ids)
-    return {"wall_s": wall, "generations": len(tg), "tokens": n_tokens, "tokens_per_s": n_tokens / wall,
-            "never_fired": int(gen.audit.never_fired.sum()) if len(gen.audit) else 0}
+    return {
+        "wall_s": wall,
+        "generations": len(tg),
+        "tokens": n_tokens,
+        "tokens_per_s": n_tokens / wall,
+        "never_fired": int(gen.audit.never_fired.sum()) if len(gen.audit) else 0,
+    }
 
 
 def seed_loop_one(model, source, target, layer=27, max_new_tokens=150, window=16):
@@ -113,12 +127,20 @@ def run_seed_loop(model, sources, targets, n_sample=3, max_new_tokens=150, total
     seed_loop_one(model, sources[0], targets[0], max_new_tokens=4)  # warm-up
     _sync(model.device)
     t0 = time.perf_counter()
-    toks = sum(seed_loop_one(model, s, t, max_new_tokens=max_new_tokens) for s, t in zip(sources[:n_sample], targets[:n_sample]))
+    toks = sum(
+        seed_loop_one(model, s, t, max_new_tokens=max_new_tokens)
+        for s, t in zip(sources[:n_sample], targets[:n_sample])
+    )
     _sync(model.device)
     wall = time.perf_counter() - t0
     per_gen = wall / n_sample
-    return {"sampled_generations": n_sample, "wall_s": wall, "s_per_generation": per_gen,
-            "ms_per_token": 1000 * wall / toks, "projected_wall_s": per_gen * total_generations}
+    return {
+        "sampled_generations": n_sample,
+        "wall_s": wall,
+        "s_per_generation": per_gen,
+        "ms_per_token": 1000 * wall / toks,
+        "projected_wall_s": per_gen * total_generations,
+    }
 
 
 def run_hf_generate(model, targets, batch_size, max_new_tokens=150, repeats=4):
@@ -141,14 +163,27 @@ def _hf_generate(model, targets, batch_size, max_new_tokens, repeats):
     n_tok = 0
     for start in range(0, len(seqs), batch_size):
         b = left_pad(seqs[start : start + batch_size], 0, 1, device=model.device)
-        out = hf.generate(input_ids=b.input_ids, attention_mask=b.attention_mask, max_new_tokens=max_new_tokens,
-                          min_new_tokens=max_new_tokens, do_sample=True, temperature=0.8, top_k=0, top_p=1.0,
-                          pad_token_id=0)
+        out = hf.generate(
+            input_ids=b.input_ids,
+            attention_mask=b.attention_mask,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            do_sample=True,
+            temperature=0.8,
+            top_k=0,
+            top_p=1.0,
+            pad_token_id=0,
+        )
         n_tok += (out.shape[1] - b.input_ids.shape[1]) * out.shape[0]
     _sync(model.device)
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "generations": len(seqs), "tokens": n_tok, "tokens_per_s": n_tok / wall,
-            "batch_size": batch_size}
+    return {
+        "wall_s": wall,
+        "generations": len(seqs),
+        "tokens": n_tok,
+        "tokens_per_s": n_tok / wall,
+        "batch_size": batch_size,
+    }
 
 
 def _engine_batch(model, sources, targets, max_new_tokens):
@@ -157,9 +192,19 @@ def _engine_batch(model, sources, targets, max_new_tokens):
     return auto_batch_size(model, n, tokens_per_example(targets, sources, max_new_tokens))
 
 
-def main(shape="mistral-7b", n_pairs=300, max_new_tokens=150, batch_size=None, seed_sample=3,
-         out_dir="benchmarks/results", skip=(), device=None, n_layers=None, hf_batch=None,
-         variants=("plain",)) -> dict:
+def main(
+    shape="mistral-7b",
+    n_pairs=300,
+    max_new_tokens=150,
+    batch_size=None,
+    seed_sample=3,
+    out_dir="benchmarks/results",
+    skip=(),
+    device=None,
+    n_layers=None,
+    hf_batch=None,
+    variants=("plain",),
+) -> dict:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     t0 = time.perf_counter()
@@ -167,10 +212,18 @@ def main(shape="mistral-7b", n_pairs=300, max_new_tokens=150, batch_size=None, s
     build_s = time.perf_counter() - t0
     sources, targets = make_workload(n_pairs, model.hf.config.vocab_size)
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    result = {"workload": f"W{n_pairs}", "shape": shape, "n_layers": model.n_layers, "device": gpu,
-              "attention": model.hf.config._attn_implementation,
-              "dtype": str(dtype), "max_new_tokens": max_new_tokens, "build_s": build_s,
-              "torch": torch.__version__, "decode": _decode_mode(dev)}
+    result = {
+        "workload": f"W{n_pairs}",
+        "shape": shape,
+        "n_layers": model.n_layers,
+        "device": gpu,
+        "attention": model.hf.config._attn_implementation,
+        "dtype": str(dtype),
+        "max_new_tokens": max_new_tokens,
+        "build_s": build_s,
+        "torch": torch.__version__,
+        "decode": _decode_mode(dev),
+    }
     import transformers
 
     result["transformers"] = transformers.__version__
@@ -203,8 +256,9 @@ def main(shape="mistral-7b", n_pairs=300, max_new_tokens=150, batch_size=None, s
         if "unpatched" not in skip:
             plain = {name: "" for name in W300_CONDITIONS}
             result["engine_fused_unpatched"] = run_engine(model, sources, targets, max_new_tokens, batch_size, plain)
-            result["fused_intervention_overhead"] = (result["engine_fused"]["wall_s"]
-                                                     / result["engine_fused_unpatched"]["wall_s"] - 1)
+            result["fused_intervention_overhead"] = (
+                result["engine_fused"]["wall_s"] / result["engine_fused_unpatched"]["wall_s"] - 1
+            )
     if "seed" not in skip:
         result["seed_loop"] = run_seed_loop(model, sources, targets, seed_sample, max_new_tokens, total)
     if "hf" not in skip:

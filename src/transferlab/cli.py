@@ -12,7 +12,10 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Activation-patching behavior-transfer experiments.")
 console = Console()
 
-MODEL_HELP = "Model: 'stories260K' (embedded, default), 'tiny:<family>', 'random:<shape>' (token-id prompts), a .gguf file, a local HF directory or a hub id."
+MODEL_HELP = (
+    "Model: 'stories260K' (embedded, default), 'tiny:<family>', 'random:<shape>' (token-id prompts), "
+    "a .gguf file, a local HF directory or a hub id."
+)
 
 
 def _fail(exc: Exception) -> None:
@@ -71,11 +74,15 @@ def rv_cmd(
     except ValueError as exc:
         _fail(exc)
     if as_json:  # strict JSON: NaN (short prompts) becomes null
-        records = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
-                   for r in df.to_dict(orient="records")]
+        records = [
+            {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+            for r in df.to_dict(orient="records")
+        ]
         console.print_json(json.dumps(records, allow_nan=False))
         return
-    table = Table(title=f"R_V on {m.name} (v_proj@{df.layer_late.iloc[0]} / v_proj@{df.layer_early.iloc[0]}, window {window})")
+    table = Table(
+        title=f"R_V on {m.name} (v_proj@{df.layer_late.iloc[0]} / v_proj@{df.layer_early.iloc[0]}, window {window})"
+    )
     for col in ("prompt", "n_tokens", "pr_early", "pr_late", "rv", "status"):
         table.add_column(col)
     for r in df.itertuples():
@@ -103,7 +110,9 @@ def audit_table_view(audit, title: str = "audit") -> Table:
         table.add_column(c)
     for r in audit.itertuples():
         style = "bold red" if r.never_fired else None
-        table.add_row(*[f"{getattr(r, c):.4g}" if c == "change_norm" else str(getattr(r, c)) for c in cols], style=style)
+        table.add_row(
+            *[f"{getattr(r, c):.4g}" if c == "change_norm" else str(getattr(r, c)) for c in cols], style=style
+        )
     return table
 
 
@@ -111,7 +120,9 @@ def audit_table_view(audit, title: str = "audit") -> Table:
 def transfer(
     source: str = typer.Option(..., "--source", "-s", help="Source prompt (activations come from here)."),
     target: str = typer.Option(..., "--target", "-t", help="Target prompt (activations are written here)."),
-    plan: str = typer.Option("kv:all + v_proj@0.84:w16:both", "--plan", "-p", help="Plan in the mini-language (see docs)."),
+    plan: str = typer.Option(
+        "kv:all + v_proj@0.84:w16:both", "--plan", "-p", help="Plan in the mini-language (see docs)."
+    ),
     model: str = typer.Option("stories260K", "--model", "-m", help=MODEL_HELP),
     flavour: str = typer.Option("corrected", help="corrected (default) or seed (reproduce the seed's code)."),
     seed: int = typer.Option(0, help="Sampling seed."),
@@ -145,9 +156,11 @@ def transfer(
     console.print(audit_table_view(moved.audit))
     warn_never_fired(moved.audit)
     if flavour == "seed" and len(parsed):
-        console.print("[bold red]WARNING: flavour 'seed': the transferred run re-feeds the last prompt token as its "
-                      "first decode step (the seed's loop) while the target's own run does not (the seed's "
-                      "baselines used model.generate): the two differ in more than the plan.[/]")
+        console.print(
+            "[bold red]WARNING: flavour 'seed': the transferred run re-feeds the last prompt token as its "
+            "first decode step (the seed's loop) while the target's own run does not (the seed's "
+            "baselines used model.generate): the two differ in more than the plan.[/]"
+        )
 
 
 @app.command()
@@ -156,14 +169,23 @@ def run(
     set_: List[str] = typer.Option([], "--set", help="Override a field: key=value (repeatable), e.g. prompts.n=20."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Resume a killed run from its directory."),
     no_report: bool = typer.Option(False, "--no-report", help="Skip summary/report/figures."),
-    executor: str = typer.Option("inprocess", "--executor", help="Where batches run: inprocess (default) or ray "
-                                 "(Ray workers; pip install 'transferlab[ray]')."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address HOST:PORT (default: start "
-                                          "Ray on this machine)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray workers (default: one per GPU, or "
-                                          "one per CPU without GPUs)."),
-    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", min=0, help="GPUs per Ray worker "
-                                                    "(default 1 with GPUs; more for a model split with device_map)."),
+    executor: str = typer.Option(
+        "inprocess",
+        "--executor",
+        help="Where batches run: inprocess (default) or ray (Ray workers; pip install 'transferlab[ray]').",
+    ),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray cluster address HOST:PORT (default: start Ray on this machine)."
+    ),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1, help="Ray workers (default: one per GPU, or one per CPU without GPUs)."
+    ),
+    gpus_per_worker: Optional[float] = typer.Option(
+        None,
+        "--gpus-per-worker",
+        min=0,
+        help="GPUs per Ray worker (default 1 with GPUs; more for a model split with device_map).",
+    ),
 ) -> None:
     """Run an experiment end to end (or resume one) and write its run directory."""
     from .experiments import ConfigError, load_config, run_experiment
@@ -182,11 +204,14 @@ def run(
 
             for msg in layer_collisions(cfg):
                 console.print(f"[yellow]note: {msg}[/]")
-            console.print(f"[bold]{cfg.name}[/]: {len(cfg.conditions)} conditions x {cfg.prompts.n} pairs x "
-                          f"{len(cfg.seeds)} seed(s) on {', '.join(m.spec for m in cfg.model_specs())}")
+            console.print(
+                f"[bold]{cfg.name}[/]: {len(cfg.conditions)} conditions x {cfg.prompts.n} pairs x "
+                f"{len(cfg.seeds)} seed(s) on {', '.join(m.spec for m in cfg.model_specs())}"
+            )
         options = dict(address=address, workers=workers, gpus_per_worker=gpus_per_worker)
-        run_dir = run_experiment(cfg, resume=resume, console=console, report=not no_report, executor=executor,
-                                 executor_options=options)
+        run_dir = run_experiment(
+            cfg, resume=resume, console=console, report=not no_report, executor=executor, executor_options=options
+        )
     except ExecutorError as exc:
         from rich.markup import escape
 
@@ -200,8 +225,10 @@ def run(
     store.close()
     dead = never_fired_summary(results)
     for r in dead.itertuples():
-        console.print(f"[bold red]WARNING: intervention {r.description} ({r.hook_point}) never fired in "
-                      f"{r.examples_never_fired} of {r.examples} example(s)[/]")
+        console.print(
+            f"[bold red]WARNING: intervention {r.description} ({r.hook_point}) never fired in "
+            f"{r.examples_never_fired} of {r.examples} example(s)[/]"
+        )
     console.print(f"[green]run directory:[/] {run_dir}")
     report = run_dir / "report.md"
     if report.exists():
@@ -273,10 +300,22 @@ def bench(
     known = {"engine", "unpatched", "seed", "hf"}
     parts = tuple(p for p in skip.split(",") if p)
     if set(parts) - known:
-        _fail(ValueError(f"--skip: unknown part(s) {', '.join(sorted(set(parts) - known))}; use {', '.join(sorted(known))}"))
+        _fail(
+            ValueError(
+                f"--skip: unknown part(s) {', '.join(sorted(set(parts) - known))}; use {', '.join(sorted(known))}"
+            )
+        )
     try:
-        result = bench_main(shape, pairs, max_new_tokens, batch_size, out_dir=out, skip=parts, device=device,
-                            variants=("plain", "fused") if fused else ("plain",))
+        result = bench_main(
+            shape,
+            pairs,
+            max_new_tokens,
+            batch_size,
+            out_dir=out,
+            skip=parts,
+            device=device,
+            variants=("plain", "fused") if fused else ("plain",),
+        )
     except ValueError as exc:
         _fail(exc)
     console.print_json(json.dumps(result))

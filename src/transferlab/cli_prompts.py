@@ -55,8 +55,13 @@ def list_prompts(
         _fail(f"no group {group!r}; groups: {', '.join(known)}")
     console = Console()
     table = Table(show_lines=False)
-    for col, kw in (("bank", {}), ("id", {"no_wrap": True}), ("group", {"no_wrap": True}),
-                    ("words", {"justify": "right"}), ("text", {"overflow": "fold"})):
+    for col, kw in (
+        ("bank", {}),
+        ("id", {"no_wrap": True}),
+        ("group", {"no_wrap": True}),
+        ("words", {"justify": "right"}),
+        ("text", {"overflow": "fold"}),
+    ):
         table.add_column(col, **kw)
     shown: list[tuple[PromptBank, int]] = []
     for b in banks:
@@ -86,8 +91,9 @@ def list_groups(bank: BankOpt = None) -> None:
 
 
 @prompts_app.command("show")
-def show(prompt_id: Annotated[str, typer.Argument(metavar="ID", help="A prompt id, e.g. L5_07.")],
-         bank: BankOpt = None) -> None:
+def show(
+    prompt_id: Annotated[str, typer.Argument(metavar="ID", help="A prompt id, e.g. L5_07.")], bank: BankOpt = None
+) -> None:
     """Show one prompt in full, with its group, markers and the bank version."""
     banks = _banks(bank)
     for b in banks:
@@ -98,11 +104,19 @@ def show(prompt_id: Annotated[str, typer.Argument(metavar="ID", help="A prompt i
             table = Table(show_header=False, box=None)
             table.add_column(style="bold", no_wrap=True)
             table.add_column(overflow="fold")
-            rows = [("id", p.id), ("bank", b.name), ("group", p.group), ("pillar", info.pillar),
-                    ("level", "" if p.level is None else str(p.level)), ("words", str(p.n_words)),
-                    ("markers", ", ".join(p.markers) if p.markers else ""),
-                    ("meta", ", ".join(f"{k}={v}" for k, v in p.meta.items() if k != "pillar")),
-                    ("file", info.file), ("version", b.version), ("text", p.text)]
+            rows = [
+                ("id", p.id),
+                ("bank", b.name),
+                ("group", p.group),
+                ("pillar", info.pillar),
+                ("level", "" if p.level is None else str(p.level)),
+                ("words", str(p.n_words)),
+                ("markers", ", ".join(p.markers) if p.markers else ""),
+                ("meta", ", ".join(f"{k}={v}" for k, v in p.meta.items() if k != "pillar")),
+                ("file", info.file),
+                ("version", b.version),
+                ("text", p.text),
+            ]
             for k, v in rows:
                 if v:
                     table.add_row(k, Text(v))

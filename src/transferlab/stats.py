@@ -214,9 +214,26 @@ def paired_compare(
         "n_clusters": int(ok["cluster"].nunique()),
     }
     nan = np.nan
-    row.update(mean_ref=nan, mean_cond=nan, mean_diff=nan, sd_diff=nan, ci_low=nan, ci_high=nan,
-               ci_iid_low=nan, ci_iid_high=nan, t=nan, df=nan, p_t=nan, w=nan, p_wilcoxon=nan,
-               n_zero_diff=int(np.sum(d == 0)), p_perm=nan, p_perm_cluster=nan, d_z=nan, d_av=nan)
+    row.update(
+        mean_ref=nan,
+        mean_cond=nan,
+        mean_diff=nan,
+        sd_diff=nan,
+        ci_low=nan,
+        ci_high=nan,
+        ci_iid_low=nan,
+        ci_iid_high=nan,
+        t=nan,
+        df=nan,
+        p_t=nan,
+        w=nan,
+        p_wilcoxon=nan,
+        n_zero_diff=int(np.sum(d == 0)),
+        p_perm=nan,
+        p_perm_cluster=nan,
+        d_z=nan,
+        d_av=nan,
+    )
     if n == 0:
         notes.append("no valid pairs")
     else:
@@ -296,9 +313,7 @@ def compare_all(
     return out
 
 
-def describe_scores(
-    df: pd.DataFrame, scores: Sequence[str], by: str | Sequence[str] = "condition"
-) -> pd.DataFrame:
+def describe_scores(df: pd.DataFrame, scores: Sequence[str], by: str | Sequence[str] = "condition") -> pd.DataFrame:
     """Per group and score: ``n`` (non-NaN), ``n_nan``, ``mean``, ``sd``
     (ddof=1), ``median``, ``min``, ``max``. Long format."""
     by = _as_list(by)
@@ -309,11 +324,17 @@ def describe_scores(
         for s in scores:
             v = part[s].astype(float)
             x = v.dropna()
-            rows.append({
-                **dict(zip(by, key)), "score": s, "n": int(x.size), "n_nan": int(v.isna().sum()),
-                "mean": x.mean() if x.size else np.nan,
-                "sd": x.std(ddof=DDOF) if x.size > 1 else np.nan,
-                "median": x.median() if x.size else np.nan,
-                "min": x.min() if x.size else np.nan, "max": x.max() if x.size else np.nan,
-            })
+            rows.append(
+                {
+                    **dict(zip(by, key)),
+                    "score": s,
+                    "n": int(x.size),
+                    "n_nan": int(v.isna().sum()),
+                    "mean": x.mean() if x.size else np.nan,
+                    "sd": x.std(ddof=DDOF) if x.size > 1 else np.nan,
+                    "median": x.median() if x.size else np.nan,
+                    "min": x.min() if x.size else np.nan,
+                    "max": x.max() if x.size else np.nan,
+                }
+            )
     return pd.DataFrame(rows)

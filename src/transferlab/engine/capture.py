@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .batching import Batch, encode, left_pad, pad_id_of
 from ..hooks import hooked
 from ..models.cache import get_kv, last_logits_kwargs, n_cache_layers, output_cache
 from ..sites import HookPoint, parse_hook_point
+from .batching import Batch, encode, left_pad, pad_id_of
 
 
 @dataclass
@@ -57,8 +57,14 @@ class Activations:
         if self.kv is not None:
             kv = [[(k.cpu(), v.cpu()) for k, v in per] for per in self.kv]
         return Activations(
-            self.prompts, self.token_ids, self.has_bos, [p.cpu() for p in self.positions],
-            {k: [t.cpu() for t in v] for k, v in self.points.items()}, kv, self.n_layers, self.window,
+            self.prompts,
+            self.token_ids,
+            self.has_bos,
+            [p.cpu() for p in self.positions],
+            {k: [t.cpu() for t in v] for k, v in self.points.items()},
+            kv,
+            self.n_layers,
+            self.window,
             self.tokenizer_fingerprint,
         )
 
@@ -134,8 +140,17 @@ def capture(
     ids = encode(model.tokenizer, prompts)
     bs = batch_size or model.default_batch_size
     pad, bos = pad_id_of(model.tokenizer), model.tokenizer.bos_token_id
-    acts = Activations(list(prompts), ids, [], [], {str(p): [] for p in points}, [] if want_kv else None, n_layers,
-                       window, tokenizer_fingerprint(model.tokenizer))
+    acts = Activations(
+        list(prompts),
+        ids,
+        [],
+        [],
+        {str(p): [] for p in points},
+        [] if want_kv else None,
+        n_layers,
+        window,
+        tokenizer_fingerprint(model.tokenizer),
+    )
     for start in range(0, len(ids), bs):
         chunk = ids[start : start + bs]
         batch = left_pad(chunk, pad, bos, device=model.device)

@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from .fastpath import NAME as FAST_ATTENTION, preallocate
 from ..models.cache import cache_kwargs, output_cache
+from .fastpath import NAME as FAST_ATTENTION
+from .fastpath import preallocate
 
 SEGMENT = 32  # decode steps per static segment (one CUDA graph each)
 TIMINGS: dict | None = None  # set to a dict to collect seconds spent capturing graphs (benchmarks)
@@ -90,7 +91,9 @@ def run(hf, ctx, sampler, state: DecodeState, max_new: int, stop_at_eos: bool, e
     if how == "auto":
         how = "graph" if device.type == "cuda" else "eager"
     if how in ("static", "graph") and max_new > 1 and static_ok(hf, state.cache, total):
-        return _static(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill, graphs=how == "graph" and device.type == "cuda")
+        return _static(
+            hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill, graphs=how == "graph" and device.type == "cuda"
+        )
     return _eager(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill)
 
 
@@ -132,8 +135,13 @@ def _eager(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill):
         ctx.positions = (state.target_pos + step)[:, None]
         ctx.valid = ~state.finished[:, None] if stop_at_eos else torch.ones(B, 1, dtype=torch.bool, device=device)
         attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=device)], dim=1)
-        out = hf(input_ids=token[:, None], attention_mask=attn, position_ids=next_pos[:, None], use_cache=True,
-                 **cache_kwargs(hf, cache))
+        out = hf(
+            input_ids=token[:, None],
+            attention_mask=attn,
+            position_ids=next_pos[:, None],
+            use_cache=True,
+            **cache_kwargs(hf, cache),
+        )
         cache = output_cache(out)
         logits = out.logits[:, -1]
         next_pos = next_pos + 1
@@ -192,8 +200,13 @@ def _static(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill, graphs: bo
         if stop_at_eos:
             ctx.valid.copy_(~state.finished[:, None])
         mask.index_fill_(1, slot.view(1), True)
-        out = hf(input_ids=token[:, None], attention_mask=mask[:, None, None, : span[0]], position_ids=pos[:, None],
-                 use_cache=True, **kwargs)
+        out = hf(
+            input_ids=token[:, None],
+            attention_mask=mask[:, None, None, : span[0]],
+            position_ids=pos[:, None],
+            use_cache=True,
+            **kwargs,
+        )
         nxt = _sample_into(sampler, state, out.logits[:, -1], step_t + 1, stop_at_eos, eos, fill)
         token.copy_(nxt)
         pos.add_(1)
@@ -225,9 +238,12 @@ GRAPHS_OFF = "_transferlab_graphs_off"  # set on a model whose step could not be
 def _graphs_failed(hf, exc: Exception) -> None:
     import warnings
 
-    warnings.warn(f"transferlab.engine.decode: capturing a CUDA graph of {type(hf).__name__} failed ({type(exc).__name__}: "
-                  f"{str(exc)[:200]}); this model decodes without graphs from now on (same tokens, slower)",
-                  RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"transferlab.engine.decode: capturing a CUDA graph of {type(hf).__name__} failed ({type(exc).__name__}: "
+        f"{str(exc)[:200]}); this model decodes without graphs from now on (same tokens, slower)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
     setattr(hf, GRAPHS_OFF, True)
 
 

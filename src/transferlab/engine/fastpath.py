@@ -35,21 +35,25 @@ def gqa_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, sca
     Hkv = key.shape[1]
     group = Hq // Hkv
     plain = (
-        q_len != 1 or group == 1 or kwargs.get("softcap") is not None or dropout
-        or kwargs.get("position_bias") is not None or kwargs.get("sinks") is not None
+        q_len != 1
+        or group == 1
+        or kwargs.get("softcap") is not None
+        or dropout
+        or kwargs.get("position_bias") is not None
+        or kwargs.get("sinks") is not None
         or kwargs.get("s_aux") is not None
     )
     if plain:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
     mask = attention_mask
     if mask is not None and mask.dim() == 4:
         mask = mask[:, :, -1:, : key.shape[-2]]  # [B, 1|H, 1, T]
         if mask.shape[1] != 1:  # a per-head mask: group it like the queries
             mask = mask.reshape(B, Hkv, group, -1)
     with _backend(query.device):
-        out = F.scaled_dot_product_attention(query.reshape(B, Hkv, group, d), key, value, attn_mask=mask,
-                                             scale=scaling)
+        out = F.scaled_dot_product_attention(query.reshape(B, Hkv, group, d), key, value, attn_mask=mask, scale=scaling)
     return out.reshape(B, Hq, 1, d).transpose(1, 2).contiguous(), None
 
 
@@ -68,8 +72,12 @@ def _backend(device):
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    table = {"efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-             "flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}
+    table = {
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
     return sdpa_kernel([table[choice], SDPBackend.MATH])
 
 

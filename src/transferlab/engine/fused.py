@@ -152,8 +152,12 @@ def _warn_once(exc: Exception, seen: list) -> None:
         import warnings
 
         seen.append(exc)
-        warnings.warn(f"transferlab.engine.fused: compiling a fused kernel failed ({type(exc).__name__}: {str(exc)[:200]}); "
-                      "that part keeps its eager code", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"transferlab.engine.fused: compiling a fused kernel failed ({type(exc).__name__}: {str(exc)[:200]}); "
+            "that part keeps its eager code",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _fuse_rope(hf_model, compiler, rand, failed: list) -> int:

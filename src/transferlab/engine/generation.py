@@ -38,9 +38,6 @@ import pandas as pd
 import torch
 
 from .. import rng
-from . import decode
-from .batching import encode, left_pad, pad_id_of
-from .capture import Activations, forward_capture
 from ..hooks import hooked
 from ..interventions.audit import Counters, audit_rows, audit_table, never_fired
 from ..interventions.binding import BoundActivation, SourceBatch
@@ -49,8 +46,11 @@ from ..interventions.plan import Plan, as_plan
 from ..interventions.splice import SourceKV, apply_prepend, apply_splice
 from ..interventions.types import Intervention, InterventionError, KVSplice, Patch
 from ..models.cache import cache_kwargs, get_kv, last_logits_kwargs, n_cache_layers, output_cache, set_kv
-from .sampling import Sampler
 from ..sites import HookPoint
+from . import decode
+from .batching import encode, left_pad, pad_id_of
+from .capture import Activations, forward_capture
+from .sampling import Sampler
 
 FLAVOURS = ("corrected", "seed")
 
@@ -138,9 +138,11 @@ def auto_batch_size(model, n: int, tokens_per_example: int = 512, headroom: floa
         return min(n, 64)
     free, _ = torch.cuda.mem_get_info(model.device)
     cfg = model.hf.config
-    per_example = (kv_bytes_per_token(model) * tokens_per_example
-                   + cfg.vocab_size * 24
-                   + 64 * getattr(cfg, "intermediate_size", 4 * cfg.hidden_size) * 2)
+    per_example = (
+        kv_bytes_per_token(model) * tokens_per_example
+        + cfg.vocab_size * 24
+        + 64 * getattr(cfg, "intermediate_size", 4 * cfg.hidden_size) * 2
+    )
     cap = max(1, int(free * headroom // per_example))
     n_batches = -(-n // cap)
     return max(1, -(-n // n_batches))
@@ -212,7 +214,9 @@ def generate(
             check_seed_plan(p)
     for i, (p, s) in enumerate(zip(plans, srcs)):
         if p.needs_source and s is None:
-            raise InterventionError(f"example {i}: the plan '{p}' needs a source prompt, but none was given (pass sources=...)")
+            raise InterventionError(
+                f"example {i}: the plan '{p}' needs a source prompt, but none was given (pass sources=...)"
+            )
         if s is not None and not isinstance(s, (str, list, tuple)):
             raise TypeError(f"sources must be strings or token-id lists (or None); example {i} has {type(s).__name__}")
     ids = example_ids if example_ids is not None else list(range(n))
@@ -236,8 +240,19 @@ def generate(
     bar = _progress(progress, len(chunks))
     for chunk in chunks:
         toks, reasons, masses, rows = _generate_batch(
-            model, chunk, tgt_ids, src_ids, plans, keys, sampler, max_new_tokens, stop_at_eos,
-            flavour, per_row_sets, ids, precomputed,
+            model,
+            chunk,
+            tgt_ids,
+            src_ids,
+            plans,
+            keys,
+            sampler,
+            max_new_tokens,
+            stop_at_eos,
+            flavour,
+            per_row_sets,
+            ids,
+            precomputed,
         )
         for b, i in enumerate(chunk):
             out_tokens[i], out_reason[i] = toks[b], reasons[b]
@@ -249,8 +264,9 @@ def generate(
     if bar is not None:
         bar.stop()
     texts = [model.tokenizer.decode(t, skip_special_tokens=True) for t in out_tokens]
-    return Generation(texts, out_tokens, out_reason, audit_table(audit), list(ids),
-                      [len(t) for t in tgt_ids], flavour, out_mass)
+    return Generation(
+        texts, out_tokens, out_reason, audit_table(audit), list(ids), [len(t) for t in tgt_ids], flavour, out_mass
+    )
 
 
 def _progress(enabled: bool, total: int):
@@ -277,7 +293,9 @@ def _logit_sets(record, n: int, model) -> dict[str, list[list[int]]]:
         for ids in per_row:
             bad = [i for i in ids if not 0 <= int(i) < vocab]
             if bad:
-                raise ValueError(f"record_logits[{name!r}]: token ids {bad[:5]} outside the vocabulary (0..{vocab - 1})")
+                raise ValueError(
+                    f"record_logits[{name!r}]: token ids {bad[:5]} outside the vocabulary (0..{vocab - 1})"
+                )
         out[name] = [list(map(int, r)) for r in per_row]
     return out
 
@@ -312,15 +330,22 @@ def _precomputed_sources(model, acts: Activations, chunk, n_shadow, points, want
     for p in points:
         name = str(p)
         if name not in acts.points:
-            raise InterventionError(f"the plan reads {name}, which the given sources did not capture ({', '.join(acts.points) or 'none'})")
+            raise InterventionError(
+                f"the plan reads {name}, which the given sources did not capture ({', '.join(acts.points) or 'none'})"
+            )
         first = acts.points[name][rows[0]]
         t = torch.zeros(len(lengths), width, first.shape[-1], dtype=first.dtype, device=device)
         for b, i in enumerate(rows):
             x = acts.points[name][i]
-            t[b, width - x.shape[0]:] = x.to(device)
+            t[b, width - x.shape[0] :] = x.to(device)
         store[name] = t
-    batch = SourceBatch(store, lengths, [acts.has_bos[i] for i in rows] + [False] * n_shadow,
-                        [True] * len(rows) + [False] * n_shadow, [None] * len(lengths))
+    batch = SourceBatch(
+        store,
+        lengths,
+        [acts.has_bos[i] for i in rows] + [False] * n_shadow,
+        [True] * len(rows) + [False] * n_shadow,
+        [None] * len(lengths),
+    )
     kv = None
     if want_kv:
         if acts.kv is None:
@@ -333,8 +358,8 @@ def _precomputed_sources(model, acts: Activations, chunk, n_shadow, points, want
             V = torch.zeros_like(K)
             for b, i in enumerate(rows):
                 k, v = acts.kv[i][layer]
-                K[b, :, width - k.shape[1]:] = k.to(device)
-                V[b, :, width - v.shape[1]:] = v.to(device)
+                K[b, :, width - k.shape[1] :] = k.to(device)
+                V[b, :, width - v.shape[1] :] = v.to(device)
             ks.append(K)
             vs.append(V)
         if flavour == "seed":
@@ -360,8 +385,9 @@ def _capture_sources(model, row_tgt, row_src, points, want_kv, flavour):
     rows = torch.tensor([max(j, 0) for j in inv], dtype=torch.long, device=model.device)
     store = {k: v.index_select(0, rows.to(v.device)) for k, v in store.items()}
     lengths = [sb.lengths[j] if j >= 0 else 0 for j in inv]
-    acts = SourceBatch(store, lengths, [sb.has_bos[j] if j >= 0 else False for j in inv],
-                       [j >= 0 for j in inv], [None] * len(inv))
+    acts = SourceBatch(
+        store, lengths, [sb.has_bos[j] if j >= 0 else False for j in inv], [j >= 0 for j in inv], [None] * len(inv)
+    )
     kv = None
     if want_kv:
         if flavour == "seed":
@@ -407,7 +433,7 @@ def _capture_bucketed(model, seqs, points, want_kv, buckets: int | None = None):
         for name, t in got.items():
             if name not in store:
                 store[name] = t.new_zeros(len(seqs), W, t.shape[-1])
-            store[name][idx.to(t.device), W - w:] = t
+            store[name][idx.to(t.device), W - w :] = t
         if want_kv:
             if any(get_kv(cache, layer)[0].shape[2] != w for layer in range(n_cache_layers(cache))):
                 # a sliding-window layer kept fewer slots than the bucket is wide: capture in one forward,
@@ -419,8 +445,8 @@ def _capture_bucketed(model, seqs, points, want_kv, buckets: int | None = None):
                 if len(ks) <= layer:
                     ks.append(kl.new_zeros(len(seqs), kl.shape[1], W, kl.shape[-1]))
                     vs.append(vl.new_zeros(len(seqs), vl.shape[1], W, vl.shape[-1]))
-                ks[layer][idx.to(kl.device), :, W - w:] = kl
-                vs[layer][idx.to(vl.device), :, W - w:] = vl
+                ks[layer][idx.to(kl.device), :, W - w :] = kl
+                vs[layer][idx.to(vl.device), :, W - w :] = vl
         del got, cache
     return sb, store, ks, vs
 
@@ -431,11 +457,17 @@ def _prefix_cache(hf, ids, attn, pos, row_tgt, dedupe: bool):
     forward is then the same for every such row."""
     uniq, inverse = _distinct(row_tgt) if dedupe else (None, None)
     if uniq is None or len(uniq) == len(row_tgt):
-        return output_cache(hf(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
-                               **last_logits_kwargs(hf)))
+        return output_cache(
+            hf(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **last_logits_kwargs(hf))
+        )
     first = torch.tensor(uniq, dtype=torch.long, device=ids.device)
-    out = hf(input_ids=ids[first], attention_mask=attn[first], position_ids=pos[first], use_cache=True,
-             **last_logits_kwargs(hf))
+    out = hf(
+        input_ids=ids[first],
+        attention_mask=attn[first],
+        position_ids=pos[first],
+        use_cache=True,
+        **last_logits_kwargs(hf),
+    )
     cache = output_cache(out)
     rows = torch.tensor(inverse, dtype=torch.long, device=ids.device)
     for layer in range(n_cache_layers(cache)):
@@ -459,8 +491,21 @@ def _distinct(seqs) -> tuple[list[int], list[int]]:
     return first, inverse
 
 
-def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, max_new, stop_at_eos,
-                    flavour, logit_sets, example_ids, precomputed=None):
+def _generate_batch(
+    model,
+    chunk,
+    tgt_ids,
+    src_ids,
+    plans,
+    all_keys,
+    sampler,
+    max_new,
+    stop_at_eos,
+    flavour,
+    logit_sets,
+    example_ids,
+    precomputed=None,
+):
     hf, tok, device = model.hf, model.tokenizer, model.device
     # lockstep patches: the source generates alongside as a shadow row (empty plan, same stream)
     lock = [b for b, i in enumerate(chunk) if any(getattr(x, "decode", None) == "lockstep" for x in plans[i])]
@@ -497,7 +542,9 @@ def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, ma
     sources, source_kv = (None, None)
     if points or splices:
         if precomputed is not None:
-            sources, source_kv = _precomputed_sources(model, precomputed, chunk, len(lock), points, bool(splices), flavour)
+            sources, source_kv = _precomputed_sources(
+                model, precomputed, chunk, len(lock), points, bool(splices), flavour
+            )
         else:
             sources, source_kv = _capture_sources(model, row_tgt, row_src, points, bool(splices), flavour)
     ctx = StepContext(flavour=flavour)
@@ -505,8 +552,19 @@ def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, ma
     for e in acts_e:
         inter = e["inter"]
         point = HookPoint(inter.site, inter.layer)
-        bi = BoundActivation(model, inter, point, e["rows"].to(device), ctx, batch.lengths, batch.has_bos,
-                             sources, keys, flavour, partner=partner.to(device))
+        bi = BoundActivation(
+            model,
+            inter,
+            point,
+            e["rows"].to(device),
+            ctx,
+            batch.lengths,
+            batch.has_bos,
+            sources,
+            keys,
+            flavour,
+            partner=partner.to(device),
+        )
         bound.append(bi)
         hooks.append((model.adapter.handle(point), bi))
         audit_bound.append((e["index"], inter, str(point), bi.counters, e["rows"]))
@@ -548,8 +606,13 @@ def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, ma
             ctx.positions, ctx.valid = pos[:, -1:], attn[:, -1:].bool()
             attn = torch.cat([attn_prefix, attn[:, -1:]], dim=1)
             model_pos = pos[:, -1:] + offset[:, None]
-            out = hf(input_ids=ids[:, -1:], attention_mask=attn, position_ids=model_pos, use_cache=True,
-                     **cache_kwargs(hf, cache))
+            out = hf(
+                input_ids=ids[:, -1:],
+                attention_mask=attn,
+                position_ids=model_pos,
+                use_cache=True,
+                **cache_kwargs(hf, cache),
+            )
             cache = output_cache(out)
             logits = out.logits[:, -1]
             next_pos = model_pos[:, 0] + 1
@@ -566,8 +629,13 @@ def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, ma
                 ctx.phase, ctx.step, ctx.seed_refeed = "decode", -1, True
                 ctx.positions, ctx.valid = (lengths - 1)[:, None], refeed[:, None]
                 attn = torch.cat([attn, refeed.long()[:, None]], dim=1)
-                out = hf(input_ids=ids[:, -1:], attention_mask=attn, position_ids=lengths[:, None], use_cache=True,
-                         **cache_kwargs(hf, cache))
+                out = hf(
+                    input_ids=ids[:, -1:],
+                    attention_mask=attn,
+                    position_ids=lengths[:, None],
+                    use_cache=True,
+                    **cache_kwargs(hf, cache),
+                )
                 cache = output_cache(out)
                 logits = torch.where(refeed[:, None], out.logits[:, -1], logits)
                 next_pos = lengths + refeed.long()
@@ -576,9 +644,16 @@ def _generate_batch(model, chunk, tgt_ids, src_ids, plans, all_keys, sampler, ma
         eos = tok.eos_token_id
         fill = eos if eos is not None else pad_id_of(tok)
         state = decode.DecodeState(
-            logits=logits, cache=cache, attn=attn, next_pos=next_pos, target_pos=lengths, keys=keys,
+            logits=logits,
+            cache=cache,
+            attn=attn,
+            next_pos=next_pos,
+            target_pos=lengths,
+            keys=keys,
             generated=torch.full((B, max_new), fill, dtype=torch.long, device=device),
-            finished=torch.zeros(B, dtype=torch.bool, device=device), mass=mass, masks=masks,
+            finished=torch.zeros(B, dtype=torch.bool, device=device),
+            mass=mass,
+            masks=masks,
         )
         logits = cache = out = None
         decode.run(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill)

@@ -6,6 +6,14 @@ from .runner import finalize, run_experiment
 from .units import WorkUnit
 
 __all__ = [
-    "ConfigError", "ExperimentConfig", "apply_overrides", "load_config", "validate_config",
-    "list_presets", "preset_path", "finalize", "run_experiment", "WorkUnit",
+    "ConfigError",
+    "ExperimentConfig",
+    "apply_overrides",
+    "load_config",
+    "validate_config",
+    "list_presets",
+    "preset_path",
+    "finalize",
+    "run_experiment",
+    "WorkUnit",
 ]

@@ -46,8 +46,9 @@ def preflight(config: ExperimentConfig) -> list:
                 problems.append((f"prompts.{key}", _message(exc)))
         if len(pools) == 2:
             try:
-                pairs = make_pairs(pools["sources"], pools["targets"], p.n, p.pair_seed, reuse=p.reuse,
-                                   length_match=p.length_match)
+                pairs = make_pairs(
+                    pools["sources"], pools["targets"], p.n, p.pair_seed, reuse=p.reuse, length_match=p.length_match
+                )
             except ValueError as exc:
                 hint = "" if p.reuse else " (or set prompts.reuse = true)"
                 problems.append(("prompts.n", f"{exc}; lower prompts.n{hint}"))
@@ -57,8 +58,13 @@ def preflight(config: ExperimentConfig) -> list:
     columns = set(config.scoring.scorers) | ({"logit_markers"} if config.scoring.logit else set())
     for i, sweep in enumerate(config.sweeps):
         if sweep.kind == "minimal_layers" and sweep.score not in columns:
-            problems.append((f"sweeps.{i}.score", f"score {sweep.score!r} is not computed in this run; "
-                                                  f"add it to scoring.scorers (scores: {', '.join(sorted(columns))})"))
+            problems.append(
+                (
+                    f"sweeps.{i}.score",
+                    f"score {sweep.score!r} is not computed in this run; "
+                    f"add it to scoring.scorers (scores: {', '.join(sorted(columns))})",
+                )
+            )
     if config.rv.enabled and config.rv.site not in ACTIVATION_SITES:
         problems.append(("rv.site", f"unknown site {config.rv.site!r}; R_V reads one of {', '.join(ACTIVATION_SITES)}"))
     problems.extend(_layer_problems(config))
@@ -177,8 +183,10 @@ def check_plans(config: ExperimentConfig, model, model_name: str, conditions, pa
                     role = "source" if reads_source or cond.prompt == "source" else "target"
                     n = fewest(role)
                     if window > n:
-                        raise InterventionError(f"window {window} is longer than the shortest {role} prompt "
-                                                f"({n} tokens without BOS); use a smaller window or longer prompts")
+                        raise InterventionError(
+                            f"window {window} is longer than the shortest {role} prompt "
+                            f"({n} tokens without BOS); use a smaller window or longer prompts"
+                        )
             except (SiteError, InterventionError) as exc:
                 problems.append((where, f"condition {cond.name!r}: {inter.describe()}: {exc}"))
     if problems:
@@ -210,7 +218,9 @@ def layer_collisions(config: ExperimentConfig) -> list[str]:
                 except (SiteError, ValueError):
                     continue
                 if key in seen and seen[key] != str(inter.layer):
-                    out.append(f"conditions.{i} ({cond.name}): {inter.site}@{seen[key]} and {inter.site}@{inter.layer} "
-                               f"are both {inter.site}@{key[1]} on {spec.spec} ({depth} layers)")
+                    out.append(
+                        f"conditions.{i} ({cond.name}): {inter.site}@{seen[key]} and {inter.site}@{inter.layer} "
+                        f"are both {inter.site}@{key[1]} on {spec.spec} ({depth} layers)"
+                    )
                 seen.setdefault(key, str(inter.layer))
     return out

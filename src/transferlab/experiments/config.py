@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import copy
 import json
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..interventions import InterventionError, Plan, as_plan
@@ -48,8 +48,12 @@ def _cross_problems(names: list[str], reference: Any, has_sweeps: bool) -> list[
     if not names and not has_sweeps:
         out.append(("conditions", "no conditions: add [[conditions]] tables (at least a baseline)"))
     if reference not in names:
-        out.append(("reference", f"reference condition {reference!r} is not among the conditions "
-                                  f"({', '.join(names) or 'none'})"))
+        out.append(
+            (
+                "reference",
+                f"reference condition {reference!r} is not among the conditions ({', '.join(names) or 'none'})",
+            )
+        )
     return out
 
 
@@ -59,15 +63,22 @@ def _raw_cross_problems(data: dict) -> list[tuple[str, str]]:
         return []
     out = []
     if "model" in data and data.get("models"):
-        out.append(("model", "give either model or models, not both (this config has [[models]]; "
-                             "override them with --set 'models=[{spec=\"tiny:llama\"}]' or models.0.spec=...)"))
+        out.append(
+            (
+                "model",
+                "give either model or models, not both (this config has [[models]]; "
+                "override them with --set 'models=[{spec=\"tiny:llama\"}]' or models.0.spec=...)",
+            )
+        )
     conds = data.get("conditions", [])
     if not isinstance(conds, list) or not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in conds):
         return out
     names = [c["name"] for c in conds]
     primary = data.get("primary")
     if "primary" in data and primary is not None and primary not in names:  # the default may be absent; a typo not
-        out.append(("primary", f"primary condition {primary!r} is not among the conditions ({', '.join(names) or 'none'})"))
+        out.append(
+            ("primary", f"primary condition {primary!r} is not among the conditions ({', '.join(names) or 'none'})")
+        )
     return out + _cross_problems(names, data.get("reference", "baseline"), bool(data.get("sweeps")))
 
 
@@ -80,11 +91,16 @@ class ModelSpec(_Strict):
     dtype: str | None = None
     device: str | None = None
     attn_implementation: str | None = None
-    fuse: bool | None = Field(None, description="compiled fused RMSNorm/SiLU/RoPE kernels (transferlab.engine.fused); "
-                                                "default: on for a model on a CUDA device")
+    fuse: bool | None = Field(
+        None,
+        description="compiled fused RMSNorm/SiLU/RoPE kernels (transferlab.engine.fused); "
+        "default: on for a model on a CUDA device",
+    )
     device_map: Literal["auto", "balanced", "balanced_low_0", "sequential"] | None = Field(
-        None, description="'auto': split a model too large for one GPU over every visible GPU (accelerate); "
-                          "device is then unused")
+        None,
+        description="'auto': split a model too large for one GPU over every visible GPU (accelerate); "
+        "device is then unused",
+    )
 
 
 class Prompts(_Strict):
@@ -247,8 +263,13 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
         key = key.strip()
         head = key.split(".")[0]
         if head == "model" and data.get("models"):
-            problems.append((key, "this config runs [[models]], so model is unused; set models instead, e.g. "
-                                  "--set 'models=[{spec=\"tiny:llama\"}]' or --set models.0.spec=tiny:llama"))
+            problems.append(
+                (
+                    key,
+                    "this config runs [[models]], so model is unused; set models instead, e.g. "
+                    "--set 'models=[{spec=\"tiny:llama\"}]' or --set models.0.spec=tiny:llama",
+                )
+            )
             continue
         if head == "models":
             data.pop("model", None)  # models replaces the config's single model
@@ -292,8 +313,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except FileNotFoundError:
             from .presets import list_presets
 
-            raise ConfigError([(str(path), f"no such config file or preset (presets: {', '.join(list_presets())})")],
-                              "config") from None
+            raise ConfigError(
+                [(str(path), f"no such config file or preset (presets: {', '.join(list_presets())})")], "config"
+            ) from None
     try:
         data = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:

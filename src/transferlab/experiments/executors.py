@@ -127,9 +127,13 @@ class RayWorker:
                 props = torch.cuda.get_device_properties(i)
                 gpus.append({"index": i, "name": props.name, "uuid": str(getattr(props, "uuid", ""))})
         model = self.worker.model
-        return {"host": socket.gethostname(), "pid": os.getpid(),
-                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpus": gpus,
-                "model_device": str(model.device) if model is not None else None}
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "gpus": gpus,
+            "model_device": str(model.device) if model is not None else None,
+        }
 
 
 def import_ray():
@@ -154,8 +158,15 @@ class RayExecutor(Executor):
 
     kind = "ray"
 
-    def __init__(self, address: str | None = None, workers: int | None = None, gpus_per_worker: float | None = None,
-                 cpus_per_worker: int = 1, num_cpus: int | None = None, prefetch: int = 2):
+    def __init__(
+        self,
+        address: str | None = None,
+        workers: int | None = None,
+        gpus_per_worker: float | None = None,
+        cpus_per_worker: int = 1,
+        num_cpus: int | None = None,
+        prefetch: int = 2,
+    ):
         ray = import_ray()
         self.prefetch = max(1, int(prefetch))
         self._ray = ray
@@ -172,14 +183,19 @@ class RayExecutor(Executor):
         if gpus_per_worker is None:
             gpus_per_worker = 1 if gpus else 0
         if workers is None:
-            workers = int(gpus // gpus_per_worker) if gpus_per_worker else int(resources.get("CPU", 1) // cpus_per_worker)
+            workers = (
+                int(gpus // gpus_per_worker) if gpus_per_worker else int(resources.get("CPU", 1) // cpus_per_worker)
+            )
         if workers < 1:
             self.close()
-            raise ExecutorError(f"no Ray worker fits: the cluster has {gpus} GPU(s) and {resources.get('CPU', 0)} CPU(s); "
-                                f"each worker asks for {gpus_per_worker} GPU(s) and {cpus_per_worker} CPU(s)")
+            raise ExecutorError(
+                f"no Ray worker fits: the cluster has {gpus} GPU(s) and {resources.get('CPU', 0)} CPU(s); "
+                f"each worker asks for {gpus_per_worker} GPU(s) and {cpus_per_worker} CPU(s)"
+            )
         self.gpus_per_worker, self.cpus_per_worker = gpus_per_worker, cpus_per_worker
-        actor = ray.remote(RayWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
-                                              max_restarts=-1, max_task_retries=-1)
+        actor = ray.remote(RayWorker).options(
+            num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=-1, max_task_retries=-1
+        )
         threads = cpus_per_worker if not gpus_per_worker else 0
         self.actors = [actor.remote(threads) for _ in range(workers)]
         self._busy: dict = {}  # actor -> the batch it is computing (tests kill a busy worker)
@@ -229,8 +245,13 @@ class RayExecutor(Executor):
             yield batch, rows
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "address": self.address or "local", "workers": len(self.actors),
-                "gpus_per_worker": self.gpus_per_worker, "cpus_per_worker": self.cpus_per_worker}
+        return {
+            "kind": self.kind,
+            "address": self.address or "local",
+            "workers": len(self.actors),
+            "gpus_per_worker": self.gpus_per_worker,
+            "cpus_per_worker": self.cpus_per_worker,
+        }
 
     def busy(self) -> dict:
         """Actor -> the batch it is computing now."""
@@ -263,8 +284,13 @@ class RayExecutor(Executor):
             raise ExecutorError("every Ray worker died; the run store keeps what was finished: resume with --resume")
 
 
-def make_executor(kind: str | Executor | None = "inprocess", *, address: str | None = None, workers: int | None = None,
-                  gpus_per_worker: float | None = None) -> Executor:
+def make_executor(
+    kind: str | Executor | None = "inprocess",
+    *,
+    address: str | None = None,
+    workers: int | None = None,
+    gpus_per_worker: float | None = None,
+) -> Executor:
     """An executor by name (``inprocess`` or ``ray``), with the Ray options; an Executor is returned as it is."""
     if isinstance(kind, Executor):
         return kind
@@ -272,13 +298,24 @@ def make_executor(kind: str | Executor | None = "inprocess", *, address: str | N
     if kind not in EXECUTORS:
         raise ExecutorError(f"unknown executor {kind!r}; use one of {', '.join(EXECUTORS)}")
     if kind == "inprocess":
-        given = [n for n, v in (("--address", address), ("--workers", workers), ("--gpus-per-worker", gpus_per_worker))
-                 if v is not None]
+        given = [
+            n
+            for n, v in (("--address", address), ("--workers", workers), ("--gpus-per-worker", gpus_per_worker))
+            if v is not None
+        ]
         if given:
             raise ExecutorError(f"{', '.join(given)} only apply with --executor ray")
         return InProcessExecutor()
     return RayExecutor(address=address, workers=workers, gpus_per_worker=gpus_per_worker)
 
 
-__all__ = ["Executor", "ExecutorError", "InProcessExecutor", "RayExecutor", "RayWorker", "make_executor",
-           "import_ray", "EXECUTORS"]
+__all__ = [
+    "Executor",
+    "ExecutorError",
+    "InProcessExecutor",
+    "RayExecutor",
+    "RayWorker",
+    "make_executor",
+    "import_ray",
+    "EXECUTORS",
+]

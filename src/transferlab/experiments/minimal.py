@@ -73,15 +73,31 @@ def _search(runner, model, model_name: str, pairs, sweep, rv_rows) -> dict:
         eff = effects(candidates)
         best = max(candidates, key=lambda s: eff[s])
         if eff[best] < threshold:
-            path.append({"tried": {_name(s): eff[s] for s in candidates}, "stopped": "every removal falls below the threshold"})
+            path.append(
+                {"tried": {_name(s): eff[s] for s in candidates}, "stopped": "every removal falls below the threshold"}
+            )
             break
         removed = [x for x in current if x not in best][0]
         current = best
-        path.append({"layers": list(current), "effect": eff[best], "removed": removed,
-                     "tried": {_name(s): eff[s] for s in candidates}})
-    info = {"kind": "minimal_layers", "score": sweep.score, "reference": reference, "pairs": n,
-            "full_effect": full, "keep_share": sweep.keep_share, "threshold": threshold,
-            "minimal": list(current), "path": path,
-            "note": None if full > 0 else "the full splice has no positive effect; nothing to minimise"}
+        path.append(
+            {
+                "layers": list(current),
+                "effect": eff[best],
+                "removed": removed,
+                "tried": {_name(s): eff[s] for s in candidates},
+            }
+        )
+    info = {
+        "kind": "minimal_layers",
+        "score": sweep.score,
+        "reference": reference,
+        "pairs": n,
+        "full_effect": full,
+        "keep_share": sweep.keep_share,
+        "threshold": threshold,
+        "minimal": list(current),
+        "path": path,
+        "note": None if full > 0 else "the full splice has no positive effect; nothing to minimise",
+    }
     runner.store.set("minimal_layers", info)
     return info

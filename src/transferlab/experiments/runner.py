@@ -41,10 +41,23 @@ from .worker import ModelFacts, ModelRequest, UnitBatch
 def _rich_progress(enabled: bool):
     if not enabled:
         return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
 
 
 def new_run_dir(config: ExperimentConfig) -> Path:
@@ -63,8 +76,16 @@ def new_run_dir(config: ExperimentConfig) -> Path:
 class Runner:
     """Drives one run directory (see the module docstring); the batches run on ``executor``'s workers."""
 
-    def __init__(self, config: ExperimentConfig, run_dir: Path, *, progress: bool = True, console=None,
-                 max_batches: int | None = None, executor: Executor | None = None):
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        run_dir: Path,
+        *,
+        progress: bool = True,
+        console=None,
+        max_batches: int | None = None,
+        executor: Executor | None = None,
+    ):
         self.config, self.run_dir = config, Path(run_dir)
         self.progress, self.console = progress, console
         self.max_batches = max_batches  # stop early (tests of resumption)
@@ -126,8 +147,9 @@ class Runner:
         """True once ``max_batches`` batches ran (a deliberately partial run)."""
         return self.max_batches is not None and self.batches_done >= self.max_batches
 
-    def batches(self, facts: ModelFacts, model_name: str, pairs, conditions: dict, units: list[WorkUnit],
-                rv_rows: dict) -> list[UnitBatch]:
+    def batches(
+        self, facts: ModelFacts, model_name: str, pairs, conditions: dict, units: list[WorkUnit], rv_rows: dict
+    ) -> list[UnitBatch]:
         """``units`` in self-describing batches: grouped by seed and sampler settings, ``batch_size`` each."""
         groups: dict[str, list[WorkUnit]] = defaultdict(list)
         for u in units:
@@ -141,13 +163,22 @@ class Runner:
                 chunk = tuple(group[start : start + bs])
                 names = sorted({u.condition for u in chunk})
                 prompt_ids = {i for u in chunk for i in (pairs[u.pair_id].source_id, pairs[u.pair_id].target_id)}
-                out.append(UnitBatch(self._config_dict, model_name, seed, settings, chunk,
-                                     {n: conditions[n].model_dump() for n in names},
-                                     {i: rv_rows[i] for i in sorted(prompt_ids) if i in rv_rows}))
+                out.append(
+                    UnitBatch(
+                        self._config_dict,
+                        model_name,
+                        seed,
+                        settings,
+                        chunk,
+                        {n: conditions[n].model_dump() for n in names},
+                        {i: rv_rows[i] for i in sorted(prompt_ids) if i in rv_rows},
+                    )
+                )
         return out
 
-    def execute(self, facts: ModelFacts, model_name: str, pairs, conditions: dict, units: list[WorkUnit],
-                rv_rows: dict) -> None:
+    def execute(
+        self, facts: ModelFacts, model_name: str, pairs, conditions: dict, units: list[WorkUnit], rv_rows: dict
+    ) -> None:
         """Run ``units`` on the executor; append each batch to the store as it arrives."""
         if not units or self.stopped:
             return
@@ -199,8 +230,9 @@ def finalize(run_dir: Path, console=None) -> dict:
     from ..report import build_summary, write_report
 
     # R_V by group: the report reads rv_source/rv_target per model and role (source, target) itself
-    summary = build_summary(results, scores, reference=config.get("reference", "baseline"),
-                            primary=config.get("primary"), sweep=sweep_info)
+    summary = build_summary(
+        results, scores, reference=config.get("reference", "baseline"), primary=config.get("primary"), sweep=sweep_info
+    )
     summary["scores"] = scores
     write_json(run_dir / "summary.json", summary)
     meta_path = run_dir / "metadata.json"
@@ -209,10 +241,17 @@ def finalize(run_dir: Path, console=None) -> dict:
     return summary
 
 
-def run_experiment(config: ExperimentConfig | None = None, *, resume: str | Path | None = None,
-                   progress: bool = True, console=None, max_batches: int | None = None,
-                   report: bool = True, executor: str | Executor | None = None,
-                   executor_options: dict | None = None) -> Path:
+def run_experiment(
+    config: ExperimentConfig | None = None,
+    *,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    console=None,
+    max_batches: int | None = None,
+    report: bool = True,
+    executor: str | Executor | None = None,
+    executor_options: dict | None = None,
+) -> Path:
     """Run (or resume) an experiment; returns the run directory.
 
     ``executor``: where the batches run: ``"inprocess"`` (default) or ``"ray"``,
@@ -232,7 +271,9 @@ def run_experiment(config: ExperimentConfig | None = None, *, resume: str | Path
     preflight(config)  # bank, pairs, scorers: fail before a run directory exists
     if isinstance(executor, Executor):
         return _run(config, resume, executor, progress, console, max_batches, report)
-    with make_executor(executor, **(executor_options or {})) as made:  # also before the run directory (Ray missing: a clear error)
+    with make_executor(
+        executor, **(executor_options or {})
+    ) as made:  # also before the run directory (Ray missing: a clear error)
         return _run(config, resume, made, progress, console, max_batches, report)
 
 
@@ -240,26 +281,50 @@ def _run(config: ExperimentConfig, resume, executor: Executor, progress, console
     if resume is not None:
         run_dir = Path(resume)
         meta_path = run_dir / "metadata.json"  # absent if killed between config.json and metadata.json
-        metadata = json.loads(meta_path.read_text()) if meta_path.exists() else {
-            "name": config.name, "run_dir": str(run_dir), "started": None, "seeds": config.seeds, **environment()}
+        metadata = (
+            json.loads(meta_path.read_text())
+            if meta_path.exists()
+            else {"name": config.name, "run_dir": str(run_dir), "started": None, "seeds": config.seeds, **environment()}
+        )
         metadata.setdefault("resumed_at", []).append(now())
     else:
         run_dir = new_run_dir(config)
         write_json(run_dir / "config.json", config.to_dict())
-        metadata = {"name": config.name, "run_dir": str(run_dir), "started": now(), "seeds": config.seeds,
-                    **environment()}
+        metadata = {
+            "name": config.name,
+            "run_dir": str(run_dir),
+            "started": now(),
+            "seeds": config.seeds,
+            **environment(),
+        }
     metadata["executor"] = executor.describe()
     write_json(run_dir / "metadata.json", metadata)
-    ledger_append(config.output_dir, {"run_dir": str(run_dir), "name": config.name, "status": "running",
-                                      "time": now(), "models": [m.spec for m in config.model_specs()]})
+    ledger_append(
+        config.output_dir,
+        {
+            "run_dir": str(run_dir),
+            "name": config.name,
+            "status": "running",
+            "time": now(),
+            "models": [m.spec for m in config.model_specs()],
+        },
+    )
     runner = Runner(config, run_dir, progress=progress, console=console, max_batches=max_batches, executor=executor)
     try:
         runner.run()
     except BaseException as exc:
         runner.store.close()
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        ledger_append(config.output_dir, {"run_dir": str(run_dir), "name": config.name, "status": status,
-                                          "time": now(), "error": f"{type(exc).__name__}: {exc}"[:500]})
+        ledger_append(
+            config.output_dir,
+            {
+                "run_dir": str(run_dir),
+                "name": config.name,
+                "status": status,
+                "time": now(),
+                "error": f"{type(exc).__name__}: {exc}"[:500],
+            },
+        )
         raise
     metadata["bank"] = {"name": config.prompts.bank, "version": runner.bank.version}
     metadata["models"] = _model_metadata(runner, config)
@@ -275,8 +340,10 @@ def _run(config: ExperimentConfig, resume, executor: Executor, progress, console
         finalize(run_dir, console=console)
     else:
         export_results(run_dir)
-    ledger_append(config.output_dir, {"run_dir": str(run_dir), "name": config.name, "status": "complete",
-                                      "time": now(), "rows": n_rows})
+    ledger_append(
+        config.output_dir,
+        {"run_dir": str(run_dir), "name": config.name, "status": "complete", "time": now(), "rows": n_rows},
+    )
     return run_dir
 
 

@@ -38,8 +38,21 @@ audit               JSON list of this example's audit rows
 from __future__ import annotations
 
 BASE_COLUMNS = [
-    "unit", "model", "seed", "pair_id", "condition", "source_id", "target_id", "source_group",
-    "target_group", "prompt_role", "plan", "text", "n_prompt_tokens", "n_new_tokens", "finish_reason",
+    "unit",
+    "model",
+    "seed",
+    "pair_id",
+    "condition",
+    "source_id",
+    "target_id",
+    "source_group",
+    "target_group",
+    "prompt_role",
+    "plan",
+    "text",
+    "n_prompt_tokens",
+    "n_new_tokens",
+    "finish_reason",
 ]
 TAIL_COLUMNS = ["rv_source", "rv_target", "n_interventions", "n_never_fired", "audit"]
 

@@ -31,7 +31,10 @@ class RunStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS results (unit TEXT PRIMARY KEY, row TEXT NOT NULL)")
-        self.db.execute("CREATE TABLE IF NOT EXISTS prompt_rv (model TEXT, prompt_id TEXT, row TEXT, PRIMARY KEY (model, prompt_id))")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS prompt_rv "
+            "(model TEXT, prompt_id TEXT, row TEXT, PRIMARY KEY (model, prompt_id))"
+        )
         self.db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT)")
 
     def close(self) -> None:
@@ -69,7 +72,10 @@ class RunStore:
         self.db.execute("COMMIT")
 
     def rv(self, model: str) -> dict[str, dict]:
-        return {pid: json.loads(row) for pid, row in self.db.execute("SELECT prompt_id, row FROM prompt_rv WHERE model = ?", (model,))}
+        return {
+            pid: json.loads(row)
+            for pid, row in self.db.execute("SELECT prompt_id, row FROM prompt_rv WHERE model = ?", (model,))
+        }
 
     def set(self, key: str, value) -> None:
         self.db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, json.dumps(value)))

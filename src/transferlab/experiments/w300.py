@@ -73,14 +73,17 @@ def ids_text(ids: list[int]) -> str:
     return " ".join(str(int(i)) for i in ids)
 
 
-def _group(name: str, role: str, prompts: list[list[int]], lengths: tuple[int, int], n_pairs: int, vocab: int,
-           seed: int) -> dict:
+def _group(
+    name: str, role: str, prompts: list[list[int]], lengths: tuple[int, int], n_pairs: int, vocab: int, seed: int
+) -> dict:
     digits = max(2, len(str(len(prompts) - 1)))
     return {
         "pillar": "baseline",
-        "description": (f"W300 {role}s: make_workload(n_pairs={n_pairs}, vocab={vocab}, seed={seed}) as token ids "
-                        f"({lengths[0]}-{lengths[1]} tokens, BOS first), for speed runs on random:<shape> models. "
-                        "Filed under the baseline pillar because none of the pillars describes a speed workload."),
+        "description": (
+            f"W300 {role}s: make_workload(n_pairs={n_pairs}, vocab={vocab}, seed={seed}) as token ids "
+            f"({lengths[0]}-{lengths[1]} tokens, BOS first), for speed runs on random:<shape> models. "
+            "Filed under the baseline pillar because none of the pillars describes a speed workload."
+        ),
         "min_words": lengths[0],
         "max_words": lengths[1],
         "prompts": [{"id": f"{name}_{i:0{digits}d}", "text": ids_text(p)} for i, p in enumerate(prompts)],
@@ -104,8 +107,10 @@ def write_w300_bank(directory: str | Path, n_pairs: int = 300, vocab: int = 3200
             TARGET_GROUP: _group(TARGET_GROUP, "target", targets, TGT_LEN, n_pairs, vocab, seed),
         },
     }
-    header = (f"# W300 prompt bank written by transferlab.experiments.w300.write_w300_bank"
-              f"(n_pairs={n_pairs}, vocab={vocab}, seed={seed}); texts are token ids.\n")
+    header = (
+        f"# W300 prompt bank written by transferlab.experiments.w300.write_w300_bank"
+        f"(n_pairs={n_pairs}, vocab={vocab}, seed={seed}); texts are token ids.\n"
+    )
     text = yaml.safe_dump(data, sort_keys=False, width=1 << 20, default_flow_style=False)
     (directory / f"{BANK}.prompts.yaml").write_text(header + text, encoding="utf-8")
     return directory
@@ -119,8 +124,9 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def w300_config(bank_dir: str | Path, model: str = "random:mistral-7b", seeds=(0, 1, 2, 3), n_pairs: int = 300,
-                **overrides) -> ExperimentConfig:
+def w300_config(
+    bank_dir: str | Path, model: str = "random:mistral-7b", seeds=(0, 1, 2, 3), n_pairs: int = 300, **overrides
+) -> ExperimentConfig:
     """The W300 experiment on the bank in ``bank_dir`` (see the module docstring), validated.
 
     ``overrides`` are config fields written over the defaults; a table merges
@@ -134,10 +140,24 @@ def w300_config(bank_dir: str | Path, model: str = "random:mistral-7b", seeds=(0
         "seeds": [int(s) for s in seeds],
         "batch_size": None,
         "model": {"spec": model},
-        "prompts": {"bank": str(bank_dir), "sources": [SOURCE_GROUP], "targets": [TARGET_GROUP], "n": n_pairs,
-                    "pair_seed": 0, "reuse": False, "length_match": False},
-        "generation": {"max_new_tokens": 150, "temperature": 0.8, "top_p": 1.0, "top_k": 0, "greedy": False,
-                       "flavour": "corrected", "stop_at_eos": False},
+        "prompts": {
+            "bank": str(bank_dir),
+            "sources": [SOURCE_GROUP],
+            "targets": [TARGET_GROUP],
+            "n": n_pairs,
+            "pair_seed": 0,
+            "reuse": False,
+            "length_match": False,
+        },
+        "generation": {
+            "max_new_tokens": 150,
+            "temperature": 0.8,
+            "top_p": 1.0,
+            "top_k": 0,
+            "greedy": False,
+            "flavour": "corrected",
+            "stop_at_eos": False,
+        },
         "conditions": [{"name": name, "plan": plan} for name, plan in W300_CONDITIONS.items()],
         "scoring": {"scorers": ["collapse"], "logit": False},
         "rv": {"enabled": False},

@@ -90,8 +90,14 @@ class _Context:
         p = config.prompts
         self.config = config
         self.bank = load_bank(p.bank)
-        self.pairs = make_pairs(self.bank.select(p.sources), self.bank.select(p.targets), p.n, p.pair_seed,
-                                reuse=p.reuse, length_match=p.length_match)
+        self.pairs = make_pairs(
+            self.bank.select(p.sources),
+            self.bank.select(p.targets),
+            p.n,
+            p.pair_seed,
+            reuse=p.reuse,
+            length_match=p.length_match,
+        )
 
     def lexicon(self, prompt_id: str) -> list[str]:
         from ..metrics.seed_v1 import SEED_MARKERS
@@ -130,9 +136,14 @@ class Worker:
 
             self.model, self._model_key = None, None  # free the old weights before loading new ones
             self._top_cache, self._marker_cache = {}, {}  # token ids belong to one tokenizer
-            self.model = load_model(spec.spec, dtype=spec.dtype, device=spec.device,
-                                    attn_implementation=spec.attn_implementation, device_map=spec.device_map,
-                                    fuse=spec.fuse)
+            self.model = load_model(
+                spec.spec,
+                dtype=spec.dtype,
+                device=spec.device,
+                attn_implementation=spec.attn_implementation,
+                device_map=spec.device_map,
+                fuse=spec.fuse,
+            )
             self._model_key = key
         return self.model
 
@@ -176,15 +187,27 @@ class Worker:
             lexicons.append(ctx.lexicon(pair.source_id))
         record = None
         if cfg.scoring.logit:
-            record = {"markers": [self._marker_ids(model, lex) for lex in lexicons],
-                      "target_top": self._own_top_ids(model, targets, cfg.scoring.logit_top_k)}
+            record = {
+                "markers": [self._marker_ids(model, lex) for lex in lexicons],
+                "target_top": self._own_top_ids(model, targets, cfg.scoring.logit_top_k),
+            }
         # one random stream per (model, seed, pair), shared by its conditions: paired differences
         # then differ by the intervention, not by the sampler's draws
         streams = [f"{batch.model}|{batch.seed}|{u.pair_id}" for u in batch.units]
-        gen = model.generate(targets, sources=sources, plan=plans, seed=batch.seed, example_ids=batch.keys,
-                             streams=streams, batch_size=len(batch.units), record_logits=record, **batch.settings)
-        scores = score_table(gen.texts, [pairs[u.pair_id].source_text for u in batch.units], cfg.scoring.scorers,
-                             lexicons=lexicons)
+        gen = model.generate(
+            targets,
+            sources=sources,
+            plan=plans,
+            seed=batch.seed,
+            example_ids=batch.keys,
+            streams=streams,
+            batch_size=len(batch.units),
+            record_logits=record,
+            **batch.settings,
+        )
+        scores = score_table(
+            gen.texts, [pairs[u.pair_id].source_text for u in batch.units], cfg.scoring.scorers, lexicons=lexicons
+        )
         if cfg.scoring.logit:
             scores["logit_markers"] = logit_mass_score(gen.logmass)
         audit_by_example: dict = {}  # example -> its audit rows (one conversion of the table, not one per example)
@@ -196,18 +219,30 @@ class Worker:
             audit = audit_by_example.get(u.key, [])
             rs, rt = batch.rv.get(pair.source_id, {}), batch.rv.get(pair.target_id, {})
             row = dict(
-                unit=u.key, model=batch.model, seed=batch.seed, pair_id=u.pair_id, condition=u.condition,
-                source_id=pair.source_id, target_id=pair.target_id,
-                source_group=bank.get(pair.source_id).group, target_group=bank.get(pair.target_id).group,
-                prompt_role=roles[b], plan=str(plans[b]), text=gen.texts[b],
-                n_prompt_tokens=gen.prompt_lengths[b], n_new_tokens=len(gen.token_ids[b]),
+                unit=u.key,
+                model=batch.model,
+                seed=batch.seed,
+                pair_id=u.pair_id,
+                condition=u.condition,
+                source_id=pair.source_id,
+                target_id=pair.target_id,
+                source_group=bank.get(pair.source_id).group,
+                target_group=bank.get(pair.target_id).group,
+                prompt_role=roles[b],
+                plan=str(plans[b]),
+                text=gen.texts[b],
+                n_prompt_tokens=gen.prompt_lengths[b],
+                n_new_tokens=len(gen.token_ids[b]),
                 finish_reason=gen.finish_reasons[b],
             )
             row.update({k: float(v) for k, v in scores.iloc[b].items()})
-            row.update(rv_source=rs.get("rv", np.nan), rv_target=rt.get("rv", np.nan),
-                       n_interventions=len(plans[b]),
-                       n_never_fired=int(sum(1 for r in audit if r["never_fired"])),
-                       audit=json.dumps(audit, default=float))
+            row.update(
+                rv_source=rs.get("rv", np.nan),
+                rv_target=rt.get("rv", np.nan),
+                n_interventions=len(plans[b]),
+                n_never_fired=int(sum(1 for r in audit if r["never_fired"])),
+                audit=json.dumps(audit, default=float),
+            )
             rows.append(row)
         return rows
 
@@ -218,10 +253,20 @@ class Worker:
         from ..metrics import rv
 
         s = ctx.config.rv
-        df = rv(model, [ctx.bank.get(i).text for i in prompt_ids], early=s.early, late=s.late, window=s.window,
-                site=s.site, formula=s.formula, short=s.short)
-        return {pid: {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
-                for pid, r in zip(prompt_ids, df.drop(columns=["prompt"]).to_dict(orient="records"))}
+        df = rv(
+            model,
+            [ctx.bank.get(i).text for i in prompt_ids],
+            early=s.early,
+            late=s.late,
+            window=s.window,
+            site=s.site,
+            formula=s.formula,
+            short=s.short,
+        )
+        return {
+            pid: {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+            for pid, r in zip(prompt_ids, df.drop(columns=["prompt"]).to_dict(orient="records"))
+        }
 
     def _marker_ids(self, model, lexicon: list[str]) -> list[int]:
         """Marker token ids of a lexicon, once per model: it decodes the whole vocabulary."""
@@ -243,8 +288,12 @@ class Worker:
         todo = sorted({p for p in prompts if (p, k) not in cache})
         for start in range(0, len(todo), 128):
             chunk = todo[start : start + 128]
-            batch = left_pad(encode(model.tokenizer, chunk), pad_id_of(model.tokenizer), model.tokenizer.bos_token_id,
-                             device=model.device)
+            batch = left_pad(
+                encode(model.tokenizer, chunk),
+                pad_id_of(model.tokenizer),
+                model.tokenizer.bos_token_id,
+                device=model.device,
+            )
             _, _, logits = forward_capture(model, batch, [], False)
             top = torch.topk(logits[:, -1].float(), k, dim=-1).indices.cpu().tolist()
             cache.update(((p, k), t) for p, t in zip(chunk, top))

@@ -15,8 +15,18 @@ import pandas as pd
 import torch
 
 AUDIT_COLUMNS = [
-    "example", "intervention", "kind", "description", "hook_point", "phase",
-    "fired_prompt", "fired_decode", "fired", "positions", "change_norm", "never_fired",
+    "example",
+    "intervention",
+    "kind",
+    "description",
+    "hook_point",
+    "phase",
+    "fired_prompt",
+    "fired_decode",
+    "fired",
+    "positions",
+    "change_norm",
+    "never_fired",
 ]
 
 
@@ -57,12 +67,22 @@ def audit_rows(example_ids, rows_of, bound) -> list[dict]:
         sq = counters.sq_change.cpu().tolist()
         for b in mask.nonzero().flatten().cpu().tolist():
             fired = fp[b] + fd[b]
-            out.append(dict(
-                example=example_ids[rows_of[b]], intervention=index, kind=inter.kind,
-                description=inter.describe(), hook_point=point, phase=getattr(inter, "phase", "prompt"),
-                fired_prompt=fp[b], fired_decode=fd[b], fired=fired, positions=pos[b],
-                change_norm=float(sq[b]) ** 0.5, never_fired=fired == 0,
-            ))
+            out.append(
+                dict(
+                    example=example_ids[rows_of[b]],
+                    intervention=index,
+                    kind=inter.kind,
+                    description=inter.describe(),
+                    hook_point=point,
+                    phase=getattr(inter, "phase", "prompt"),
+                    fired_prompt=fp[b],
+                    fired_decode=fd[b],
+                    fired=fired,
+                    positions=pos[b],
+                    change_norm=float(sq[b]) ** 0.5,
+                    never_fired=fired == 0,
+                )
+            )
     return out
 
 

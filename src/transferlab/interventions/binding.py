@@ -62,7 +62,9 @@ def _channel_mask(model, inter, width: int, device) -> torch.Tensor | None:
         if kind == "query":
             for h in heads:
                 if not 0 <= h < ad.n_heads:
-                    raise InterventionError(f"query head {h} does not exist: the model has {ad.n_heads} query heads (0..{ad.n_heads - 1})")
+                    raise InterventionError(
+                        f"query head {h} does not exist: the model has {ad.n_heads} query heads (0..{ad.n_heads - 1})"
+                    )
             group = ad.n_heads // ad.n_kv_heads
             kv_heads = sorted({h // group for h in heads})
         else:
@@ -70,7 +72,9 @@ def _channel_mask(model, inter, width: int, device) -> torch.Tensor | None:
     for h in kv_heads:
         if not 0 <= h < n:
             what = "query" if inter.site == "q_proj" else "key/value"
-            raise InterventionError(f"{what} head {h} does not exist at {inter.site}: the model has {n} {what} heads (0..{n - 1})")
+            raise InterventionError(
+                f"{what} head {h} does not exist at {inter.site}: the model has {n} {what} heads (0..{n - 1})"
+            )
     mask = torch.zeros(width, dtype=torch.bool, device=device)
     hd = ad.head_dim
     for h in kv_heads:
@@ -82,7 +86,10 @@ def _source_rows(inter, ns: int, bs: int, ls: int, where: str) -> list[int]:
     """Source positions an intervention draws from (independent of the target)."""
     if getattr(inter, "window", None) is not None:
         if inter.window > ns:
-            raise InterventionError(f"{where}: window {inter.window} is longer than the source ({ns} tokens without BOS); use a smaller window or a longer source")
+            raise InterventionError(
+                f"{where}: window {inter.window} is longer than the source ({ns} tokens without BOS); "
+                "use a smaller window or a longer source"
+            )
         return list(range(ls - inter.window, ls))
     if getattr(inter, "fraction", None) is not None:
         k = max(1, math.ceil(inter.fraction * ns))
@@ -101,7 +108,10 @@ def _prompt_map(inter, nt: int, bt: int, lt: int, ns: int, bs: int, ls: int, whe
         return [(p, p) for p in range(bt, lt)]
     if inter.window is not None:
         if inter.window > ns:
-            raise InterventionError(f"{where}: window {inter.window} is longer than the source ({ns} tokens without BOS); use a smaller window or a longer source")
+            raise InterventionError(
+                f"{where}: window {inter.window} is longer than the source ({ns} tokens without BOS); "
+                "use a smaller window or a longer source"
+            )
         k = min(inter.window, nt)
         return [(lt - k + j, ls - k + j) for j in range(k)]
     if inter.fraction is not None:
@@ -110,7 +120,9 @@ def _prompt_map(inter, nt: int, bt: int, lt: int, ns: int, bs: int, ls: int, whe
     if inter.positions is not None:
         a, b = inter.positions
         if b > lt or b > ls:
-            raise InterventionError(f"{where}: positions {a}-{b} run past the target ({lt} tokens) or the source ({ls} tokens)")
+            raise InterventionError(
+                f"{where}: positions {a}-{b} run past the target ({lt} tokens) or the source ({ls} tokens)"
+            )
         return [(p, p) for p in range(max(a, bt, bs), b)]
     k = min(nt, ns)
     return [(lt - k + j, ls - k + j) for j in range(k)]
@@ -128,8 +140,19 @@ def hook_device(model, point: HookPoint, fallback: torch.device) -> torch.device
     return param.device
 
 
-_PER_BATCH = ("rows", "partner", "keys", "src", "index", "channels", "seed_source_ok", "cycle_len",
-              "decode_table", "mean", "vector")
+_PER_BATCH = (
+    "rows",
+    "partner",
+    "keys",
+    "src",
+    "index",
+    "channels",
+    "seed_source_ok",
+    "cycle_len",
+    "decode_table",
+    "mean",
+    "vector",
+)
 
 
 class _Tables:
@@ -144,9 +167,20 @@ class _Tables:
 class BoundActivation:
     """One activation intervention bound to a batch; ``__call__`` is its site function."""
 
-    def __init__(self, model, inter, point: HookPoint, rows: torch.Tensor, ctx: StepContext,
-                 target_lengths: list[int], target_bos: list[bool], sources: SourceBatch | None,
-                 keys: torch.Tensor, flavour: str, partner: torch.Tensor | None = None):
+    def __init__(
+        self,
+        model,
+        inter,
+        point: HookPoint,
+        rows: torch.Tensor,
+        ctx: StepContext,
+        target_lengths: list[int],
+        target_bos: list[bool],
+        sources: SourceBatch | None,
+        keys: torch.Tensor,
+        flavour: str,
+        partner: torch.Tensor | None = None,
+    ):
         self.inter, self.point, self.ctx, self.flavour = inter, point, ctx, flavour
         device = self.device = hook_device(model, point, rows.device)
         self.rows = rows.to(device)
@@ -240,7 +274,9 @@ class BoundActivation:
         self.vector = None
         if isinstance(inter, Steer):
             if len(inter.vector) != width:
-                raise InterventionError(f"{inter.describe()}: vector has {len(inter.vector)} dims, {point.site} has {width}")
+                raise InterventionError(
+                    f"{inter.describe()}: vector has {len(inter.vector)} dims, {point.site} has {width}"
+                )
             self.vector = torch.tensor(inter.vector, dtype=dtype, device=device)
 
     # -- values -------------------------------------------------------------

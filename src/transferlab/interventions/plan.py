@@ -38,8 +38,19 @@ from typing import Iterable, Iterator
 
 from ..sites import SiteError
 from .types import (
-    ALIGNS, DECODE_VALUES, MODES, PHASES, ROPES, Ablate, HeadPatch, Intervention,
-    InterventionError, KVSplice, Noise, Patch, Steer, intervention_from_dict,
+    ALIGNS,
+    DECODE_VALUES,
+    MODES,
+    PHASES,
+    ROPES,
+    Ablate,
+    HeadPatch,
+    Intervention,
+    InterventionError,
+    KVSplice,
+    Noise,
+    Patch,
+    intervention_from_dict,
 )
 
 
@@ -219,7 +230,9 @@ def parse_intervention(text: str) -> Intervention:
                 raise InterventionError(f"{where}: noise does not take heads")
             return Noise(**kw)
         if head == "steer":
-            raise InterventionError("steer carries a vector: build Steer(...) in Python or TOML, not in the mini-language")
+            raise InterventionError(
+                "steer carries a vector: build Steer(...) in Python or TOML, not in the mini-language"
+            )
         site, layer = _site_layer(head, where)
         kw = {"site": site, "layer": layer, **_parse_patch_opts(opts, where)}
         return HeadPatch(**kw) if "heads" in kw else Patch(**kw)

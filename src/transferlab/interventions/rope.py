@@ -37,7 +37,9 @@ def inverse_frequencies(model) -> torch.Tensor:
     inv = getattr(rotary, "inv_freq", None)
     if inv is None:
         if model.adapter.rope_theta is None:
-            raise InterventionError("cannot find this model's rotary frequencies (no rotary_emb.inv_freq, no rope_theta)")
+            raise InterventionError(
+                "cannot find this model's rotary frequencies (no rotary_emb.inv_freq, no rope_theta)"
+            )
         d = model.adapter.head_dim
         inv = 1.0 / (model.adapter.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
     return inv.detach().to(torch.float32)

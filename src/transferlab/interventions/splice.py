@@ -61,8 +61,9 @@ class SourceKV:
             k, v = k.to(device), v.to(device)
         return k, v
 
-    def gather_slots(self, layer: int, index: torch.Tensor, device: torch.device,
-                     batch_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def gather_slots(
+        self, layer: int, index: torch.Tensor, device: torch.device, batch_rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, H, W, hd]`` keys/values where ``index[b, w]`` names a source slot of batch row b
         (of batch row ``batch_rows[b]`` when given: a subset of the batch).
 
@@ -102,7 +103,9 @@ def splice_layers(splice: KVSplice, n_layers: int) -> list[int]:
     return out
 
 
-def _slot_maps(splice: KVSplice, flavour: str, rows: list[bool], tgt_len: list[int], src_len: list[int], tgt_w: int, src_end: int):
+def _slot_maps(
+    splice: KVSplice, flavour: str, rows: list[bool], tgt_len: list[int], src_len: list[int], tgt_w: int, src_end: int
+):
     """Per row: source column for each target column (-1 = untouched) and the position shift."""
     B = len(rows)
     index = np.full((B, tgt_w), -1, dtype=np.int64)
@@ -150,8 +153,16 @@ def _check_whole_prompt_cached(cache, source: SourceKV, layers: list[int]) -> No
             )
 
 
-def apply_splice(model, cache, splice: KVSplice, rows: torch.Tensor, source: SourceKV,
-                 tgt_len: list[int], flavour: str, counters: Counters) -> None:
+def apply_splice(
+    model,
+    cache,
+    splice: KVSplice,
+    rows: torch.Tensor,
+    source: SourceKV,
+    tgt_len: list[int],
+    flavour: str,
+    counters: Counters,
+) -> None:
     """Overwrite slots of ``cache`` in place (right/left/range alignment)."""
     layers = splice_layers(splice, n_cache_layers(cache))
     _check_whole_prompt_cached(cache, source, layers)
@@ -176,7 +187,9 @@ def apply_splice(model, cache, splice: KVSplice, rows: torch.Tensor, source: Sou
         m = (local["index"] >= 0)[:, None, :, None]
         old_k, old_v = k.index_select(0, local["sel"]), v.index_select(0, local["sel"])
         new_k, new_v = torch.where(m, nk, old_k), torch.where(m, nv, old_v)
-        change = ((new_k.float() - old_k.float()) ** 2).sum(dim=(1, 2, 3)) + ((new_v.float() - old_v.float()) ** 2).sum(dim=(1, 2, 3))
+        change = ((new_k.float() - old_k.float()) ** 2).sum(dim=(1, 2, 3)) + ((new_v.float() - old_v.float()) ** 2).sum(
+            dim=(1, 2, 3)
+        )
         sq.index_add_(0, local["sel"].to(device), change.double().to(device))
         k.index_copy_(0, local["sel"], new_k)  # in place: only the spliced rows move
         v.index_copy_(0, local["sel"], new_v)
@@ -185,8 +198,9 @@ def apply_splice(model, cache, splice: KVSplice, rows: torch.Tensor, source: Sou
     counters.sq_change += sq * rows.double()
 
 
-def apply_prepend(model, cache, splice: KVSplice, rows: torch.Tensor, source: SourceKV,
-                  tgt_len: list[int], counters: Counters):
+def apply_prepend(
+    model, cache, splice: KVSplice, rows: torch.Tensor, source: SourceKV, tgt_len: list[int], counters: Counters
+):
     """Rebuild the cache as [source prefix | target prefix] per row.
 
     Returns ``(attention mask [B, W_new], position offset per row)``: rows not

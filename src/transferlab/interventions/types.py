@@ -67,7 +67,9 @@ def _check(value, allowed, name):
 
 def _check_site(site: str) -> None:
     if site not in ACTIVATION_SITES:
-        raise SiteError(f"unknown site {site!r}; activation sites are: {', '.join(ACTIVATION_SITES)} (and 'kv' for KVSplice)")
+        raise SiteError(
+            f"unknown site {site!r}; activation sites are: {', '.join(ACTIVATION_SITES)} (and 'kv' for KVSplice)"
+        )
 
 
 def _pair(value):
@@ -241,8 +243,10 @@ class HeadPatch(Patch):
         _check(self.head_kind, ("kv", "query"), "HeadPatch.head_kind")
 
     def describe(self) -> str:
-        return ":".join([f"{self.site}@{_fmt_num(self.layer)}", _heads_text(self.head_kind, self.heads)]
-                        + _patch_opts(self, Patch()))
+        return ":".join(
+            [f"{self.site}@{_fmt_num(self.layer)}", _heads_text(self.head_kind, self.heads)]
+            + _patch_opts(self, Patch())
+        )
 
 
 @dataclass(frozen=True)
@@ -342,9 +346,7 @@ class Steer(Intervention):
         return f"steer:{self.site}@{_fmt_num(self.layer)}({len(self.vector)}-dim, alpha {self.alpha})"
 
 
-KINDS: dict[str, type[Intervention]] = {
-    cls.kind: cls for cls in (KVSplice, Patch, HeadPatch, Ablate, Noise, Steer)
-}
+KINDS: dict[str, type[Intervention]] = {cls.kind: cls for cls in (KVSplice, Patch, HeadPatch, Ablate, Noise, Steer)}
 
 
 def intervention_from_dict(data: dict) -> Intervention:
@@ -357,7 +359,9 @@ def intervention_from_dict(data: dict) -> Intervention:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise InterventionError(f"{kind}: unknown field(s) {', '.join(sorted(unknown))}; fields are {', '.join(sorted(names))}")
+        raise InterventionError(
+            f"{kind}: unknown field(s) {', '.join(sorted(unknown))}; fields are {', '.join(sorted(names))}"
+        )
     for key in ("positions", "heads", "vector"):
         if isinstance(data.get(key), list):
             data[key] = tuple(data[key])

@@ -93,8 +93,18 @@ def rv(
                     f"R_V window of {window}; lengthen it, lower window, or pass short='nan' or 'shrink'"
                 )
             if short == "nan" or n < 2:
-                rows.append(dict(prompt=prompt, n_tokens=n, layer_early=le, layer_late=ll, pr_early=np.nan,
-                                 pr_late=np.nan, rv=np.nan, status=f"short: {n} < window {window}"))
+                rows.append(
+                    dict(
+                        prompt=prompt,
+                        n_tokens=n,
+                        layer_early=le,
+                        layer_late=ll,
+                        pr_early=np.nan,
+                        pr_late=np.nan,
+                        rv=np.nan,
+                        status=f"short: {n} < window {window}",
+                    )
+                )
                 continue
             status = f"shrunk: window {n} < {window}"
         pe = participation_ratio(acts[f"{site}@{le}"][i], formula, center)
@@ -102,7 +112,18 @@ def rv(
         value = pl / pe if pe and np.isfinite(pe) and np.isfinite(pl) else np.nan
         if not np.isfinite(value):
             status = "nan: degenerate activations"
-        rows.append(dict(prompt=prompt, n_tokens=n, layer_early=le, layer_late=ll, pr_early=pe,
-                         pr_late=pl, rv=value, status=status))
-    return pd.DataFrame(rows, columns=["prompt", "n_tokens", "layer_early", "layer_late", "pr_early",
-                                       "pr_late", "rv", "status"])
+        rows.append(
+            dict(
+                prompt=prompt,
+                n_tokens=n,
+                layer_early=le,
+                layer_late=ll,
+                pr_early=pe,
+                pr_late=pl,
+                rv=value,
+                status=status,
+            )
+        )
+    return pd.DataFrame(
+        rows, columns=["prompt", "n_tokens", "layer_early", "layer_late", "pr_early", "pr_late", "rv", "status"]
+    )

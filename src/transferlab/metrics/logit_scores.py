@@ -85,8 +85,9 @@ def marker_token_ids(tokenizer, words: Iterable[str], min_prefix: int = 3) -> li
         if s in exact or (len(s) >= min_prefix and any(t.startswith(s) for t in targets)):
             out.append(i)
     if not out:
-        warnings.warn(f"no vocabulary token spells any of {targets[:8]} (or a {min_prefix}+ character prefix)",
-                      stacklevel=2)
+        warnings.warn(
+            f"no vocabulary token spells any of {targets[:8]} (or a {min_prefix}+ character prefix)", stacklevel=2
+        )
     return out
 
 
@@ -127,9 +128,7 @@ def validate_record(record: LogitRecord, names: Iterable[str] = ()) -> tuple[int
     return shape
 
 
-def logit_mass_score(
-    record: LogitRecord, numerator: str = "markers", denominator: str = "target_top"
-) -> np.ndarray:
+def logit_mass_score(record: LogitRecord, numerator: str = "markers", denominator: str = "target_top") -> np.ndarray:
     """Per example: mean over valid steps of ``record[numerator] - record[denominator]``.
 
     A step is valid when neither entry is NaN. Examples with no valid step get

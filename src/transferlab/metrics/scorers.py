@@ -171,6 +171,14 @@ def score_table(
     return pd.DataFrame(cols, index=pd.RangeIndex(len(texts)), columns=list(names))
 
 
-for _cls in (SeedV1Scorer, SeedV1MarkersScorer, LexiconScorer, SourceLexiconScorer, StrictScorer, SourceOverlapScorer, CollapseScorer):
+for _cls in (
+    SeedV1Scorer,
+    SeedV1MarkersScorer,
+    LexiconScorer,
+    SourceLexiconScorer,
+    StrictScorer,
+    SourceOverlapScorer,
+    CollapseScorer,
+):
     register_scorer(_cls.name, _cls)
 del _cls

@@ -80,9 +80,7 @@ def seed_v1_markers_found(text: str) -> list[str]:
 def seed_v1_repetition_bonus(text: str) -> int:
     """5 when the seed's repetition rule fires for ``text``, else 0."""
     toks = text.split()
-    if len(toks) > BONUS_MIN_TOKENS_EXCLUSIVE and (
-        len(set(toks)) / len(toks) < BONUS_MAX_DISTINCT_RATIO_EXCLUSIVE
-    ):
+    if len(toks) > BONUS_MIN_TOKENS_EXCLUSIVE and (len(set(toks)) / len(toks) < BONUS_MAX_DISTINCT_RATIO_EXCLUSIVE):
         return REPETITION_BONUS
     return 0
 

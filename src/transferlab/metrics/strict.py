@@ -121,10 +121,7 @@ def _is_meta(tok: str, stems: tuple[str, ...]) -> bool:
 def count_meta_windows(toks: Sequence[str], window: int = 8) -> int:
     """Non-overlapping windows holding pronoun + meta-verb + meta-noun at
     three distinct positions."""
-    roles = [
-        (t in SELF_PRONOUNS, _is_meta(t, META_VERB_STEMS), _is_meta(t, META_NOUN_STEMS))
-        for t in toks
-    ]
+    roles = [(t in SELF_PRONOUNS, _is_meta(t, META_VERB_STEMS), _is_meta(t, META_NOUN_STEMS)) for t in toks]
     hits, i = 0, 0
     while i < len(toks):
         span = range(i, min(i + window, len(toks)))
@@ -142,11 +139,7 @@ def count_meta_windows(toks: Sequence[str], window: int = 8) -> int:
 def count_identities(text: str) -> int:
     """ "X is X" identities and fixed-point equations in ``text``."""
     low = " ".join(text.lower().split())
-    n = sum(
-        1
-        for m in _IDENTITY_RE.finditer(low)
-        if m.group("x").split()[-1] not in _FUNCTION_WORDS
-    )
+    n = sum(1 for m in _IDENTITY_RE.finditer(low) if m.group("x").split()[-1] not in _FUNCTION_WORDS)
     return n + sum(len(r.findall(low)) for r in _FIXED_POINT_RES)
 
 

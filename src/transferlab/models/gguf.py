@@ -42,11 +42,7 @@ def _unpermute_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Undo llama.cpp's reordering of q/k rows (interleaved -> half-split rotary pairs)."""
     out_dim = w.shape[0]
     head_dim = out_dim // n_heads
-    return (
-        w.reshape(n_heads, head_dim // 2, 2, *w.shape[1:])
-        .transpose(1, 2)
-        .reshape(w.shape)
-    )
+    return w.reshape(n_heads, head_dim // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
 def _build_tokenizer(meta: dict):
@@ -91,9 +87,7 @@ def _build_tokenizer(meta: dict):
         byte_fallback=True,
     )
     tk = Tokenizer(bpe)
-    tk.normalizer = normalizers.Sequence(
-        [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
-    )
+    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     tk.decoder = decoders.Sequence(
         [
             decoders.Replace("▁", " "),
@@ -173,15 +167,19 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
         tie_word_embeddings="output.weight" not in tensors,
     )
     model = LlamaForCausalLM(config)
-    sd = {"model.embed_tokens.weight": tensors["token_embd.weight"],
-          "model.norm.weight": tensors["output_norm.weight"]}
+    sd = {"model.embed_tokens.weight": tensors["token_embd.weight"], "model.norm.weight": tensors["output_norm.weight"]}
     if "output.weight" in tensors:
         sd["lm_head.weight"] = tensors["output.weight"]
     names = {
-        "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-        "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
-        "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-        "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "attn_norm": "input_layernorm",
+        "ffn_norm": "post_attention_layernorm",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
     }
     for name, w in tensors.items():
         if not name.startswith("blk."):

@@ -29,6 +29,7 @@ from .adapters import make_adapter
 from .embedded import EMBEDDED, embedded, embedded_path
 from .model import Model, runtime
 
+
 class ModelLoadError(RuntimeError):
     """A model spec that could not be loaded, with what to do about it."""
 
@@ -38,8 +39,14 @@ def _dtype(dtype, device: torch.device) -> torch.dtype:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in names:
         raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
     return names[dtype]
@@ -73,8 +80,9 @@ DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 def _check_device_map(device_map) -> None:
     if device_map is not None and not isinstance(device_map, dict) and device_map not in DEVICE_MAPS:
-        raise ModelLoadError(f"unknown device_map {device_map!r}; use one of {', '.join(DEVICE_MAPS)}, "
-                             "or a dict {module name: device}")
+        raise ModelLoadError(
+            f"unknown device_map {device_map!r}; use one of {', '.join(DEVICE_MAPS)}, or a dict {{module name: device}}"
+        )
 
 
 def _dispatch(hf, device_map):
@@ -95,7 +103,6 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub answers a TCP connection within ``timeout`` seconds."""
     import socket
     import threading
-
     from urllib.parse import urlparse
 
     try:
@@ -166,14 +173,15 @@ def _load_random(spec: str, dtype: torch.dtype, device: torch.device, attn: str 
     """``random:<shape>[:<seed>]``, built on ``device`` in ``dtype`` (see :mod:`.random`)."""
     from .random import SHAPES, build_random
 
-    shape, _, seed = spec[len("random:"):].partition(":")
+    shape, _, seed = spec[len("random:") :].partition(":")
     if shape not in SHAPES:
         raise ModelLoadError(f"unknown random model {spec!r}; use random:<shape> with a shape in {', '.join(SHAPES)}")
     if not (seed or "0").isdigit():
         raise ModelLoadError(f"random model {spec!r}: the seed after the second ':' must be a non-negative integer")
     if device_map is not None:
-        raise ModelLoadError(f"random model {spec!r} is built on one device; device_map is not supported for it "
-                             "(give device instead)")
+        raise ModelLoadError(
+            f"random model {spec!r} is built on one device; device_map is not supported for it (give device instead)"
+        )
     model = build_random(shape, device=device, dtype=dtype, attn_implementation=attn or "sdpa", seed=int(seed or 0))
     model.name = spec
     return model
@@ -202,8 +210,7 @@ def load_model(
     model = _load(spec, dtype=dtype, device=device, attn_implementation=attn_implementation, device_map=device_map)
     if fuse is None:
         fuse = os.environ.get("TRANSFERLAB_FUSE", "1") != "0" and model.device.type == "cuda"
-    fast = (model.device.type == "cuda" and attn_implementation is None
-            and model.source.get("kind") in ("hf", "random"))
+    fast = model.device.type == "cuda" and attn_implementation is None and model.source.get("kind") in ("hf", "random")
     runtime().prepare(model, fuse=bool(fuse), fast_attention=fast)
     return model
 
@@ -235,7 +242,9 @@ def _load(
 
         family, _, seed = spec[5:].partition(":")
         if family not in TINY_FAMILIES:
-            raise ModelLoadError(f"unknown tiny model {spec!r}; use tiny:<family> with a family in {', '.join(TINY_FAMILIES)}")
+            raise ModelLoadError(
+                f"unknown tiny model {spec!r}; use tiny:<family> with a family in {', '.join(TINY_FAMILIES)}"
+            )
         if not (seed or "0").isdigit():
             raise ModelLoadError(f"tiny model {spec!r}: the seed after the second ':' must be a non-negative integer")
         model = build_tiny(family, seed=int(seed or 0), attn_implementation=attn_implementation or "sdpa")
@@ -264,7 +273,9 @@ def _load(
             hf.config._attn_implementation = attn_implementation
         hf = (hf.to(device=dev, dtype=dt) if device_map is None else _dispatch(hf.to(dtype=dt), device_map)).eval()
         source = {"kind": "gguf", "path": str(path), "sha256": file_sha256(path)}
-        return Model(hf=hf, tokenizer=tok, adapter=make_adapter(hf), name=spec if spec == EMBEDDED else path.name, source=source)
+        return Model(
+            hf=hf, tokenizer=tok, adapter=make_adapter(hf), name=spec if spec == EMBEDDED else path.name, source=source
+        )
     if Path(spec).is_dir() and not (Path(spec) / "config.json").is_file():
         raise ModelLoadError(
             f"{spec} is a directory but not a Hugging Face model directory (no config.json); "
@@ -273,7 +284,5 @@ def _load(
     hf, tok = _load_hf(spec, dt, dev, attn_implementation, device_map)
     source = {"kind": "hf", "id": spec, "revision": getattr(hf.config, "_commit_hash", None)}
     if Path(spec).is_dir():
-        source["files_sha256"] = {
-            p.name: file_sha256(p) for p in sorted(Path(spec).glob("*.safetensors"))[:8]
-        }
+        source["files_sha256"] = {p.name: file_sha256(p) for p in sorted(Path(spec).glob("*.safetensors"))[:8]}
     return Model(hf=hf, tokenizer=tok, adapter=make_adapter(hf), name=spec, source=source)

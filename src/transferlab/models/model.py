@@ -22,7 +22,6 @@ import torch
 from ..sites import HookPoint, parse_hook_point, resolve_layer
 from .adapters import Adapter
 
-
 _RUNTIME: Any = None
 
 

@@ -20,15 +20,35 @@ from .model import Model
 
 SHAPES = {
     "mistral-7b": dict(
-        vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=32768,
-        rms_norm_eps=1e-5, rope_theta=1000000.0, sliding_window=None, bos_token_id=1, eos_token_id=2,
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-5,
+        rope_theta=1000000.0,
+        sliding_window=None,
+        bos_token_id=1,
+        eos_token_id=2,
         tie_word_embeddings=False,
     ),
     "tiny-mistral": dict(
-        vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=32,
-        num_attention_heads=8, num_key_value_heads=2, head_dim=8, max_position_embeddings=4096,
-        rms_norm_eps=1e-5, rope_theta=1000000.0, sliding_window=None, bos_token_id=1, eos_token_id=2,
+        vocab_size=32000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=32,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        rope_theta=1000000.0,
+        sliding_window=None,
+        bos_token_id=1,
+        eos_token_id=2,
         tie_word_embeddings=False,
     ),
 }
@@ -76,9 +96,11 @@ class IdTokenizer:
         bad = [p for p in parts if not _ID.fullmatch(p)]
         if bad:
             shown = ", ".join(repr(p) for p in bad[:5]) + (", ..." if len(bad) > 5 else "")
-            raise TokenIdError(f"a random model reads prompts written as token ids like \"1 523 88\" "
-                               f"(whitespace-separated non-negative integers); this text has {len(bad)} other word(s): {shown} "
-                               f"(text starts {text[:60]!r})")
+            raise TokenIdError(
+                f'a random model reads prompts written as token ids like "1 523 88" '
+                f"(whitespace-separated non-negative integers); this text has {len(bad)} other word(s): {shown} "
+                f"(text starts {text[:60]!r})"
+            )
         ids = [int(p) for p in parts]
         out = sorted({i for i in ids if i >= self.vocab_size})
         if out:
@@ -109,8 +131,15 @@ class IdTokenizer:
         return {str(i): i for i in range(self.vocab_size)}
 
 
-def build_random(shape: str = "mistral-7b", *, device="cuda", dtype=torch.bfloat16, n_layers: int | None = None,
-                 attn_implementation: str = "sdpa", seed: int = 0) -> Model:
+def build_random(
+    shape: str = "mistral-7b",
+    *,
+    device="cuda",
+    dtype=torch.bfloat16,
+    n_layers: int | None = None,
+    attn_implementation: str = "sdpa",
+    seed: int = 0,
+) -> Model:
     from transformers import MistralConfig, MistralForCausalLM
 
     if shape not in SHAPES:
@@ -133,5 +162,10 @@ def build_random(shape: str = "mistral-7b", *, device="cuda", dtype=torch.bfloat
         for p in hf.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.02)
-    return Model(hf=hf, tokenizer=IdTokenizer(kw["vocab_size"]), adapter=make_adapter(hf), name=f"random:{shape}",
-                 source={"kind": "random", "shape": shape, "seed": seed})
+    return Model(
+        hf=hf,
+        tokenizer=IdTokenizer(kw["vocab_size"]),
+        adapter=make_adapter(hf),
+        name=f"random:{shape}",
+        source={"kind": "random", "shape": shape, "seed": seed},
+    )

@@ -47,8 +47,12 @@ def tiny_config(family: str):
     if family == "gemma2":
         kw["tie_word_embeddings"] = True
         return tf.Gemma2Config(
-            **kw, sliding_window=4096, query_pre_attn_scalar=8, final_logit_softcapping=30.0,
-            attn_logit_softcapping=50.0, hidden_activation="gelu_pytorch_tanh",
+            **kw,
+            sliding_window=4096,
+            query_pre_attn_scalar=8,
+            final_logit_softcapping=30.0,
+            attn_logit_softcapping=50.0,
+            hidden_activation="gelu_pytorch_tanh",
         )
     if family == "phi3":
         return tf.Phi3Config(**kw, resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0, sliding_window=None)
@@ -75,5 +79,10 @@ def build_tiny(family: str = "llama", seed: int = 0, attn_implementation: str = 
                 if p.dim() == 2:
                     p.normal_(0.0, 0.08)
     hf.eval()
-    return Model(hf=hf, tokenizer=embedded_tokenizer(), adapter=make_adapter(hf), name=f"tiny:{family}",
-                 source={"kind": "tiny", "family": family, "seed": seed})
+    return Model(
+        hf=hf,
+        tokenizer=embedded_tokenizer(),
+        adapter=make_adapter(hf),
+        name=f"tiny:{family}",
+        source={"kind": "tiny", "family": family, "seed": seed},
+    )

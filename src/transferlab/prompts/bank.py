@@ -199,12 +199,19 @@ def _check_group(path: Path, raw: Any, name: str, g: _GroupSpec) -> None:
             if len({m.lower() for m in e.markers}) != len(e.markers):
                 raise BankError(path, label, "markers", "duplicate marker (case-insensitive)")
             words = set(re.findall(r"[a-z0-9']+", e.text.lower()))
-            absent = [m for m in e.markers  # a marker may be an inflection's stem ("carrot" in "carrots")
-                      if not all(any(w.startswith(part) for w in words) for part in re.findall(r"[a-z0-9']+", m.lower()))]
+            absent = [
+                m
+                for m in e.markers  # a marker may be an inflection's stem ("carrot" in "carrots")
+                if not all(any(w.startswith(part) for w in words) for part in re.findall(r"[a-z0-9']+", m.lower()))
+            ]
             if absent:
-                raise BankError(path, label, "markers",
-                                f"marker(s) {absent} do not occur in the prompt's own text; a source's lexicon "
-                                "must be words the source itself uses")
+                raise BankError(
+                    path,
+                    label,
+                    "markers",
+                    f"marker(s) {absent} do not occur in the prompt's own text; a source's lexicon "
+                    "must be words the source itself uses",
+                )
 
 
 # ----------------------------------------------------------------- the bank
@@ -213,8 +220,9 @@ def _check_group(path: Path, raw: Any, name: str, g: _GroupSpec) -> None:
 class PromptBank:
     """A loaded bank: prompts in file order, group declarations, a version."""
 
-    def __init__(self, name: str, prompts: Sequence[Prompt], groups: Mapping[str, GroupInfo],
-                 version: str, files: Sequence[Path]) -> None:
+    def __init__(
+        self, name: str, prompts: Sequence[Prompt], groups: Mapping[str, GroupInfo], version: str, files: Sequence[Path]
+    ) -> None:
         self.name = name
         self.prompts: tuple[Prompt, ...] = tuple(prompts)
         self.group_info: dict[str, GroupInfo] = dict(groups)
@@ -232,8 +240,10 @@ class PromptBank:
         return pid in self._by_id
 
     def __repr__(self) -> str:
-        return (f"PromptBank({self.name!r}, {len(self)} prompts, {len(self.group_info)} groups, "
-                f"version={self.version[:12]})")
+        return (
+            f"PromptBank({self.name!r}, {len(self)} prompts, {len(self.group_info)} groups, "
+            f"version={self.version[:12]})"
+        )
 
     def groups(self) -> list[str]:
         """Group names in file order."""
@@ -248,8 +258,9 @@ class PromptBank:
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise KeyError(f"no prompt {pid!r} in bank {self.name!r}{hint}") from None
 
-    def select(self, groups: Sequence[str] | None = None, *, pillar: str | None = None,
-               ids: Sequence[str] | None = None) -> list[Prompt]:
+    def select(
+        self, groups: Sequence[str] | None = None, *, pillar: str | None = None, ids: Sequence[str] | None = None
+    ) -> list[Prompt]:
         """Prompts of the given groups (all if None), optionally of one pillar
         and/or among ``ids``; bank order. Unknown groups or ids are errors."""
         if isinstance(groups, str):
@@ -325,8 +336,17 @@ def load_bank(name_or_path: str | Path = "research") -> PromptBank:
                 raise BankError(path, f"group {gname}", "(name)", f"group also defined in {groups[gname].file}")
             _check_group(path, raw, gname, g)
             level = g.level
-            groups[gname] = GroupInfo(gname, g.pillar, g.description, path.name, level, g.min_words,
-                                      g.max_words, g.requires_markers, g.length_variant_of)
+            groups[gname] = GroupInfo(
+                gname,
+                g.pillar,
+                g.description,
+                path.name,
+                level,
+                g.min_words,
+                g.max_words,
+                g.requires_markers,
+                g.length_variant_of,
+            )
             for i, e in enumerate(g.prompts):
                 if e.id in seen:
                     raise BankError(path, _entry_label(raw, gname, i), "id", f"duplicate id, also in {seen[e.id].name}")

@@ -132,8 +132,10 @@ def make_pairs(
         if _repair(src, tgt, s_idx, t_idx, block, t_len, rng):
             break
     else:
-        raise RuntimeError(f"no valid pairing found in {_MAX_ATTEMPTS} draws; n={n} is too close to "
-                           f"the {n_distinct} distinct combinations")
+        raise RuntimeError(
+            f"no valid pairing found in {_MAX_ATTEMPTS} draws; n={n} is too close to "
+            f"the {n_distinct} distinct combinations"
+        )
     return [
         Pair(i, src[s].id, tgt[t].id, src[s].text, tgt[t].text)
         for i, (s, t) in enumerate(zip(s_idx.tolist(), t_idx.tolist()))
@@ -188,5 +190,6 @@ def _repair(src, tgt, s_idx, t_idx, block, t_len, rng) -> bool:
 def pairs_table(pairs: Sequence[Pair]) -> pd.DataFrame:
     """The pairs as a table with columns ``pair_id, source_id, target_id,
     source_text, target_text``."""
-    return pd.DataFrame([p.to_dict() for p in pairs],
-                        columns=["pair_id", "source_id", "target_id", "source_text", "target_text"])
+    return pd.DataFrame(
+        [p.to_dict() for p in pairs], columns=["pair_id", "source_id", "target_id", "source_text", "target_text"]
+    )

@@ -7,15 +7,23 @@ The warnings (interventions that never fired, conditions that differ in more
 than their plan) come first in the document, in bold.
 """
 
-from .figures import make_figures
-from .markdown import md_table, render_markdown, write_report
 from .alerts import generation_warnings
 from .audit import audit_summary
 from .common import ReportError, jsonable
+from .figures import make_figures
+from .markdown import md_table, render_markdown, write_report
 from .rv import rv_prompt_table
 from .summary import build_summary
 
 __all__ = [
-    "ReportError", "audit_summary", "build_summary", "generation_warnings", "jsonable", "make_figures",
-    "md_table", "render_markdown", "rv_prompt_table", "write_report",
+    "ReportError",
+    "audit_summary",
+    "build_summary",
+    "generation_warnings",
+    "jsonable",
+    "make_figures",
+    "md_table",
+    "render_markdown",
+    "rv_prompt_table",
+    "write_report",
 ]

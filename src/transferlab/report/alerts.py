@@ -7,57 +7,103 @@ from typing import Any
 import pandas as pd
 
 from .audit import parse_audit
-from .common import GEN_KEYS, _GEN_SECTIONS
+from .common import _GEN_SECTIONS, GEN_KEYS
 
 
 def data_warnings(results, all_scores, conds, audit, deltas, skipped, plans) -> list[dict]:
     out = []
     for r in audit.itertuples():
         if r.examples_never_fired > 0:
-            out.append({"kind": "never_fired", "model": r.model, "condition": r.condition,
-                        "description": r.description, "hook_point": r.hook_point,
-                        "count": int(r.examples_never_fired), "of": int(r.examples),
-                        "message": f"{r.description} never fired in {r.examples_never_fired}/{r.examples} "
-                                   f"examples of condition {r.condition}"})
+            out.append(
+                {
+                    "kind": "never_fired",
+                    "model": r.model,
+                    "condition": r.condition,
+                    "description": r.description,
+                    "hook_point": r.hook_point,
+                    "count": int(r.examples_never_fired),
+                    "of": int(r.examples),
+                    "message": f"{r.description} never fired in {r.examples_never_fired}/{r.examples} "
+                    f"examples of condition {r.condition}",
+                }
+            )
         if getattr(r, "examples_no_effect", 0) > 0:
-            out.append({"kind": "no_effect", "model": r.model, "condition": r.condition,
-                        "description": r.description, "hook_point": r.hook_point,
-                        "count": int(r.examples_no_effect), "of": int(r.examples),
-                        "message": f"{r.description} fired but changed nothing in {r.examples_no_effect}/"
-                                   f"{r.examples} examples of condition {r.condition} (it wrote the values "
-                                   "already there: an earlier intervention or the same layer twice?)"})
+            out.append(
+                {
+                    "kind": "no_effect",
+                    "model": r.model,
+                    "condition": r.condition,
+                    "description": r.description,
+                    "hook_point": r.hook_point,
+                    "count": int(r.examples_no_effect),
+                    "of": int(r.examples),
+                    "message": f"{r.description} fired but changed nothing in {r.examples_no_effect}/"
+                    f"{r.examples} examples of condition {r.condition} (it wrote the values "
+                    "already there: an earlier intervention or the same layer twice?)",
+                }
+            )
     if "n_interventions" in results.columns and "audit" in results.columns:
         empty = results["audit"].map(lambda a: len(parse_audit(a)) == 0)
         lack = results[empty & (results["n_interventions"].fillna(0) > 0)]
         for (model, cond), g in lack.groupby(["model", "condition"], sort=False):
-            out.append({"kind": "no_audit", "model": model, "condition": cond, "count": len(g),
-                        "message": f"{len(g)} rows of condition {cond} have interventions but no audit rows"})
+            out.append(
+                {
+                    "kind": "no_audit",
+                    "model": model,
+                    "condition": cond,
+                    "count": len(g),
+                    "message": f"{len(g)} rows of condition {cond} have interventions but no audit rows",
+                }
+            )
     for (model, cond), plan in plans.items():
         items = [i.strip() for i in str(plan).split("+")]
         if any(i.startswith("noise:") and "raw" in i.split(":") for i in items):
-            out.append({"kind": "raw_noise", "model": model, "condition": cond,
-                        "message": f"condition {cond} uses noise that is not norm-matched ({plan}): "
-                                   "it differs from the transfer in scale as well as direction"})
+            out.append(
+                {
+                    "kind": "raw_noise",
+                    "model": model,
+                    "condition": cond,
+                    "message": f"condition {cond} uses noise that is not norm-matched ({plan}): "
+                    "it differs from the transfer in scale as well as direction",
+                }
+            )
     for model, sub in results.groupby("model", sort=False):
         for s in all_scores:
             nan = sub[s].isna().groupby(sub["condition"]).agg(["sum", "size"])
-            hit = [(c, int(nan.loc[c, "sum"]), int(nan.loc[c, "size"])) for c in conds
-                   if c in nan.index and nan.loc[c, "sum"]]
+            hit = [
+                (c, int(nan.loc[c, "sum"]), int(nan.loc[c, "size"]))
+                for c in conds
+                if c in nan.index and nan.loc[c, "sum"]
+            ]
             if hit:
                 total = sum(k for _, k, _ in hit)
                 where = ", ".join(f"{c} {k}/{n}" for c, k, n in hit)
-                out.append({"kind": "nan_score", "model": model, "score": s, "count": total,
-                            "by_condition": {c: k for c, k, _ in hit},
-                            "message": f"score {s} is NaN in {total}/{len(sub)} rows ({where}); "
-                                       "excluded from its statistics and counted as n_nan"})
+                out.append(
+                    {
+                        "kind": "nan_score",
+                        "model": model,
+                        "score": s,
+                        "count": total,
+                        "by_condition": {c: k for c, k, _ in hit},
+                        "message": f"score {s} is NaN in {total}/{len(sub)} rows ({where}); "
+                        "excluded from its statistics and counted as n_nan",
+                    }
+                )
     if len(deltas):
         for r in deltas[deltas["n_unmatched"] > 0].itertuples():
-            out.append({"kind": "unmatched", "model": r.model, "condition": r.condition,
-                        "message": f"{r.condition} vs {r.reference} ({r.score}): {r.n_unmatched} units "
-                                   "present in only one condition"})
+            out.append(
+                {
+                    "kind": "unmatched",
+                    "model": r.model,
+                    "condition": r.condition,
+                    "message": f"{r.condition} vs {r.reference} ({r.score}): {r.n_unmatched} units "
+                    "present in only one condition",
+                }
+            )
     for s in skipped:
         out.append({"kind": "skipped", **s, "message": f"{s['condition']} vs {s['reference']} skipped: {s['why']}"})
     return out
+
 
 def _pick_settings(d: dict) -> dict:
     """Generation settings given in ``d`` (None means "not set", as in an override left empty)."""
@@ -66,6 +112,7 @@ def _pick_settings(d: dict) -> dict:
         if isinstance(d.get(sec), dict):
             got.update(_pick_settings(d[sec]))
     return got
+
 
 def generation_settings(config: dict | None, results: pd.DataFrame | None = None) -> dict[str, dict]:
     """Effective generation settings per condition, from a config and/or result columns.
@@ -94,6 +141,7 @@ def generation_settings(config: dict | None, results: pd.DataFrame | None = None
     out["*"] = base
     return out
 
+
 def generation_warnings(config: dict | None, results: pd.DataFrame, reference: str = "baseline") -> list[dict]:
     """Conditions that differ from ``reference`` in more than their plan (sampler, flavour, ...)."""
     settings = generation_settings(config, results)
@@ -103,34 +151,53 @@ def generation_warnings(config: dict | None, results: pd.DataFrame, reference: s
     for cond, s in settings.items():
         if cond == reference:
             continue
-        diff = tuple((k, _show(s.get(k)), _show(ref.get(k))) for k in sorted(set(s) | set(ref))
-                     if str(s.get(k)) != str(ref.get(k)))
+        diff = tuple(
+            (k, _show(s.get(k)), _show(ref.get(k)))
+            for k in sorted(set(s) | set(ref))
+            if str(s.get(k)) != str(ref.get(k))
+        )
         if diff:
             groups.setdefault(diff, []).append(cond)
     out = []
     for diff, conds in groups.items():
         mine = ", ".join(f"{k}={a}" for k, a, _ in diff)
         theirs = ", ".join(f"{k}={b}" for k, _, b in diff)
-        out.append({"kind": "generation_differs", "conditions": conds,
-                    "differs": {k: [a, b] for k, a, b in diff},
-                    "message": f"conditions differ in more than the intervention: {', '.join(conds)} "
-                               f"generate{'s' if len(conds) == 1 else ''} with {mine} where {reference} "
-                               f"has {theirs}"})
+        out.append(
+            {
+                "kind": "generation_differs",
+                "conditions": conds,
+                "differs": {k: [a, b] for k, a, b in diff},
+                "message": f"conditions differ in more than the intervention: {', '.join(conds)} "
+                f"generate{'s' if len(conds) == 1 else ''} with {mine} where {reference} "
+                f"has {theirs}",
+            }
+        )
     overridden = [c for c, spec in _condition_specs(config) if spec and _pick_settings(spec)]
     if overridden:
-        out.append({"kind": "generation_overrides", "conditions": overridden,
-                    "message": "conditions differ in more than the intervention: the config gives per-condition "
-                               f"generation overrides for {', '.join(overridden)}"})
+        out.append(
+            {
+                "kind": "generation_overrides",
+                "conditions": overridden,
+                "message": "conditions differ in more than the intervention: the config gives per-condition "
+                f"generation overrides for {', '.join(overridden)}",
+            }
+        )
     flav = {c: s.get("flavour", base.get("flavour")) for c, s in settings.items()} or {"*": base.get("flavour")}
     if any(str(f) == "seed" for f in flav.values()):
-        out.append({"kind": "seed_flavour",
-                    "message": "conditions differ in more than the intervention: in the seed flavour every "
-                               "condition with a non-empty plan re-feeds its last prompt token, and an empty "
-                               f"plan ({reference}) does not"})
+        out.append(
+            {
+                "kind": "seed_flavour",
+                "message": "conditions differ in more than the intervention: in the seed flavour every "
+                "condition with a non-empty plan re-feeds its last prompt token, and an empty "
+                f"plan ({reference}) does not",
+            }
+        )
     return out
+
 
 def _show(v: Any) -> str:
     return "unset (default)" if v is None else repr(v)
+
 
 def _condition_specs(config: dict | None) -> list[tuple[str, dict | None]]:
     conds = (config or {}).get("conditions") or {}

@@ -17,9 +17,9 @@ GEN_KEYS = ("flavour", "temperature", "top_p", "top_k", "greedy", "max_new_token
 _GEN_SECTIONS = ("generation", "sampling", "sampler")
 
 
-
 class ReportError(ValueError):
     """The results table cannot give the report that was asked for."""
+
 
 def order(values: Sequence, first: Any = None) -> list:
     """Distinct values in order of first appearance, ``first`` moved to the front."""
@@ -29,8 +29,10 @@ def order(values: Sequence, first: Any = None) -> list:
         out.insert(0, first)
     return out
 
-def display_order(results: pd.DataFrame, reference: str, primary: str | None,
-                   controls: Sequence[str] | None) -> list[str]:
+
+def display_order(
+    results: pd.DataFrame, reference: str, primary: str | None, controls: Sequence[str] | None
+) -> list[str]:
     """Reference, primary (``transfer`` by default), the controls, then the rest; conditions that
     generate from the source prompt (the ceiling) last. Otherwise in order of first appearance."""
     seen = order(results["condition"])
@@ -41,6 +43,7 @@ def display_order(results: pd.DataFrame, reference: str, primary: str | None,
     head = [c for c in (reference, primary, *(controls or [])) if c in seen]
     rest = [c for c in seen if c not in head]
     return list(dict.fromkeys(head + [c for c in rest if c not in ceiling] + [c for c in rest if c in ceiling]))
+
 
 def check_results(results: pd.DataFrame, scores: Sequence[str], reference: str) -> None:
     if not scores:
@@ -61,8 +64,10 @@ def check_results(results: pd.DataFrame, scores: Sequence[str], reference: str) 
         if reference not in set(part["condition"]):
             raise ReportError(f"model {model!r} has no {reference!r} rows; its deltas would have no reference")
 
+
 def records(df: pd.DataFrame) -> list[dict]:
     return df.to_dict(orient="records")
+
 
 def jsonable(obj: Any) -> Any:
     """``obj`` with numpy/pandas scalars made plain and NaN/inf/NA made ``None``."""

@@ -1,4 +1,7 @@
-"""Summary section ``deltas``: paired comparisons per model (unit ``(pair_id, seed)``, clusters ``source_id``), Holm across all rows."""
+"""Summary section ``deltas``: paired comparisons per model, Holm-adjusted across all rows.
+
+The paired unit is ``(pair_id, seed)``; clusters are ``source_id``.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +22,28 @@ def paired_deltas(results, scores, comparisons, controls_of, n_boot, n_perm, see
                 if c in have and r in have:
                     fam.append((family, c, r))
                 else:
-                    skipped.append({"model": model, "condition": c, "reference": r, "family": family,
-                                    "why": f"condition {c if c not in have else r!r} has no rows for this model"})
+                    skipped.append(
+                        {
+                            "model": model,
+                            "condition": c,
+                            "reference": r,
+                            "family": family,
+                            "why": f"condition {c if c not in have else r!r} has no rows for this model",
+                        }
+                    )
         if not fam:
             continue
-        out = compare_all(sub, [(c, r) for _, c, r in fam], scores, primary=PRIMARY_P, pair_col=PAIR_UNIT,
-                          cluster_col=CLUSTER, n_boot=n_boot, n_perm=n_perm, seed=seed)
+        out = compare_all(
+            sub,
+            [(c, r) for _, c, r in fam],
+            scores,
+            primary=PRIMARY_P,
+            pair_col=PAIR_UNIT,
+            cluster_col=CLUSTER,
+            n_boot=n_boot,
+            n_perm=n_perm,
+            seed=seed,
+        )
         out.insert(0, "family", np.repeat([f for f, _, _ in fam], len(scores)))
         out.insert(0, "model", model)
         parts.append(out)

@@ -98,8 +98,14 @@ def plot_condition_means(summary: dict, out_dir: Path) -> Path | None:
             lo, hi = r["ci_low"], r["ci_high"]
             yerr = None if lo is None else [[r["mean"] - lo], [hi - r["mean"]]]
             ax.errorbar(i, r["mean"], yerr=yerr, fmt="o", ms=8, color=colors[c], capsize=5, lw=2)
-            ax.annotate(f"{r['mean']:.2f}", (i, hi if hi is not None else r["mean"]), xytext=(0, 5),
-                        textcoords="offset points", ha="center", fontsize=8)
+            ax.annotate(
+                f"{r['mean']:.2f}",
+                (i, hi if hi is not None else r["mean"]),
+                xytext=(0, 5),
+                textcoords="offset points",
+                ha="center",
+                fontsize=8,
+            )
         if ref in mine:
             ax.axhline(mine[ref]["mean"], color=colors[ref], ls="--", lw=1, label=f"{ref} mean")
             ax.legend(loc="upper left", fontsize=8, frameon=False)
@@ -123,8 +129,11 @@ def plot_pair_deltas(results: pd.DataFrame, summary: dict, out_dir: Path) -> Pat
     if not conds or score not in results.columns:
         return None
     colors = condition_colors(summary["conditions"], ref, summary.get("primary"))
-    stats = {(r["model"], r["condition"]): r for r in summary["deltas"]
-             if r["family"] == "vs_reference" and r["score"] == score}
+    stats = {
+        (r["model"], r["condition"]): r
+        for r in summary["deltas"]
+        if r["family"] == "vs_reference" and r["score"] == score
+    }
     fig, axes = _figure(len(models), max(4.5, 0.9 * len(conds) + 1.8), 4.8)
     rng = np.random.default_rng(0)
     drawn = False
@@ -147,9 +156,18 @@ def plot_pair_deltas(results: pd.DataFrame, summary: dict, out_dir: Path) -> Pat
             st = stats.get((model, c))
             if st and st["ci_low"] is not None:
                 m = st["mean_diff"]
-                ax.errorbar(i, m, yerr=[[m - st["ci_low"]], [st["ci_high"] - m]],
-                            fmt="D", color="black", ms=6, capsize=5, lw=1.8, zorder=5,
-                            label="mean Δ, 95% cluster CI" if i == 0 else None)
+                ax.errorbar(
+                    i,
+                    m,
+                    yerr=[[m - st["ci_low"]], [st["ci_high"] - m]],
+                    fmt="D",
+                    color="black",
+                    ms=6,
+                    capsize=5,
+                    lw=1.8,
+                    zorder=5,
+                    label="mean Δ, 95% cluster CI" if i == 0 else None,
+                )
         ax.axhline(0, color="black", lw=0.9)
         _xticks(ax, mine)
         ax.set_xlim(-0.6, len(mine) - 0.4)
@@ -235,8 +253,7 @@ def plot_rv_groups(summary: dict, out_dir: Path) -> Path | None:
     if not rows or all(r["n"] == 0 for r in rows):
         return None
     models = [m for m in summary["models"] if any(r["model"] == m for r in rows)] or [rows[0]["model"]]
-    fig, axes = _figure(len(models), max(4.5, 1.0 * max(sum(r["model"] == m for r in rows) for m in models) + 1.6),
-                        4.8)
+    fig, axes = _figure(len(models), max(4.5, 1.0 * max(sum(r["model"] == m for r in rows) for m in models) + 1.6), 4.8)
     rng = np.random.default_rng(0)
     role_colors = {"source": "#d62728", "target": "#1f77b4"}
     for ax, model in zip(axes, models):
@@ -246,13 +263,22 @@ def plot_rv_groups(summary: dict, out_dir: Path) -> Path | None:
             v = np.asarray(r.get("values") or [], float)
             color = role_colors.get(r["role"], "#555555")
             if v.size:
-                bp = ax.boxplot([v], positions=[i], widths=0.55, patch_artist=True, showfliers=False,
-                                medianprops={"color": "black"})
+                bp = ax.boxplot(
+                    [v], positions=[i], widths=0.55, patch_artist=True, showfliers=False, medianprops={"color": "black"}
+                )
                 bp["boxes"][0].set(facecolor=color, alpha=0.25)
                 ax.scatter(i + rng.uniform(-0.15, 0.15, v.size), v, s=14, color=color, alpha=0.8, lw=0, zorder=3)
             else:
-                ax.text(i, 0.5, "no R_V\n(all NaN)", ha="center", va="center", fontsize=8, color="#555555",
-                        transform=ax.get_xaxis_transform())
+                ax.text(
+                    i,
+                    0.5,
+                    "no R_V\n(all NaN)",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="#555555",
+                    transform=ax.get_xaxis_transform(),
+                )
             nan = f", NaN={r['n_nan']}" if r["n_nan"] else ""
             labels.append(f"{r['group']}\n{r['role']}\nn={r['n']}{nan}")
         ax.axhline(1.0, color="black", lw=0.8, ls=":", label="R_V = 1 (no contraction)")
@@ -279,9 +305,11 @@ def plot_seeds(summary: dict, out_dir: Path) -> Path | None:
     x = {s: i for i, s in enumerate(seeds)}
     for ax, model in zip(axes, models):
         for c in summary["conditions"]:
-            pts = sorted((x[r["seed"]], r["mean"]) for r in summary["seeds_table"]
-                         if r["model"] == model and r["condition"] == c and r["score"] == score
-                         and r["mean"] is not None)
+            pts = sorted(
+                (x[r["seed"]], r["mean"])
+                for r in summary["seeds_table"]
+                if r["model"] == model and r["condition"] == c and r["score"] == score and r["mean"] is not None
+            )
             if pts:
                 ax.plot(*zip(*pts), marker="o", color=colors[c], lw=1.6, label=c)
         ax.set_xticks(range(len(seeds)))

@@ -19,9 +19,9 @@ from typing import Any
 
 import pandas as pd
 
-from .figures import make_figures
 from .alerts import generation_warnings
 from .common import jsonable
+from .figures import make_figures
 
 DASH = "–"
 
@@ -37,7 +37,7 @@ def fmt(x: Any, digits: int = 3) -> str:
     if isinstance(x, float):
         if x == 0:
             return "0"
-        if abs(x) < 10 ** -digits or abs(x) >= 1e5:
+        if abs(x) < 10**-digits or abs(x) >= 1e5:
             return f"{x:.{digits - 1}e}"
         return f"{x:.{digits}f}"
     return str(x)
@@ -53,8 +53,12 @@ def _cell(v: Any) -> str:
     return str(v).replace("|", "\\|").replace("\n", " ")
 
 
-def md_table(rows: Sequence[dict] | pd.DataFrame, columns: Sequence[str], headers: Sequence[str] | None = None,
-             align: Sequence[str] | None = None) -> str:
+def md_table(
+    rows: Sequence[dict] | pd.DataFrame,
+    columns: Sequence[str],
+    headers: Sequence[str] | None = None,
+    align: Sequence[str] | None = None,
+) -> str:
     """A GitHub markdown table of ``rows`` (dicts or a DataFrame) over ``columns``.
 
     Cells are written with ``str`` (format them first); ``|`` is escaped.
@@ -65,8 +69,10 @@ def md_table(rows: Sequence[dict] | pd.DataFrame, columns: Sequence[str], header
         rows = rows.to_dict(orient="records")
     headers = list(headers or columns)
     align = list(align or (["l"] + ["r"] * (len(columns) - 1)))
-    out = ["| " + " | ".join(_cell(h) for h in headers) + " |",
-           "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
+    out = [
+        "| " + " | ".join(_cell(h) for h in headers) + " |",
+        "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|",
+    ]
     for r in rows:
         out.append("| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |")
     return "\n".join(out)
@@ -87,8 +93,10 @@ def _warnings(summary: dict, config: dict | None, results: pd.DataFrame) -> list
     for w in warns:
         if w["kind"] == "never_fired":
             where = f" (hook point `{w['hook_point']}`" + (f", model {w['model']})" if len(models) > 1 else ")")
-            lines.append(f"- **WARNING: {w['description']} never fired in {w['count']}/{w['of']} examples of "
-                         f"condition {w['condition']}**{where}")
+            lines.append(
+                f"- **WARNING: {w['description']} never fired in {w['count']}/{w['of']} examples of "
+                f"condition {w['condition']}**{where}"
+            )
     for w in generation_warnings(config, results, summary["reference"]):
         lines.append(f"- **WARNING: {w['message']}**")
     for w in warns:
@@ -111,10 +119,14 @@ def _model_heading(summary: dict, model: str, level: str = "###") -> list[str]:
 
 def _condition_section(summary: dict) -> list[str]:
     scores = summary["described_scores"]
-    out = ["## Conditions", "",
-           f"Mean ± SD (ddof={summary['stats']['ddof']}) over (pair, seed) rows, with n non-missing "
-           "(and missing, if any); the primary score's 95% CI resamples source prompts (cluster bootstrap). "
-           "`source_overlap` (share of the source's content words echoed) is the echo diagnostic.", ""]
+    out = [
+        "## Conditions",
+        "",
+        f"Mean ± SD (ddof={summary['stats']['ddof']}) over (pair, seed) rows, with n non-missing "
+        "(and missing, if any); the primary score's 95% CI resamples source prompts (cluster bootstrap). "
+        "`source_overlap` (share of the source's content words echoed) is the echo diagnostic.",
+        "",
+    ]
     primary = summary["primary_score"]
     roles = summary.get("prompt_roles", {})
     for model in summary["models"]:
@@ -140,20 +152,44 @@ def _condition_section(summary: dict) -> list[str]:
     return out
 
 
-DELTA_COLS = ["score", "condition", "delta", "ci", "ci_iid", "p_t", "p_wilcoxon", "p_perm", "p_perm_cluster",
-              "p_holm", "d_z", "n", "n_nan"]
+DELTA_COLS = [
+    "score",
+    "condition",
+    "delta",
+    "ci",
+    "ci_iid",
+    "p_t",
+    "p_wilcoxon",
+    "p_perm",
+    "p_perm_cluster",
+    "p_holm",
+    "d_z",
+    "n",
+    "n_nan",
+]
 
 
 def _delta_rows(rows: list[dict], vs: bool) -> list[dict]:
     out = []
     for r in rows:
         name = f"{r['condition']} − {r['reference']}" if vs else r["condition"]
-        out.append({"score": r["score"], "condition": name, "delta": fmt(r["mean_diff"]),
-                    "ci": _ci(r["ci_low"], r["ci_high"]), "ci_iid": _ci(r["ci_iid_low"], r["ci_iid_high"]),
-                    "p_t": fmt_p(r["p_t"]), "p_wilcoxon": fmt_p(r["p_wilcoxon"]), "p_perm": fmt_p(r["p_perm"]),
-                    "p_perm_cluster": fmt_p(r["p_perm_cluster"]), "p_holm": fmt_p(r["p_holm"]),
-                    "d_z": fmt(r["d_z"]), "n": r["n"],
-                    "n_nan": f"{r['n_nan']}" + (f" (+{r['n_unmatched']} unmatched)" if r["n_unmatched"] else "")})
+        out.append(
+            {
+                "score": r["score"],
+                "condition": name,
+                "delta": fmt(r["mean_diff"]),
+                "ci": _ci(r["ci_low"], r["ci_high"]),
+                "ci_iid": _ci(r["ci_iid_low"], r["ci_iid_high"]),
+                "p_t": fmt_p(r["p_t"]),
+                "p_wilcoxon": fmt_p(r["p_wilcoxon"]),
+                "p_perm": fmt_p(r["p_perm"]),
+                "p_perm_cluster": fmt_p(r["p_perm_cluster"]),
+                "p_holm": fmt_p(r["p_holm"]),
+                "d_z": fmt(r["d_z"]),
+                "n": r["n"],
+                "n_nan": f"{r['n_nan']}" + (f" (+{r['n_unmatched']} unmatched)" if r["n_unmatched"] else ""),
+            }
+        )
     return out
 
 
@@ -162,25 +198,42 @@ def _delta_section(summary: dict, family: str) -> list[str]:
     st = summary["stats"]
     if family == "vs_reference":
         title = f"## Paired deltas vs {summary['reference']}"
-        intro = (f"Δ = condition − {summary['reference']}, paired on (pair_id, seed). 95% CIs: cluster bootstrap "
-                 f"over source prompts ({st['n_boot']} draws) and, beside it, iid over pairs. p: paired t, Wilcoxon "
-                 f"signed-rank, sign-flip permutation (pairs, and whole source-prompt clusters). Holm p adjusts "
-                 f"`{st['primary_p']}` across all {st['holm_family_size']} comparisons of this report (both tables, "
-                 "every model and score). d_z = mean Δ / SD(Δ), ddof=1. "
-                 f"Permutation p values are resolution-limited (p ≥ 1/({st['n_perm']}+1)), so Holm p cannot fall "
-                 f"below {st['holm_family_size']}/({st['n_perm']}+1) = {st['holm_family_size'] / (st['n_perm'] + 1):.2g} "
-                 "here; p_t and p_wilcoxon show finer evidence (without the clustering).")
+        intro = (
+            f"Δ = condition − {summary['reference']}, paired on (pair_id, seed). 95% CIs: cluster bootstrap "
+            f"over source prompts ({st['n_boot']} draws) and, beside it, iid over pairs. p: paired t, Wilcoxon "
+            f"signed-rank, sign-flip permutation (pairs, and whole source-prompt clusters). Holm p adjusts "
+            f"`{st['primary_p']}` across all {st['holm_family_size']} comparisons of this report (both tables, "
+            "every model and score). d_z = mean Δ / SD(Δ), ddof=1. "
+            f"Permutation p values are resolution-limited (p ≥ 1/({st['n_perm']}+1)), so Holm p cannot fall "
+            f"below {st['holm_family_size']}/({st['n_perm']}+1) = {st['holm_family_size'] / (st['n_perm'] + 1):.2g} "
+            "here; p_t and p_wilcoxon show finer evidence (without the clustering)."
+        )
     else:
         if not rows:
             return []
         title = f"## {summary['primary']} vs each control"
-        intro = (f"Δ = {summary['primary']} − control on the same (pair_id, seed) units; same statistics and the "
-                 "same Holm family as above.")
+        intro = (
+            f"Δ = {summary['primary']} − control on the same (pair_id, seed) units; same statistics and the "
+            "same Holm family as above."
+        )
     out = [title, "", intro, ""]
     if not rows:
         return out + ["No comparisons.", ""]
-    headers = ["score", "comparison", "Δ mean", "95% cluster CI", "95% iid CI", "p_t", "p_wilcoxon", "p_perm",
-               "p_perm_cluster", "Holm p", "d_z", "n", "n_nan"]
+    headers = [
+        "score",
+        "comparison",
+        "Δ mean",
+        "95% cluster CI",
+        "95% iid CI",
+        "p_t",
+        "p_wilcoxon",
+        "p_perm",
+        "p_perm_cluster",
+        "Holm p",
+        "d_z",
+        "n",
+        "n_nan",
+    ]
     for model in summary["models"]:
         mine = _by_model(rows, model)
         if mine:
@@ -193,39 +246,92 @@ def _overlap_section(summary: dict) -> list[str]:
     rows = summary.get("overlap") or []
     if not rows:
         return []
-    out = ["## Source-overlap diagnostic", "",
-           "Each behavior score beside `source_overlap` in the same condition, and their correlation over rows "
-           "(Pearson r). A behavior score that moves only with the overlap is the source's words echoed, "
-           "not transferred behavior.", ""]
+    out = [
+        "## Source-overlap diagnostic",
+        "",
+        "Each behavior score beside `source_overlap` in the same condition, and their correlation over rows "
+        "(Pearson r). A behavior score that moves only with the overlap is the source's words echoed, "
+        "not transferred behavior.",
+        "",
+    ]
     for model in summary["models"]:
-        table = [{"condition": r["condition"], "score": r["score"], "mean": _pm(r["mean"], r["sd"]),
-                  "overlap": _pm(r["overlap_mean"], r["overlap_sd"]), "r": fmt(r["r_score_overlap"]), "n": r["n_r"]}
-                 for r in _by_model(rows, model)]
+        table = [
+            {
+                "condition": r["condition"],
+                "score": r["score"],
+                "mean": _pm(r["mean"], r["sd"]),
+                "overlap": _pm(r["overlap_mean"], r["overlap_sd"]),
+                "r": fmt(r["r_score_overlap"]),
+                "n": r["n_r"],
+            }
+            for r in _by_model(rows, model)
+        ]
         out += _model_heading(summary, model)
-        out += [md_table(table, ["condition", "score", "mean", "overlap", "r", "n"],
-                         ["condition", "score", "score mean ± SD", "source_overlap mean ± SD", "r(score, overlap)",
-                          "n"], ["l", "l", "r", "r", "r", "r"]), ""]
+        out += [
+            md_table(
+                table,
+                ["condition", "score", "mean", "overlap", "r", "n"],
+                ["condition", "score", "score mean ± SD", "source_overlap mean ± SD", "r(score, overlap)", "n"],
+                ["l", "l", "r", "r", "r", "r"],
+            ),
+            "",
+        ]
     return out
 
 
 def _audit_section(summary: dict) -> list[str]:
     rows = summary.get("audit") or []
-    out = ["## Intervention audit", "",
-           "Per condition and intervention: in how many examples it never wrote anything (never-fired first), "
-           "mean forward calls it acted in (prefill / decode), mean positions written, mean norm of the change.", ""]
+    out = [
+        "## Intervention audit",
+        "",
+        "Per condition and intervention: in how many examples it never wrote anything (never-fired first), "
+        "mean forward calls it acted in (prefill / decode), mean positions written, mean norm of the change.",
+        "",
+    ]
     if not rows:
         return out + ["No intervention was audited (no condition has a plan, or the results carry no audit).", ""]
     multi = len(summary["models"]) > 1
-    table = [{"model": r["model"], "condition": r["condition"], "intervention": f"`{r['description']}`",
-              "hook": f"`{r['hook_point']}`", "phase": r["phase"],
-              "never": (f"**{r['examples_never_fired']}/{r['examples']}**" if r["examples_never_fired"]
-                        else f"0/{r['examples']}"),
-              "fp": fmt(r["mean_fired_prompt"]), "fd": fmt(r["mean_fired_decode"]), "pos": fmt(r["mean_positions"]),
-              "norm": fmt(r["mean_change_norm"])} for r in rows]
-    cols = (["model"] if multi else []) + ["condition", "intervention", "hook", "phase", "never", "fp", "fd", "pos",
-                                           "norm"]
-    heads = (["model"] if multi else []) + ["condition", "intervention", "hook point", "phase", "never fired",
-                                            "calls (prefill)", "calls (decode)", "positions", "change norm"]
+    table = [
+        {
+            "model": r["model"],
+            "condition": r["condition"],
+            "intervention": f"`{r['description']}`",
+            "hook": f"`{r['hook_point']}`",
+            "phase": r["phase"],
+            "never": (
+                f"**{r['examples_never_fired']}/{r['examples']}**"
+                if r["examples_never_fired"]
+                else f"0/{r['examples']}"
+            ),
+            "fp": fmt(r["mean_fired_prompt"]),
+            "fd": fmt(r["mean_fired_decode"]),
+            "pos": fmt(r["mean_positions"]),
+            "norm": fmt(r["mean_change_norm"]),
+        }
+        for r in rows
+    ]
+    cols = (["model"] if multi else []) + [
+        "condition",
+        "intervention",
+        "hook",
+        "phase",
+        "never",
+        "fp",
+        "fd",
+        "pos",
+        "norm",
+    ]
+    heads = (["model"] if multi else []) + [
+        "condition",
+        "intervention",
+        "hook point",
+        "phase",
+        "never fired",
+        "calls (prefill)",
+        "calls (decode)",
+        "positions",
+        "change norm",
+    ]
     return out + [md_table(table, cols, heads, ["l"] * (len(cols) - 5) + ["r"] * 5), ""]
 
 
@@ -233,17 +339,38 @@ def _rv_section(summary: dict) -> list[str]:
     rows = summary.get("rv_groups") or []
     if not rows:
         return []
-    out = ["## R_V by prompt group", "",
-           "R_V = PR(late) / PR(early) of `v_proj` over the prompt's last tokens, one value per distinct prompt "
-           "(a prompt reused by several pairs counts once). NaN prompts (e.g. shorter than the window) are counted, "
-           "not dropped silently.", ""]
+    out = [
+        "## R_V by prompt group",
+        "",
+        "R_V = PR(late) / PR(early) of `v_proj` over the prompt's last tokens, one value per distinct prompt "
+        "(a prompt reused by several pairs counts once). NaN prompts (e.g. shorter than the window) are counted, "
+        "not dropped silently.",
+        "",
+    ]
     multi = len(summary["models"]) > 1
-    table = [{"model": r["model"], "role": r["role"], "group": r["group"], "prompts": r["n_prompts"], "n": r["n"],
-              "n_nan": f"**{r['n_nan']}**" if r["n_nan"] else "0", "mean": _pm(r["mean"], r["sd"]),
-              "median": fmt(r["median"])} for r in rows]
+    table = [
+        {
+            "model": r["model"],
+            "role": r["role"],
+            "group": r["group"],
+            "prompts": r["n_prompts"],
+            "n": r["n"],
+            "n_nan": f"**{r['n_nan']}**" if r["n_nan"] else "0",
+            "mean": _pm(r["mean"], r["sd"]),
+            "median": fmt(r["median"]),
+        }
+        for r in rows
+    ]
     cols = (["model"] if multi else []) + ["role", "group", "prompts", "n", "n_nan", "mean", "median"]
-    heads = (["model"] if multi else []) + ["role", "group", "prompts", "n (R_V defined)", "n NaN",
-                                            "mean ± SD (ddof=1)", "median"]
+    heads = (["model"] if multi else []) + [
+        "role",
+        "group",
+        "prompts",
+        "n (R_V defined)",
+        "n NaN",
+        "mean ± SD (ddof=1)",
+        "median",
+    ]
     return out + [md_table(table, cols, heads, ["l"] * (len(cols) - 5) + ["r"] * 5), ""]
 
 
@@ -260,16 +387,26 @@ def _seed_section(summary: dict) -> list[str]:
         for score in summary["described_scores"]:
             table = []
             for c in summary["conditions"]:
-                per = {r["seed"]: r for r in summary["seeds_table"]
-                       if r["model"] == model and r["condition"] == c and r["score"] == score}
+                per = {
+                    r["seed"]: r
+                    for r in summary["seeds_table"]
+                    if r["model"] == model and r["condition"] == c and r["score"] == score
+                }
                 if not per:
                     continue
                 row = {"condition": c, **{f"s{s}": fmt(per[s]["mean"]) if s in per else DASH for s in seeds}}
                 row["sd"] = fmt(spread.get((model, c, score), {}).get("sd_across_seeds"))
                 table.append(row)
-            out += [f"**{score}**", "",
-                    md_table(table, ["condition", *[f"s{s}" for s in seeds], "sd"],
-                             ["condition", *[f"seed {s}" for s in seeds], "SD across seeds"]), ""]
+            out += [
+                f"**{score}**",
+                "",
+                md_table(
+                    table,
+                    ["condition", *[f"s{s}" for s in seeds], "sd"],
+                    ["condition", *[f"seed {s}" for s in seeds], "SD across seeds"],
+                ),
+                "",
+            ]
     return out
 
 
@@ -283,20 +420,47 @@ def _sweep_section(summary: dict) -> list[str]:
         out += ["Path, as the sweep recorded it:", ""]
         if all(isinstance(p, dict) for p in path):
             cols = list(dict.fromkeys(k for p in path for k in p))
-            out += [md_table([{k: fmt(v) if not isinstance(v, (list, dict)) else json.dumps(v) for k, v in p.items()}
-                              for p in path], cols), ""]
+            out += [
+                md_table(
+                    [
+                        {k: fmt(v) if not isinstance(v, (list, dict)) else json.dumps(v) for k, v in p.items()}
+                        for p in path
+                    ],
+                    cols,
+                ),
+                "",
+            ]
         else:
             out += [f"{i + 1}. `{json.dumps(p) if not isinstance(p, str) else p}`" for i, p in enumerate(path)] + [""]
     extra = {k: v for k, v in sweep.items() if k not in ("kind", "path", "table")}
     if extra:
         out += [f"- {k}: `{json.dumps(v)}`" for k, v in extra.items()] + [""]
     multi = len(summary["models"]) > 1
-    table = [{"model": r["model"], "condition": r["condition"], "plan": f"`{r['plan']}`" if r.get("plan") else DASH,
-              "score": r["score"], "delta": fmt(r["mean_diff"]), "ci": _ci(r["ci_low"], r["ci_high"]),
-              "d_z": fmt(r["d_z"]), "p_holm": fmt_p(r["p_holm"]), "n": r["n"]} for r in sweep.get("table", [])]
+    table = [
+        {
+            "model": r["model"],
+            "condition": r["condition"],
+            "plan": f"`{r['plan']}`" if r.get("plan") else DASH,
+            "score": r["score"],
+            "delta": fmt(r["mean_diff"]),
+            "ci": _ci(r["ci_low"], r["ci_high"]),
+            "d_z": fmt(r["d_z"]),
+            "p_holm": fmt_p(r["p_holm"]),
+            "n": r["n"],
+        }
+        for r in sweep.get("table", [])
+    ]
     cols = (["model"] if multi else []) + ["condition", "plan", "score", "delta", "ci", "d_z", "p_holm", "n"]
-    heads = (["model"] if multi else []) + ["condition", "plan", "score", f"Δ vs {summary['reference']}",
-                                            "95% cluster CI", "d_z", "Holm p", "n"]
+    heads = (["model"] if multi else []) + [
+        "condition",
+        "plan",
+        "score",
+        f"Δ vs {summary['reference']}",
+        "95% cluster CI",
+        "d_z",
+        "Holm p",
+        "n",
+    ]
     return out + [md_table(table, cols, heads, ["l"] * (len(cols) - 5) + ["r"] * 5), ""]
 
 
@@ -317,9 +481,14 @@ def _figures_section(figures: dict[str, Path], run_dir: Path) -> list[str]:
     return out
 
 
-def render_markdown(summary: dict, results: pd.DataFrame, config: dict | None = None,
-                    metadata: dict | None = None, figures: dict[str, Path] | None = None,
-                    run_dir: Path | None = None) -> str:
+def render_markdown(
+    summary: dict,
+    results: pd.DataFrame,
+    config: dict | None = None,
+    metadata: dict | None = None,
+    figures: dict[str, Path] | None = None,
+    run_dir: Path | None = None,
+) -> str:
     """The text of report.md (see the module docstring for its sections)."""
     metadata = metadata or {}
     config = config or {}
@@ -328,27 +497,53 @@ def render_markdown(summary: dict, results: pd.DataFrame, config: dict | None = 
     lines = [f"# transferlab report: {name} ({models})", ""]
     lines += ["## Warnings", ""]
     warn = _warnings(summary, config, results)
-    lines += warn or ["No warnings: every audited intervention fired in every example, no condition differs from "
-                      "the reference in its sampler or flavour, no score is missing."]
+    lines += warn or [
+        "No warnings: every audited intervention fired in every example, no condition differs from "
+        "the reference in its sampler or flavour, no score is missing."
+    ]
     lines += [""]
-    info = {"models": models, "conditions": ", ".join(summary["conditions"]), "reference": summary["reference"],
-            "pairs": summary["n_pairs"], "source prompts (clusters)": summary["n_source_prompts"],
-            "target prompts": summary["n_target_prompts"], "seeds": ", ".join(map(str, summary["seeds"])),
-            "rows": summary["n_rows"], "primary score": summary["primary_score"]}
+    info = {
+        "models": models,
+        "conditions": ", ".join(summary["conditions"]),
+        "reference": summary["reference"],
+        "pairs": summary["n_pairs"],
+        "source prompts (clusters)": summary["n_source_prompts"],
+        "target prompts": summary["n_target_prompts"],
+        "seeds": ", ".join(map(str, summary["seeds"])),
+        "rows": summary["n_rows"],
+        "primary score": summary["primary_score"],
+    }
     for k in ("created", "git", "commit", "device", "dtype", "flavour", "duration_s", "transferlab"):
         if k in metadata:
             info[k] = metadata[k]
-    lines += ["## Run", "", md_table([{"k": k, "v": fmt(v)} for k, v in info.items()], ["k", "v"], ["run", "value"],
-                                     ["l", "l"]), ""]
+    lines += [
+        "## Run",
+        "",
+        md_table([{"k": k, "v": fmt(v)} for k, v in info.items()], ["k", "v"], ["run", "value"], ["l", "l"]),
+        "",
+    ]
     plans = summary.get("plans") or []
     if plans:
         multi = len(summary["models"]) > 1
-        rows = [{"model": p["model"], "condition": p["condition"],
-                 "plan": f"`{p['plan']}`" if p["plan"] not in ("", "(none)") else "(none)",
-                 "prompt": summary.get("prompt_roles", {}).get(p["condition"], DASH)} for p in plans]
+        rows = [
+            {
+                "model": p["model"],
+                "condition": p["condition"],
+                "plan": f"`{p['plan']}`" if p["plan"] not in ("", "(none)") else "(none)",
+                "prompt": summary.get("prompt_roles", {}).get(p["condition"], DASH),
+            }
+            for p in plans
+        ]
         cols = (["model"] if multi else []) + ["condition", "plan", "prompt"]
-        lines += [md_table(rows, cols, (["model"] if multi else []) + ["condition", "plan", "prompt generated from"],
-                           ["l"] * len(cols)), ""]
+        lines += [
+            md_table(
+                rows,
+                cols,
+                (["model"] if multi else []) + ["condition", "plan", "prompt generated from"],
+                ["l"] * len(cols),
+            ),
+            "",
+        ]
     lines += _condition_section(summary)
     lines += _delta_section(summary, "vs_reference")
     lines += _delta_section(summary, "vs_control")
@@ -362,8 +557,9 @@ def render_markdown(summary: dict, results: pd.DataFrame, config: dict | None = 
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_report(run_dir: Path, results: pd.DataFrame, summary: dict, config: dict | None = None,
-                 metadata: dict | None = None) -> Path:
+def write_report(
+    run_dir: Path, results: pd.DataFrame, summary: dict, config: dict | None = None, metadata: dict | None = None
+) -> Path:
     """Write ``report.md`` and ``figures/*.png`` into ``run_dir``; return the report's path."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

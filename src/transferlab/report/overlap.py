@@ -24,8 +24,20 @@ def overlap_table(results, behavior, conds) -> list[dict]:
                 r = np.nan
                 if both.sum() >= 3 and v[both].std() > 0 and ov[both].std() > 0:
                     r = float(np.corrcoef(v[both], ov[both])[0, 1])
-                rows.append({"model": model, "condition": c, "score": s, "mean": v.mean(), "sd": v.std(ddof=DDOF),
-                             "n": int(v.notna().sum()), "overlap_mean": ov.mean(), "overlap_sd": ov.std(ddof=DDOF),
-                             "overlap_n": int(ov.notna().sum()), "overlap_n_nan": int(ov.isna().sum()),
-                             "r_score_overlap": r, "n_r": int(both.sum())})
+                rows.append(
+                    {
+                        "model": model,
+                        "condition": c,
+                        "score": s,
+                        "mean": v.mean(),
+                        "sd": v.std(ddof=DDOF),
+                        "n": int(v.notna().sum()),
+                        "overlap_mean": ov.mean(),
+                        "overlap_sd": ov.std(ddof=DDOF),
+                        "overlap_n": int(ov.notna().sum()),
+                        "overlap_n_nan": int(ov.isna().sum()),
+                        "r_score_overlap": r,
+                        "n_r": int(both.sum()),
+                    }
+                )
     return rows

@@ -44,8 +44,19 @@ def rv_summary(table: pd.DataFrame) -> list[dict]:
     for (model, role, group), g in table.groupby(["model", "role", "group"], sort=False):
         v = g["rv"]
         x = v.dropna()
-        rows.append({"model": model, "role": role, "group": group, "n_prompts": int(len(v)), "n": int(x.size),
-                     "n_nan": int(v.isna().sum()), "mean": x.mean() if x.size else np.nan,
-                     "sd": x.std(ddof=DDOF) if x.size > 1 else np.nan,
-                     "median": x.median() if x.size else np.nan, "ddof": DDOF, "values": x.tolist()})
+        rows.append(
+            {
+                "model": model,
+                "role": role,
+                "group": group,
+                "n_prompts": int(len(v)),
+                "n": int(x.size),
+                "n_nan": int(v.isna().sum()),
+                "mean": x.mean() if x.size else np.nan,
+                "sd": x.std(ddof=DDOF) if x.size > 1 else np.nan,
+                "median": x.median() if x.size else np.nan,
+                "ddof": DDOF,
+                "values": x.tolist(),
+            }
+        )
     return rows

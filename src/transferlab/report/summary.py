@@ -36,7 +36,16 @@ from ..stats import DDOF
 from .alerts import data_warnings
 from .audit import audit_summary
 from .common import (
-    CLUSTER, OVERLAP, PAIR_UNIT, PRIMARY_P, ReportError, check_results, display_order, jsonable, order, records,
+    CLUSTER,
+    OVERLAP,
+    PAIR_UNIT,
+    PRIMARY_P,
+    ReportError,
+    check_results,
+    display_order,
+    jsonable,
+    order,
+    records,
 )
 from .conditions import condition_table
 from .deltas import paired_deltas
@@ -126,14 +135,23 @@ def build_summary(
         "n_pairs": int(results.groupby("model")["pair_id"].nunique().max()),
         "n_source_prompts": int(results[CLUSTER].nunique()),
         "n_target_prompts": int(results["target_id"].nunique()) if "target_id" in results else None,
-        "plans": [{"model": m, "condition": c, "plan": plans[(m, c)]} for m in models for c in conds
-                  if (m, c) in plans],
+        "plans": [
+            {"model": m, "condition": c, "plan": plans[(m, c)]} for m in models for c in conds if (m, c) in plans
+        ],
         "prompt_roles": roles,
-        "stats": {"ddof": DDOF, "pair_unit": PAIR_UNIT, "cluster": CLUSTER, "n_boot": n_boot, "n_perm": n_perm,
-                  "seed": seed, "level": 0.95, "primary_p": PRIMARY_P,
-                  "holm_family_size": int(deltas[PRIMARY_P].notna().sum()) if len(deltas) else 0,
-                  "holm": "Holm step-down across every row of 'deltas' (all models, families and scores), "
-                          "separately for each p column"},
+        "stats": {
+            "ddof": DDOF,
+            "pair_unit": PAIR_UNIT,
+            "cluster": CLUSTER,
+            "n_boot": n_boot,
+            "n_perm": n_perm,
+            "seed": seed,
+            "level": 0.95,
+            "primary_p": PRIMARY_P,
+            "holm_family_size": int(deltas[PRIMARY_P].notna().sum()) if len(deltas) else 0,
+            "holm": "Holm step-down across every row of 'deltas' (all models, families and scores), "
+            "separately for each p column",
+        },
         "conditions_table": records(ctab),
         "deltas": records(deltas) if len(deltas) else [],
         "audit": records(audit),
