@@ -156,7 +156,7 @@ def test_resid_equals_output_hidden_states(tiny):
 
 
 def test_attn_out_and_mlp_out_sum_to_the_residual_update(tiny):
-    """resid_post = resid_pre + attn_out + mlp_out (Gemma-2: each through its post-norm)."""
+    """resid_post = resid_pre + attn_out + mlp_out (Gemma-2/3: each through its post-norm)."""
     points = [
         f"{s}@{layer}" for s in ("resid_pre", "resid_post", "attn_out", "mlp_out") for layer in range(tiny.n_layers)
     ]
@@ -164,8 +164,8 @@ def test_attn_out_and_mlp_out_sum_to_the_residual_update(tiny):
     for layer in range(tiny.n_layers):
         pre, post = acts[f"resid_pre@{layer}"][0], acts[f"resid_post@{layer}"][0]
         attn, mlp = acts[f"attn_out@{layer}"][0], acts[f"mlp_out@{layer}"][0]
-        if tiny.adapter.family == "gemma2":
-            block = tiny.hf.model.layers[layer]
+        block = tiny.hf.model.layers[layer]
+        if hasattr(block, "post_feedforward_layernorm"):  # Gemma-2/3's sandwich norms
             with torch.no_grad():
                 attn, mlp = block.post_attention_layernorm(attn), block.post_feedforward_layernorm(mlp)
         assert _max_diff(pre + attn + mlp, post) <= 1e-4, (tiny.name, layer)

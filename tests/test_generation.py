@@ -113,7 +113,7 @@ EQUAL_13 = ["The dog ran to the big red cat", "Tom had a red ball and a cat", "S
 EQUAL_10 = [PROMPT, "He liked to play with his cat"]
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3", "gemma2", "stories260K"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3", "gemma2", "gemma3", "stories260K"])
 def test_whole_prefix_splice_reproduces_the_source_run(family, tiny_models, stories):
     model = _model(family, tiny_models, stories)
     pairs = [(EQUAL_13[0], EQUAL_13[1]), (EQUAL_13[2], EQUAL_13[0]), (EQUAL_10[1], EQUAL_10[0])]
@@ -311,7 +311,7 @@ def _run_cases(model, order, **kw):
     )
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2", "phi3", "stories260K"])
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3", "phi3", "stories260K"])
 @pytest.mark.parametrize("sampling", [dict(greedy=True), dict(temperature=0.8, seed=7)])
 def test_batch_equals_each_example_alone(family, sampling, tiny_models, stories):
     model = _model(family, tiny_models, stories)

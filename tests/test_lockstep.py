@@ -39,7 +39,7 @@ def test_self_lockstep_is_identity(tiny_models, site, greedy):
         np.testing.assert_allclose(moved.logmass[name], plain.logmass[name], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "phi3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "gemma3", "phi3"])
 def test_self_lockstep_identity_other_families(tiny_models, family):
     model = tiny_models(family)
     plain = model.generate(PROMPTS, greedy=True, max_new_tokens=8)

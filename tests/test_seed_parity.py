@@ -67,7 +67,7 @@ def test_seed_flavour_matches_quickstart(family, tiny_models, stories):
     assert len(g.never_fired()) == 1
 
 
-@pytest.mark.parametrize("family", ["llama", "phi3", "gemma2", "stories260K"])
+@pytest.mark.parametrize("family", ["llama", "phi3", "gemma2", "gemma3", "stories260K"])
 def test_seed_flavour_prompt_phase_patch_matches_seed_hook_at_prefill(family, tiny_models, stories):
     """``v_proj@L:w16:prompt`` in seed flavour = the seed's v_hook registered during the target's prefill."""
     model = stories if family == "stories260K" else tiny_models(family)

@@ -81,16 +81,18 @@ def _close(a, b, rel=REL):
 @pytest.mark.parametrize("family", TINY_FAMILIES + ("stories260K",))
 def test_rotate_keys_equals_keys_recomputed_at_shifted_positions(family, tiny_models, stories):
     model = _model(family, tiny_models, stories)
-    inv = inverse_frequencies(model)
+    inv = inverse_frequencies(model, 0)
     ids = _ids(model, PROMPT)
     at0 = prompt_cache(model.hf, ids, 0)
     for delta in (3, 17):
         shifted = prompt_cache(model.hf, ids, delta)
         for layer, ((k0, v0), (k1, v1)) in enumerate(zip(at0, shifted)):
+            inv = inverse_frequencies(model, layer)  # each layer's own (Gemma-3: local and global bases)
             _close(rotate_keys(k0, delta, inv), k1)
             _close(v0, v1)  # values do not carry positions (relative positions are unchanged)
             _close(rotate_keys(k1, -delta, inv), k0)  # and back
     # a per-position shift: each slot to its own offset
+    inv = inverse_frequencies(model, 0)
     k0 = at0[0][0]
     deltas = torch.arange(k0.shape[2])  # slot j moves by j: position j -> 2j
     expect = torch.stack([rotate_keys(k0[:, :, j : j + 1], int(j), inv)[:, :, 0] for j in range(k0.shape[2])], dim=2)
@@ -109,7 +111,7 @@ def test_rotate_keys_partial_rotary_leaves_the_rest():
 # --------------------------------------------------------------------------- right alignment
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "phi3", "stories260K"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "gemma3", "phi3", "stories260K"])
 @pytest.mark.parametrize("target,source", [(LONG, PROMPT), (PROMPT, LONG)])
 def test_right_splice_reposition_gives_the_shifted_source_cache(family, target, source, tiny_models, stories):
     model = _model(family, tiny_models, stories)
@@ -198,7 +200,7 @@ def test_range_splice(tiny_models):
     assert row.positions == 4 and row.fired_prompt == 1
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2", "phi3", "stories260K"])
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3", "phi3", "stories260K"])
 @pytest.mark.parametrize("rope", ["reposition", "keep"])
 def test_prepend_cache_layout_and_continuation(family, rope, tiny_models, stories):
     model = _model(family, tiny_models, stories)

@@ -11,6 +11,13 @@ This holds whenever the angle is position x a fixed frequency: the ``default``,
 ``linear``, ``llama3`` and ``yarn`` rope types. ``dynamic`` and ``longrope``
 change the frequencies with the sequence length and are refused. Models with
 partial rotary embeddings rotate only the first ``2 * len(inv_freq)`` dims.
+
+**Per-layer frequencies.** Some models rotate different layers with different
+bases: Gemma-3 uses base 10,000 on its sliding-window (local) layers and
+1,000,000 on its full-attention (global) layers (``config.layer_types`` and
+``config.rope_parameters[layer_type]``; the rotary module holds one
+``<layer_type>_inv_freq`` per type). A key is re-rotated with the frequencies
+of the layer it is cached in.
 """
 
 from __future__ import annotations
@@ -22,9 +29,25 @@ from .types import InterventionError
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
-def inverse_frequencies(model) -> torch.Tensor:
-    """The model's rotary ``inv_freq`` (float32), after checking the rope type is supported."""
-    scaling = model.adapter.rope_scaling or {}
+def _layer_type(model, layer: int | None) -> str | None:
+    """The layer's attention type where the model rotates layer types differently (Gemma-3), else None."""
+    types = getattr(model.hf.config, "layer_types", None)
+    params = getattr(model.hf.config, "rope_parameters", None)
+    if layer is None or not types or not isinstance(params, dict) or types[layer] not in params:
+        return None
+    return types[layer]
+
+
+def inverse_frequencies(model, layer: int | None = None) -> torch.Tensor:
+    """The rotary ``inv_freq`` (float32) that ``layer`` uses, after checking its rope type is supported.
+
+    ``layer=None`` (or a model with one rotary scheme for all layers) gives the model's one set.
+    """
+    kind_of = _layer_type(model, layer)
+    if kind_of is not None:
+        scaling = model.hf.config.rope_parameters[kind_of] or {}
+    else:
+        scaling = model.adapter.rope_scaling or {}
     kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
     if kind not in SUPPORTED_ROPE_TYPES:
         raise InterventionError(
@@ -34,7 +57,12 @@ def inverse_frequencies(model) -> torch.Tensor:
         )
     base = getattr(model.hf, "model", model.hf)
     rotary = getattr(base, "rotary_emb", None)
-    inv = getattr(rotary, "inv_freq", None)
+    inv = getattr(rotary, f"{kind_of}_inv_freq" if kind_of is not None else "inv_freq", None)
+    if inv is None and kind_of is not None:
+        raise InterventionError(
+            f"layer {layer} is a {kind_of!r} layer, but the rotary module holds no {kind_of}_inv_freq: "
+            "this transformers version lays out per-layer RoPE differently; use rope='keep'"
+        )
     if inv is None:
         if model.adapter.rope_theta is None:
             raise InterventionError(

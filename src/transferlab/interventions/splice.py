@@ -19,7 +19,9 @@ Alignment (corrected): ``right`` -- the last n = min(P, S) slots of the target
 prefix (P slots) get the source prefix's last n (S slots); ``left`` -- the
 first n; ``range`` -- the same slots ``[a, b)`` of both; ``prepend`` -- the
 whole source prefix goes before the target prefix, whose keys move S slots
-later. ``window=W`` caps n at W. With ``rope="reposition"`` every moved key is
+later. ``window=W`` caps n at W. ``first="keep"`` leaves both prefixes' first
+slots (the attention sink) out of a right or left splice: n = min(P, S) - 1,
+and a left splice starts at slot 1. With ``rope="reposition"`` every moved key is
 re-rotated by (landing position - source position) (:mod:`.rope`).
 
 On a model split over devices each layer's cache lives on its layer's device;
@@ -117,13 +119,14 @@ def _slot_maps(
         if not rows[b]:
             continue
         P, S = tgt_len[b], src_len[b]
+        skip = int(flavour != "seed" and splice.first == "keep")  # leave both first slots out
         if align == "right":
-            n = min(P, S, cap)
+            n = max(0, min(P - skip, S - skip, cap))
             t0, s0 = tgt_w - n, src_end - n
             delta[b] = P - S
         elif align == "left":
-            n = min(P, S, cap)
-            t0, s0 = tgt_w - P, src_end - S
+            n = max(0, min(P - skip, S - skip, cap))
+            t0, s0 = tgt_w - P + skip, src_end - S + skip
         else:  # range
             a, z = splice.positions
             if z > min(P, S):
@@ -175,7 +178,8 @@ def apply_splice(
     sel = torch.from_numpy(np.flatnonzero(count.numpy() > 0))
     maps = _PerDevice(index=index[sel], delta=delta[sel], sel=sel)
     reposition = flavour != "seed" and splice.rope == "reposition"
-    inv = inverse_frequencies(model) if reposition else None
+    # each layer's own frequencies (Gemma-3's local and global bases differ), checked before any write
+    inv = {layer: inverse_frequencies(model, layer) for layer in layers} if reposition else None
     sq = torch.zeros(index.shape[0], dtype=torch.float64, device=device)
     for layer in layers if len(sel) else []:
         k, v = get_kv(cache, layer)
@@ -183,7 +187,7 @@ def apply_splice(
         nk, nv = source.gather_slots(layer, local["index"], k.device, batch_rows=local["sel"])
         nk, nv = nk.to(k.dtype), nv.to(v.dtype)
         if reposition:
-            nk = rotate_keys(nk, local["delta"][:, None, None], inv)
+            nk = rotate_keys(nk, local["delta"][:, None, None], inv[layer])
         m = (local["index"] >= 0)[:, None, :, None]
         old_k, old_v = k.index_select(0, local["sel"]), v.index_select(0, local["sel"])
         new_k, new_v = torch.where(m, nk, old_k), torch.where(m, nv, old_v)
@@ -238,7 +242,7 @@ def apply_prepend(
         inserted[b, W - tgt_len[b] - S : W - tgt_len[b]] = True
     maps = _PerDevice(index=index, shift=shift, inserted=inserted)
     reposition = splice.rope == "reposition"
-    inv = inverse_frequencies(model) if reposition else None
+    inv = {layer: inverse_frequencies(model, layer) for layer in range(n_layers)} if reposition else None
     sq = torch.zeros(B, dtype=torch.float64, device=device)
     for layer in range(n_layers):
         k, v = get_kv(cache, layer)
@@ -250,7 +254,7 @@ def apply_prepend(
         g = local["index"][:, None, :, None].expand(-1, H, -1, hd)
         nk, nv = cat_k.gather(2, g), cat_v.gather(2, g)
         if reposition:
-            nk = rotate_keys(nk, local["shift"][:, None, :], inv)
+            nk = rotate_keys(nk, local["shift"][:, None, :], inv[layer])
         # the change a prepend makes: the source keys/values it inserts
         ins = local["inserted"][:, None, :, None]
         sq += ((nk.float() ** 2) * ins).sum(dim=(1, 2, 3)).double().to(device)

@@ -6,8 +6,9 @@ key/value heads, head_dim, hidden size, the width of each site) and maps a
 hook, whether the activation is that module's input or output, and, for fused
 projections (Phi-3's ``qkv_proj``), the slice of the output that holds it.
 
-Supported families: llama, mistral, mixtral, qwen2, gemma2 (separate q/k/v
-projections) and phi3 (fused ``qkv_proj``). Any other decoder with the usual
+Supported families: llama, mistral, mixtral, qwen2, gemma2, gemma3 (separate
+q/k/v projections; Gemma-3's ``k_proj``/``q_proj`` sites are the projections'
+outputs before its QK-norm and RoPE) and phi3 (fused ``qkv_proj``). Any other decoder with the usual
 ``model.layers[i].self_attn.{q,k,v}_proj`` layout is accepted as ``generic``.
 """
 
@@ -20,9 +21,10 @@ import torch.nn as nn
 from ..hooks import SiteHandle
 from ..sites import ACTIVATION_SITES, HookPoint, SiteError, check_site
 
-SEPARATE_QKV = ("llama", "mistral", "mixtral", "qwen2", "gemma2", "qwen3", "gemma", "granite")
+SEPARATE_QKV = ("llama", "mistral", "mixtral", "qwen2", "gemma2", "gemma3", "qwen3", "gemma", "granite")
+ALIASES = {"gemma3_text": "gemma3"}  # config.model_type -> family (Gemma-3's text-only model)
 FUSED_QKV = ("phi3",)
-FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "gemma2", "phi3")
+FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "gemma2", "gemma3", "phi3")
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ def make_adapter(hf_model: nn.Module) -> Adapter:
     """Build the adapter for a loaded HF causal LM, or explain why it is unsupported."""
     config = hf_model.config
     family = getattr(config, "model_type", "unknown")
+    family = ALIASES.get(family, family)
     base = getattr(hf_model, "model", None)
     layers = getattr(base, "layers", None)
     if layers is None:

@@ -12,7 +12,7 @@ import torch
 from .adapters import make_adapter
 from .model import Model
 
-TINY_FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "gemma2", "phi3")
+TINY_FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "gemma2", "gemma3", "phi3")
 
 _COMMON = dict(
     vocab_size=512,
@@ -54,9 +54,31 @@ def tiny_config(family: str):
             attn_logit_softcapping=50.0,
             hidden_activation="gelu_pytorch_tanh",
         )
+    if family == "gemma3":
+        return gemma3_config(kw)
     if family == "phi3":
         return tf.Phi3Config(**kw, resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0, sliding_window=None)
     raise ValueError(f"unknown tiny family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
+
+
+def gemma3_config(kw: dict, sliding_window: int = 4096):
+    """A tiny Gemma-3: local (sliding-window) layers with RoPE base 1e4 and a last global layer with base 1e6,
+    QK-norm, scaled embeddings and sandwich norms, as the real model has (at 4 layers instead of 18)."""
+    import transformers as tf
+
+    kw = {**kw, "tie_word_embeddings": True}
+    n = kw["num_hidden_layers"]
+    return tf.Gemma3TextConfig(
+        **kw,
+        sliding_window=sliding_window,
+        query_pre_attn_scalar=8,
+        hidden_activation="gelu_pytorch_tanh",
+        layer_types=["sliding_attention"] * (n - 1) + ["full_attention"],
+        rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+            "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+        },
+    )
 
 
 def build_tiny(family: str = "llama", seed: int = 0, attn_implementation: str = "sdpa") -> Model:
