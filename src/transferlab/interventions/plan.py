@@ -40,6 +40,7 @@ from ..sites import SiteError
 from .types import (
     ALIGNS,
     DECODE_VALUES,
+    FIRSTS,
     MODES,
     PHASES,
     ROPES,
@@ -189,6 +190,8 @@ def parse_intervention(text: str) -> Intervention:
                     kw["align"] = opt
                 elif opt in ROPES:
                     kw["rope"] = opt
+                elif opt.endswith("first") and opt[: -len("first")] in FIRSTS:
+                    kw["first"] = opt[: -len("first")]
                 elif opt.startswith("w") and opt[1:].isdigit():
                     kw["window"] = int(opt[1:])
                 elif opt.startswith("p") and "-" in opt:

@@ -54,6 +54,7 @@ MODES = ("replace", "add", "mix")
 DECODE_VALUES = ("last", "mean", "cycle", "lockstep")
 ALIGNS = ("right", "left", "prepend", "range")
 ROPES = ("reposition", "keep")
+FIRSTS = ("splice", "keep")  # KVSplice.first: what happens to the first slot (the attention sink)
 
 
 class InterventionError(ValueError):
@@ -145,6 +146,14 @@ class KVSplice(Intervention):
     the positions they land at (exact for rotary embeddings whose angle is
     position x frequency: default, linear, llama3, yarn); ``keep`` leaves them
     rotated for their source positions, as the seed did.
+
+    ``first``: ``splice`` lets a right or left splice reach the first slot of
+    the target prefix (the seed's rule: a source at least as long as the
+    target overwrites it); ``keep`` leaves both prompts' first slots out of
+    it -- the target keeps its own first token (BOS, or a chat template's
+    first token: the attention sink of trained models) and the source's first
+    slot is not moved into a non-first position; the splice then covers
+    ``min(P, S) - 1`` slots. Plan text: ``keepfirst`` / ``splicefirst``.
     """
 
     kind: ClassVar[str] = "kv_splice"
@@ -153,10 +162,17 @@ class KVSplice(Intervention):
     rope: str = "reposition"
     positions: tuple[int, int] | None = None
     window: int | None = None
+    first: str = "splice"
 
     def __post_init__(self):
         _check(self.align, ALIGNS, "KVSplice.align")
         _check(self.rope, ROPES, "KVSplice.rope")
+        _check(self.first, FIRSTS, "KVSplice.first")
+        if self.first != FIRSTS[0] and self.align in ("range", "prepend"):
+            raise InterventionError(
+                f"KVSplice.first={self.first!r} applies to right and left splices; align={self.align!r} "
+                "places its slots itself (a range names them; a prepend keeps the target whole)"
+            )
         object.__setattr__(self, "positions", _pair(self.positions))
         if isinstance(self.layers, list):
             object.__setattr__(self, "layers", tuple(self.layers))
@@ -182,6 +198,8 @@ class KVSplice(Intervention):
             out.append(self.rope)
         if self.window is not None:
             out.append(f"w{self.window}")
+        if self.first != FIRSTS[0]:
+            out.append(f"{self.first}first")
         return ":".join(out)
 
 
