@@ -185,6 +185,31 @@ def test_left_splice_and_window(family, tiny_models, stories):
                 _close(v[:, :, n:], tgt[layer][1][:, :, n:])
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma3", "stories260K"])
+@pytest.mark.parametrize("target,source", [(LONG, PROMPT), (PROMPT, LONG), (PROMPT, PROMPT)])
+def test_keepfirst_leaves_both_first_slots_out(family, target, source, tiny_models, stories):
+    """``keepfirst``: the target keeps its first slot (the sink) and the source's first slot is not moved;
+    the other min(P, S) - 1 slots are spliced (right: re-rotated to where they land; left: from slot 1)."""
+    model = _model(family, tiny_models, stories)
+    ti, si = _ids(model, target), _ids(model, source)
+    P, S = len(ti) - 1, len(si) - 1
+    n = min(P, S) - 1
+    tgt = prompt_cache(model.hf, ti[:-1])
+    src_shifted, src = prompt_cache(model.hf, si[:-1], P - S), prompt_cache(model.hf, si[:-1])
+    spy, g = _spliced(model, target, source, "kv:all:keepfirst")
+    left, gl = _spliced(model, target, source, "kv:all:left:keepfirst")
+    for layer in range(model.n_layers):
+        k, v = spy.kv[layer]
+        _close(k[:, :, : P - n], tgt[layer][0][:, :, : P - n])  # slot 0 among the target's own
+        _close(k[:, :, P - n :], src_shifted[layer][0][:, :, S - n :])
+        _close(v[:, :, P - n :], src[layer][1][:, :, S - n :])
+        kl, vl = left.kv[layer]
+        _close(kl[:, :, :1], tgt[layer][0][:, :, :1])
+        _close(kl[:, :, 1 : n + 1], src[layer][0][:, :, 1 : n + 1])
+        _close(vl[:, :, n + 1 :], tgt[layer][1][:, :, n + 1 :])
+    assert g.audit.iloc[0].positions == n and gl.audit.iloc[0].positions == n
+
+
 def test_range_splice(tiny_models):
     model = tiny_models("mistral")
     ti, si = _ids(model, LONG), _ids(model, STORY)
