@@ -356,3 +356,14 @@ def test_depth_fractions_landing_on_one_layer_are_reported(tmp_path):
         ],
     )
     assert "are both v_proj@4" in flat(res.output)
+
+
+def test_chat_format_on_a_model_without_a_template(tmp_path, monkeypatch):
+    """The embedded model has no chat template: prompts.format = 'chat' fails before any generation."""
+    err = _fails_before_generation(tmp_path, ["prompts.format=chat"], monkeypatch)
+    assert any(path == "prompts.format" and "raw" in msg for path, msg in err.problems)
+
+
+def test_prompt_format_is_validated(tmp_path):
+    with pytest.raises(ConfigError, match="prompts.format"):
+        load_config("demo", small(tmp_path, "prompts.format=markdown"))

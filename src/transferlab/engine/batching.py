@@ -1,12 +1,36 @@
-"""Left-padded batches of token ids, with the BOS rule used everywhere.
+"""Prompt formats, and left-padded batches of token ids with the BOS rule used everywhere.
 
-**The BOS rule.** A prompt is encoded exactly as the model's tokenizer encodes
-it, so it starts with BOS when the tokenizer adds one (Llama, Mistral and the
-embedded stories260K do). That BOS is a real token: it is attended to, it holds
-position 0, and capture returns its activation when no window is asked for.
-Windows (capture's ``window``, R_V's window, a patch's window) count back from
-the last token and **never include BOS**: a prompt has ``n_tokens`` = its
+**Prompt formats.** ``raw`` (the seed's): the prompt text is encoded as the
+tokenizer encodes it, special tokens (BOS) added as the tokenizer adds them.
+``chat``: the prompt is the user turn of the model's own chat template, with
+the generation prompt added (SmolLM2's ChatML: ``<|im_start|>user\n{prompt}
+<|im_end|>\n<|im_start|>assistant\n``; Gemma's ``<bos><start_of_turn>user\n
+{prompt}<end_of_turn>\n<start_of_turn>model\n``); the templated text is then
+encoded without adding special tokens again (the template writes its own).
+Token-id prompts are used as given in either format.
+
+**Positions and windows count the tokens the model sees**, template tokens
+included. A window counts back from the last token, so in chat format it
+first covers the generation prompt (5 tokens in ChatML: ``<|im_end|>``,
+``\n``, ``<|im_start|>``, ``assistant``, ``\n``; 5 in Gemma's:
+``<end_of_turn>``, ``\n``, ``<start_of_turn>``, ``model``, ``\n``) and then
+the end of the user's message: a 16-token window holds 11 tokens of the
+message. R_V's window is such a window too: in chat format it measures the
+geometry over the template's closing tokens and the message's end, which is
+what the model attends from when it starts answering.
+
+**The BOS rule.** A prompt's first token is its BOS when it is the tokenizer's
+``bos_token`` -- whether the tokenizer added it (Llama, Mistral, Gemma and the
+embedded stories260K do) or a chat template wrote it (SmolLM2's tokenizer adds
+none, but its ``bos_token`` is ``<|im_start|>``, the first token of every
+ChatML prompt). It is decided by id, the same way everywhere. BOS is a real
+token: it is attended to (trained models use it as an attention sink), it
+holds position 0, and capture returns its activation when no window is asked
+for. Windows (capture's ``window``, R_V's window, a patch's window) count back
+from the last token and **never include BOS**: a prompt has ``n_tokens`` = its
 tokens without BOS, and a window longer than that is "short" (R_V reports it).
+A raw prompt whose first token is not the BOS token (SmolLM2 in raw format)
+has no BOS: its first text token is position 0 and windows may reach it.
 
 **Left padding.** Prompts of different lengths are padded on the left, masked
 out with ``attention_mask``, and given explicit ``position_ids`` that count
@@ -54,12 +78,29 @@ def pad_id_of(tokenizer) -> int:
     return 0
 
 
-def encode(tokenizer, prompts: list[str]) -> list[list[int]]:
-    """Token ids per prompt, with the tokenizer's own special tokens (BOS).
+PROMPT_FORMATS = ("raw", "chat")
+
+
+def chat_text(tokenizer, prompt: str) -> str:
+    """``prompt`` as the user turn of the tokenizer's chat template, generation prompt added (text)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "prompt_format='chat' needs the model's chat template, and this tokenizer has none; "
+            "use prompt_format='raw' (or a model that ships a template)"
+        )
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
+
+
+def encode(tokenizer, prompts: list[str], prompt_format: str = "raw") -> list[list[int]]:
+    """Token ids per prompt in ``prompt_format`` (see the module docstring).
 
     A prompt may also be given as a list of token ids, used as is (BOS is
     then whatever the list starts with).
     """
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}; got {prompt_format!r}")
     if isinstance(prompts, str):
         prompts = [prompts]
     out = []
@@ -69,7 +110,10 @@ def encode(tokenizer, prompts: list[str]) -> list[list[int]]:
             continue
         if not isinstance(p, str):
             raise TypeError(f"prompts must be strings or lists of token ids, got {type(p).__name__}")
-        ids = tokenizer(p)["input_ids"]
+        if prompt_format == "chat":
+            ids = tokenizer(chat_text(tokenizer, p), add_special_tokens=False)["input_ids"]
+        else:
+            ids = tokenizer(p)["input_ids"]
         if len(ids) == 0:
             raise ValueError(f"prompt {p!r} encodes to zero tokens")
         out.append(list(ids))

@@ -145,12 +145,13 @@ def _check_heads(model, inter) -> None:
         raise InterventionError(f"{what} head(s) {bad} do not exist: the model has {n} {what} heads (0..{n - 1})")
 
 
-def _shortest(model, texts: list[str]) -> int:
-    """Fewest tokens (BOS excluded) among ``texts``."""
+def _shortest(model, texts: list[str], prompt_format: str = "raw") -> int:
+    """Fewest tokens (BOS excluded) among ``texts`` in ``prompt_format``."""
     from ..engine.batching import encode
 
     bos = model.tokenizer.bos_token_id
-    return min(len(ids) - int(bool(ids) and ids[0] == bos) for ids in encode(model.tokenizer, sorted(set(texts))))
+    ids_all = encode(model.tokenizer, sorted(set(texts)), prompt_format)
+    return min(len(ids) - int(bool(ids) and ids[0] == bos) for ids in ids_all)
 
 
 def check_plans(config: ExperimentConfig, model, model_name: str, conditions, pairs) -> None:
@@ -160,11 +161,23 @@ def check_plans(config: ExperimentConfig, model, model_name: str, conditions, pa
     index = {c.name: i for i, c in enumerate(config.conditions)}
     problems: list[tuple[str, str]] = []
     shortest: dict[str, int] = {}
+    fmt = config.prompts.format
+    if fmt == "chat" and not getattr(model.tokenizer, "chat_template", None):
+        raise ConfigError(
+            [
+                (
+                    "prompts.format",
+                    f"'chat' needs the model's chat template, and {model_name} has none "
+                    '(a base model?); use prompts.format = "raw"',
+                )
+            ],
+            f"the config's prompts on {model_name}",
+        )
 
     def fewest(role: str) -> int:
         if role not in shortest:
             texts = [getattr(p, f"{role}_text") for p in pairs]
-            shortest[role] = _shortest(model, texts) if texts else 0
+            shortest[role] = _shortest(model, texts, fmt) if texts else 0
         return shortest[role]
 
     for cond in conditions:

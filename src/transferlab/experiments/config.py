@@ -111,6 +111,11 @@ class Prompts(_Strict):
     pair_seed: int = 0
     reuse: bool = True
     length_match: bool = False
+    format: Literal["raw", "chat"] = Field(
+        "raw",
+        description="'raw': prompts as plain text (the seed's); 'chat': each prompt as the user turn of the "
+        "model's chat template, generation prompt added (see transferlab.engine.batching)",
+    )
 
 
 class Generation(_Strict):

@@ -189,14 +189,14 @@ class Worker:
         if cfg.scoring.logit:
             record = {
                 "markers": [self._marker_ids(model, lex) for lex in lexicons],
-                "target_top": self._own_top_ids(model, targets, cfg.scoring.logit_top_k),
+                "target_top": self._own_top_ids(model, self._formatted(model, cfg, targets), cfg.scoring.logit_top_k),
             }
         # one random stream per (model, seed, pair), shared by its conditions: paired differences
         # then differ by the intervention, not by the sampler's draws
         streams = [f"{batch.model}|{batch.seed}|{u.pair_id}" for u in batch.units]
         gen = model.generate(
-            targets,
-            sources=sources,
+            self._formatted(model, cfg, targets),
+            sources=self._formatted(model, cfg, sources),
             plan=plans,
             seed=batch.seed,
             example_ids=batch.keys,
@@ -255,7 +255,7 @@ class Worker:
         s = ctx.config.rv
         df = rv(
             model,
-            [ctx.bank.get(i).text for i in prompt_ids],
+            self._formatted(model, ctx.config, [ctx.bank.get(i).text for i in prompt_ids]),
             early=s.early,
             late=s.late,
             window=s.window,
@@ -267,6 +267,16 @@ class Worker:
             pid: {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
             for pid, r in zip(prompt_ids, df.drop(columns=["prompt"]).to_dict(orient="records"))
         }
+
+    @staticmethod
+    def _formatted(model, config, texts: list):
+        """Prompts in the config's format: raw texts as they are; in chat format, token ids of each text as
+        the user turn of the model's chat template (``None`` entries stay ``None``)."""
+        if config.prompts.format == "raw":
+            return texts
+        from ..engine.batching import encode
+
+        return [None if t is None else encode(model.tokenizer, [t], config.prompts.format)[0] for t in texts]
 
     def _marker_ids(self, model, lexicon: list[str]) -> list[int]:
         """Marker token ids of a lexicon, once per model: it decodes the whole vocabulary."""
@@ -285,11 +295,12 @@ class Worker:
         from ..engine.capture import forward_capture
 
         cache = self._top_cache
-        todo = sorted({p for p in prompts if (p, k) not in cache})
+        prompts = [tuple(p) if isinstance(p, list) else p for p in prompts]  # token-id prompts as cache keys
+        todo = sorted({p for p in prompts if (p, k) not in cache}, key=str)
         for start in range(0, len(todo), 128):
             chunk = todo[start : start + 128]
             batch = left_pad(
-                encode(model.tokenizer, chunk),
+                encode(model.tokenizer, [list(p) if isinstance(p, tuple) else p for p in chunk]),
                 pad_id_of(model.tokenizer),
                 model.tokenizer.bos_token_id,
                 device=model.device,
