@@ -17,7 +17,7 @@ def demo_conditions() -> int:
     """How many conditions the demo preset has (tests derive their counts from it)."""
     from transferlab.experiments import load_config
 
-    return len(load_config("demo").conditions)
+    return len(load_config("stories").conditions)
 
 
 DEMO_CONDITIONS = demo_conditions()

@@ -50,9 +50,9 @@ def sets(output_dir: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
-    """``transferlab run demo`` on stories260K with the report."""
+    """``transferlab run stories`` on stories260K with the report."""
     out_dir = tmp_path_factory.mktemp("runs")
-    args = ["run", "demo", *sets(out_dir, "model=stories260K")]
+    args = ["run", "stories", *sets(out_dir, "model=stories260K")]
     if not HAS_REPORT:
         args.append("--no-report")
     output = invoke(*args)
@@ -63,7 +63,7 @@ def full_run(tmp_path_factory):
 def test_run_directory_is_complete(full_run):
     out_dir, run_dir, output = full_run
     assert nows(f"run directory: {run_dir}") in nows(output)
-    assert f"demo: {N_CONDITIONS} conditions x 6 pairs x 1 seed(s) on stories260K" in output
+    assert f"stories: {N_CONDITIONS} conditions x 6 pairs x 1 seed(s) on stories260K" in output
     for name in ("config.json", "metadata.json", "store.sqlite", "results.csv", "results.jsonl"):
         assert (run_dir / name).is_file(), name
     config = json.loads((run_dir / "config.json").read_text())
@@ -89,7 +89,7 @@ def test_run_writes_the_report(full_run):
     # the demo preset scores without logits (no marker tokens in the 512-token vocabulary)
     from transferlab.experiments import load_config
 
-    assert summary["scores"] == load_config("demo").scoring.scorers
+    assert summary["scores"] == load_config("stories").scoring.scorers
     assert "logit_markers" not in summary["scores"] and "seed_v1_markers" in summary["scores"]
     report = (run_dir / "report.md").read_text()
     assert "transfer" in report and "baseline" in report
@@ -114,7 +114,7 @@ def test_metadata(full_run):
     assert meta["bank"] == {"name": "stories", "version": load_bank("stories").version}
     (model,) = meta["models"]
     assert model["spec"] == "stories260K" and model["sha256"] == file_sha256(embedded_path())
-    assert meta["seeds"] == [0] and meta["name"] == "demo"
+    assert meta["seeds"] == [0] and meta["name"] == "stories"
     started, finished = dt.datetime.fromisoformat(meta["started"]), dt.datetime.fromisoformat(meta["finished"])
     assert started <= finished
 
@@ -130,7 +130,7 @@ def test_ledger_and_runs_command(full_run, tmp_path, monkeypatch):
     # a second run, stopped by a plan only the loaded model can refute (a window longer than the
     # prompts), is listed as failed
     res = CliRunner().invoke(
-        app, ["run", "demo", "--no-report", *sets(out_dir, "model=tiny:llama", "conditions.1.plan=v_proj@1:w999")]
+        app, ["run", "stories", "--no-report", *sets(out_dir, "model=tiny:llama", "conditions.1.plan=v_proj@1:w999")]
     )
     assert res.exit_code == 2
     from transferlab import cli
@@ -142,7 +142,7 @@ def test_ledger_and_runs_command(full_run, tmp_path, monkeypatch):
 
 
 def test_no_report_then_report_command(tmp_path):
-    output = invoke("run", "demo", "--no-report", *sets(tmp_path, "model=tiny:llama", "prompts.n=4"))
+    output = invoke("run", "stories", "--no-report", *sets(tmp_path, "model=tiny:llama", "prompts.n=4"))
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert (run_dir / "results.csv").is_file() and (run_dir / "results.jsonl").is_file()
     assert not (run_dir / "summary.json").exists() and not (run_dir / "report.md").exists()
@@ -162,9 +162,16 @@ def test_presets_command():
         assert name in out
         first = preset_path(name).read_text().splitlines()[0].lstrip("# ")
         assert flat(first)[:40] in out
-    assert {"demo", "seed_n300", "corrected_n300", "layer_sweep", "minimal_layers", "seeds_x10", "cross_model"} <= set(
-        list_presets()
-    )
+    assert {
+        "demo",
+        "stories",
+        "seed_n300",
+        "corrected_n300",
+        "layer_sweep",
+        "minimal_layers",
+        "seeds_x10",
+        "cross_model",
+    } <= set(list_presets())
 
 
 def test_configs_symlink_points_at_the_presets():

@@ -68,7 +68,7 @@ def test_malformed_toml(tmp_path):
 
 def test_unknown_key_has_its_path(tmp_path):
     with pytest.raises(ConfigError) as e:
-        load_config("demo", ["prompts.nn=3"])
+        load_config("stories", ["prompts.nn=3"])
     assert problems(e) == {"prompts.nn": "Extra inputs are not permitted"}
     path = tmp_path / "c.toml"
     path.write_text('[[conditions]]\nname = "baseline"\nplann = ""\n')
@@ -80,7 +80,7 @@ def test_unknown_key_has_its_path(tmp_path):
 def test_several_problems_at_once():
     with pytest.raises(ConfigError) as e:
         load_config(
-            "demo",
+            "stories",
             ["prompts.n=0", "generation.temperature=-1", "bogus=1", "conditions.1.plan=v_prj@3", "reference=nope"],
         )
     found = problems(e)
@@ -93,10 +93,10 @@ def test_several_problems_at_once():
 
 def test_unknown_reference_condition():
     with pytest.raises(ConfigError) as e:
-        load_config("demo", ["reference=nope"])
+        load_config("stories", ["reference=nope"])
     msg = problems(e)["reference"]
     assert "'nope'" in msg and "baseline" in msg and "source_direct" in msg
-    data = load_config("demo").to_dict()
+    data = load_config("stories").to_dict()
     data["conditions"].append(dict(data["conditions"][0]))
     with pytest.raises(ConfigError) as e:
         validate_config(data)
@@ -105,32 +105,32 @@ def test_unknown_reference_condition():
 
 def test_primary_condition():
     assert load_config("minimal_layers").primary is None  # the default 'transfer' is absent: no primary
-    assert load_config("demo").primary == "transfer"
+    assert load_config("stories").primary == "transfer"
     with pytest.raises(ConfigError) as e:
-        load_config("demo", ["primary=transfr"])
+        load_config("stories", ["primary=transfr"])
     assert "'transfr'" in problems(e)["primary"]
 
 
 def test_unknown_site_in_plan():
     with pytest.raises(ConfigError) as e:
-        load_config("demo", ["conditions.1.plan=kv:all + vproj@0.84:w16:both"])
+        load_config("stories", ["conditions.1.plan=kv:all + vproj@0.84:w16:both"])
     assert "unknown site 'vproj'" in problems(e)["conditions.1.plan"]
 
 
 def test_bad_set_without_equals():
     with pytest.raises(ConfigError) as e:
-        load_config("demo", ["prompts.n"])
+        load_config("stories", ["prompts.n"])
     assert "key=value" in problems(e)["prompts.n"]
-    res = CliRunner().invoke(app, ["run", "demo", "--set", "prompts.n"])
+    res = CliRunner().invoke(app, ["run", "stories", "--set", "prompts.n"])
     assert res.exit_code == 2 and "key=value" in flat(res.output)
 
 
 def test_set_index_errors_are_clear():
     with pytest.raises(ConfigError) as e:
-        load_config("demo", ["conditions.9.plan=kv:all"])
+        load_config("stories", ["conditions.9.plan=kv:all"])
     assert f"conditions has {DEMO_CONDITIONS} entries" in problems(e)["conditions.9.plan"]
     with pytest.raises(ConfigError) as e:
-        load_config("demo", ["seeds.x=1"])
+        load_config("stories", ["seeds.x=1"])
     assert "seeds is a list" in problems(e)["seeds.x"]
 
 
@@ -145,7 +145,7 @@ def test_unknown_preset():
 
 def test_override_values_and_shorthands():
     cfg = load_config(
-        "demo",
+        "stories",
         [
             "seeds=[1, 2]",
             "prompts.reuse=false",
@@ -174,10 +174,10 @@ def test_cross_model_overrides():
         load_config("cross_model", ["model=tiny:llama"])
     assert "set models instead" in problems(e)["model"]
     # --set models=[...] on a one-model config replaces its model
-    one = load_config("demo", ['models=[{spec="tiny:llama"},{spec="tiny:qwen2"}]'])
+    one = load_config("stories", ['models=[{spec="tiny:llama"},{spec="tiny:qwen2"}]'])
     assert [m.spec for m in one.model_specs()] == ["tiny:llama", "tiny:qwen2"]
     # a file with both is ambiguous
-    data = load_config("demo").to_dict()
+    data = load_config("stories").to_dict()
     data["models"] = [{"spec": "tiny:llama"}]
     with pytest.raises(ConfigError) as e:
         validate_config(data)
@@ -197,13 +197,13 @@ def _no_run_dir(tmp_path):
 
 
 def test_n_larger_than_the_pools_without_reuse(tmp_path):
-    cfg = load_config("demo", small(tmp_path, "prompts.reuse=false", "prompts.n=100000"))
+    cfg = load_config("stories", small(tmp_path, "prompts.reuse=false", "prompts.n=100000"))
     with pytest.raises(ConfigError) as e:
         run_experiment(cfg, progress=False, report=False)
     msg = problems(e)["prompts.n"]
     assert "100000" in msg and "lower prompts.n" in msg
     _no_run_dir(tmp_path)
-    cfg = load_config("demo", small(tmp_path, "prompts.reuse=false", "prompts.n=100"))  # fewer than distinct pairs
+    cfg = load_config("stories", small(tmp_path, "prompts.reuse=false", "prompts.n=100"))  # fewer than distinct pairs
     with pytest.raises(ConfigError) as e:
         run_experiment(cfg, progress=False, report=False)
     assert "prompts.reuse = true" in problems(e)["prompts.n"]
@@ -211,7 +211,7 @@ def test_n_larger_than_the_pools_without_reuse(tmp_path):
         app,
         [
             "run",
-            "demo",
+            "stories",
             "--no-report",
             *sum([["--set", s] for s in small(tmp_path, "prompts.reuse=false", "prompts.n=100000")], []),
         ],
@@ -227,7 +227,7 @@ def test_unknown_group_scorer_bank(tmp_path):
         ('scoring.scorers=["nosuch"]', "scoring.scorers", "nosuch"),
         ("rv.site=nosite", "rv.site", "nosite"),
     ]:
-        cfg = load_config("demo", small(tmp_path, override))
+        cfg = load_config("stories", small(tmp_path, override))
         with pytest.raises(ConfigError) as e:
             run_experiment(cfg, progress=False, report=False)
         assert words in problems(e)[key], (override, e.value)
@@ -248,7 +248,7 @@ def _fails_before_generation(tmp_path, overrides, monkeypatch) -> ConfigError:
         raise AssertionError("generation ran before the plans were checked")
 
     monkeypatch.setattr(generation, "generate", no_generation)
-    cfg = load_config("demo", small(tmp_path, *overrides))
+    cfg = load_config("stories", small(tmp_path, *overrides))
     with pytest.raises(ConfigError) as e:
         run_experiment(cfg, progress=False, report=False)
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
@@ -263,7 +263,7 @@ def _fails_before_generation(tmp_path, overrides, monkeypatch) -> ConfigError:
 def test_layer_out_of_range_names_condition_and_depth(tmp_path):
     """Known before loading the model (its depth is read from its config): no run directory at all."""
     cfg = load_config(
-        "demo", small(tmp_path, "conditions.1.plan=kv:all + v_proj@27:w16:both", "conditions.4.plan=kv:0,9")
+        "stories", small(tmp_path, "conditions.1.plan=kv:all + v_proj@27:w16:both", "conditions.4.plan=kv:0,9")
     )
     with pytest.raises(ConfigError) as e:
         run_experiment(cfg, progress=False, report=False)
@@ -293,7 +293,7 @@ def test_layer_out_of_range_cli(tmp_path):
         app,
         [
             "run",
-            "demo",
+            "stories",
             "--no-report",
             *sum([["--set", s] for s in small(tmp_path, "conditions.1.plan=kv:all + v_proj@27:w16:both")], []),
         ],
@@ -305,14 +305,14 @@ def test_layer_out_of_range_cli(tmp_path):
 
 def test_unknown_model_is_a_clear_error(tmp_path):
     res = CliRunner().invoke(
-        app, ["run", "demo", "--no-report", *sum([["--set", s] for s in small(tmp_path, "model=tiny:nope")], [])]
+        app, ["run", "stories", "--no-report", *sum([["--set", s] for s in small(tmp_path, "model=tiny:nope")], [])]
     )
     assert res.exit_code == 2 and "unknown tiny model" in flat(res.output)
     assert ledger(tmp_path)[0]["status"] == "failed"
 
 
 def test_config_json_is_the_resolved_config(tmp_path):
-    cfg = load_config("demo", small(tmp_path))
+    cfg = load_config("stories", small(tmp_path))
     run_dir = run_experiment(cfg, progress=False, report=False, max_batches=1)
     saved = json.loads((run_dir / "config.json").read_text())
     assert ExperimentConfig.model_validate(saved) == cfg
@@ -324,7 +324,7 @@ def test_layers_out_of_range_fail_before_a_run_directory_exists(tmp_path):
     from transferlab.experiments import ConfigError, load_config, run_experiment
 
     out = tmp_path / "runs"
-    cfg = load_config("demo", ["rv.late=9", "conditions.1.plan=v_proj@12", f"output_dir={out}", "prompts.n=4"])
+    cfg = load_config("stories", ["rv.late=9", "conditions.1.plan=v_proj@12", f"output_dir={out}", "prompts.n=4"])
     with pytest.raises(ConfigError) as err:
         run_experiment(cfg, progress=False, report=False)
     paths = {p for p, _ in err.value.problems}
@@ -340,7 +340,7 @@ def test_depth_fractions_landing_on_one_layer_are_reported(tmp_path):
 
     notes = layer_collisions(load_config("layer_sweep"))
     assert any("c2_L25V_L27V" in n and "v_proj@4" in n and "5 layers" in n for n in notes)
-    assert layer_collisions(load_config("demo")) == []
+    assert layer_collisions(load_config("stories")) == []
     res = CliRunner().invoke(
         app,
         [
@@ -366,4 +366,4 @@ def test_chat_format_on_a_model_without_a_template(tmp_path, monkeypatch):
 
 def test_prompt_format_is_validated(tmp_path):
     with pytest.raises(ConfigError, match="prompts.format"):
-        load_config("demo", small(tmp_path, "prompts.format=markdown"))
+        load_config("stories", small(tmp_path, "prompts.format=markdown"))

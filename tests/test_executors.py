@@ -51,7 +51,7 @@ def stored(run_dir) -> dict[str, dict]:
 def test_a_pickled_batch_gives_the_stored_rows_on_a_fresh_worker(tmp_path):
     ex = RecordingExecutor()
     run_dir = run_experiment(
-        load_config("demo", [f"output_dir={tmp_path}", *SMALL]), progress=False, report=False, executor=ex
+        load_config("stories", [f"output_dir={tmp_path}", *SMALL]), progress=False, report=False, executor=ex
     )
     rows = stored(run_dir)
     assert len(ex.batches) == 4 and sum(len(b.units) for b in ex.batches) == len(rows) == 4 * DEMO_CONDITIONS
@@ -69,7 +69,7 @@ def test_a_pickled_batch_gives_the_stored_rows_on_a_fresh_worker(tmp_path):
 
 
 def test_prepare_reports_plan_problems_as_data(tmp_path):
-    cfg = load_config("demo", [f"output_dir={tmp_path}", *SMALL, "conditions.1.plan=v_proj@9"])
+    cfg = load_config("stories", [f"output_dir={tmp_path}", *SMALL, "conditions.1.plan=v_proj@9"])
     facts = Worker().prepare(ModelRequest(cfg.to_dict(), "tiny:llama", ("story_source_01",)))
     assert facts.n_layers == 4 and facts.device == "cpu" and facts.rv == {}  # no R_V for a config that cannot run
     assert facts.plan_problems and "conditions.1.plan" in facts.plan_problems[0][0]
@@ -93,7 +93,7 @@ def test_ray_missing_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(ExecutorError, match=r"pip install 'transferlab\[ray\]'"):
         make_executor("ray")
     out = tmp_path / "runs"
-    res = CliRunner().invoke(app, ["run", "demo", "--executor", "ray", "--set", f"output_dir={out}"])
+    res = CliRunner().invoke(app, ["run", "stories", "--executor", "ray", "--set", f"output_dir={out}"])
     assert res.exit_code == 2
     assert RAY_MISSING in " ".join(res.output.split())
     assert not out.exists() or not any(out.iterdir())  # failed before a run directory was made
@@ -101,7 +101,7 @@ def test_ray_missing_is_a_clear_error(monkeypatch, tmp_path):
 
 def test_cli_executor_options(tmp_path):
     def run(*args):
-        return CliRunner().invoke(app, ["run", "demo", "--no-report", "--set", f"output_dir={tmp_path}", *args])
+        return CliRunner().invoke(app, ["run", "stories", "--no-report", "--set", f"output_dir={tmp_path}", *args])
 
     res = run("--address", "10.0.0.1:6379")
     assert res.exit_code == 2 and "--address only apply with --executor ray" in " ".join(res.output.split())

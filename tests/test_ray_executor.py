@@ -65,7 +65,7 @@ def executor(ray_local):
 def reference(tmp_path_factory) -> pd.DataFrame:
     """The in-process table."""
     run_dir = run_experiment(
-        load_config("demo", overrides(tmp_path_factory.mktemp("inprocess"))), progress=False, report=False
+        load_config("stories", overrides(tmp_path_factory.mktemp("inprocess"))), progress=False, report=False
     )
     return results(run_dir)
 
@@ -106,7 +106,9 @@ class KillOneWorker(Executor):
 
 def test_ray_gives_the_in_process_table(executor, reference, tmp_path, monkeypatch):
     spy = AppendSpy(monkeypatch)
-    run_dir = run_experiment(load_config("demo", overrides(tmp_path)), progress=False, report=False, executor=executor)
+    run_dir = run_experiment(
+        load_config("stories", overrides(tmp_path)), progress=False, report=False, executor=executor
+    )
     assert_same_table(results(run_dir), reference)
     assert len(spy.units) == len(set(spy.units)) == TOTAL
     meta = json.loads((run_dir / "metadata.json").read_text())
@@ -116,7 +118,7 @@ def test_ray_gives_the_in_process_table(executor, reference, tmp_path, monkeypat
 def test_a_killed_worker_loses_nothing(executor, reference, tmp_path, monkeypatch):
     spy = AppendSpy(monkeypatch)
     killer = KillOneWorker(executor)
-    run_dir = run_experiment(load_config("demo", overrides(tmp_path)), progress=False, report=False, executor=killer)
+    run_dir = run_experiment(load_config("stories", overrides(tmp_path)), progress=False, report=False, executor=killer)
     actor, pid, in_flight = killer.killed
     assert in_flight, "the killed worker was computing a batch"
     assert ray.get(actor.pid.remote()) != pid, "Ray restarted the killed worker in a new process"
@@ -129,7 +131,7 @@ def test_a_killed_worker_loses_nothing(executor, reference, tmp_path, monkeypatc
 def test_a_partial_ray_run_resumes_from_the_cli(executor, reference, tmp_path, monkeypatch):
     spy = AppendSpy(monkeypatch)
     run_dir = run_experiment(
-        load_config("demo", overrides(tmp_path)), progress=False, report=False, executor=executor, max_batches=3
+        load_config("stories", overrides(tmp_path)), progress=False, report=False, executor=executor, max_batches=3
     )
     before = results(run_dir)
     assert len(before) == len(spy.units) == 24  # three batches of 8, each stored once
@@ -163,7 +165,7 @@ def test_a_worker_gone_for_good_has_its_batch_requeued(ray_local, reference, tmp
     with RayExecutor(workers=2) as inner:
         remover = RemoveOneWorker(inner)
         run_dir = run_experiment(
-            load_config("demo", overrides(tmp_path)), progress=False, report=False, executor=remover
+            load_config("stories", overrides(tmp_path)), progress=False, report=False, executor=remover
         )
         actor, _, in_flight = remover.killed
         assert in_flight and actor not in inner.actors and len(inner.actors) == 1  # the driver dropped it

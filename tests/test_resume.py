@@ -53,7 +53,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:no vocabulary token spells:UserW
 def reference(tmp_path_factory) -> pd.DataFrame:
     """The uninterrupted run's table."""
     out = tmp_path_factory.mktemp("reference")
-    run_dir = run_experiment(load_config("demo", overrides(out, 64)), progress=False, report=False)
+    run_dir = run_experiment(load_config("stories", overrides(out, 64)), progress=False, report=False)
     return results(run_dir)
 
 
@@ -97,7 +97,7 @@ def _count_rows(db: Path) -> int:
 def test_kill_and_resume_subprocess(tmp_path, reference, monkeypatch):
     out = tmp_path / "runs"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": "200"}
-    cmd = [sys.executable, "-m", "transferlab.cli", "run", "demo", "--no-report"]
+    cmd = [sys.executable, "-m", "transferlab.cli", "run", "stories", "--no-report"]
     for item in overrides(out, 8):
         cmd += ["--set", item]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -145,7 +145,7 @@ def test_kill_and_resume_subprocess(tmp_path, reference, monkeypatch):
 def test_max_batches_then_cli_resume(tmp_path, reference, monkeypatch):
     out = tmp_path / "runs"
     spy = AppendSpy(monkeypatch)
-    run_dir = run_experiment(load_config("demo", overrides(out, 8)), progress=False, report=False, max_batches=3)
+    run_dir = run_experiment(load_config("stories", overrides(out, 8)), progress=False, report=False, max_batches=3)
     before = results(run_dir)
     assert len(before) == len(spy.units) == 24  # exactly three batches of 8, each stored once
     assert sorted(spy.units) == sorted(before["unit"])
@@ -171,7 +171,9 @@ def test_max_batches_then_cli_resume(tmp_path, reference, monkeypatch):
 
 def test_resume_without_metadata(tmp_path, reference):
     """Killed between config.json and metadata.json: resume still works."""
-    run_dir = run_experiment(load_config("demo", overrides(tmp_path, 64)), progress=False, report=False, max_batches=1)
+    run_dir = run_experiment(
+        load_config("stories", overrides(tmp_path, 64)), progress=False, report=False, max_batches=1
+    )
     (run_dir / "metadata.json").unlink()
     run_experiment(resume=run_dir, progress=False, report=False)
     meta = json.loads((run_dir / "metadata.json").read_text())

@@ -61,7 +61,7 @@ DEMO = ["model=tiny:llama", "prompts.n=6", "generation.max_new_tokens=5", "seeds
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """The demo design on tiny:llama, 6 pairs x every demo condition x 2 seeds, batch size 4."""
-    return run_small("demo", tmp_path_factory.mktemp("demo"), *DEMO, "batch_size=4")
+    return run_small("stories", tmp_path_factory.mktemp("demo"), *DEMO, "batch_size=4")
 
 
 # -- rows ------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def test_source_direct_generates_from_the_source(demo):
 
 def test_batch_size_does_not_change_any_unit(demo, tmp_path):
     _, _, small_batches = demo
-    _, _, big = run_small("demo", tmp_path, *DEMO, "batch_size=64")
+    _, _, big = run_small("stories", tmp_path, *DEMO, "batch_size=64")
     a = small_batches.sort_values("unit").reset_index(drop=True)
     b = big.sort_values("unit").reset_index(drop=True)
     assert a["unit"].tolist() == b["unit"].tolist()
@@ -275,7 +275,7 @@ def test_models_do_not_share_state(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Model, "generate", spy)
     small = ["prompts.n=4", "generation.max_new_tokens=4", "rv.window=8", "scoring.logit=true"]
-    cfg, _, both = run_small("demo", tmp_path / "both", 'models=[{spec="tiny:llama"},{spec="tiny:qwen2"}]', *small)
+    cfg, _, both = run_small("stories", tmp_path / "both", 'models=[{spec="tiny:llama"},{spec="tiny:qwen2"}]', *small)
     for name in ("tiny:llama", "tiny:qwen2"):
         model = build_tiny(name.split(":")[1])
         for text, ids in seen[name].items():
@@ -283,7 +283,7 @@ def test_models_do_not_share_state(tmp_path, monkeypatch):
                 logits = model.hf(torch.tensor([encode(model.tokenizer, [text])[0]])).logits[0, -1]
             assert ids == torch.topk(logits.float(), cfg.scoring.logit_top_k).indices.tolist(), (name, text)
     assert seen["tiny:llama"] != seen["tiny:qwen2"]
-    _, _, alone = run_small("demo", tmp_path / "alone", 'models=[{spec="tiny:qwen2"}]', *small)
+    _, _, alone = run_small("stories", tmp_path / "alone", 'models=[{spec="tiny:qwen2"}]', *small)
     a = both[both.model == "tiny:qwen2"].sort_values("unit").reset_index(drop=True)
     b = alone.sort_values("unit").reset_index(drop=True)
     assert len(a) == len(b) == 4 * DEMO_CONDITIONS
@@ -305,3 +305,21 @@ def test_cross_model_per_index_override(tmp_path):
     )
     assert sorted(df.model.unique()) == ["tiny:gemma2", "tiny:llama", "tiny:phi3"]
     assert len(df) == 3 * 2 * len(cfg.conditions)
+
+
+def test_extra_comparisons_reach_the_summary(tmp_path):
+    """``comparisons`` adds paired deltas beside every condition vs the reference (the seed's own baseline)."""
+    cfg = load_config(
+        "stories",
+        [
+            f"output_dir={tmp_path}",
+            "model=tiny:llama",
+            "prompts.n=4",
+            "generation.max_new_tokens=3",
+            'comparisons=[["noise","patch_only"]]',
+        ],
+    )
+    run_dir = run_experiment(cfg, progress=False, report=True)
+    deltas = json.loads((run_dir / "summary.json").read_text())["deltas"]
+    pairs = {(d["condition"], d["reference"]) for d in deltas}
+    assert ("noise", "patch_only") in pairs and ("noise", "baseline") in pairs

@@ -194,6 +194,13 @@ class ExperimentConfig(_Strict):
     output_dir: str = "runs"
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     batch_size: int | None = Field(None, ge=1)
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch intra-op threads of the process that runs the batches (None: torch's default). "
+        "On a small shared CPU box 1 is the robust choice: two spinning threads crawl when another process "
+        "holds a core (see benchmarks/README.md)",
+    )
     model: ModelSpec = Field(default_factory=ModelSpec)
     models: list[ModelSpec] | None = None
     prompts: Prompts = Field(default_factory=Prompts)
@@ -204,11 +211,22 @@ class ExperimentConfig(_Strict):
     rv: RVSettings = Field(default_factory=RVSettings)
     reference: str = "baseline"
     primary: str | None = "transfer"
+    comparisons: list[tuple[str, str]] = Field(
+        default_factory=list,
+        description="extra paired comparisons [condition, reference] beside every condition vs the reference "
+        "(e.g. the seed's transfer vs the seed's own baseline)",
+    )
 
     @model_validator(mode="after")
     def _conditions_ok(self):
         names = [c.name for c in self.conditions]
         problems = _cross_problems(names, self.reference, bool(self.sweeps))
+        for i, pair in enumerate(self.comparisons):
+            problems += [
+                (f"comparisons.{i}", f"condition {c!r} is not among the conditions ({', '.join(names)})")
+                for c in pair
+                if c not in names
+            ]
         if problems:
             raise _Problems(problems)
         if self.primary is not None and self.primary not in names:

@@ -55,6 +55,7 @@ def environment() -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "device": device,
+        "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
     }
 

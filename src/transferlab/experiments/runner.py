@@ -230,8 +230,14 @@ def finalize(run_dir: Path, console=None) -> dict:
     from ..report import build_summary, write_report
 
     # R_V by group: the report reads rv_source/rv_target per model and role (source, target) itself
+    reference = config.get("reference", "baseline")
+    extra = [tuple(p) for p in config.get("comparisons") or []]
+    comparisons = None
+    if extra:  # every condition vs the reference, then the extra pairs
+        present = list(dict.fromkeys(results["condition"]))
+        comparisons = [(c, reference) for c in present if c != reference] + [p for p in extra if p[1] != reference]
     summary = build_summary(
-        results, scores, reference=config.get("reference", "baseline"), primary=config.get("primary"), sweep=sweep_info
+        results, scores, reference=reference, primary=config.get("primary"), sweep=sweep_info, comparisons=comparisons
     )
     summary["scores"] = scores
     write_json(run_dir / "summary.json", summary)
@@ -278,6 +284,10 @@ def run_experiment(
 
 
 def _run(config: ExperimentConfig, resume, executor: Executor, progress, console, max_batches, report) -> Path:
+    if config.threads is not None:
+        import torch
+
+        torch.set_num_threads(config.threads)
     if resume is not None:
         run_dir = Path(resume)
         meta_path = run_dir / "metadata.json"  # absent if killed between config.json and metadata.json
