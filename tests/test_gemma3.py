@@ -85,7 +85,8 @@ def test_corrected_splice_lands_keys_at_their_new_positions(gemma3):
     P, S = len(ti) - 1, len(si) - 1
     src_shifted = prompt_cache(gemma3.hf, si[:-1], P - S)
     with CacheSpy(gemma3) as spy:
-        generate(gemma3, [LONG], sources=[PROMPT], plan="kv:all", greedy=True, max_new_tokens=2, stop_at_eos=False)
+        plan = "kv:all:splicefirst"  # every source slot, the first too, lands P - S later
+        generate(gemma3, [LONG], sources=[PROMPT], plan=plan, greedy=True, max_new_tokens=2, stop_at_eos=False)
     for layer in range(gemma3.n_layers):
         k, _ = spy.kv[layer]
         _close(k[:, :, P - S :], src_shifted[layer][0])

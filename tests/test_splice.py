@@ -122,8 +122,9 @@ def test_right_splice_reposition_gives_the_shifted_source_cache(family, target, 
     tgt = prompt_cache(model.hf, ti[:-1])
     src_shifted = prompt_cache(model.hf, si[:-1], delta)  # the source prefix computed at the landing positions
     src_plain = prompt_cache(model.hf, si[:-1])
-    spy, g = _spliced(model, target, source, "kv:all")
-    keep, gk = _spliced(model, target, source, "kv:all:keep")
+    # the whole overlap, first slot included (splicefirst): the seed's alignment with re-rotated keys
+    spy, g = _spliced(model, target, source, "kv:all:splicefirst")
+    keep, gk = _spliced(model, target, source, "kv:all:keep:splicefirst")
     for layer in range(model.n_layers):
         k, v = spy.kv[layer]
         assert k.shape[2] == P
@@ -175,7 +176,11 @@ def test_left_splice_and_window(family, tiny_models, stories):
         ti, si = _ids(model, target), _ids(model, source)
         P, S = len(ti) - 1, len(si) - 1
         tgt, src = prompt_cache(model.hf, ti[:-1]), prompt_cache(model.hf, si[:-1])
-        for plan, n in (("kv:all:left", min(P, S)), ("kv:all:left:w2", 2), ("kv:all:left:keep", min(P, S))):
+        for plan, n in (
+            ("kv:all:left:splicefirst", min(P, S)),
+            ("kv:all:left:w2:splicefirst", 2),
+            ("kv:all:left:keep:splicefirst", min(P, S)),
+        ):
             spy, _ = _spliced(model, target, source, plan)
             for layer in range(model.n_layers):
                 k, v = spy.kv[layer]
@@ -361,7 +366,7 @@ def test_splice_refuses_sliding_layers_that_dropped_positions():
         with pytest.raises(InterventionError, match="sliding-window layer"):
             generate(model, [PROMPT], sources=[LONG], plan=plan, greedy=True, max_new_tokens=3, flavour=flavour)
     # full-attention layers keep every position: splicing them works, batched or alone
-    spy, g = _spliced(model, LONG, PROMPT, "kv:1,3")
+    spy, g = _spliced(model, LONG, PROMPT, "kv:1,3:splicefirst")
     ti, si = _ids(model, LONG), _ids(model, PROMPT)
     P, S = len(ti) - 1, len(si) - 1
     src = prompt_cache(model.hf, si[:-1], P - S)
@@ -371,7 +376,7 @@ def test_splice_refuses_sliding_layers_that_dropped_positions():
         model,
         [LONG, PROMPT],
         sources=[PROMPT, LONG],
-        plan="kv:1,3",
+        plan="kv:1,3:splicefirst",
         greedy=True,
         max_new_tokens=N_NEW,
         stop_at_eos=False,

@@ -19,9 +19,11 @@ Alignment (corrected): ``right`` -- the last n = min(P, S) slots of the target
 prefix (P slots) get the source prefix's last n (S slots); ``left`` -- the
 first n; ``range`` -- the same slots ``[a, b)`` of both; ``prepend`` -- the
 whole source prefix goes before the target prefix, whose keys move S slots
-later. ``window=W`` caps n at W. ``first="keep"`` leaves both prefixes' first
-slots (the attention sink) out of a right or left splice: n = min(P, S) - 1,
-and a left splice starts at slot 1. With ``rope="reposition"`` every moved key is
+later. ``window=W`` caps n at W. ``first="keep"`` (the default) leaves both
+prefixes' first slots (BOS or a template's first token: the attention sink)
+out of a right or left splice: n = min(P, S) - 1, and a left splice starts at
+slot 1; ``first="splice"`` (plan text ``splicefirst``) lets it reach them.
+With ``rope="reposition"`` every moved key is
 re-rotated by (landing position - source position) (:mod:`.rope`).
 
 On a model split over devices each layer's cache lives on its layer's device;
