@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from transferlab import load_model
-from transferlab.engine import generation
+from transferlab.engine import plans as engine_plans
 from transferlab.interventions import KVSplice, Plan, Steer
 from transferlab.interventions.audit import Counters
 from transferlab.interventions.binding import BoundActivation
@@ -75,7 +75,7 @@ def _bound(model, monkeypatch, plans, flavour="corrected") -> list[BoundActivati
             super().__init__(*args, **kwargs)
             made.append(self)
 
-    monkeypatch.setattr(generation, "BoundActivation", Recording)
+    monkeypatch.setattr(engine_plans, "BoundActivation", Recording)
     model.generate(
         TARGETS * len(plans),
         sources=SOURCES * len(plans),

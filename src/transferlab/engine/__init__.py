@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from ..models.model import install_runtime
 from .capture import Activations, capture
-from .generation import Generation, auto_batch_size, generate
+from .generation import Generation, generate
+from .sizing import auto_batch_size
 
 
 def prepare(model, *, fuse: bool = False, fast_attention: bool = False):
