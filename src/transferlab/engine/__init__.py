@@ -21,6 +21,7 @@ Importing this package installs it as the runtime behind ``Model.capture``,
 from __future__ import annotations
 
 from ..models.model import install_runtime
+from .apply import Applied, apply
 from .capture import Activations, capture
 from .generation import Generation, generate
 from .sizing import auto_batch_size
@@ -55,4 +56,4 @@ class _Runtime:
 
 install_runtime(_Runtime())
 
-__all__ = ["Activations", "Generation", "auto_batch_size", "capture", "generate", "prepare"]
+__all__ = ["Activations", "Applied", "Generation", "apply", "auto_batch_size", "capture", "generate", "prepare"]

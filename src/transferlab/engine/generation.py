@@ -30,19 +30,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import torch
 
-from .. import rng
 from ..interventions.audit import audit_rows, audit_table, never_fired
-from ..interventions.plan import Plan, as_plan
-from ..interventions.types import Intervention, InterventionError
+from .arguments import examples
 from .batching import encode
-from .capture import Activations
 from .rows import BatchRows
 from .sampling import Sampler
-from .seed import check_seed_plan
 from .sizing import auto_batch_size, tokens_per_example
-from .sources import check_precomputed
 from .steps import Decoding, generate_batch
 
 FLAVOURS = ("corrected", "seed")
@@ -66,14 +60,6 @@ class Generation:
 
     def never_fired(self) -> pd.DataFrame:
         return never_fired(self.audit)
-
-
-def _per_example(value, n: int, what: str) -> list:
-    if value is None or isinstance(value, (str, Plan)) or not isinstance(value, (list, tuple)):
-        return [value] * n
-    if len(value) != n:
-        raise ValueError(f"{what}: got {len(value)} for {n} targets; give one per target or a single one for all")
-    return list(value)
 
 
 def generate(
@@ -114,29 +100,12 @@ def generate(
         raise ValueError(f"flavour must be one of {FLAVOURS}; got {flavour!r}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
-    if isinstance(targets, str) or (isinstance(targets, (list, tuple)) and targets and isinstance(targets[0], int)):
-        targets = [targets]
-    targets = list(targets)
-    n = len(targets)
-    if n == 0:
-        raise ValueError("no targets given")
-    plans = _plans(plan, n)
-    precomputed = None
-    if isinstance(sources, Activations):
-        precomputed = check_precomputed(model, sources, n)
-        sources = list(sources.prompts)
-    srcs = _per_example(sources, n, "sources")
-    _check_plans_and_sources(plans, srcs, flavour)
-    ids = example_ids if example_ids is not None else list(range(n))
-    if len(ids) != n:
-        raise ValueError(f"example_ids: got {len(ids)} for {n} targets")
-    stream_ids = streams if streams is not None else ids
-    if len(stream_ids) != n:
-        raise ValueError(f"streams: got {len(stream_ids)} for {n} targets")
-    keys = rng.combine(seed, torch.tensor([rng.example_key(x) for x in stream_ids], dtype=torch.long))
+    ex = examples(model, targets, plan, sources, flavour, example_ids, streams)
+    n, ids, plans = len(ex), ex.ids, ex.plans
+    keys = ex.keys(seed)
     sampler = Sampler(temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy)
-    tgt_ids = encode(model.tokenizer, targets)
-    src_ids = [encode(model.tokenizer, [s])[0] if s is not None else None for s in srcs]
+    tgt_ids = encode(model.tokenizer, ex.targets)
+    src_ids = [encode(model.tokenizer, [s])[0] if s is not None else None for s in ex.sources]
     per_row_sets = _logit_sets(record_logits, n, model)
     order = sorted(range(n), key=lambda i: (len(tgt_ids[i]), len(src_ids[i] or ())))
     bs = batch_size or auto_batch_size(model, n, tokens_per_example(tgt_ids, src_ids, max_new_tokens))
@@ -148,7 +117,8 @@ def generate(
     chunks = [order[i : i + bs] for i in range(0, n, bs)]
     bar = _progress(progress, len(chunks))
     for chunk in chunks:
-        out = generate_batch(model, BatchRows.of(chunk, tgt_ids, src_ids, plans, keys), how, per_row_sets, precomputed)
+        rows = BatchRows.of(chunk, tgt_ids, src_ids, plans, keys)
+        out = generate_batch(model, rows, how, per_row_sets, ex.precomputed)
         for b, i in enumerate(chunk):
             out_tokens[i], out_reason[i] = out.tokens[b], out.reasons[b]
             for name in out_mass:
@@ -162,36 +132,6 @@ def generate(
     return Generation(
         texts, out_tokens, out_reason, audit_table(audit), list(ids), [len(t) for t in tgt_ids], flavour, out_mass
     )
-
-
-def _plans(plan, n: int) -> list[Plan]:
-    """One :class:`Plan` per target, from one plan for all or one per target (text, Plan, interventions)."""
-    if isinstance(plan, (list, tuple)) and plan and all(isinstance(x, (Intervention, dict)) for x in plan):
-        plan = as_plan(plan)  # a list of interventions (or their dicts) is ONE plan, not one per target
-    parsed: dict[str, Plan] = {}  # plan text -> Plan: an experiment's rows repeat a few plans many times
-
-    def plan_of(p) -> Plan:
-        if not isinstance(p, str):
-            return as_plan(p)
-        if p not in parsed:
-            parsed[p] = as_plan(p)
-        return parsed[p]
-
-    return [plan_of(p) for p in _per_example(plan, n, "plan")]
-
-
-def _check_plans_and_sources(plans: list[Plan], srcs: list, flavour: str) -> None:
-    """Refuse, before any forward, a plan the flavour cannot run or a plan without the source it reads."""
-    if flavour == "seed":
-        for p in {str(p): p for p in plans}.values():
-            check_seed_plan(p)
-    for i, (p, s) in enumerate(zip(plans, srcs)):
-        if p.needs_source and s is None:
-            raise InterventionError(
-                f"example {i}: the plan '{p}' needs a source prompt, but none was given (pass sources=...)"
-            )
-        if s is not None and not isinstance(s, (str, list, tuple)):
-            raise TypeError(f"sources must be strings or token-id lists (or None); example {i} has {type(s).__name__}")
 
 
 def _progress(enabled: bool, total: int):
