@@ -13,6 +13,10 @@ Entry points:
   decode attention (:mod:`.fastpath`) and fused elementwise kernels
   (:mod:`.fused`).
 
+Shapes are named as in the glossary of :mod:`transferlab.interventions`
+(``B`` batch, ``T`` positions, ``S`` source positions, ``D`` width, ``W``
+window, ``H`` heads, ``V`` vocabulary).
+
 Importing this package installs it as the runtime behind ``Model.capture``,
 ``Model.generate`` and ``load_model``'s preparation step (see
 :mod:`transferlab.models.model`); the models floor never imports the engine.

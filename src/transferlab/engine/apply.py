@@ -66,7 +66,7 @@ class Applied:
 
     @property
     def inputs(self) -> dict[str, torch.Tensor]:
-        """``input_ids``, ``attention_mask`` and ``position_ids`` ``[batch, positions]`` of the targets."""
+        """``input_ids``, ``attention_mask`` and ``position_ids`` ``[B, T]`` of the targets."""
         b = self.batch
         return {"input_ids": b.input_ids, "attention_mask": b.attention_mask, "position_ids": b.position_ids}
 

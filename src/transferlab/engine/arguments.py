@@ -36,7 +36,7 @@ class Examples:
         return len(self.targets)
 
     def keys(self, seed: int) -> torch.Tensor:
-        """``[examples]`` the sampling and noise stream keys."""
+        """``[examples]``: the sampling and noise stream keys."""
         return rng.combine(seed, torch.tensor([rng.example_key(x) for x in self.stream_ids], dtype=torch.long))
 
 

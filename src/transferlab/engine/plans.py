@@ -2,7 +2,7 @@
 
 Rows of a batch hold different plans (one batch mixes conditions), and most
 rows share interventions. Each distinct (plan position, intervention) pair is
-bound once, with a ``[batch]`` mask of the rows whose plan holds it there:
+bound once, with a ``[B]`` mask of the rows whose plan holds it there:
 activation interventions become hook functions
 (:class:`~transferlab.interventions.binding.BoundActivation`), KV splices get
 audit counters and are applied by the prompt phase.
@@ -30,7 +30,7 @@ class Entry:
 
     index: int  # its position in the plans that hold it (the audit's ``intervention``)
     inter: Intervention  # its layer resolved to an index
-    rows: torch.Tensor  # [batch] bool
+    rows: torch.Tensor  # [B] bool
 
 
 def _identity(inter: Intervention) -> str:

@@ -26,8 +26,8 @@ class BatchRows:
     targets: list[list[int]]  # token ids each row runs (a shadow row: its example's source)
     sources: list[list[int] | None]  # token ids of each row's source (None: no source; shadow rows have none)
     plans: list[Plan]
-    partner: torch.Tensor  # [batch] the shadow row of each real row; -1 = none
-    keys: torch.Tensor  # [batch] sampling and noise stream keys
+    partner: torch.Tensor  # [B] the shadow row of each real row; -1 = none
+    keys: torch.Tensor  # [B] sampling and noise stream keys
 
     @classmethod
     def of(cls, chunk: list[int], tgt_ids, src_ids, plans, keys: torch.Tensor) -> "BatchRows":

@@ -52,7 +52,7 @@ def check_seed_plan(plan: Plan) -> None:
 
 
 def seed_prompt(model, batch, plans: list[Plan], bound, source_kv, ctx):
-    """Steps 2-3, the seed's way; returns ``(logits [batch, vocab], cache, attention mask, next model position)``."""
+    """Steps 2-3, the seed's way; returns ``(logits [B, V], cache, attention mask, next model position)``."""
     hf = model.hf
     ids, attn, pos = batch.input_ids, batch.attention_mask, batch.position_ids
     lengths = torch.tensor(batch.lengths, device=model.device)

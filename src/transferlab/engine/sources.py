@@ -8,7 +8,7 @@ whole source; the corrected flavour splices the source *prefix*, see
 :class:`~transferlab.engine.capture.Activations` captured beforehand (one per
 target), which are left-padded into the same shapes.
 
-Shapes follow the glossary of :mod:`transferlab.engine`.
+Shapes follow the glossary of :mod:`transferlab.interventions`.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _capture_bucketed(model, seqs, points, want_kv, buckets: int | None = None):
             vs = [get_kv(cache, layer)[1] for layer in range(n_cache_layers(cache))]
         return sb, store, ks, vs
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    width = sb.width  # source positions of the merged tensors
+    positions = sb.width  # S: the merged tensors are left-padded to the longest source
     store: dict = {}
     ks: list = []
     vs: list = []
@@ -93,13 +93,13 @@ def _capture_bucketed(model, seqs, points, want_kv, buckets: int | None = None):
         sub = left_pad([seqs[i] for i in part], pad_id_of(tok), tok.bos_token_id, device=model.device)
         got, cache, _ = forward_capture(model, sub, points, want_kv)
         idx = torch.tensor(part, dtype=torch.long, device=model.device)
-        w = sub.width
+        sub_positions = sub.width
         for name, t in got.items():
             if name not in store:
-                store[name] = t.new_zeros(len(seqs), width, t.shape[-1])
-            store[name][idx.to(t.device), width - w :] = t
+                store[name] = t.new_zeros(len(seqs), positions, t.shape[-1])
+            store[name][idx.to(t.device), positions - sub_positions :] = t
         if want_kv:
-            if any(get_kv(cache, layer)[0].shape[2] != w for layer in range(n_cache_layers(cache))):
+            if any(get_kv(cache, layer)[0].shape[2] != sub_positions for layer in range(n_cache_layers(cache))):
                 # a sliding-window layer kept fewer slots than the bucket is wide: capture in one forward,
                 # whose caches the splice checks and refuses or accepts as usual
                 del got, cache
@@ -107,10 +107,10 @@ def _capture_bucketed(model, seqs, points, want_kv, buckets: int | None = None):
             for layer in range(n_cache_layers(cache)):
                 kl, vl = get_kv(cache, layer)
                 if len(ks) <= layer:
-                    ks.append(kl.new_zeros(len(seqs), kl.shape[1], width, kl.shape[-1]))
-                    vs.append(vl.new_zeros(len(seqs), vl.shape[1], width, vl.shape[-1]))
-                ks[layer][idx.to(kl.device), :, width - w :] = kl
-                vs[layer][idx.to(vl.device), :, width - w :] = vl
+                    ks.append(kl.new_zeros(len(seqs), kl.shape[1], positions, kl.shape[-1]))
+                    vs.append(vl.new_zeros(len(seqs), vl.shape[1], positions, vl.shape[-1]))
+                ks[layer][idx.to(kl.device), :, positions - sub_positions :] = kl
+                vs[layer][idx.to(vl.device), :, positions - sub_positions :] = vl
         del got, cache
     return sb, store, ks, vs
 
@@ -138,7 +138,7 @@ def precomputed_sources(model, acts: Activations, examples, n_shadow: int, point
     :class:`SourceKV` of the whole sources); shadow rows get an empty one-token source."""
     rows = list(examples)
     lengths = [len(acts.token_ids[i]) for i in rows] + [1] * n_shadow
-    width = max(lengths)  # source positions
+    positions = max(lengths)  # S
     device = model.device
     store = {}
     for p in points:
@@ -148,10 +148,10 @@ def precomputed_sources(model, acts: Activations, examples, n_shadow: int, point
                 f"the plan reads {name}, which the given sources did not capture ({', '.join(acts.points) or 'none'})"
             )
         first = acts.points[name][rows[0]]
-        t = torch.zeros(len(lengths), width, first.shape[-1], dtype=first.dtype, device=device)
+        t = torch.zeros(len(lengths), positions, first.shape[-1], dtype=first.dtype, device=device)
         for b, i in enumerate(rows):
             x = acts.points[name][i]
-            t[b, width - x.shape[0] :] = x.to(device)
+            t[b, positions - x.shape[0] :] = x.to(device)
         store[name] = t
     batch = SourceBatch(
         store,
@@ -168,12 +168,12 @@ def precomputed_sources(model, acts: Activations, examples, n_shadow: int, point
     ks, vs = [], []
     for layer in range(n_layers):
         k0 = acts.kv[rows[0]][layer][0]
-        K = torch.zeros(len(lengths), k0.shape[0], width, k0.shape[-1], dtype=k0.dtype, device=device)
+        K = torch.zeros(len(lengths), k0.shape[0], positions, k0.shape[-1], dtype=k0.dtype, device=device)
         V = torch.zeros_like(K)
         for b, i in enumerate(rows):
             k, v = acts.kv[i][layer]
-            K[b, :, width - k.shape[1] :] = k.to(device)
-            V[b, :, width - v.shape[1] :] = v.to(device)
+            K[b, :, positions - k.shape[1] :] = k.to(device)
+            V[b, :, positions - v.shape[1] :] = v.to(device)
         ks.append(K)
         vs.append(V)
-    return batch, SourceKV(ks, vs, list(lengths), width)
+    return batch, SourceKV(ks, vs, list(lengths), positions)

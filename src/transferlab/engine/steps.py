@@ -13,7 +13,7 @@ The seed flavour replaces steps 2-3 by :func:`.seed.seed_prompt`. The batch's
 rows (real and lockstep shadow rows) are :class:`.rows.BatchRows`; its plans,
 bound once per distinct intervention, are :class:`.plans.BoundPlans`.
 
-Shapes follow the glossary of :mod:`transferlab.engine`.
+Shapes follow the glossary of :mod:`transferlab.interventions`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class BatchOutput:
 
     tokens: list[list[int]]
     reasons: list[str]  # "eos" or "length"
-    mass: dict[str, np.ndarray]  # name -> [rows, max_new]
+    mass: dict[str, np.ndarray]  # name -> [real rows, max_new]
     audit: list  # [(plan index, intervention, hook point text, Counters, rows)]
 
 
@@ -132,7 +132,7 @@ def prefix(model, batch, rows: BatchRows, bound, source_kv, ctx):
 
 def last_token(model, batch, cache, attn_prefix, offset, ctx):
     """Step 3: the last prompt token on top of the prefix cache; returns
-    ``(logits [batch, vocab], cache, attention mask, model position of the first token fed back)``."""
+    ``(logits [B, V], cache, attention mask, model position of the first token fed back)``."""
     hf = model.hf
     ids, attn, pos = batch.input_ids, batch.attention_mask, batch.position_ids
     ctx.positions, ctx.valid = pos[:, -1:], attn[:, -1:].bool()
@@ -170,7 +170,7 @@ def _prefix_cache(hf, ids, attn, pos, targets, dedupe: bool):
 
 
 def _logit_masks(logit_sets: dict, examples: list[int], vocab: int, device) -> dict[str, torch.Tensor]:
-    """name -> ``[batch, vocab]`` True on the ids whose log-probability mass is recorded for each row."""
+    """name -> ``[B, V]`` True on the ids whose log-probability mass is recorded for each row."""
     masks = {}
     for name, per_example in logit_sets.items():
         m = torch.zeros(len(examples), vocab, dtype=torch.bool, device=device)

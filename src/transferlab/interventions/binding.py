@@ -37,20 +37,15 @@ from .types import InterventionError
 class SourceBatch:
     """Source activations for a batch, row-aligned with the targets (zeros where no source)."""
 
-    acts: dict[str, torch.Tensor]  # hook point -> [batch, source positions, width], left-padded
+    acts: dict[str, torch.Tensor]  # hook point -> [B, S, D], left-padded
     lengths: list[int]  # source tokens per row (BOS included); 0 where no source
     has_bos: list[bool]
     has_source: list[bool]
     texts: list[str | None]
 
-    @property
-    def width(self) -> int:
-        """Source positions of the left-padded tensors (the longest source)."""
-        return next(iter(self.acts.values())).shape[1] if self.acts else max(self.lengths or [0])
-
 
 def _channel_mask(model, inter, width: int, device) -> torch.Tensor | None:
-    """``[width]`` True on the channels of the heads an intervention is restricted to (None: all channels)."""
+    """``[D]`` True on the channels of the heads an intervention is restricted to (None: all channels)."""
     heads = getattr(inter, "heads", None)
     if heads is None:
         return None
@@ -100,12 +95,12 @@ def hook_device(model, point: HookPoint, fallback: torch.device) -> torch.device
 class Tables:
     """A bound intervention's per-batch tensors, on one device."""
 
-    rows: torch.Tensor  # [batch] True where the example's plan holds the intervention
-    keys: torch.Tensor  # [batch] the examples' random-stream keys (noise)
-    index: torch.Tensor  # [batch, target positions] source column written at each prompt position; -1 = none
-    src: torch.Tensor | None = None  # [batch, source positions, width] the sources at this hook point
-    partner: torch.Tensor | None = None  # [batch] lockstep: the row where this row's source runs; -1 = none
-    channels: torch.Tensor | None = None  # [width] the heads' channels (None: all)
+    rows: torch.Tensor  # [B] True where the example's plan holds the intervention
+    keys: torch.Tensor  # [B] the examples' random-stream keys (noise)
+    index: torch.Tensor  # [B, T] source column written at each prompt position; -1 = none
+    src: torch.Tensor | None = None  # [B, S, D] the sources at this hook point
+    partner: torch.Tensor | None = None  # [B] lockstep: the row where this row's source runs; -1 = none
+    channels: torch.Tensor | None = None  # [D] the heads' channels (None: all)
     own: dict | None = None  # the operator's own: decode table, mean, vector, ...
 
     def to(self, device: torch.device) -> "Tables":
@@ -159,12 +154,12 @@ class BoundActivation:
         self.tables.own = self.op.own_tables(self, spans, flavour)
 
     def _prompt_map(self, in_rows, target_lengths, target_bos, sources, src):
-        """Each example's :class:`Span` (None where its plan does not hold this intervention), and
-        ``index [batch, target positions]``: the source column each position receives at the prompt phase (-1: none).
+        """Each example's :class:`Span` (None where its plan does not hold this intervention), and ``index
+        [B, T]`` (T: the longest prompt): the source column each position receives at the prompt phase (-1: none).
         """
         inter = self.inter
         needs = inter.needs_source
-        source_width = src.shape[1] if src is not None else 0
+        source_columns = src.shape[1] if src is not None else 0
         spans: list[Span | None] = []
         index = np.full((len(in_rows), max(target_lengths)), -1, dtype=np.int64)
         for b, held in enumerate(in_rows):  # one copy of ``rows`` to the host, not one synchronisation per row
@@ -179,7 +174,7 @@ class BoundActivation:
                 ls, bs = sources.lengths[b], int(sources.has_bos[b])
             else:
                 ls, bs = lt, bt
-            span = Span(lt, bt, ls, bs, source_width, needs, where)
+            span = Span(lt, bt, ls, bs, source_columns, needs, where)
             spans.append(span)
             if self.seed_patcher:
                 continue  # the seed's patcher picks its columns per call (see PatchOperator.seed_values)
@@ -201,7 +196,7 @@ class BoundActivation:
 
     # -- the site function ----------------------------------------------------
     def _values(self, x: torch.Tensor):
-        """``(written [batch, positions], value [batch, positions, width])`` for the current call, or None."""
+        """``(written [B, T], value [B, T, D])`` for the current call, or None."""
         ctx = self.ctx
         if not (self.acts_prompt if ctx.phase == "prompt" else self.acts_decode):
             return None

@@ -15,7 +15,7 @@ registered with ``@operates(TheKind)``; nothing else dispatches on the kind.
 :mod:`.splice`.)
 
 Shapes follow the glossary of :mod:`transferlab.interventions`: ``x`` is the
-activation of one forward call, ``[batch, positions, width]``.
+activation of one forward call, ``[B, T, D]``; source activations are ``[B, S, D]``.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class Span:
     target_bos: int  # 1 if the target starts with BOS
     source_len: int  # source tokens, BOS included
     source_bos: int
-    source_width: int  # positions of the left-padded source tensor (0 without one)
+    source_columns: int  # S: positions of the left-padded source tensor (0 without one)
     reads_source: bool
     where: str  # "<description> (example b)", for error messages
 
@@ -82,7 +82,7 @@ class Span:
 
     def column(self, p: int) -> int:
         """Column of the left-padded source tensor holding source position ``p``."""
-        return self.source_width - self.source_len + p if self.reads_source else p
+        return self.source_columns - self.source_len + p if self.reads_source else p
 
 
 def _window_fits(inter, span: Span) -> None:
@@ -120,7 +120,7 @@ class Operator:
         return {}
 
     def prompt_value(self, x, tables, ctx, idx):
-        """The value ``[batch, positions, width]`` written at a prompt call (``idx``: source column per position)."""
+        """The value ``[B, T, D]`` written at a prompt call (``idx``: source column per position)."""
         raise NotImplementedError
 
     def decode_value(self, x, tables, ctx, written):
