@@ -114,20 +114,20 @@ def _by_category(prof) -> dict:
 
 def capture_only(model, tg, sr, pl):
     from transferlab.engine.capture import forward_capture  # noqa: F401  (import cost outside the timing)
-    from transferlab.engine.generation import _capture_sources
+    from transferlab.engine.sources import capture_sources
     from transferlab.sites import HookPoint
 
     points = sorted({HookPoint("v_proj", 27), HookPoint("v_proj", 5)})
     torch.cuda.synchronize()
     t = time.perf_counter()
-    _capture_sources(model, tg, sr, points, True, "corrected")
+    capture_sources(model, tg, sr, points, True)
     torch.cuda.synchronize()
     return time.perf_counter() - t
 
 
 def phases(model, tg, sr, pl, bs, steps=150):
     """Seconds per phase of one full generate (each phase synchronised before and after)."""
-    from transferlab.engine import decode, generation
+    from transferlab.engine import decode, steps
 
     spent: dict = {}
     decode.TIMINGS = spent
@@ -147,9 +147,9 @@ def phases(model, tg, sr, pl, bs, steps=150):
 
         setattr(owner, name, timed_call)
 
-    wrap(generation, "_capture_sources", "source_capture_s")
-    wrap(generation, "_prefix_cache", "target_prefix_s")
-    wrap(generation, "apply_splice", "splice_s")
+    wrap(steps, "batch_sources", "source_capture_s")
+    wrap(steps, "_prefix_cache", "target_prefix_s")
+    wrap(steps, "apply_splice", "splice_s")
     wrap(decode, "run", "decode_loop_s")
     try:
         total = timed(model, tg, sr, pl, steps, bs)

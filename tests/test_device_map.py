@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from transferlab import load_model
-from transferlab.engine import generation
+from transferlab.engine import plans as engine_plans
 from transferlab.interventions import KVSplice, Plan, Steer
 from transferlab.interventions.audit import Counters
 from transferlab.interventions.binding import BoundActivation
@@ -75,7 +75,7 @@ def _bound(model, monkeypatch, plans, flavour="corrected") -> list[BoundActivati
             super().__init__(*args, **kwargs)
             made.append(self)
 
-    monkeypatch.setattr(generation, "BoundActivation", Recording)
+    monkeypatch.setattr(engine_plans, "BoundActivation", Recording)
     model.generate(
         TARGETS * len(plans),
         sources=SOURCES * len(plans),
@@ -90,11 +90,9 @@ def _bound(model, monkeypatch, plans, flavour="corrected") -> list[BoundActivati
 
 def _call_on(bi: BoundActivation, device: torch.device, phase: str):
     """Call a bound intervention as its hook would be called on ``device``; the loop's context stays on CPU."""
-    B = bi.rows.shape[0]
-    T = bi.index.shape[1] if phase == "prompt" else 1
-    W = bi.src.shape[-1] if bi.src is not None else bi.channels.shape[0] if bi.channels is not None else None
-    if W is None:
-        W = bi.mean.shape[-1] if bi.mean is not None else bi.vector.shape[0] if bi.vector is not None else 64
+    B = bi.tables.rows.shape[0]
+    T = bi.tables.index.shape[1] if phase == "prompt" else 1
+    W = bi.width  # the activation width at the hook point
     ctx = bi.ctx
     ctx.phase, ctx.step = phase, 1
     ctx.positions = torch.arange(T).expand(B, T) if phase == "prompt" else torch.full((B, 1), T + 5)
@@ -111,19 +109,19 @@ def test_bound_interventions_move_their_tables_to_the_activation(llama, monkeypa
     bound = _bound(llama, monkeypatch, plans, flavour)
     assert len(bound) == len(plans)
     for bi in bound:
-        assert bi.device == torch.device("cpu") and not bi._tables
+        assert bi.device == torch.device("cpu") and not bi._copies
         for phase in ("prompt", "decode"):
             out = _call_on(bi, META, phase)  # raises if any table stayed on the CPU
             if out is not None:
                 assert out.device == META
-        assert set(bi._tables) == {META}  # copied once for the batch, not per call
-        tables = bi._tables[META]
+        assert set(bi._copies) == {META}  # copied once for the batch, not per call
+        tables = bi._copies[META]
         _call_on(bi, META, "decode")
-        assert bi._tables[META] is tables
+        assert bi._copies[META] is tables
         for phase in ("prompt", "decode"):  # on its own device: no copy at all
             out = _call_on(bi, torch.device("cpu"), phase)
             assert out is None or out.device.type == "cpu"
-        assert set(bi._tables) == {META}
+        assert set(bi._copies) == {META}
 
 
 def _fake_cache(keys, values):

@@ -340,7 +340,7 @@ def test_batch_equals_each_example_alone(family, sampling, tiny_models, stories)
 
 
 def _seed_expressible(plan) -> bool:
-    from transferlab.engine.generation import check_seed_plan
+    from transferlab.engine.seed import check_seed_plan
     from transferlab.interventions import as_plan
 
     try:

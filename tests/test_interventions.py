@@ -17,7 +17,7 @@ import torch
 from conftest import LONG, PROMPT, SHORT, STORY, STORY2
 from engine_reference import proj_module
 
-from transferlab.engine import generation as gen_mod
+from transferlab.engine import steps as steps_mod
 from transferlab.engine.generation import generate
 from transferlab.interventions import InterventionError, Plan
 from transferlab.sites import SiteError
@@ -55,7 +55,7 @@ class Spy:
         self.module, self.sl = _module(model, site, layer)
         self.before: list[torch.Tensor] = []
         self.after: list[torch.Tensor] = []
-        real = gen_mod.hooked
+        real = steps_mod.hooked
 
         @contextlib.contextmanager
         def spying(pairs):
@@ -70,7 +70,7 @@ class Spy:
                     h1.remove()
                     h2.remove()
 
-        monkeypatch.setattr(gen_mod, "hooked", spying)
+        monkeypatch.setattr(steps_mod, "hooked", spying)
 
     def prompt(self, which="after") -> torch.Tensor:
         """The prompt's activation [B, T, W] (corrected flavour: prefix call + last-token call)."""

@@ -70,7 +70,7 @@ def test_prompt_phase_intervention_keeps_every_row(tiny_models, monkeypatch):
 def test_sources_captured_in_length_buckets_equal_one_forward(tiny_models, monkeypatch):
     """Many sources of varied lengths are captured in a few length-sorted forwards, merged left-padded:
     the same generations as one padded forward over all of them."""
-    from transferlab.engine import generation
+    from transferlab.engine import sources as engine_sources
 
     model = tiny_models("mistral")
     words = LONG.split()
@@ -78,12 +78,12 @@ def test_sources_captured_in_length_buckets_equal_one_forward(tiny_models, monke
     targets = [PROMPT, STORY, LONG] * 4
     plans = ["kv:all + v_proj@1:decode", "v_proj@0:both:cycle", "noise:resid_post@1:both", "kv:0,1"] * 3
     kw = dict(sources=sources, plan=plans, max_new_tokens=6, seed=1)
-    monkeypatch.setattr(generation, "BUCKET_ROWS", 10**6)
+    monkeypatch.setattr(engine_sources, "BUCKET_ROWS", 10**6)
     one = generate(model, targets, **kw)
     forwards = []
-    real = generation.forward_capture
-    monkeypatch.setattr(generation, "forward_capture", lambda *a, **k: forwards.append(a[1].width) or real(*a, **k))
-    monkeypatch.setattr(generation, "BUCKET_ROWS", 3)
+    real = engine_sources.forward_capture
+    monkeypatch.setattr(engine_sources, "forward_capture", lambda *a, **k: forwards.append(a[1].width) or real(*a, **k))
+    monkeypatch.setattr(engine_sources, "BUCKET_ROWS", 3)
     split = generate(model, targets, **kw)
     assert len(forwards) == 4 and len(set(forwards)) == 4  # four buckets, each padded to its own longest
     assert split.token_ids == one.token_ids
@@ -98,7 +98,7 @@ def test_bucketed_sources_on_a_sliding_window_model_fall_back_to_one_forward(mon
     import torch
     from transformers import AutoModelForCausalLM
 
-    from transferlab.engine import generation
+    from transferlab.engine import sources as engine_sources
     from transferlab.models.adapters import make_adapter
     from transferlab.models.embedded import embedded_tokenizer
     from transferlab.models.model import Model
@@ -112,8 +112,8 @@ def test_bucketed_sources_on_a_sliding_window_model_fall_back_to_one_forward(mon
     words = LONG.split()
     sources = [" ".join(words[: 2 + i]) for i in range(12)]
     kw = dict(sources=sources, plan="kv:1", max_new_tokens=3, seed=2)
-    monkeypatch.setattr(generation, "BUCKET_ROWS", 10**6)
+    monkeypatch.setattr(engine_sources, "BUCKET_ROWS", 10**6)
     one = generate(model, [PROMPT] * 12, **kw)
-    monkeypatch.setattr(generation, "BUCKET_ROWS", 3)
+    monkeypatch.setattr(engine_sources, "BUCKET_ROWS", 3)
     split = generate(model, [PROMPT] * 12, **kw)
     assert split.token_ids == one.token_ids

@@ -2,7 +2,7 @@
 
 from . import metrics as metrics  # subpackages users reach as tl.metrics, tl.stats
 from . import stats as stats
-from .engine import Activations, Generation, capture, generate
+from .engine import Activations, Applied, Generation, apply, capture, generate
 from .interventions import Ablate, HeadPatch, KVSplice, Noise, Patch, Plan, Steer
 from .models import Model, ModelLoadError, load_model
 from .sites import HookPoint, SiteError
@@ -12,6 +12,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Generation",
     "generate",
+    "Applied",
+    "apply",
     "Ablate",
     "HeadPatch",
     "KVSplice",

@@ -27,7 +27,7 @@ import torch
 from .engine import prepare
 from .engine.batching import left_pad
 from .engine.decode import mode as decode_mode
-from .engine.generation import auto_batch_size, tokens_per_example
+from .engine.sizing import auto_batch_size, tokens_per_example
 from .experiments.w300 import W300_CONDITIONS, make_workload
 from .models.cache import cache_kwargs, get_kv, output_cache
 from .models.random import build_random

@@ -13,6 +13,10 @@ Entry points:
   decode attention (:mod:`.fastpath`) and fused elementwise kernels
   (:mod:`.fused`).
 
+Shapes are named as in the glossary of :mod:`transferlab.interventions`
+(``B`` batch, ``T`` positions, ``S`` source positions, ``D`` width, ``W``
+window, ``H`` heads, ``V`` vocabulary).
+
 Importing this package installs it as the runtime behind ``Model.capture``,
 ``Model.generate`` and ``load_model``'s preparation step (see
 :mod:`transferlab.models.model`); the models floor never imports the engine.
@@ -21,8 +25,10 @@ Importing this package installs it as the runtime behind ``Model.capture``,
 from __future__ import annotations
 
 from ..models.model import install_runtime
+from .apply import Applied, apply
 from .capture import Activations, capture
-from .generation import Generation, auto_batch_size, generate
+from .generation import Generation, generate
+from .sizing import auto_batch_size
 
 
 def prepare(model, *, fuse: bool = False, fast_attention: bool = False):
@@ -54,4 +60,4 @@ class _Runtime:
 
 install_runtime(_Runtime())
 
-__all__ = ["Activations", "Generation", "auto_batch_size", "capture", "generate", "prepare"]
+__all__ = ["Activations", "Applied", "Generation", "apply", "auto_batch_size", "capture", "generate", "prepare"]

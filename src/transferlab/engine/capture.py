@@ -96,7 +96,7 @@ def kept_slice(length: int, has_bos: bool, width: int, window: int | None) -> tu
 
 
 def forward_capture(model, batch: Batch, points: list[HookPoint], want_kv: bool):
-    """One forward of a left-padded batch; returns ``({point: [B,T,W]}, cache | None, logits)``."""
+    """One forward of a left-padded batch; returns ``({point: [B, T, D]}, cache | None, logits)``."""
     adapter = model.adapter
     store: dict[str, torch.Tensor] = {}
 

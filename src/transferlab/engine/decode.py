@@ -49,7 +49,7 @@ class DecodeState:
 
     logits: torch.Tensor  # [B, V] logits of the last prompt position: new token 0 comes from them
     cache: object
-    attn: torch.Tensor  # [B, T0] 2D attention mask of the prompt phase's cache (1 = real slot)
+    attn: torch.Tensor  # [B, slots] 2D attention mask over the prompt phase's cache (1 = real slot)
     next_pos: torch.Tensor  # [B] model position of the first token fed back
     target_pos: torch.Tensor  # [B] target-coordinate position of that token (hooks' ctx.positions)
     keys: torch.Tensor  # [B] sampling stream keys
@@ -176,15 +176,15 @@ class StaticLayer(DynamicLayer):
 
 def _static(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill, graphs: bool):
     B, device = state.logits.shape[0], state.logits.device
-    T0 = state.attn.shape[1]
-    total = T0 + max_new - 1
+    prompt_slots = state.attn.shape[1]
+    total = prompt_slots + max_new - 1
     cache = state.cache
-    slot = torch.tensor(T0, dtype=torch.long, device=device)  # the cache slot the next fed token writes
+    slot = torch.tensor(prompt_slots, dtype=torch.long, device=device)  # the cache slot the next fed token writes
     span = [total]  # slots attention reads this segment (a list: shared with every layer, set per segment)
     for i, lay in enumerate(cache.layers):
         cache.layers[i] = StaticLayer.from_layer(lay, total, slot, span)
     mask = torch.zeros(B, total, dtype=torch.bool, device=device)
-    mask[:, :T0] = state.attn.bool()
+    mask[:, :prompt_slots] = state.attn.bool()
     token = torch.empty(B, dtype=torch.long, device=device)
     pos = state.next_pos.clone()
     step_t = torch.zeros((), dtype=torch.long, device=device)  # index of the token being fed
@@ -218,7 +218,7 @@ def _static(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill, graphs: bo
     step = 0  # index of the next token to feed
     while step < max_new - 1:
         seg_end = min(step + SEGMENT, max_new - 1)  # this segment feeds tokens step .. seg_end-1
-        span[0] = T0 + seg_end
+        span[0] = prompt_slots + seg_end
         if graphs and not getattr(hf, GRAPHS_OFF, False) and seg_end - step > 2:
             step = _replay_segment(hf, step_fn, step, seg_end, stop_at_eos, state)
         else:

@@ -47,7 +47,9 @@ class Counters:
         self.positions, self.sq_change = z(torch.long), z(torch.float64)
 
     def record(self, phase: str, written: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> None:
-        """``written [B, T]`` marks written positions; ``old``/``new`` are ``[B, T, W]``."""
+        """``written [B, T]`` marks written positions; ``old``/``new`` are ``[B, T, D]``."""
+        if new.requires_grad:  # a forward with autograd on (``apply``): count the change, never differentiate it
+            old, new = old.detach(), new.detach()
         fired = written.any(dim=1).long()
         if phase == "prompt":
             self.fired_prompt += fired

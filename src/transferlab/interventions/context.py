@@ -16,8 +16,6 @@ import torch
 @dataclass
 class StepContext:
     phase: str = "prompt"  # "prompt" (prefill) or "decode" (a new token)
-    positions: torch.Tensor | None = None  # [B, T_cur] absolute positions of the current columns
-    valid: torch.Tensor | None = None  # [B, T_cur] True for real (non-pad) tokens
+    positions: torch.Tensor | None = None  # [B, T] absolute positions of the call's columns
+    valid: torch.Tensor | None = None  # [B, T] True for real (non-pad) tokens
     step: int = 0  # index of the generated token being processed (decode phase)
-    flavour: str = "corrected"
-    seed_refeed: bool = False  # seed flavour: this decode call re-feeds the last prompt token

@@ -47,12 +47,12 @@ from .types import InterventionError, KVSplice
 
 @dataclass
 class SourceKV:
-    """Source keys/values per layer, ``[B, H, Ws, hd]``, left-padded, row-aligned with targets."""
+    """Source keys/values per layer, ``[B, H, S, hd]``, left-padded, row-aligned with targets."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     lengths: list[int]  # slots usable for splicing (the source prefix in corrected flavour)
-    end: int  # column after the last usable slot (Ws - 1 in corrected flavour, Ws in seed)
+    end: int  # column after the last usable slot (S - 1 in corrected flavour, S in seed)
     rows: torch.Tensor | None = None  # batch row -> row of keys/values (distinct sources captured once)
 
     def layer(self, layer: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +68,7 @@ class SourceKV:
     def gather_slots(
         self, layer: int, index: torch.Tensor, device: torch.device, batch_rows: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[B, H, W, hd]`` keys/values where ``index[b, w]`` names a source slot of batch row b
+        """``[B, H, n, hd]`` keys/values where ``index[b, j]`` (``[B, n]``) names a source slot of batch row b
         (of batch row ``batch_rows[b]`` when given: a subset of the batch).
 
         Reads only the slots asked for (not each row's whole source cache).
@@ -81,7 +81,7 @@ class SourceKV:
         else:
             rows = self.rows.to(k.device) if self.rows is not None else torch.arange(idx.shape[0], device=k.device)
         r = rows[:, None].expand_as(idx)
-        nk = k[r, :, idx].permute(0, 2, 1, 3)  # [B, W, H, hd] -> [B, H, W, hd]
+        nk = k[r, :, idx].permute(0, 2, 1, 3)  # [B, n, H, hd] -> [B, H, n, hd]
         nv = v[r, :, idx].permute(0, 2, 1, 3)
         return nk.to(device), nv.to(device)
 
@@ -209,7 +209,7 @@ def apply_prepend(
 ):
     """Rebuild the cache as [source prefix | target prefix] per row.
 
-    Returns ``(attention mask [B, W_new], position offset per row)``: rows not
+    Returns ``(attention mask [B, slots], position offset per row)``: rows not
     in the splice keep their own cache (offset 0).
     """
     n_layers = n_cache_layers(cache)
