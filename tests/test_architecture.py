@@ -37,6 +37,7 @@ FLOORS = {
     "bench": 7,
     "cli": 7,
     "cli_prompts": 7,
+    "cli_models": 7,
 }
 
 
