@@ -3,21 +3,22 @@
 **Prompt formats.** ``raw`` (the seed's): the prompt text is encoded as the
 tokenizer encodes it, special tokens (BOS) added as the tokenizer adds them.
 ``chat``: the prompt is the user turn of the model's own chat template, with
-the generation prompt added (SmolLM2's ChatML: ``<|im_start|>user\n{prompt}
-<|im_end|>\n<|im_start|>assistant\n``; Gemma's ``<bos><start_of_turn>user\n
-{prompt}<end_of_turn>\n<start_of_turn>model\n``); the templated text is then
-encoded without adding special tokens again (the template writes its own).
-Token-id prompts are used as given in either format.
+the generation prompt added (SmolLM2's ChatML: ``<|im_start|>system\n...
+<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n``,
+its template writing a default system prompt first); the templated text is
+then encoded without adding special tokens again (a template that writes its
+own BOS gets exactly one). A model without a template (Gemma-3-270M, a base
+model) is refused in chat format. Token-id prompts are used as given.
 
 **Positions and windows count the tokens the model sees**, template tokens
 included. A window counts back from the last token, so in chat format it
-first covers the generation prompt (5 tokens in ChatML: ``<|im_end|>``,
-``\n``, ``<|im_start|>``, ``assistant``, ``\n``; 5 in Gemma's:
-``<end_of_turn>``, ``\n``, ``<start_of_turn>``, ``model``, ``\n``) and then
-the end of the user's message: a 16-token window holds 11 tokens of the
-message. R_V's window is such a window too: in chat format it measures the
-geometry over the template's closing tokens and the message's end, which is
-what the model attends from when it starts answering.
+first covers the generation prompt -- 6 tokens on SmolLM2: ``<|im_end|>``,
+``\n``, ``<|im_start|>``, ``ass``, ``istant``, ``\n`` (its vocabulary has no
+``assistant`` without a leading space) -- and then the end of the user's
+message: a 16-token window holds 10 tokens of the message. R_V's window is
+such a window too: in chat format it measures the geometry over the
+template's closing tokens and the message's end, which is where the model
+reads from when it starts answering.
 
 **The BOS rule.** A prompt's first token is its BOS when it is the tokenizer's
 ``bos_token`` -- whether the tokenizer added it (Llama, Mistral, Gemma and the
