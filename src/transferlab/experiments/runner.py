@@ -26,6 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
+from rich.markup import escape
 
 from ..interventions import never_fired
 from ..prompts import load_bank, make_pairs
@@ -189,7 +190,8 @@ class Runner:
         task = None
         if bar is not None:
             bar.start()
-            task = bar.add_task(f"{self.config.name} on {model_name}", total=sum(len(b.units) for b in batches))
+            label = escape(f"{self.config.name} on {model_name}")  # the progress bar reads markup
+            task = bar.add_task(label, total=sum(len(b.units) for b in batches))
         results = self.executor.map_batches(batches)
         try:
             for batch, rows in results:
