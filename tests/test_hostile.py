@@ -63,3 +63,32 @@ def test_bank_with_markup_in_its_name_and_texts(tmp_path):
     assert "[red]x" in res.output and "[bold]cat[/bold]" in res.output
     res = cli("prompts", "groups", "--bank", tmp_path / "b.main.yaml")
     assert "a [/] desc" in res.output
+
+
+# --------------------------------------------------------------------------- item 5: run names
+
+
+@pytest.mark.parametrize("name", ["../../../x", "a/b", "", ".", "..", "/abs", "a\\b", "x.", "a:b", "\x00"])
+def test_run_names_that_are_not_one_path_component_are_refused(tmp_path, name):
+    out = tmp_path / "deep" / "runs"
+    res = cli("run", "demo", "--set", f"name={name}", "--set", f"output_dir={out}", "--set", "prompts.n=2", code=2)
+    assert "name:" in flat(res.output) and "cannot name a run directory" in flat(res.output)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == []  # nothing written, inside output_dir or out of it
+
+
+def test_run_name_in_a_config_file_is_checked_too(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'name = "../escape"\noutput_dir = "{tmp_path / "runs"}"\n[[conditions]]\nname = "baseline"\n')
+    res = cli("run", cfg, code=2)
+    assert "cannot name a run directory" in flat(res.output)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "escape").exists()
+
+
+def test_building_a_run_directory_refuses_an_unchecked_name(tmp_path):
+    from transferlab.experiments import ConfigError, load_config
+    from transferlab.experiments.runner import new_run_dir
+
+    cfg = load_config("demo", [f"output_dir={tmp_path / 'runs'}"]).model_copy(update={"name": "../../out"})
+    with pytest.raises(ConfigError, match="cannot name a run directory"):
+        new_run_dir(cfg)
+    assert list(tmp_path.iterdir()) == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,6 +81,26 @@ def _raw_cross_problems(data: dict) -> list[tuple[str, str]]:
             ("primary", f"primary condition {primary!r} is not among the conditions ({', '.join(names) or 'none'})")
         )
     return out + _cross_problems(names, data.get("reference", "baseline"), bool(data.get("sweeps")))
+
+
+_RUN_NAME = re.compile(r"^\w[\w.\- ]{0,99}$")
+
+
+def run_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a run directory (None if it can).
+
+    A run directory is ``<output_dir>/<name>-<time>-<hash>``, so the name must be
+    one safe path component: 1-100 letters, digits, ``_``, ``-``, ``.`` or spaces,
+    starting with a letter, digit or ``_`` and not ending in a space or dot.
+    ``../x`` would leave ``output_dir``, ``a/b`` would nest directories and an
+    empty name would make ``runs/-<time>``; they are refused, not rewritten.
+    """
+    if not isinstance(name, str) or not _RUN_NAME.match(name) or name[-1] in " .":
+        return (
+            f"{name!r} cannot name a run directory: use 1-100 letters, digits, '_', '-', '.' or spaces, "
+            "starting with a letter, digit or '_' (no '/', no '..'), e.g. name = \"my_run\""
+        )
+    return None
 
 
 class _Strict(BaseModel):
@@ -199,6 +220,14 @@ class ExperimentConfig(_Strict):
     rv: RVSettings = Field(default_factory=RVSettings)
     reference: str = "baseline"
     primary: str | None = "transfer"
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        problem = run_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _conditions_ok(self):

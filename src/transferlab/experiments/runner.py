@@ -31,7 +31,7 @@ from rich.markup import escape
 from ..interventions import never_fired
 from ..prompts import load_bank, make_pairs
 from .checks import preflight
-from .config import ExperimentConfig, validate_config
+from .config import ConfigError, ExperimentConfig, run_name_problem, validate_config
 from .executors import Executor, InProcessExecutor, make_executor
 from .metadata import environment, ledger_append, now, write_json
 from .store import RunStore
@@ -64,6 +64,9 @@ def _rich_progress(enabled: bool):
 def new_run_dir(config: ExperimentConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:6]
+    problem = run_name_problem(config.name)  # validated configs never get here with one; built ones might
+    if problem:
+        raise ConfigError([("name", problem)], "config")
     base = Path(config.output_dir) / f"{config.name}-{stamp}-{digest}"
     path, i = base, 1
     while True:  # mkdir, not exists(): two runs started in the same second get different directories
