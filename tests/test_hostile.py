@@ -10,7 +10,7 @@ code, that the message names the problem, and that no traceback is printed.
 from __future__ import annotations
 
 import pytest
-from helpers import flat
+from helpers import flat, nows
 from typer.testing import CliRunner
 
 from transferlab.cli import app
@@ -92,3 +92,138 @@ def test_building_a_run_directory_refuses_an_unchecked_name(tmp_path):
     with pytest.raises(ConfigError, match="cannot name a run directory"):
         new_run_dir(cfg)
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- item 2: GGUF files
+
+
+def write_llama_gguf(path, **meta) -> None:
+    """The embedded stories260K's tensors and vocabulary in a new GGUF, with ``meta`` overriding llama.* sizes."""
+    import numpy as np
+    from gguf import GGUFReader, GGUFWriter
+
+    from transferlab.models.embedded import embedded_path
+
+    src = GGUFReader(str(embedded_path()))
+    fields = {k: f.contents() for k, f in src.fields.items() if k.startswith(("llama.", "tokenizer.ggml."))}
+    w = GGUFWriter(str(path), "llama")
+    for key in ("embedding_length", "block_count", "feed_forward_length", "context_length"):
+        w.add_uint32(f"llama.{key}", int(meta.get(key, fields[f"llama.{key}"])))
+    w.add_uint32("llama.attention.head_count", int(meta.get("head_count", fields["llama.attention.head_count"])))
+    w.add_uint32("llama.attention.head_count_kv", int(fields["llama.attention.head_count_kv"]))
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(fields["tokenizer.ggml.tokens"])
+    w.add_token_scores(fields["tokenizer.ggml.scores"])
+    w.add_token_types(fields["tokenizer.ggml.token_type"])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    for t in src.tensors:
+        w.add_tensor(t.name, np.array(t.data))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def raw_gguf(n_tensors: int = 0, n_kv: int = 0, body: bytes = b"", version: int = 3) -> bytes:
+    import struct
+
+    return b"GGUF" + struct.pack("<IQQ", version, n_tensors, n_kv) + body + b"\0" * 64
+
+
+def _kv(key: str, vtype: int, payload: bytes) -> bytes:
+    import struct
+
+    return struct.pack("<Q", len(key)) + key.encode() + struct.pack("<I", vtype) + payload
+
+
+def _gguf_cases(tmp_path):
+    import struct
+
+    from transferlab.models.embedded import embedded_path
+
+    data = embedded_path().read_bytes()
+    return {
+        "empty": (b"", "shorter than a GGUF header"),
+        "not gguf": (b"PK\x03\x04" + b"\0" * 100, "not the GGUF magic"),
+        "version 99": (raw_gguf(version=99), "version 99"),
+        "2^60 tensors": (raw_gguf(n_tensors=2**60), "1152921504606846976 tensors"),
+        "2^60 keys": (raw_gguf(n_kv=2**60), "1152921504606846976 metadata keys"),
+        "8e9 array": (raw_gguf(n_kv=1, body=_kv("x", 9, struct.pack("<IQ", 0, 8 * 10**9))), "8000000000 items"),
+        "8e9 strings": (raw_gguf(n_kv=1, body=_kv("x", 9, struct.pack("<IQ", 8, 8 * 10**9))), "8000000000 items"),
+        "huge key": (raw_gguf(n_kv=1, body=struct.pack("<Q", 2**62)), "claims 4611686018427387904 bytes"),
+        "bad type": (raw_gguf(n_kv=1, body=_kv("x", 77, b"\0" * 8)), "unknown value type 77"),
+        "truncated": (data[: int(len(data) * 0.6)], "file ends at byte"),
+        "truncated header": (data[:5000], "file ends at byte"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "empty",
+        "not gguf",
+        "version 99",
+        "2^60 tensors",
+        "2^60 keys",
+        "8e9 array",
+        "8e9 strings",
+        "huge key",
+        "bad type",
+        "truncated",
+        "truncated header",
+    ],
+)
+def test_corrupt_gguf_gets_one_line_naming_the_file(tmp_path, case):
+    data, what = _gguf_cases(tmp_path)[case]
+    path = tmp_path / "model.gguf"
+    path.write_bytes(data)
+    res = cli("info", "-m", path, code=2)
+    out = flat(res.output)
+    assert out.count("error:") == 1 and str(path) in nows(res.output), out
+    assert what in out, out
+
+
+def test_gguf_metadata_that_the_tensors_contradict_allocates_nothing(tmp_path, monkeypatch):
+    """A well-formed 1 MB file claiming hidden size 16384 and 48 layers: refused before a model is built."""
+    import transformers
+
+    path = tmp_path / "liar.gguf"
+    write_llama_gguf(path, embedding_length=16384, block_count=48)
+    assert path.stat().st_size < 2 << 20
+
+    def boom(*a, **k):
+        raise AssertionError("a model was built from unchecked metadata")
+
+    monkeypatch.setattr(transformers, "LlamaForCausalLM", boom)
+    res = cli("info", "-m", path, code=2)
+    out = flat(res.output)
+    assert "16384" in out and "48 layers" in out and "liar.gguf" in out
+
+
+@pytest.mark.parametrize(
+    "meta, what",
+    [
+        ({"block_count": 7}, "absent"),
+        ({"block_count": 3}, "unexpected tensor"),
+        ({"feed_forward_length": 999}, "has shape"),
+        ({"head_count": 7}, "head"),
+        ({"embedding_length": 0}, "embedding_length = 0"),
+    ],
+)
+def test_gguf_sizes_checked_against_tensors(tmp_path, meta, what):
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, **meta)
+    assert what in flat(cli("info", "-m", path, code=2).output)
+
+
+def test_a_consistent_crafted_gguf_still_loads(tmp_path):
+    path = tmp_path / "ok.gguf"
+    write_llama_gguf(path)
+    assert "ok.gguf" in cli("info", "-m", path).output
+
+
+def test_gguf_path_that_is_a_directory(tmp_path):
+    (tmp_path / "dir.gguf").mkdir()
+    assert "dir.gguf" in flat(cli("info", "-m", tmp_path / "dir.gguf", code=2).output)

@@ -87,13 +87,12 @@ def model_depth(spec: str) -> int | None:
 
             return int(SHAPES[spec[7:].split(":")[0]]["num_hidden_layers"])
         if spec == "stories260K" or spec.lower().endswith(".gguf"):
-            from gguf import GGUFReader
-
             from ..models.embedded import embedded_path
+            from ..models.gguf_check import check_gguf
 
             path = embedded_path() if spec == "stories260K" else Path(spec)
-            field = GGUFReader(str(path)).fields.get("llama.block_count")
-            return int(field.contents()) if field is not None else None
+            value = check_gguf(path).metadata.get("llama.block_count")
+            return int(value) if value is not None else None
         from transformers import AutoConfig
 
         cfg = AutoConfig.from_pretrained(spec, local_files_only=True)
