@@ -18,6 +18,15 @@ from transferlab.cli import app
 # small vocabularies have no token for most marker words (see marker_token_ids)
 pytestmark = pytest.mark.filterwarnings("ignore:no vocabulary token spells:UserWarning")
 
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    """Tables wide enough that a cell's text stays on one line (rich folds long cells otherwise)."""
+    import transferlab.cli
+
+    monkeypatch.setattr(transferlab.cli.console, "width", 300)
+
+
 STORY = "Once upon a time there was a little girl named Lily who loved to play in the park with her dog"
 
 
@@ -227,3 +236,247 @@ def test_a_consistent_crafted_gguf_still_loads(tmp_path):
 def test_gguf_path_that_is_a_directory(tmp_path):
     (tmp_path / "dir.gguf").mkdir()
     assert "dir.gguf" in flat(cli("info", "-m", tmp_path / "dir.gguf", code=2).output)
+
+
+# --------------------------------------------------------------------------- item 1: resume refuses a changed run
+
+
+def _sets(out, *extra) -> list[str]:
+    base = [
+        f"output_dir={out}",
+        "prompts.n=4",
+        "generation.max_new_tokens=4",
+        "batch_size=8",
+        "rv.enabled=false",
+        "scoring.logit=false",
+        *extra,
+    ]
+    return base
+
+
+def partial_run(out, *extra, batches: int = 1):
+    """A run stopped after ``batches`` batches of 8 (what a kill leaves, without the kill)."""
+    from transferlab.experiments import load_config, run_experiment
+
+    cfg = load_config("demo", _sets(out, *extra))
+    return run_experiment(cfg, progress=False, report=False, max_batches=batches)
+
+
+def stored(run_dir) -> list[str]:
+    from helpers import stored_results
+
+    return sorted(stored_results(run_dir)["unit"])
+
+
+def test_resume_refuses_an_edited_config(tmp_path):
+    import json
+
+    run_dir = partial_run(tmp_path / "runs")
+    before = stored(run_dir)
+    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg["generation"]["temperature"] = 1.5
+    cfg["prompts"]["n"] = 5
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    meta = (run_dir / "metadata.json").read_text()
+    out = flat(cli("run", "--resume", run_dir, code=2).output)
+    assert "generation.temperature: 0.8 when the run started, 1.5 now" in out
+    assert "prompts.n: 4 when the run started, 5 now" in out and "start a new run" in out
+    assert stored(run_dir) == before and (run_dir / "metadata.json").read_text() == meta  # nothing written
+
+
+def test_resume_refuses_an_edited_bank(tmp_path):
+    import shutil
+
+    from transferlab.prompts.bank import DATA_DIR
+
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    for f in DATA_DIR.glob("stories.*.yaml"):
+        shutil.copy(f, bank / f.name)
+    run_dir = partial_run(tmp_path / "runs", f"prompts.bank={bank}")
+    before = stored(run_dir)
+    target = sorted(bank.iterdir())[-1]
+    target.write_text(target.read_text().replace("Once upon a time", "Long ago", 1))
+    out = flat(cli("run", "--resume", run_dir, code=2).output)
+    assert "prompt bank" in out and "its files were edited" in out
+    assert stored(run_dir) == before
+
+
+def test_resume_refuses_other_weights(tmp_path):
+    model = tmp_path / "m.gguf"
+    write_llama_gguf(model)
+    run_dir = partial_run(tmp_path / "runs", f"model={model}")
+    before = stored(run_dir)
+    write_llama_gguf(model, context_length=4096)  # same tensors, another file: another model as far as we know
+    out = flat(cli("run", "--resume", run_dir, code=2).output)
+    assert f"model {model} sha256" in out
+    assert stored(run_dir) == before
+
+
+def test_resume_refuses_other_code_version(tmp_path, monkeypatch):
+    import transferlab.experiments.resume as resume
+
+    run_dir = partial_run(tmp_path / "runs")
+    before = stored(run_dir)
+    monkeypatch.setattr(resume, "RESULTS_VERSION", resume.RESULTS_VERSION + 1)
+    out = flat(cli("run", "--resume", run_dir, code=2).output)
+    assert "results version" in out
+    assert stored(run_dir) == before
+
+
+def test_resume_refuses_a_run_without_fingerprint(tmp_path):
+    import sqlite3
+
+    run_dir = partial_run(tmp_path / "runs")
+    con = sqlite3.connect(run_dir / "store.sqlite")
+    con.execute("DELETE FROM kv WHERE key = 'fingerprint'")
+    con.commit()
+    con.close()
+    assert "records no fingerprint" in flat(cli("run", "--resume", run_dir, code=2).output)
+
+
+def test_unchanged_run_resumes_to_the_uninterrupted_table(tmp_path):
+    from transferlab.experiments import load_config, run_experiment
+
+    whole = run_experiment(load_config("demo", _sets(tmp_path / "a")), progress=False, report=False)
+    run_dir = partial_run(tmp_path / "b", batches=2)
+    cli("run", "--resume", run_dir, "--no-report")
+    a = (whole / "results.csv").read_text()
+    b = (run_dir / "results.csv").read_text()
+    assert a == b
+
+
+# --------------------------------------------------------------------------- item 7: one process per run directory
+
+
+def test_second_resume_of_a_running_directory_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    run_dir = partial_run(tmp_path / "runs")
+    before = stored(run_dir)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from transferlab.experiments.lock import RunLock; "
+            f"RunLock({str(run_dir)!r}).acquire(); print('locked', flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        out = flat(cli("run", "--resume", run_dir, code=2).output)
+        assert "already running" in out and f"pid {holder.pid}" in out
+        assert stored(run_dir) == before
+        runs = flat(cli("runs", "--output-dir", tmp_path / "runs").output)
+        assert f"running (pid {holder.pid}" in runs
+    finally:
+        holder.kill()
+        holder.wait()
+    runs = flat(cli("runs", "--output-dir", tmp_path / "runs").output)
+    assert "stopped (no process runs it: killed?)" in runs and "8/32" in runs
+
+
+# --------------------------------------------------------------------------- item 4: results without their warnings
+
+
+def test_report_of_an_unfinished_run_says_so(tmp_path):
+    import json
+
+    run_dir = partial_run(tmp_path / "runs", batches=1)
+    out = flat(cli("report", run_dir).output)
+    assert "WARNING: INCOMPLETE RUN: 8 of 32 rows" in out and "--resume" in out
+    report = (run_dir / "report.md").read_text()
+    warnings = report.split("## Warnings", 1)[1].split("##", 1)[0]
+    assert "INCOMPLETE RUN: 8 of 32 rows" in warnings and "No warnings" not in report
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["progress"]["rows"] == 8 and summary["progress"]["expected"] == 32
+    assert summary["warnings"][0]["kind"] == "incomplete"
+    short = summary["progress"]["missing"]["stories260K"]
+    assert len(short) == 6 and all(g.endswith("(0/4)") for g in short)  # one batch: 2 conditions x 4 pairs
+    assert "conditions short of rows: " in out
+
+
+def test_report_of_a_finished_run_has_no_incomplete_warning(tmp_path):
+    from transferlab.experiments import load_config, run_experiment
+
+    run_dir = run_experiment(load_config("demo", _sets(tmp_path)), progress=False, report=False)
+    out = flat(cli("report", run_dir).output)
+    assert "INCOMPLETE" not in out and "INCOMPLETE" not in (run_dir / "report.md").read_text()
+
+
+def test_runs_survives_a_cut_ledger_line(tmp_path):
+    import json
+
+    out = tmp_path / "runs"
+    out.mkdir()
+    good = {"run_dir": str(out / "a"), "name": "a", "status": "complete", "time": "t", "rows": 3}
+    (out / "index.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(good)[:25] + "\n[1, 2]\n")
+    res = flat(cli("runs", "--output-dir", out).output)
+    assert "line 2 is not a ledger entry" in res and "line 3" in res and "complete" in res
+
+
+# --------------------------------------------------------------------------- item 6: messages, not tracebacks
+
+
+def test_damaged_store_on_report_and_resume(tmp_path):
+    run_dir = partial_run(tmp_path / "runs")
+    db = run_dir / "store.sqlite"
+    for extra in ("-wal", "-shm"):
+        (run_dir / f"store.sqlite{extra}").unlink(missing_ok=True)
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 2])
+    for args in (("report", run_dir), ("run", "--resume", run_dir)):
+        out = flat(cli(*args, code=2).output)
+        assert "store.sqlite" in out and "damaged" in out, out
+    db.write_bytes(b"\0" * 100)
+    assert "damaged" in flat(cli("report", run_dir, code=2).output)
+
+
+def test_report_without_config_json(tmp_path):
+    run_dir = partial_run(tmp_path / "runs")
+    (run_dir / "config.json").unlink()
+    out = flat(cli("report", run_dir, code=2).output)
+    assert "no config.json" in out and "restore config.json" in out
+
+
+def test_non_utf8_run_config(tmp_path):
+    run_dir = partial_run(tmp_path / "runs")
+    (run_dir / "config.json").write_bytes(b'{"name": "\xff\xfe"}')
+    for args in (("report", run_dir), ("run", "--resume", run_dir)):
+        out = flat(cli(*args, code=2).output)
+        assert "config.json" in out and "not UTF-8" in out
+
+
+def test_unwritable_run_directory_mid_run(tmp_path, monkeypatch):
+    """The directory turns read-only after rows were stored (simulated: root ignores chmod)."""
+    import json
+
+    import transferlab.experiments.runner as runner
+    from transferlab.experiments.metadata import ledger
+
+    real = runner.write_json
+    calls = []
+
+    def write_json(path, data):
+        calls.append(path.name)
+        if calls == ["config.json", "metadata.json", "metadata.json"]:  # metadata.json once the rows are in
+            raise PermissionError(13, "Permission denied", str(path) + ".tmp")
+        real(path, data)
+
+    monkeypatch.setattr(runner, "write_json", write_json)
+    out = tmp_path / "runs"
+    res = cli("run", "demo", *[a for s in _sets(out) for a in ("--set", s)], "--no-report", code=2)
+    text = flat(res.output)
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    assert "cannot write" in text and "Permission denied" in text and "32 rows computed are safe" in text
+    assert "--resume" in text
+    assert len(stored(run_dir)) == 32
+    (entry,) = ledger(out)
+    assert entry["status"] == "failed" and "Permission denied" in entry["error"]
+    monkeypatch.setattr(runner, "write_json", real)
+    cli("run", "--resume", run_dir, "--no-report")
+    assert json.loads((run_dir / "metadata.json").read_text())["finished"]
+    assert ledger(out)[0]["status"] == "complete"

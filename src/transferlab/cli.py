@@ -253,21 +253,62 @@ def report(run_dir: str = typer.Argument(..., help="A run directory.")) -> None:
     """Regenerate summary.json, report.md and figures/ from a run's stored results."""
     from pathlib import Path
 
-    from .experiments.runner import finalize
+    from .experiments import ConfigError
+    from .experiments.runner import finalize, incomplete_message
+    from .experiments.store import RunDirError
 
     path = Path(run_dir)
-    if not (path / "store.sqlite").exists():
+    if not (path / "store.sqlite").is_file():
         _fail(FileNotFoundError(f"{path} is not a run directory (no store.sqlite)"))
-    finalize(path, console=console)
+    try:
+        summary = finalize(path, console=console)
+    except (RunDirError, ConfigError) as exc:
+        _fail(exc)
+    except OSError as exc:
+        _fail(
+            RunDirError(
+                f"cannot write the report into {path} ({exc.strerror or exc}: {exc.filename}); make it writable"
+            )
+        )
+    progress = summary.get("progress") or {}
+    if progress and not progress.get("finished"):
+        console.print(f"[bold red]WARNING: {escape(incomplete_message(path, progress))}[/]")
     console.print(f"report: {escape(str(path / 'report.md'))}")
+
+
+def _live_status(entry: dict) -> tuple[str, str]:
+    """(status, rows) of a ledger entry as things stand now: a 'running' entry whose process is gone
+    is shown as stopped, and an unfinished run's rows as done/expected."""
+    from .experiments.lock import lock_holder
+    from .experiments.progress import run_progress
+
+    status, rows = str(entry.get("status", "")), str(entry.get("rows", ""))
+    if status == "complete":
+        return status, rows
+    run_dir = entry.get("run_dir", "")
+    if status == "running":
+        holder = lock_holder(run_dir)
+        if holder is None:
+            status = "stopped (no process runs it: killed?)"
+        elif holder.get("pid"):
+            status = f"running (pid {holder['pid']} on {holder.get('host')})"
+    try:
+        p = run_progress(run_dir)
+        rows = f"{p['rows']}/{p['expected'] if p['expected'] is not None else '?'}"
+    except Exception:  # a directory moved or damaged: the ledger line alone
+        pass
+    return status, rows
 
 
 @app.command()
 def runs(output_dir: str = typer.Option("runs", help="Where runs are written.")) -> None:
-    """List the runs in the ledger (runs/index.jsonl)."""
+    """List the runs in the ledger (runs/index.jsonl); a run whose process is gone shows as stopped."""
     from .experiments.metadata import ledger
 
-    entries = ledger(output_dir)
+    problems: list[str] = []
+    entries = ledger(output_dir, problems)
+    for msg in problems:
+        console.print(f"[yellow]note: {escape(msg)}[/]")
     if not entries:
         console.print(f"no runs recorded in {escape(output_dir)}/index.jsonl")
         return
@@ -280,7 +321,8 @@ def runs(output_dir: str = typer.Option("runs", help="Where runs are written."))
     for e in entries:
         run_dir = Path(e["run_dir"])
         shown = run_dir.name if run_dir.parent == base else str(run_dir)
-        cells = (shown, e.get("name", ""), e.get("status", ""), e.get("time", ""), e.get("rows", ""))
+        status, rows = _live_status(e)
+        cells = (shown, e.get("name", ""), status, e.get("time", ""), rows)
         table.add_row(*(Text(str(c)) for c in cells))
     console.print(table)
 
