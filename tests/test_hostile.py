@@ -480,3 +480,139 @@ def test_unwritable_run_directory_mid_run(tmp_path, monkeypatch):
     cli("run", "--resume", run_dir, "--no-report")
     assert json.loads((run_dir / "metadata.json").read_text())["finished"]
     assert ledger(out)[0]["status"] == "complete"
+
+
+@pytest.mark.parametrize("device", ["banana", "cuda:7", "cuda:99"])
+def test_devices_that_do_not_exist_here(tmp_path, device):
+    import torch
+
+    if device != "banana" and torch.cuda.is_available() and torch.cuda.device_count() > int(device.split(":")[1]):
+        pytest.skip("this machine has that GPU")
+    out = flat(cli("transfer", "-s", STORY, "-t", "a", "-p", "kv:all", "--device", device, code=2).output)
+    assert repr(device) in out and ("cpu" in out or "GPU" in out)
+    out = flat(cli("run", "demo", "--set", f"model.device={device}", "--set", f"output_dir={tmp_path}", code=2).output)
+    assert "model.device" in out and repr(device) in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_directory_given_as_config(tmp_path):
+    out = flat(cli("run", tmp_path, code=2).output)
+    assert "is a directory" in out and str(tmp_path) in nows(out)
+
+
+def test_bank_folder_holding_a_directory_named_yaml(tmp_path):
+    import shutil
+
+    from transferlab.prompts.bank import DATA_DIR
+
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    for f in DATA_DIR.glob("stories.*.yaml"):
+        shutil.copy(f, bank / f.name)
+    (bank / "zzz.yaml").mkdir()
+    out = flat(
+        cli("run", "demo", "--set", f"prompts.bank={bank}", "--set", f"output_dir={tmp_path / 'r'}", code=2).output
+    )
+    assert "zzz.yaml" in out and "is not a file" in out
+    assert "zzz.yaml" in flat(cli("prompts", "list", "--bank", bank, code=1).output)
+
+
+def test_non_utf8_config_and_bank(tmp_path):
+    cfg = tmp_path / "latin1.toml"
+    cfg.write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
+    out = flat(cli("run", cfg, code=2).output)
+    assert "latin1.toml" in out and "not UTF-8" in out
+    bank = tmp_path / "b.main.yaml"
+    bank.write_bytes("bank: b\nschema: 1\n# caf\xe9\n".encode("latin-1"))
+    out = flat(
+        cli("run", "demo", "--set", f"prompts.bank={bank}", "--set", f"output_dir={tmp_path / 'r'}", code=2).output
+    )
+    assert "b.main.yaml" in out and "not UTF-8" in out
+    assert "not UTF-8" in flat(cli("prompts", "list", "--bank", bank, code=1).output)
+
+
+def test_pickled_weights_are_refused_unopened(tmp_path, monkeypatch):
+    import pickle
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('the pickle ran')",))
+
+    (model / "pytorch_model.bin").write_bytes(pickle.dumps(Boom()))
+    out = flat(cli("info", "-m", model, code=2).output)
+    assert "pytorch_model.bin is refused as unsafe" in out and "arbitrary code" in out and "safetensors" in out
+
+
+def test_nan_temperature_and_bad_noise(tmp_path):
+    out = flat(cli("transfer", "-s", STORY, "-t", "a b", "-p", "kv:all", "--temperature", "nan", code=2).output)
+    assert "temperature must be a finite number > 0" in out
+    for sd in ("-1", "0", "nan"):
+        out = flat(cli("transfer", "-s", STORY, "-t", "a b", "-p", f"noise:v_proj@1:sd{sd}", code=2).output)
+        assert "noise sd must be a positive number" in out
+    out = flat(
+        cli("run", "demo", "--set", "generation.temperature=nan", "--set", f"output_dir={tmp_path}", code=2).output
+    )
+    assert "generation.temperature" in out
+    out = flat(
+        cli(
+            "run", "demo", "--set", "conditions.3.plan=noise:v_proj@1:sd-1", "--set", f"output_dir={tmp_path}", code=2
+        ).output
+    )
+    assert "conditions.3.plan" in out and "noise sd must be a positive number" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_local_directory_is_not_called_a_hub_id(tmp_path):
+    out = flat(cli("info", "-m", tmp_path / "nonexistent" / "dir" / "model", code=2).output)
+    assert "no such model directory or file" in out and "hub" not in out.split("(")[0]
+
+
+def test_a_hub_that_accepts_but_never_answers(monkeypatch):
+    """A server on 127.0.0.1 (ours) that accepts connections and never replies: the error comes in seconds."""
+    import socket
+    import threading
+    import time
+
+    import huggingface_hub.constants
+    import transformers
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held, stop = [], threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])  # accepted, never answered
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+
+    def no_hub_client(*a, **k):
+        raise AssertionError("the hub client was called after the hub did not answer")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", no_hub_client)
+    try:
+        t0 = time.monotonic()
+        out = flat(cli("info", "-m", "nobody/no-such-model-xyz", code=2).output)
+        elapsed = time.monotonic() - t0
+    finally:
+        stop.set()
+        thread.join()
+        for c in held:
+            c.close()
+        server.close()
+    assert f"127.0.0.1:{port}" in out and "did not answer" in out
+    assert held, "the probe never reached our server"
+    assert elapsed < 30  # the probe waits 5 s; the hub client's retries took 47-53 s

@@ -67,6 +67,14 @@ def preflight(config: ExperimentConfig) -> list:
             )
     if config.rv.enabled and config.rv.site not in ACTIVATION_SITES:
         problems.append(("rv.site", f"unknown site {config.rv.site!r}; R_V reads one of {', '.join(ACTIVATION_SITES)}"))
+    from ..models.devices import DeviceError, resolve_device
+
+    for i, spec in enumerate(config.model_specs()):
+        if spec.device is not None and spec.device_map is None:
+            try:
+                resolve_device(spec.device)
+            except DeviceError as exc:
+                problems.append((f"models.{i}.device" if config.models else "model.device", str(exc)))
     problems.extend(_layer_problems(config))
     if problems:
         raise ConfigError(problems, "config")

@@ -104,7 +104,7 @@ def run_name_problem(name: str) -> str | None:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # temperature = nan or inf: refused
 
 
 class ModelSpec(_Strict):
@@ -345,8 +345,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(
                 [(str(path), f"no such config file or preset (presets: {', '.join(list_presets())})")], "config"
             ) from None
+    if p.is_dir():
+        raise ConfigError([(str(p), "is a directory; give a config file (.toml) or a preset name")], "config")
     try:
-        data = tomllib.loads(p.read_text())
+        data = tomllib.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([(str(p), f"not UTF-8 text (byte {exc.start}); save the config as UTF-8")], str(p)) from None
+    except OSError as exc:
+        raise ConfigError([(str(p), f"cannot be read ({exc.strerror or exc})")], str(p)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([(str(p), f"not valid TOML: {exc}")], str(p)) from None
     return validate_config(apply_overrides(data, overrides), str(p))
