@@ -616,3 +616,46 @@ def test_a_hub_that_accepts_but_never_answers(monkeypatch):
     assert f"127.0.0.1:{port}" in out and "did not answer" in out
     assert held, "the probe never reached our server"
     assert elapsed < 30  # the probe waits 5 s; the hub client's retries took 47-53 s
+
+
+def test_prompts_beyond_the_context_are_refused(tmp_path):
+    long = " ".join(["Once upon a time there was a frog."] * 300)  # about 3,600 tokens; stories260K holds 2,048
+    out = flat(cli("rv", long, code=2).output)
+    assert "beyond the model's context of 2048 tokens" in out and "refused, not truncated" in out
+    out = flat(cli("transfer", "-s", STORY, "-t", long, "-p", "kv:all", "-n", "4", code=2).output)
+    assert "target 0" in out and "+ 4 new tokens" in out and "context of 2048" in out
+    out = flat(cli("transfer", "-s", long, "-t", STORY, "-p", "kv:all", "-n", "4", code=2).output)
+    assert "source 0" in out and "context of 2048" in out
+
+
+@pytest.mark.parametrize("plan, words", [("v_proj@0.84:w400", "window 400"), ("v_proj@0.84:h99", "[99] do not exist")])
+def test_plan_errors_found_before_the_run_directory(tmp_path, plan, words):
+    out = flat(
+        cli("run", "demo", "--set", f"conditions.1.plan={plan}", "--set", f"output_dir={tmp_path}", code=2).output
+    )
+    assert words in out and "conditions.1.plan" in out
+    assert list(tmp_path.iterdir()) == []  # no failed run directory left behind
+
+
+def test_the_context_rule_at_its_boundary():
+    """target + new tokens (+1 in the seed flavour, + the source under kv:prepend) <= max_position_embeddings."""
+    from types import SimpleNamespace
+
+    from transferlab.interventions import parse_plan
+    from transferlab.models.context import ContextError, check_generation
+
+    model = SimpleNamespace(hf=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=2048)))
+    none, prepend = parse_plan(""), parse_plan("kv:prepend")
+    check_generation(model, [[1] * 2040], [None], [none], 8, "corrected")
+    with pytest.raises(ContextError, match="2040 tokens \\+ 9 new tokens = 2049"):
+        check_generation(model, [[1] * 2040], [None], [none], 9, "corrected")
+    with pytest.raises(ContextError, match="\\+ 9 new tokens"):
+        check_generation(model, [[1] * 2040], [None], [none], 8, "seed")
+    check_generation(model, [[1] * 2030], [[1] * 10], [prepend], 8, "corrected")
+    with pytest.raises(ContextError, match="prepended"):
+        check_generation(model, [[1] * 2030], [[1] * 11], [prepend], 8, "corrected")
+    with pytest.raises(ContextError, match="source 0"):
+        check_generation(model, [[1] * 10], [[1] * 2049], [parse_plan("kv:all")], 1, "corrected")
+    check_generation(
+        SimpleNamespace(hf=SimpleNamespace(config=SimpleNamespace())), [[1] * 10**5], [None], [none], 9, "seed"
+    )

@@ -46,6 +46,7 @@ from ..interventions.plan import Plan, as_plan
 from ..interventions.splice import SourceKV, apply_prepend, apply_splice
 from ..interventions.types import Intervention, InterventionError, KVSplice, Patch
 from ..models.cache import cache_kwargs, get_kv, last_logits_kwargs, n_cache_layers, output_cache, set_kv
+from ..models.context import check_generation
 from ..sites import HookPoint
 from . import decode
 from .batching import encode, left_pad, pad_id_of
@@ -229,6 +230,7 @@ def generate(
     sampler = Sampler(temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy)
     tgt_ids = encode(model.tokenizer, targets)
     src_ids = [encode(model.tokenizer, [s])[0] if s is not None else None for s in srcs]
+    check_generation(model, tgt_ids, src_ids, plans, max_new_tokens, flavour, targets)  # refused, not truncated
     per_row_sets = _logit_sets(record_logits, n, model)
     order = sorted(range(n), key=lambda i: (len(tgt_ids[i]), len(src_ids[i] or ())))
     bs = batch_size or auto_batch_size(model, n, tokens_per_example(tgt_ids, src_ids, max_new_tokens))
