@@ -74,6 +74,23 @@ def test_bank_with_markup_in_its_name_and_texts(tmp_path):
     assert "a [/] desc" in res.output
 
 
+def test_markup_in_a_model_path_through_a_whole_run(tmp_path):
+    """The path reaches the config summary, the progress bar's label and the ledger table."""
+    import shutil
+
+    from transferlab.models.embedded import embedded_path
+
+    folder = tmp_path / "a[/]b [bold]"  # two folders: 'a[' and ']b [bold]'
+    folder.mkdir(parents=True)
+    shutil.copy(embedded_path(), folder / "m.gguf")
+    sets = ["prompts.n=2", "generation.max_new_tokens=2", "rv.enabled=false", f"output_dir={tmp_path / 'runs'}"]
+    res = cli(
+        "run", "demo", "--set", f"model={folder / 'm.gguf'}", *[a for s in sets for a in ("--set", s)], "--no-report"
+    )
+    assert "a[/]b [bold]" in res.output
+    assert "complete" in cli("runs", "--output-dir", tmp_path / "runs").output
+
+
 # --------------------------------------------------------------------------- item 5: run names
 
 
