@@ -123,7 +123,7 @@ def test_building_a_run_directory_refuses_an_unchecked_name(tmp_path):
 # --------------------------------------------------------------------------- item 2: GGUF files
 
 
-def write_llama_gguf(path, **meta) -> None:
+def write_llama_gguf(path, extra_tensors: dict | None = None, **meta) -> None:
     """The embedded stories260K's tensors and vocabulary in a new GGUF, with ``meta`` overriding llama.* sizes."""
     import numpy as np
     from gguf import GGUFReader, GGUFWriter
@@ -146,6 +146,8 @@ def write_llama_gguf(path, **meta) -> None:
     w.add_eos_token_id(2)
     for t in src.tensors:
         w.add_tensor(t.name, np.array(t.data))
+    for name, value in (extra_tensors or {}).items():
+        w.add_tensor(name, value)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -242,6 +244,18 @@ def test_gguf_sizes_checked_against_tensors(tmp_path, meta, what):
     path = tmp_path / "m.gguf"
     write_llama_gguf(path, **meta)
     assert what in flat(cli("info", "-m", path, code=2).output)
+
+
+def test_gguf_tensor_outside_the_llama_layout(tmp_path):
+    """Refused unless the caller says it handles it (a quantised Llama 3 loader may apply rope_freqs)."""
+    import numpy as np
+
+    from transferlab.models.gguf_check import check_gguf, check_llama
+
+    path = tmp_path / "extra.gguf"
+    write_llama_gguf(path, {"rope_freqs.weight": np.ones(4, dtype=np.float32)})
+    assert "unexpected tensor(s) rope_freqs.weight" in flat(cli("info", "-m", path, code=2).output)
+    assert check_llama(check_gguf(path), extra_ok=("rope_freqs.weight",))["n_layers"] == 5
 
 
 def test_a_consistent_crafted_gguf_still_loads(tmp_path):

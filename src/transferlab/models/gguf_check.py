@@ -128,6 +128,12 @@ class _Scan:
         except UnicodeDecodeError:
             raise self.fail(f"{what} at byte {self.pos - n} is not UTF-8") from None
 
+    def skip_string(self, what: str) -> None:
+        """Step over a string without decoding it (a vocabulary holds 100k of them; only bounds matter)."""
+        n = self.unpack("<Q", f"the length of {what}")
+        self.need(n, what)
+        self.pos += n
+
     def skip_value(self, vtype: int, key: str, depth: int = 0):
         """Step over one value of type ``vtype``; returns it for scalars (alignment needs one)."""
         if vtype in _SCALARS:
@@ -136,7 +142,7 @@ class _Scan:
             fmt.update({"float32": "<f", "bool": "<?", "uint64": "<Q", "int64": "<q", "float64": "<d"})
             return self.unpack(fmt[name], f"the value of key {key!r}")
         if vtype == _STRING:
-            self.string(f"the string value of key {key!r}")
+            self.skip_string(f"a string value of key {key!r}")
             return None
         if vtype == _ARRAY:
             if depth >= _MAX_NESTING:
@@ -298,12 +304,15 @@ LLAMA_LAYER_TENSORS = (
 )
 
 
-def check_llama(summary: GGUFSummary) -> dict[str, int]:
+def check_llama(summary: GGUFSummary, extra_ok: tuple[str, ...] = ()) -> dict[str, int]:
     """The llama hyperparameters of a checked file, each matched against the tensors present.
 
     Returns ``hidden``, ``n_layers``, ``n_heads``, ``n_kv_heads``, ``head_dim``,
     ``ffn``, ``vocab``, ``context``; raises :class:`GGUFError` naming the first
     declared size that the tensors contradict, a missing tensor or an unexpected one.
+    A tensor outside the dense llama layout is an error (a loader that ignored it
+    would compute something else), unless its name is in ``extra_ok`` (e.g.
+    ``("rope_freqs.weight",)`` for a loader that applies Llama 3's RoPE scaling).
     """
     p = summary.path
     hidden = _positive_int(summary, "llama.embedding_length")
@@ -352,7 +361,7 @@ def check_llama(summary: GGUFSummary) -> dict[str, int]:
             f"{p}: {len(missing)} tensor(s) the metadata implies are absent, e.g. {missing[0]}; the file holds "
             f"{have} layer tensors for {n_layers} declared layers {declared}"
         )
-    extra = sorted(n for n in summary.tensors if n not in want)
+    extra = sorted(n for n in summary.tensors if n not in want and n not in extra_ok)
     if extra:
         raise GGUFError(f"{p}: unexpected tensor(s) {', '.join(extra[:3])} for a llama model {declared}")
     for name, shape in want.items():
