@@ -238,19 +238,27 @@ def test_unknown_group_scorer_bank(tmp_path):
     _no_run_dir(tmp_path)
 
 
-# -- right after the model is loaded: plans against the model -------------------
+# -- plans against the model: from its shape before the run directory, again once it is loaded --------
 
 
-def _fails_before_generation(tmp_path, overrides, monkeypatch) -> ConfigError:
+def _fails_before_generation(tmp_path, overrides, monkeypatch, shape_known: bool = True) -> ConfigError:
+    """A plan the model cannot run: refused before the run directory exists when the model's shape is
+    readable without loading it (issue 14 item 7), else right after the load, before any generation."""
     import transferlab.engine.generation as generation
+    import transferlab.experiments.checks as checks
 
     def no_generation(*a, **k):
         raise AssertionError("generation ran before the plans were checked")
 
     monkeypatch.setattr(generation, "generate", no_generation)
+    if not shape_known:  # as for a hub model not in the cache: only the loaded model can tell
+        monkeypatch.setattr(checks, "model_shape", lambda spec: None)
     cfg = load_config("stories", small(tmp_path, *overrides))
     with pytest.raises(ConfigError) as e:
         run_experiment(cfg, progress=False, report=False)
+    if shape_known:
+        _no_run_dir(tmp_path)
+        return e.value
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     store = RunStore(run_dir / "store.sqlite")
     assert store.done_units() == set()
@@ -276,16 +284,27 @@ def test_layer_out_of_range_names_condition_and_depth(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]
 
 
-def test_head_out_of_range(tmp_path, monkeypatch):
-    err = _fails_before_generation(tmp_path, ["conditions.3.plan=v_proj@1:h7:w4"], monkeypatch)
+@pytest.mark.parametrize("shape_known", [True, False])
+def test_head_out_of_range(tmp_path, monkeypatch, shape_known):
+    err = _fails_before_generation(tmp_path, ["conditions.3.plan=v_proj@1:h7:w4"], monkeypatch, shape_known)
     msg = dict(err.problems)["conditions.3.plan"]
     assert "'patch_only'" in msg and "head" in msg and "[7]" in msg
 
 
-def test_window_longer_than_the_prompts(tmp_path, monkeypatch):
-    err = _fails_before_generation(tmp_path, ["conditions.1.plan=kv:all + v_proj@0.84:w999:both"], monkeypatch)
+@pytest.mark.parametrize("shape_known", [True, False])
+def test_window_longer_than_the_prompts(tmp_path, monkeypatch, shape_known):
+    overrides = ["conditions.1.plan=kv:all + v_proj@0.84:w999:both"]
+    err = _fails_before_generation(tmp_path, overrides, monkeypatch, shape_known)
     msg = dict(err.problems)["conditions.1.plan"]
     assert "'transfer'" in msg and "window 999" in msg and "shortest source prompt" in msg
+
+
+@pytest.mark.parametrize("shape_known", [True, False])
+def test_prompts_beyond_the_context(tmp_path, monkeypatch, shape_known):
+    """tiny:llama has a 512-token context: 40-token prompts + 500 new tokens do not fit (refused, not truncated)."""
+    err = _fails_before_generation(tmp_path, ["generation.max_new_tokens=500"], monkeypatch, shape_known)
+    msg = dict(err.problems)["prompts.targets"]
+    assert "context of 512 tokens" in msg and "+ 500 new tokens" in msg and "refused, not truncated" in msg
 
 
 def test_layer_out_of_range_cli(tmp_path):

@@ -359,8 +359,8 @@ def test_unknown_flavour_and_bad_sampling(tiny_models):
     model = tiny_models("llama")
     with pytest.raises(ValueError, match="flavour must be one of .*'corrected'.*'seed'"):
         generate(model, [PROMPT], flavour="original", max_new_tokens=2)
-    for t in (0, 0.0, -1.0):
-        with pytest.raises(ValueError, match="temperature must be > 0"):
+    for t in (0, 0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
             generate(model, [PROMPT], temperature=t, max_new_tokens=2)
     generate(model, [PROMPT], temperature=0, greedy=True, max_new_tokens=2)  # greedy needs no temperature
     with pytest.raises(ValueError, match="top_p must lie in"):

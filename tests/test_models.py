@@ -155,7 +155,9 @@ def test_non_llama_gguf_is_refused(tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(ModelLoadError, match=r"architecture 'gpt2' is not supported.*only 'llama'"):
+    with pytest.raises(
+        ModelLoadError, match=r"architecture 'gpt2' is not supported \(supported: llama, qwen2, gemma3\)"
+    ):
         load_model(str(path), device="cpu")
 
 

@@ -726,7 +726,7 @@ def test_truncated_or_foreign_gguf_is_refused(tiny_gguf, tmp_path):
         convert.check_convertible(cut)
     other = tmp_path / "notgguf.gguf"
     other.write_bytes(b"PK\x03\x04" + b"\0" * 100)
-    with pytest.raises(convert.ConversionError, match="not a GGUF file"):
+    with pytest.raises(convert.ConversionError, match="not a valid GGUF file"):
         convert.check_convertible(other)
 
 

@@ -182,7 +182,9 @@ def test_resume_without_metadata(tmp_path, reference):
 
 
 def test_resume_not_a_run_dir(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a run directory"):
+    from transferlab.experiments.store import RunDirError
+
+    with pytest.raises(RunDirError, match="not a run directory"):
         run_experiment(resume=tmp_path, progress=False, report=False)
     res = CliRunner().invoke(app, ["run", "--resume", str(tmp_path)])
     assert res.exit_code == 2

@@ -118,10 +118,10 @@ def test_empirical_distribution_matches_probabilities(kw):
 
 
 def test_sampler_arguments():
-    with pytest.raises(ValueError, match="temperature must be > 0"):
-        Sampler(temperature=0)
-    with pytest.raises(ValueError, match="temperature must be > 0"):
-        Sampler(temperature=-0.5)
+    for bad in (0, -0.5, float("nan"), float("inf")):  # nan compared false with 0 and was accepted (issue 14)
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+            Sampler(temperature=bad)
+    Sampler(temperature=float("nan"), greedy=True)  # greedy reads no temperature
     with pytest.raises(ValueError, match=r"top_p must lie in \(0, 1\]"):
         Sampler(top_p=1.5)
     with pytest.raises(ValueError, match="top_k must be >= 0"):

@@ -205,7 +205,9 @@ def main(
     hf_batch=None,
     variants=("plain",),
 ) -> dict:
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from .models.devices import resolve_device
+
+    dev = resolve_device(device)  # DeviceError (a ValueError) for a device this machine lacks
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     t0 = time.perf_counter()
     model = prepare(build_random(shape, device=dev, dtype=dtype, n_layers=n_layers), fast_attention=dev.type == "cuda")

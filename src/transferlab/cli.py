@@ -7,7 +7,9 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Activation-patching behavior-transfer experiments.")
 console = Console()
@@ -19,7 +21,8 @@ MODEL_HELP = (
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    # every message may quote user text (a prompt, a plan, a path): never read it as rich markup
+    console.print(f"[bold red]error:[/] {escape(str(exc))}")
     raise typer.Exit(2)
 
 
@@ -38,9 +41,9 @@ def info(model: str = typer.Option("stories260K", "--model", "-m", help=MODEL_HE
     from .sites import ACTIVATION_SITES
 
     m = _load(model)
-    table = Table(title=f"{m.name}", show_header=False)
+    table = Table(title=escape(m.name), show_header=False)
     for key, value in m.info().items():
-        table.add_row(key, str(value))
+        table.add_row(Text(str(key)), Text(str(value)))
     console.print(table)
     sites = Table(title="sites (hook points are site@layer; layer = index, -index or depth fraction)")
     sites.add_column("site")
@@ -80,13 +83,14 @@ def rv_cmd(
         ]
         console.print_json(json.dumps(records, allow_nan=False))
         return
-    table = Table(
-        title=f"R_V on {m.name} (v_proj@{df.layer_late.iloc[0]} / v_proj@{df.layer_early.iloc[0]}, window {window})"
-    )
+    layers = f"v_proj@{df.layer_late.iloc[0]} / v_proj@{df.layer_early.iloc[0]}"
+    table = Table(title=f"R_V on {escape(m.name)} ({layers}, window {window})")
     for col in ("prompt", "n_tokens", "pr_early", "pr_late", "rv", "status"):
         table.add_column(col)
     for r in df.itertuples():
-        table.add_row(r.prompt[:50], str(r.n_tokens), f"{r.pr_early:.3f}", f"{r.pr_late:.3f}", f"{r.rv:.3f}", r.status)
+        table.add_row(
+            Text(r.prompt[:50]), str(r.n_tokens), f"{r.pr_early:.3f}", f"{r.pr_late:.3f}", f"{r.rv:.3f}", Text(r.status)
+        )
     console.print(table)
 
 
@@ -97,7 +101,7 @@ def warn_never_fired(audit, console=console) -> int:
     dead = never_fired(audit)
     for r in dead.itertuples():
         console.print(
-            f"[bold red]WARNING: intervention {r.description} ({r.hook_point}) never fired "
+            f"[bold red]WARNING: intervention {escape(str(r.description))} ({escape(str(r.hook_point))}) never fired "
             f"in {r.examples_never_fired} of {r.examples} example(s)[/]"
         )
     return len(dead)
@@ -111,7 +115,7 @@ def audit_table_view(audit, title: str = "audit") -> Table:
     for r in audit.itertuples():
         style = "bold red" if r.never_fired else None
         table.add_row(
-            *[f"{getattr(r, c):.4g}" if c == "change_norm" else str(getattr(r, c)) for c in cols], style=style
+            *[Text(f"{getattr(r, c):.4g}" if c == "change_norm" else str(getattr(r, c))) for c in cols], style=style
         )
     return table
 
@@ -147,11 +151,15 @@ def transfer(
         moved = m.generate([target], sources=[source], plan=parsed, **kw)
     except (InterventionError, SiteError, ValueError) as exc:
         _fail(exc)
-    console.print(f"[bold]plan[/]: {parsed}   [bold]flavour[/]: {flavour}   [bold]model[/]: {m.name}")
+    console.print(
+        f"[bold]plan[/]: {escape(str(parsed))}   [bold]flavour[/]: {escape(flavour)}   [bold]model[/]: {escape(m.name)}"
+    )
     side = Table(show_lines=True)
     side.add_column("target's own continuation")
     side.add_column("with the plan (transferred)")
-    side.add_row(target + " [cyan]" + own.texts[0] + "[/]", target + " [magenta]" + moved.texts[0] + "[/]")
+    side.add_row(  # Text, not markup: a prompt such as "[INST] ... [/INST]" is shown as written
+        Text.assemble(target + " ", (own.texts[0], "cyan")), Text.assemble(target + " ", (moved.texts[0], "magenta"))
+    )
     console.print(side)
     console.print(audit_table_view(moved.audit))
     warn_never_fired(moved.audit)
@@ -203,20 +211,25 @@ def run(
             from .experiments.checks import layer_collisions
 
             for msg in layer_collisions(cfg):
-                console.print(f"[yellow]note: {msg}[/]")
+                console.print(f"[yellow]note: {escape(msg)}[/]")
             console.print(
-                f"[bold]{cfg.name}[/]: {len(cfg.conditions)} conditions x {cfg.prompts.n} pairs x "
-                f"{len(cfg.seeds)} seed(s) on {', '.join(m.spec for m in cfg.model_specs())}"
+                f"[bold]{escape(cfg.name)}[/]: {len(cfg.conditions)} conditions x {cfg.prompts.n} pairs x "
+                f"{len(cfg.seeds)} seed(s) on {escape(', '.join(m.spec for m in cfg.model_specs()))}"
             )
         options = dict(address=address, workers=workers, gpus_per_worker=gpus_per_worker)
         run_dir = run_experiment(
             cfg, resume=resume, console=console, report=not no_report, executor=executor, executor_options=options
         )
-    except ExecutorError as exc:
-        from rich.markup import escape
-
-        _fail(ExecutorError(escape(str(exc))))  # "transferlab[ray]" is not rich markup
-    except (ConfigError, InterventionError, SiteError, FileNotFoundError, KeyError, ValueError, ModelLoadError) as exc:
+    except (
+        ExecutorError,
+        ConfigError,
+        InterventionError,
+        SiteError,
+        FileNotFoundError,
+        KeyError,
+        ValueError,
+        ModelLoadError,
+    ) as exc:
         _fail(exc)
     from .experiments.store import RunStore
 
@@ -226,13 +239,13 @@ def run(
     dead = never_fired_summary(results)
     for r in dead.itertuples():
         console.print(
-            f"[bold red]WARNING: intervention {r.description} ({r.hook_point}) never fired in "
-            f"{r.examples_never_fired} of {r.examples} example(s)[/]"
+            f"[bold red]WARNING: intervention {escape(str(r.description))} ({escape(str(r.hook_point))}) "
+            f"never fired in {r.examples_never_fired} of {r.examples} example(s)[/]"
         )
-    console.print(f"[green]run directory:[/] {run_dir}")
+    console.print(f"[green]run directory:[/] {escape(str(run_dir))}")
     report = run_dir / "report.md"
     if report.exists():
-        console.print(f"report: {report}")
+        console.print(f"report: {escape(str(report))}")
 
 
 @app.command()
@@ -240,34 +253,77 @@ def report(run_dir: str = typer.Argument(..., help="A run directory.")) -> None:
     """Regenerate summary.json, report.md and figures/ from a run's stored results."""
     from pathlib import Path
 
-    from .experiments.runner import finalize
+    from .experiments import ConfigError
+    from .experiments.runner import finalize, incomplete_message
+    from .experiments.store import RunDirError
 
     path = Path(run_dir)
-    if not (path / "store.sqlite").exists():
+    if not (path / "store.sqlite").is_file():
         _fail(FileNotFoundError(f"{path} is not a run directory (no store.sqlite)"))
-    finalize(path, console=console)
-    console.print(f"report: {path / 'report.md'}")
+    try:
+        summary = finalize(path, console=console)
+    except (RunDirError, ConfigError) as exc:
+        _fail(exc)
+    except OSError as exc:
+        _fail(
+            RunDirError(
+                f"cannot write the report into {path} ({exc.strerror or exc}: {exc.filename}); make it writable"
+            )
+        )
+    progress = summary.get("progress") or {}
+    if progress and not progress.get("finished"):
+        console.print(f"[bold red]WARNING: {escape(incomplete_message(path, progress))}[/]")
+    console.print(f"report: {escape(str(path / 'report.md'))}")
+
+
+def _live_status(entry: dict) -> tuple[str, str]:
+    """(status, rows) of a ledger entry as things stand now: a 'running' entry whose process is gone
+    is shown as stopped, and an unfinished run's rows as done/expected."""
+    from .experiments.lock import lock_holder
+    from .experiments.progress import run_progress
+
+    status, rows = str(entry.get("status", "")), str(entry.get("rows", ""))
+    if status == "complete":
+        return status, rows
+    run_dir = entry.get("run_dir", "")
+    if status == "running":
+        holder = lock_holder(run_dir)
+        if holder is None:
+            status = "stopped (no process runs it: killed?)"
+        elif holder.get("pid"):
+            status = f"running (pid {holder['pid']} on {holder.get('host')})"
+    try:
+        p = run_progress(run_dir)
+        rows = f"{p['rows']}/{p['expected'] if p['expected'] is not None else '?'}"
+    except Exception:  # a directory moved or damaged: the ledger line alone
+        pass
+    return status, rows
 
 
 @app.command()
 def runs(output_dir: str = typer.Option("runs", help="Where runs are written.")) -> None:
-    """List the runs in the ledger (runs/index.jsonl)."""
+    """List the runs in the ledger (runs/index.jsonl); a run whose process is gone shows as stopped."""
     from .experiments.metadata import ledger
 
-    entries = ledger(output_dir)
+    problems: list[str] = []
+    entries = ledger(output_dir, problems)
+    for msg in problems:
+        console.print(f"[yellow]note: {escape(msg)}[/]")
     if not entries:
-        console.print(f"no runs recorded in {output_dir}/index.jsonl")
+        console.print(f"no runs recorded in {escape(output_dir)}/index.jsonl")
         return
     from pathlib import Path
 
-    table = Table(title=f"runs in {output_dir}")
+    table = Table(title=f"runs in {escape(output_dir)}")
     for c in ("run_dir", "name", "status", "time", "rows"):
         table.add_column(c, overflow="fold")  # never cut a path or a time with an ellipsis
     base = Path(output_dir)
     for e in entries:
         run_dir = Path(e["run_dir"])
         shown = run_dir.name if run_dir.parent == base else str(run_dir)
-        table.add_row(shown, e.get("name", ""), e.get("status", ""), e.get("time", ""), str(e.get("rows", "")))
+        status, rows = _live_status(e)
+        cells = (shown, e.get("name", ""), status, e.get("time", ""), rows)
+        table.add_row(*(Text(str(c)) for c in cells))
     console.print(table)
 
 
@@ -278,7 +334,7 @@ def presets() -> None:
 
     for name in list_presets():
         first = preset_path(name).read_text().splitlines()[0].lstrip("# ")
-        console.print(f"[bold]{name}[/]  {first}")
+        console.print(f"[bold]{escape(name)}[/]  {escape(first)}")
 
 
 @app.command()

@@ -68,12 +68,12 @@ def list_prompts(
         prompts = b.select([group]) if group in b.group_info else ([] if group else list(b))
         for p in prompts:
             text = p.text if not width or len(p.text) <= width else p.text[: width - 1] + "…"
-            table.add_row(b.name, p.id, p.group, str(p.n_words), Text(text))
+            table.add_row(Text(b.name), Text(p.id), Text(p.group), str(p.n_words), Text(text))
         if prompts:
             shown.append((b, len(prompts)))
     console.print(table)
     for b, n in shown:
-        console.print(f"{n} prompts from bank {b.name}, version {b.version}")
+        console.print(f"{n} prompts from bank {escape(b.name)}, version {b.version}")
 
 
 @prompts_app.command("groups")
@@ -86,7 +86,9 @@ def list_groups(bank: BankOpt = None) -> None:
     for b in _banks(bank):
         for g, info in b.group_info.items():
             lens = [p.n_words for p in b.select([g])]
-            table.add_row(b.name, g, info.pillar, str(len(lens)), f"{min(lens)}-{max(lens)}", Text(info.description))
+            table.add_row(
+                Text(b.name), Text(g), info.pillar, str(len(lens)), f"{min(lens)}-{max(lens)}", Text(info.description)
+            )
     console.print(table)
 
 

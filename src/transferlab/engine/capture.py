@@ -21,6 +21,7 @@ import torch
 
 from ..hooks import hooked
 from ..models.cache import get_kv, last_logits_kwargs, n_cache_layers, output_cache
+from ..models.context import check_fits, context_length
 from ..sites import HookPoint, parse_hook_point
 from .batching import Batch, encode, left_pad, pad_id_of
 
@@ -138,6 +139,7 @@ def capture(
     points = [parse_hook_point(s, n_layers) for s in sites if str(s).strip() != "kv"]
     points = list(dict.fromkeys(points))
     ids = encode(model.tokenizer, prompts)
+    check_fits(context_length(model), [len(i) for i in ids], text_of=lambda i: prompts[i])  # refused, not truncated
     bs = batch_size or model.default_batch_size
     pad, bos = pad_id_of(model.tokenizer), model.tokenizer.bos_token_id
     acts = Activations(

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ..interventions.audit import audit_rows, audit_table, never_fired
+from ..models.context import check_generation
 from .arguments import examples
 from .batching import encode
 from .rows import BatchRows
@@ -106,6 +107,7 @@ def generate(
     sampler = Sampler(temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy)
     tgt_ids = encode(model.tokenizer, ex.targets)
     src_ids = [encode(model.tokenizer, [s])[0] if s is not None else None for s in ex.sources]
+    check_generation(model, tgt_ids, src_ids, plans, max_new_tokens, flavour, ex.targets)  # refused, not truncated
     per_row_sets = _logit_sets(record_logits, n, model)
     order = sorted(range(n), key=lambda i: (len(tgt_ids[i]), len(src_ids[i] or ())))
     bs = batch_size or auto_batch_size(model, n, tokens_per_example(tgt_ids, src_ids, max_new_tokens))

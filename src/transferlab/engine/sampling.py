@@ -12,6 +12,7 @@ global generator at batch size 1, a stream no batched engine can replay).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,8 +28,8 @@ class Sampler:
     greedy: bool = False
 
     def __post_init__(self):
-        if not self.greedy and self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 (or pass greedy=True); got {self.temperature}")
+        if not self.greedy and not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0 (or pass greedy=True); got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must lie in (0, 1]; got {self.top_p}")
         if self.top_k < 0:

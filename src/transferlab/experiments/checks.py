@@ -4,12 +4,17 @@ The schema (``config.py``) knows nothing of prompt banks, scorers or models.
 Two more gates close the gap, so a mistake stops a run at once with its key
 path instead of hours into it:
 
-- :func:`preflight` (no model needed; before the run directory exists): the
+- :func:`preflight` (no model loaded; before the run directory exists): the
   bank and its groups, whether ``prompts.n`` pairs can be drawn, the scorer
-  names, the R_V site.
-- :func:`check_plans` (right after a model is loaded): every condition's plan
-  against that model — layers in range, heads that exist, windows no longer
-  than the shortest prompt they read from.
+  names, the R_V site, the devices, and :func:`check_plans` against each
+  model's shape read without weights (:func:`model_shape`: the tiny and
+  random shapes, a GGUF's checked metadata and vocabulary, a local or cached
+  Hugging Face config and tokenizer).
+- :func:`check_plans` (again right after a model is loaded, for models whose
+  shape was not readable before): every condition's plan against that model —
+  layers in range, heads that exist, windows no longer than the shortest
+  prompt they read from, prompts that with the tokens to generate fit the
+  model's context (refused, never truncated: :mod:`transferlab.models.context`).
 """
 
 from __future__ import annotations
@@ -67,67 +72,120 @@ def preflight(config: ExperimentConfig) -> list:
             )
     if config.rv.enabled and config.rv.site not in ACTIVATION_SITES:
         problems.append(("rv.site", f"unknown site {config.rv.site!r}; R_V reads one of {', '.join(ACTIVATION_SITES)}"))
-    problems.extend(_layer_problems(config))
+    from ..models.devices import DeviceError, resolve_device
+
+    for i, spec in enumerate(config.model_specs()):
+        if spec.device is not None and spec.device_map is None:
+            try:
+                resolve_device(spec.device)
+            except DeviceError as exc:
+                problems.append((f"models.{i}.device" if config.models else "model.device", str(exc)))
+    problems.extend(_model_problems(config, pairs))
     if problems:
         raise ConfigError(problems, "config")
     return pairs
 
 
-def model_depth(spec: str) -> int | None:
-    """The number of layers of a model spec, read without loading weights (None if unknown here)."""
+class ModelShape:
+    """What :func:`check_plans` needs of a model, read from its config or file without loading weights."""
+
+    def __init__(self, name: str, n_layers: int, n_heads: int, n_kv_heads: int, context, tokenizer_loader=None):
+        self.name, self.n_layers, self.n_heads, self.n_kv_heads = name, n_layers, n_heads, n_kv_heads
+        self.context = context
+        self._loader, self._tokenizer = tokenizer_loader, None
+
+    @property
+    def adapter(self):  # check_plans reads model.adapter.n_heads / n_kv_heads
+        return self
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None and self._loader is not None:
+            try:
+                self._tokenizer = self._loader()
+            except Exception:  # not readable here: the checks that need it wait for the loaded model
+                self._loader = None
+        return self._tokenizer
+
+    def layer(self, layer) -> int:
+        from ..sites import resolve_layer
+
+        return resolve_layer(layer, self.n_layers)
+
+
+def _from_hf_config(name: str, cfg, tokenizer_loader=None) -> ModelShape:
+    from ..models.context import context_length
+
+    n_heads = int(cfg.num_attention_heads)
+    n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
+    return ModelShape(name, int(cfg.num_hidden_layers), n_heads, n_kv, context_length(cfg), tokenizer_loader)
+
+
+def model_shape(spec: str) -> ModelShape | None:
+    """The shape of a model spec (layers, heads, context, a tokenizer), read without loading weights;
+    None where that is not possible here (a hub id not in the cache, a bad spec: the load reports it)."""
     from pathlib import Path
 
     try:
         if spec.startswith("tiny:"):
+            from ..models.embedded import embedded_tokenizer
             from ..models.tiny import tiny_config
 
-            return tiny_config(spec[5:].split(":")[0]).num_hidden_layers
+            return _from_hf_config(spec, tiny_config(spec[5:].split(":")[0]), embedded_tokenizer)
         if spec.startswith("random:"):
-            from ..models.random import SHAPES
+            from types import SimpleNamespace
 
-            return int(SHAPES[spec[7:].split(":")[0]]["num_hidden_layers"])
+            from ..models.random import SHAPES, IdTokenizer
+
+            kw = SHAPES[spec[7:].split(":")[0]]
+            return _from_hf_config(spec, SimpleNamespace(**kw), lambda: IdTokenizer(kw["vocab_size"]))
         if spec == "stories260K" or spec.lower().endswith(".gguf"):
-            from gguf import GGUFReader
-
             from ..models.embedded import embedded_path
+            from ..models.gguf import _build_tokenizer
+            from ..models.gguf_check import check_gguf, check_llama
 
-            path = embedded_path() if spec == "stories260K" else Path(spec)
-            field = GGUFReader(str(path)).fields.get("llama.block_count")
-            return int(field.contents()) if field is not None else None
-        from transformers import AutoConfig
+            summary = check_gguf(embedded_path() if spec == "stories260K" else Path(spec))
+            sizes = check_llama(summary)
+            meta = summary.metadata
+            return ModelShape(
+                spec, sizes["n_layers"], sizes["n_heads"], sizes["n_kv_heads"], sizes["context"],
+                lambda: _build_tokenizer(meta),
+            )  # fmt: skip
+        from transformers import AutoConfig, AutoTokenizer
 
         cfg = AutoConfig.from_pretrained(spec, local_files_only=True)
-        return int(getattr(cfg, "num_hidden_layers", 0)) or None
+        return _from_hf_config(spec, cfg, lambda: AutoTokenizer.from_pretrained(spec, local_files_only=True))
     except Exception:  # unknown offline, a bad spec: the model load reports it properly
         return None
 
 
-def _layer_problems(config: ExperimentConfig) -> list[tuple[str, str]]:
-    """Layers out of range in any condition's plan or in the R_V settings, with key paths,
-    for every model whose depth is known without loading it."""
-    from ..interventions import KVSplice
-    from ..interventions.splice import splice_layers
+def model_depth(spec: str) -> int | None:
+    """The number of layers of a model spec, read without loading weights (None if unknown here)."""
+    shape = model_shape(spec)
+    return shape.n_layers if shape is not None else None
+
+
+def _model_problems(config: ExperimentConfig, pairs) -> list[tuple[str, str]]:
+    """Every condition's plan (layers, heads, windows, context) and the R_V layers, with key paths, checked
+    against each model whose shape is known without loading it: a plan that cannot run on the model
+    stops the run before its directory exists, not after the model is loaded into it."""
     from ..sites import resolve_layer
+    from .units import expand_conditions
 
     out = []
-    for m, spec in enumerate(config.model_specs()):
-        depth = model_depth(spec.spec)
-        if depth is None:
+    for spec in config.model_specs():
+        shape = model_shape(spec.spec)
+        if shape is None:
             continue
         on = f"{spec.spec}: "
-        for i, cond in enumerate(config.conditions):
-            for inter in cond.parsed_plan():
-                try:
-                    if isinstance(inter, KVSplice):
-                        splice_layers(inter, depth)
-                    else:
-                        resolve_layer(inter.layer, depth)
-                except (SiteError, InterventionError) as exc:
-                    out.append((f"conditions.{i}.plan", f"{on}condition {cond.name!r}: {inter.describe()}: {exc}"))
+        try:
+            check_plans(config, shape, spec.spec, expand_conditions(config, shape.n_layers), pairs)
+        except ConfigError as exc:
+            out += [(path, on + msg) for path, msg in exc.problems]
         if config.rv.enabled:
             for key in ("early", "late"):
                 try:
-                    resolve_layer(getattr(config.rv, key), depth)
+                    resolve_layer(getattr(config.rv, key), shape.n_layers)
                 except SiteError as exc:
                     out.append((f"rv.{key}", f"{on}{exc}"))
     return out
@@ -145,24 +203,35 @@ def _check_heads(model, inter) -> None:
         raise InterventionError(f"{what} head(s) {bad} do not exist: the model has {n} {what} heads (0..{n - 1})")
 
 
-def _shortest(model, texts: list[str], prompt_format: str = "raw") -> int:
-    """Fewest tokens (BOS excluded) among ``texts`` in ``prompt_format``."""
+def _token_counts(model, texts, prompt_format: str = "raw") -> tuple[dict[str, int], dict[str, int]]:
+    """Tokens of each distinct text in ``prompt_format``: with BOS (what the context holds) and without (what
+    windows read)."""
     from ..engine.batching import encode
 
-    bos = model.tokenizer.bos_token_id
-    ids_all = encode(model.tokenizer, sorted(set(texts)), prompt_format)
-    return min(len(ids) - int(bool(ids) and ids[0] == bos) for ids in ids_all)
+    distinct = sorted(set(texts))
+    bos = getattr(model.tokenizer, "bos_token_id", None)
+    ids = encode(model.tokenizer, distinct, prompt_format)
+    return (
+        {t: len(i) for t, i in zip(distinct, ids)},
+        {t: len(i) - int(bool(i) and i[0] == bos) for t, i in zip(distinct, ids)},
+    )
 
 
 def check_plans(config: ExperimentConfig, model, model_name: str, conditions, pairs) -> None:
-    """Raise :class:`ConfigError` naming each condition whose plan cannot run on ``model``."""
+    """Raise :class:`ConfigError` naming each condition whose plan cannot run on ``model``: layers,
+    heads, windows longer than the shortest prompt they read, and prompts that with the tokens to
+    generate do not fit the model's context (refused, not truncated: :mod:`transferlab.models.context`).
+
+    ``model`` is a loaded :class:`~transferlab.models.Model` or a :class:`ModelShape` read without
+    weights; checks that need a tokenizer are skipped where it has none, or without pairs.
+    """
+    from ..models.context import ContextError, check_fits, context_length
     from .units import generation_settings
 
     index = {c.name: i for i, c in enumerate(config.conditions)}
     problems: list[tuple[str, str]] = []
-    shortest: dict[str, int] = {}
     fmt = config.prompts.format
-    if fmt == "chat" and not getattr(model.tokenizer, "chat_template", None):
+    if fmt == "chat" and model.tokenizer is not None and not getattr(model.tokenizer, "chat_template", None):
         raise ConfigError(
             [
                 (
@@ -173,17 +242,20 @@ def check_plans(config: ExperimentConfig, model, model_name: str, conditions, pa
             ],
             f"the config's prompts on {model_name}",
         )
+    tokens = model.tokenizer is not None and bool(pairs)
+    counts, no_bos = (
+        _token_counts(model, [t for p in pairs for t in (p.source_text, p.target_text)], fmt) if tokens else ({}, {})
+    )
+    context = getattr(model, "context", None) if not hasattr(model, "hf") else context_length(model)
 
-    def fewest(role: str) -> int:
-        if role not in shortest:
-            texts = [getattr(p, f"{role}_text") for p in pairs]
-            shortest[role] = _shortest(model, texts, fmt) if texts else 0
-        return shortest[role]
+    def fewest(role: str) -> int:  # tokens without BOS of the shortest prompt in that role
+        return min(no_bos[getattr(p, f"{role}_text")] for p in pairs)
 
     for cond in conditions:
         where = f"conditions.{index[cond.name]}.plan" if cond.name in index else f"sweep condition {cond.name}"
-        flavour = generation_settings(config, cond)["flavour"]
-        for inter in cond.parsed_plan():
+        settings = generation_settings(config, cond)
+        plan = cond.parsed_plan()
+        for inter in plan:
             try:
                 if isinstance(inter, KVSplice):
                     splice_layers(inter, model.n_layers)
@@ -191,7 +263,7 @@ def check_plans(config: ExperimentConfig, model, model_name: str, conditions, pa
                 model.layer(inter.layer)
                 _check_heads(model, inter)
                 window = getattr(inter, "window", None)
-                if window is not None and flavour == "corrected":
+                if tokens and window is not None and settings["flavour"] == "corrected":
                     reads_source = inter.needs_source and cond.source == "pair"
                     role = "source" if reads_source or cond.prompt == "source" else "target"
                     n = fewest(role)
@@ -202,8 +274,33 @@ def check_plans(config: ExperimentConfig, model, model_name: str, conditions, pa
                         )
             except (SiteError, InterventionError) as exc:
                 problems.append((where, f"condition {cond.name!r}: {inter.describe()}: {exc}"))
+        if tokens and context is not None:
+            prompt_role = "prompts.sources" if cond.prompt == "source" else "prompts.targets"
+            try:
+                _check_context(config, cond, plan, settings, pairs, counts, context, check_fits)
+            except ContextError as exc:
+                problems.append((prompt_role, f"condition {cond.name!r}: {exc}"))
     if problems:
         raise ConfigError(problems, f"the config's plans on {model_name} ({model.n_layers} layers)")
+
+
+def _check_context(config, cond, plan, settings, pairs, counts, context, check_fits) -> None:
+    """The generation's context rule (see :mod:`transferlab.models.context`) over every pair of ``cond``."""
+    prepend = any(getattr(i, "align", None) == "prepend" for i in plan)
+    extra_fixed = settings["max_new_tokens"] + (1 if settings["flavour"] == "seed" else 0)
+    seen, lengths, extras, labels = set(), [], [], []
+    for p in pairs:
+        prompt_id, prompt = (p.source_id, p.source_text) if cond.prompt == "source" else (p.target_id, p.target_text)
+        own = p.target_text if cond.source == "target" else p.source_text
+        extra = extra_fixed + (counts[own] if prepend and plan.needs_source else 0)
+        if (prompt_id, extra) in seen:
+            continue
+        seen.add((prompt_id, extra))
+        lengths.append(counts[prompt])
+        extras.append(extra)
+        labels.append(f"{prompt_id} ({prompt[:40]!r}{'...' if len(prompt) > 40 else ''})")
+    what = "new and prepended source tokens" if prepend and plan.needs_source else "new tokens"
+    check_fits(context, lengths, extra=extras, what="prompt", labels=labels, extra_text=what)
 
 
 def layer_collisions(config: ExperimentConfig) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,8 +83,28 @@ def _raw_cross_problems(data: dict) -> list[tuple[str, str]]:
     return out + _cross_problems(names, data.get("reference", "baseline"), bool(data.get("sweeps")))
 
 
+_RUN_NAME = re.compile(r"^\w[\w.\- ]{0,99}$")
+
+
+def run_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a run directory (None if it can).
+
+    A run directory is ``<output_dir>/<name>-<time>-<hash>``, so the name must be
+    one safe path component: 1-100 letters, digits, ``_``, ``-``, ``.`` or spaces,
+    starting with a letter, digit or ``_`` and not ending in a space or dot.
+    ``../x`` would leave ``output_dir``, ``a/b`` would nest directories and an
+    empty name would make ``runs/-<time>``; they are refused, not rewritten.
+    """
+    if not isinstance(name, str) or not _RUN_NAME.match(name) or name[-1] in " .":
+        return (
+            f"{name!r} cannot name a run directory: use 1-100 letters, digits, '_', '-', '.' or spaces, "
+            "starting with a letter, digit or '_' (no '/', no '..'), e.g. name = \"my_run\""
+        )
+    return None
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # temperature = nan or inf: refused
 
 
 class ModelSpec(_Strict):
@@ -217,6 +238,14 @@ class ExperimentConfig(_Strict):
         "(e.g. the seed's transfer vs the seed's own baseline)",
     )
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        problem = run_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @model_validator(mode="after")
     def _conditions_ok(self):
         names = [c.name for c in self.conditions]
@@ -339,8 +368,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(
                 [(str(path), f"no such config file or preset (presets: {', '.join(list_presets())})")], "config"
             ) from None
+    if p.is_dir():
+        raise ConfigError([(str(p), "is a directory; give a config file (.toml) or a preset name")], "config")
     try:
-        data = tomllib.loads(p.read_text())
+        data = tomllib.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([(str(p), f"not UTF-8 text (byte {exc.start}); save the config as UTF-8")], str(p)) from None
+    except OSError as exc:
+        raise ConfigError([(str(p), f"cannot be read ({exc.strerror or exc})")], str(p)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([(str(p), f"not valid TOML: {exc}")], str(p)) from None
     return validate_config(apply_overrides(data, overrides), str(p))

@@ -77,14 +77,27 @@ def ledger_append(output_dir: str | Path, entry: dict) -> None:
         f.write(json.dumps(entry, default=str) + "\n")
 
 
-def ledger(output_dir: str | Path) -> list[dict]:
-    """Latest ledger entry per run directory, oldest first."""
+def ledger(output_dir: str | Path, problems: list[str] | None = None) -> list[dict]:
+    """Latest ledger entry per run directory, oldest first.
+
+    A line that is not a JSON entry (a write cut short by a full disk or a
+    crash, an edit) is skipped, and said so in ``problems`` if given: one bad
+    line must not hide every run.
+    """
     path = ledger_path(output_dir)
     if not path.exists():
         return []
     latest: dict[str, dict] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
+    for i, line in enumerate(path.read_bytes().decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
             e = json.loads(line)
-            latest[e["run_dir"]] = {**latest.get(e["run_dir"], {}), **e}
+        except ValueError:
+            e = None
+        if not isinstance(e, dict) or not isinstance(e.get("run_dir"), str):
+            if problems is not None:
+                problems.append(f"{path} line {i} is not a ledger entry (cut short or edited); skipped: {line[:60]!r}")
+            continue
+        latest[e["run_dir"]] = {**latest.get(e["run_dir"], {}), **e}
     return list(latest.values())

@@ -26,14 +26,26 @@ from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
+from rich.markup import escape
 
 from ..interventions import never_fired
 from ..prompts import load_bank, make_pairs
 from .checks import preflight
-from .config import ExperimentConfig, validate_config
+from .config import ConfigError, ExperimentConfig, run_name_problem, validate_config
 from .executors import Executor, InProcessExecutor, make_executor
+from .lock import RunLock
 from .metadata import environment, ledger_append, now, write_json
-from .store import RunStore
+from .progress import progress_text, run_progress
+from .resume import (
+    FINGERPRINT,
+    check_resumable,
+    differences,
+    fingerprint,
+    model_differences,
+    read_run_config,
+    refuse,
+)
+from .store import RunDirError, RunStore
 from .units import WorkUnit, expand_conditions, generation_settings, plan_units
 from .worker import ModelFacts, ModelRequest, UnitBatch
 
@@ -63,6 +75,9 @@ def _rich_progress(enabled: bool):
 def new_run_dir(config: ExperimentConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:6]
+    problem = run_name_problem(config.name)  # validated configs never get here with one; built ones might
+    if problem:
+        raise ConfigError([("name", problem)], "config")
     base = Path(config.output_dir) / f"{config.name}-{stamp}-{digest}"
     path, i = base, 1
     while True:  # mkdir, not exists(): two runs started in the same second get different directories
@@ -94,6 +109,7 @@ class Runner:
         self.store = RunStore(self.run_dir / "store.sqlite")
         self.batches_done = 0
         self._config_dict = config.to_dict()  # what every batch carries to its worker
+        self.config_json = self._config_dict  # config.json as written (a resume sets what it read)
 
     # -- prompts -----------------------------------------------------------
     def pairs(self):
@@ -115,21 +131,46 @@ class Runner:
         todo = tuple(i for i in ids if i not in cached) if self.config.rv.enabled else ()
         facts = self.executor.prepare(ModelRequest(self._config_dict, name, todo))
         facts.raise_problems()  # a plan that cannot run on this model: before any generation
+        self.check_model(name, facts.identity)
         if facts.rv:
             self.store.put_rv(name, facts.rv)
             cached.update(facts.rv)
         return facts, cached
 
+    # -- the run's record (see .resume) ------------------------------------------
+    def record(self) -> None:
+        """Record the fingerprint when the run starts; on a resume, refuse one that differs."""
+        recorded = self.store.get(FINGERPRINT)
+        if recorded is None:
+            self.store.set(FINGERPRINT, fingerprint(self.config_json, self.config.prompts.bank, self.bank.version))
+            self.store.set("bank_version", self.bank.version)
+            return
+        problems = differences(recorded, self.config_json, self.config.prompts.bank, self.bank.version)
+        if problems:
+            raise refuse(self.run_dir, problems)
+
+    def check_model(self, name: str, identity: dict) -> None:
+        """A model's identity, recorded on its first load; a resume on other weights, dtype or device is refused."""
+        recorded = self.store.get(FINGERPRINT) or {}
+        problems = model_differences(recorded, name, identity)
+        if problems:
+            raise refuse(self.run_dir, problems)
+        if name not in recorded.get("models", {}):
+            recorded.setdefault("models", {})[name] = identity
+            self.store.set(FINGERPRINT, recorded)
+
     # -- execution ----------------------------------------------------------
     def run(self) -> Path:
         cfg = self.config
         pairs = self.pairs()
-        self.store.set("bank_version", self.bank.version)
+        self.record()
         done = self.store.done_units()
         for spec in cfg.model_specs():
             facts, rv_rows = self.prepare(spec.spec, pairs)
             conditions = expand_conditions(cfg, facts.n_layers)
-            units = [u for u in plan_units(spec.spec, cfg.seeds, len(pairs), conditions) if u.key not in done]
+            planned = plan_units(spec.spec, cfg.seeds, len(pairs), conditions)
+            self.store.set(f"plan:{spec.spec}", {"conditions": [c.name for c in conditions], "units": len(planned)})
+            units = [u for u in planned if u.key not in done]
             self.execute(facts, spec.spec, pairs, {c.name: c for c in conditions}, units, rv_rows)
             if self.stopped:
                 return self.run_dir
@@ -189,7 +230,8 @@ class Runner:
         task = None
         if bar is not None:
             bar.start()
-            task = bar.add_task(f"{self.config.name} on {model_name}", total=sum(len(b.units) for b in batches))
+            label = escape(f"{self.config.name} on {model_name}")  # the progress bar reads markup
+            task = bar.add_task(label, total=sum(len(b.units) for b in batches))
         results = self.executor.map_batches(batches)
         try:
             for batch, rows in results:
@@ -208,7 +250,7 @@ class Runner:
 def export_results(run_dir: Path) -> pd.DataFrame:
     """Write the store's table to ``results.csv`` and ``results.jsonl``; return it."""
     run_dir = Path(run_dir)
-    store = RunStore(run_dir / "store.sqlite")
+    store = RunStore(run_dir / "store.sqlite", create=False)
     try:
         results = store.results()
     finally:
@@ -221,11 +263,17 @@ def export_results(run_dir: Path) -> pd.DataFrame:
 def finalize(run_dir: Path, console=None) -> dict:
     """Export the store to CSV/JSONL and (re)write summary.json, report.md and figures."""
     run_dir = Path(run_dir)
+    config = read_run_config(run_dir)  # first: a directory without its config gets a message, not a traceback
     results = export_results(run_dir)
-    store = RunStore(run_dir / "store.sqlite")
-    sweep_info = store.get("minimal_layers")
-    store.close()
-    config = json.loads((run_dir / "config.json").read_text())
+    if results.empty:
+        raise RunDirError(
+            f"{run_dir} has no rows stored yet: nothing to report; run it with: transferlab run --resume {run_dir}"
+        )
+    store = RunStore(run_dir / "store.sqlite", create=False)
+    try:
+        sweep_info = store.get("minimal_layers")
+    finally:
+        store.close()
     scores = [c for c in results.columns if c in set(config["scoring"]["scorers"]) | {"logit_markers"}]
     from ..report import build_summary, write_report
 
@@ -240,11 +288,25 @@ def finalize(run_dir: Path, console=None) -> dict:
         results, scores, reference=reference, primary=config.get("primary"), sweep=sweep_info, comparisons=comparisons
     )
     summary["scores"] = scores
+    progress = run_progress(run_dir)
+    summary["progress"] = progress
+    if not progress["finished"]:  # first among the warnings: every table below covers the stored rows only
+        summary["warnings"].insert(0, {"kind": "incomplete", "message": incomplete_message(run_dir, progress)})
     write_json(run_dir / "summary.json", summary)
     meta_path = run_dir / "metadata.json"
-    metadata = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    try:
+        metadata = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    except (ValueError, OSError):
+        metadata = {}  # damaged: the report goes without it
     write_report(run_dir, results, summary, config=config, metadata=metadata)
     return summary
+
+
+def incomplete_message(run_dir: Path, progress: dict) -> str:
+    return (
+        f"INCOMPLETE RUN: {progress_text(progress)}. Every table here covers the stored rows only; "
+        f"finish the run with: transferlab run --resume {run_dir}"
+    )
 
 
 def run_experiment(
@@ -267,93 +329,163 @@ def run_experiment(
     :class:`~.executors.Executor` object, which the caller closes. Results are
     the same whatever runs them; only this process writes the run store.
     """
+    lock, config_json = None, None
     if resume is not None:
-        cfg_path = Path(resume) / "config.json"
-        if not cfg_path.exists():
-            raise FileNotFoundError(f"{resume} is not a run directory (no config.json); nothing to resume")
-        config = validate_config(json.loads(cfg_path.read_text()), str(cfg_path))
+        config_json = read_run_config(resume)
+        config = validate_config(config_json, str(Path(resume) / "config.json"))
+        lock = RunLock(resume).acquire()  # before anything is written: a second resume is refused here
     elif config is None:
         raise ValueError("give a config or resume=RUN_DIR")
-    preflight(config)  # bank, pairs, scorers: fail before a run directory exists
-    if isinstance(executor, Executor):
-        return _run(config, resume, executor, progress, console, max_batches, report)
-    with make_executor(
-        executor, **(executor_options or {})
-    ) as made:  # also before the run directory (Ray missing: a clear error)
-        return _run(config, resume, made, progress, console, max_batches, report)
+    try:
+        if resume is not None:
+            check_resumable(resume, config_json, config.prompts.bank, _bank_version(config))
+        preflight(config)  # bank, pairs, scorers: fail before a run directory exists
+        if isinstance(executor, Executor):
+            return _run(config, resume, executor, progress, console, max_batches, report, lock, config_json)
+        with make_executor(
+            executor, **(executor_options or {})
+        ) as made:  # also before the run directory (Ray missing: a clear error)
+            return _run(config, resume, made, progress, console, max_batches, report, lock, config_json)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def _run(config: ExperimentConfig, resume, executor: Executor, progress, console, max_batches, report) -> Path:
+def _bank_version(config: ExperimentConfig) -> str | None:
+    try:
+        return load_bank(config.prompts.bank).version
+    except (OSError, ValueError, KeyError):  # the preflight reports a bank that does not load
+        return None
+
+
+def _running_entry(run_dir: Path, config: ExperimentConfig) -> dict:
+    import os
+    import socket
+
+    return {
+        "run_dir": str(run_dir),
+        "name": config.name,
+        "status": "running",
+        "time": now(),
+        "models": [m.spec for m in config.model_specs()],
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+    }
+
+
+def _run(
+    config: ExperimentConfig,
+    resume,
+    executor: Executor,
+    progress,
+    console,
+    max_batches,
+    report,
+    lock: RunLock | None = None,
+    config_json: dict | None = None,
+) -> Path:
     if config.threads is not None:
         import torch
 
         torch.set_num_threads(config.threads)
     if resume is not None:
         run_dir = Path(resume)
-        meta_path = run_dir / "metadata.json"  # absent if killed between config.json and metadata.json
-        metadata = (
-            json.loads(meta_path.read_text())
-            if meta_path.exists()
-            else {"name": config.name, "run_dir": str(run_dir), "started": None, "seeds": config.seeds, **environment()}
-        )
-        metadata.setdefault("resumed_at", []).append(now())
     else:
         run_dir = new_run_dir(config)
-        write_json(run_dir / "config.json", config.to_dict())
-        metadata = {
-            "name": config.name,
-            "run_dir": str(run_dir),
-            "started": now(),
-            "seeds": config.seeds,
-            **environment(),
-        }
-    metadata["executor"] = executor.describe()
-    write_json(run_dir / "metadata.json", metadata)
-    ledger_append(
-        config.output_dir,
-        {
-            "run_dir": str(run_dir),
-            "name": config.name,
-            "status": "running",
-            "time": now(),
-            "models": [m.spec for m in config.model_specs()],
-        },
+        lock = RunLock(run_dir).acquire()  # a fresh directory: nobody else can hold it
+    try:
+        return _drive(config, run_dir, resume, executor, progress, console, max_batches, report, config_json)
+    finally:
+        lock.release()
+
+
+def _write_failure(path: Path, exc: OSError, run_dir: Path, stored: str) -> RunDirError:
+    return RunDirError(
+        f"cannot write {path} ({exc.strerror or exc}); {stored} Make {run_dir} writable (and check free disk "
+        f"space), then finish it with: transferlab run --resume {run_dir}"
     )
+
+
+def _drive(config, run_dir: Path, resume, executor, progress, console, max_batches, report, config_json) -> Path:
+    try:
+        if resume is not None:
+            meta_path = run_dir / "metadata.json"  # absent if killed between config.json and metadata.json
+            try:
+                metadata = json.loads(meta_path.read_text()) if meta_path.exists() else None
+            except (ValueError, OSError):
+                metadata = None  # damaged: rebuilt below (the store holds what matters)
+            metadata = metadata if isinstance(metadata, dict) else {}
+            if not metadata:
+                metadata = {"name": config.name, "run_dir": str(run_dir), "started": None, "seeds": config.seeds}
+                metadata.update(environment())
+            metadata.setdefault("resumed_at", []).append(now())
+        else:
+            write_json(run_dir / "config.json", config.to_dict())
+            metadata = {
+                "name": config.name,
+                "run_dir": str(run_dir),
+                "started": now(),
+                "seeds": config.seeds,
+                **environment(),
+            }
+        metadata["executor"] = executor.describe()
+        write_json(run_dir / "metadata.json", metadata)
+        ledger_append(config.output_dir, _running_entry(run_dir, config))
+    except OSError as exc:
+        raise _write_failure(Path(exc.filename or run_dir), exc, run_dir, "nothing was computed.") from None
     runner = Runner(config, run_dir, progress=progress, console=console, max_batches=max_batches, executor=executor)
+    if config_json is not None:
+        runner.config_json = config_json
     try:
         runner.run()
+        metadata["bank"] = {"name": config.prompts.bank, "version": runner.bank.version}
+        metadata["models"] = _model_metadata(runner, config)
+        metadata["fingerprint"] = {
+            k: v for k, v in (runner.store.get(FINGERPRINT) or {}).items() if k != "config"
+        }  # config.json holds the config
+        if not runner.stopped:
+            metadata["finished"] = now()
+            runner.store.set("finished", metadata["finished"])
+        n_rows = len(runner.store.done_units())
+        try:
+            write_json(run_dir / "metadata.json", metadata)
+            if not runner.stopped:
+                if report:
+                    finalize(run_dir, console=console)
+                else:
+                    export_results(run_dir)
+        except OSError as exc:
+            raise _write_failure(
+                Path(exc.filename or run_dir), exc, run_dir, f"the {n_rows} rows computed are safe in store.sqlite."
+            ) from None
     except BaseException as exc:
-        runner.store.close()
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        ledger_append(
-            config.output_dir,
-            {
-                "run_dir": str(run_dir),
-                "name": config.name,
-                "status": status,
-                "time": now(),
-                "error": f"{type(exc).__name__}: {exc}"[:500],
-            },
-        )
+        try:
+            ledger_append(
+                config.output_dir,
+                {
+                    "run_dir": str(run_dir),
+                    "name": config.name,
+                    "status": status,
+                    "time": now(),
+                    "error": f"{type(exc).__name__}: {exc}"[:500],
+                },
+            )
+        except OSError:
+            pass  # the ledger is not writable either: the error itself says what to do
         raise
-    metadata["bank"] = {"name": config.prompts.bank, "version": runner.bank.version}
-    metadata["models"] = _model_metadata(runner, config)
-    if runner.stopped:
-        write_json(run_dir / "metadata.json", metadata)
+    finally:
         runner.store.close()
+    if runner.stopped:
         return run_dir
-    metadata["finished"] = now()
-    write_json(run_dir / "metadata.json", metadata)
-    n_rows = len(runner.store.done_units())
-    runner.store.close()
-    if report:
-        finalize(run_dir, console=console)
-    else:
-        export_results(run_dir)
-    ledger_append(
-        config.output_dir,
-        {"run_dir": str(run_dir), "name": config.name, "status": "complete", "time": now(), "rows": n_rows},
-    )
+    entry = {"run_dir": str(run_dir), "name": config.name, "status": "complete", "time": now(), "rows": n_rows}
+    try:
+        ledger_append(config.output_dir, entry)
+    except OSError as exc:
+        raise RunDirError(
+            f"the run is complete ({run_dir}), but the ledger {Path(config.output_dir) / 'index.jsonl'} could "
+            f"not be written ({exc.strerror or exc}); transferlab runs will not list it as complete"
+        ) from None
     return run_dir
 
 

@@ -59,3 +59,9 @@ TAIL_COLUMNS = ["rv_source", "rv_target", "n_interventions", "n_never_fired", "a
 
 def unit_key(model: str, seed: int, pair_id: int, condition: str) -> str:
     return f"{model}|{seed}|{pair_id}|{condition}"
+
+
+# The version of the code's results: bump it in any change after which a config, bank and model that gave
+# some rows would give different ones (sampling, scoring, intervention numerics, pairing, row columns).
+# A run records it; ``--resume`` refuses a run recorded under another, since the table would mix the two.
+RESULTS_VERSION = 1

@@ -71,6 +71,7 @@ class ModelFacts:
     rv: dict  # prompt id -> R_V row, for the requested prompts
     plan_problems: list  # (key path, message) per plan that cannot run on this model
     plan_source: str = ""  # what the problems are about (the ConfigError's heading)
+    identity: dict = field(default_factory=dict)  # what identifies its numbers (resume.model_identity)
 
     def raise_problems(self) -> None:
         if self.plan_problems:
@@ -163,7 +164,10 @@ class Worker:
             problems = [list(p) for p in exc.problems]
             source = str(exc).split("\n", 1)[0].rsplit(" has ", 1)[0]
         rv_rows = self._rv(model, ctx, list(request.rv_prompts)) if cfg.rv.enabled and not problems else {}
-        return ModelFacts(request.model, model.n_layers, str(model.device), rv_rows, problems, source)
+        from .resume import model_identity
+
+        identity = model_identity(model.source, str(model.dtype), str(model.device))
+        return ModelFacts(request.model, model.n_layers, str(model.device), rv_rows, problems, source, identity)
 
     def run(self, batch: UnitBatch) -> list[dict]:
         """Generate and score one batch; one result row per unit (the columns of :mod:`.schema`)."""

@@ -44,6 +44,7 @@ Activation interventions act on a hook point (``site@layer``) in two phases:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -239,6 +240,8 @@ class Patch(Intervention):
             raise InterventionError(f"window must be >= 1 token; got {self.window}")
         if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
             raise InterventionError(f"fraction must lie in (0, 1]; got {self.fraction}")
+        if not math.isfinite(self.alpha):
+            raise InterventionError(f"alpha must be a finite number; got {self.alpha}")
 
     def describe(self) -> str:
         return ":".join([f"{self.site}@{_fmt_num(self.layer)}"] + _patch_opts(self, Patch()))
@@ -334,6 +337,11 @@ class Noise(Patch):
     seed: int = 0
     std: float = 1.0
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not (math.isfinite(self.std) and self.std > 0):
+            raise InterventionError(f"noise sd must be a positive number; got {self.std}")
+
     @property
     def needs_source(self) -> bool:  # type: ignore[override]
         return self.norm_matched
@@ -367,6 +375,8 @@ class Steer(Intervention):
         object.__setattr__(self, "vector", tuple(float(v) for v in self.vector))
         if not self.vector:
             raise InterventionError("Steer needs a non-empty vector")
+        if not all(math.isfinite(v) for v in self.vector) or not math.isfinite(self.alpha):
+            raise InterventionError("Steer's vector and alpha must be finite numbers")
 
     def describe(self) -> str:
         return f"steer:{self.site}@{_fmt_num(self.layer)}({len(self.vector)}-dim, alpha {self.alpha})"

@@ -204,6 +204,12 @@ def _parse(path: Path, buf) -> GGUFSummary:
 
 def check_convertible(path: str | os.PathLike) -> GGUFSummary:
     """The file's summary if it can be converted; :class:`ConversionError` (one line) if not."""
+    from .gguf_check import GGUFError, check_gguf
+
+    try:
+        check_gguf(path, open_reader=False)  # every count, length and tensor extent against the file's size
+    except GGUFError as exc:
+        raise ConversionError(str(exc)) from None
     summary = read_summary(path)
     if summary.architecture not in SUPPORTED_ARCHITECTURES:
         raise ConversionError(

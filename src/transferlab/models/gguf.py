@@ -23,19 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-class GGUFError(ValueError):
-    """A GGUF file that this loader cannot turn into a model."""
-
-
-def _fields(reader) -> dict:
-    out = {}
-    for key, field in reader.fields.items():
-        try:
-            out[key] = field.contents()
-        except Exception:  # pragma: no cover - exotic field types we do not need
-            continue
-    return out
+from .gguf_check import GGUFError, check_gguf, check_llama
 
 
 def _unpermute_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -116,14 +104,11 @@ def _build_tokenizer(meta: dict):
 
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
     """Read a llama GGUF file and return ``(hf_model, tokenizer)``."""
-    from gguf import GGUFReader
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = Path(path)
-    if not path.is_file():
-        raise GGUFError(f"GGUF file not found: {path}")
-    reader = GGUFReader(str(path))
-    meta = _fields(reader)
+    summary = check_gguf(path)  # counts, lengths and tensor extents against the file's size
+    reader, meta = summary.reader, summary.metadata
     arch = meta.get("general.architecture")
     if arch != "llama":
         raise GGUFError(
@@ -131,10 +116,8 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
             "GGUF loader (only 'llama'). Convert it to a Hugging Face directory and "
             "pass that directory instead."
         )
-    n_heads = int(meta["llama.attention.head_count"])
-    n_kv = int(meta.get("llama.attention.head_count_kv", n_heads))
-    hidden = int(meta["llama.embedding_length"])
-    n_vocab = len(meta["tokenizer.ggml.tokens"])
+    sizes = check_llama(summary)  # declared sizes against the tensors present: before anything is built
+    n_heads, n_kv, hidden, n_vocab = sizes["n_heads"], sizes["n_kv_heads"], sizes["hidden"], sizes["vocab"]
     tensors = {}
     for t in reader.tensors:
         if t.tensor_type.name not in ("F32", "F16", "BF16"):
@@ -149,16 +132,15 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
         idx = meta.get(f"tokenizer.ggml.{key}")
         return int(idx) if idx is not None and 0 <= int(idx) < n_vocab else None
 
-    head_dim = int(meta.get("llama.attention.key_length", hidden // n_heads))
     config = LlamaConfig(
         vocab_size=n_vocab,
         hidden_size=hidden,
-        intermediate_size=int(meta["llama.feed_forward_length"]),
-        num_hidden_layers=int(meta["llama.block_count"]),
+        intermediate_size=sizes["ffn"],
+        num_hidden_layers=sizes["n_layers"],
         num_attention_heads=n_heads,
         num_key_value_heads=n_kv,
-        head_dim=head_dim,
-        max_position_embeddings=int(meta.get("llama.context_length", 2048)),
+        head_dim=sizes["head_dim"],
+        max_position_embeddings=sizes["context"],
         rms_norm_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
         rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
         bos_token_id=special("bos_token_id"),

@@ -31,8 +31,12 @@ import torch
 
 from .adapters import make_adapter
 from .catalog import names as catalog_names
+from .devices import resolve_device
 from .embedded import EMBEDDED, embedded, embedded_path
+from .gguf_check import GGUFError, check_gguf
+from .hub import endpoint, hub_answers, looks_like_path
 from .model import Model, runtime
+from .safety import check_weights_dir
 
 
 class ModelLoadError(RuntimeError):
@@ -58,9 +62,7 @@ def _dtype(dtype, device: torch.device) -> torch.dtype:
 
 
 def _device(device) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return resolve_device(device)  # a device that does not exist here: a DeviceError saying which do
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -104,31 +106,9 @@ def _dispatch(hf, device_map):
     return dispatch_model(hf, device_map=device_map)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers a TCP connection within ``timeout`` seconds."""
-    import socket
-    import threading
-    from urllib.parse import urlparse
-
-    try:
-        from huggingface_hub import constants
-
-        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    except Exception:  # pragma: no cover
-        host = "huggingface.co"
-    ok = []
-
-    def probe():
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            ok.append(True)
-        except OSError:
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout)
-    return bool(ok)
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the Hugging Face hub answers an HTTP request within ``timeout`` seconds (see :mod:`.hub`)."""
+    return hub_answers(timeout)
 
 
 def _cached(spec: str) -> bool:
@@ -147,11 +127,11 @@ def _load_hf(spec: str, dtype: torch.dtype, device: torch.device, attn: str | No
         # fail at once, rather than after the hub client's retries (about 45 s)
         raise ModelLoadError(
             f"could not load model {spec!r}: it is not a local path, it is not in the Hugging Face cache "
-            f"at {_hub_cache()}, and the hub is not reachable from here. Download it elsewhere and pass the "
+            f"at {_hub_cache()}, and the hub ({endpoint()}) did not answer here. Download it elsewhere and pass the "
             f"local directory (e.g. --model /path/to/{spec.split('/')[-1]}), set HF_HOME to a cache that "
             "holds it, or use the embedded model 'stories260K'."
         )
-    kwargs = {"dtype": dtype}
+    kwargs = {"dtype": dtype, "use_safetensors": True}  # never unpickle weights (see .safety)
     if attn:
         kwargs["attn_implementation"] = attn
     if device_map is not None:
@@ -180,8 +160,9 @@ def _needs_conversion(path: Path) -> bool:
     from .convert import ConversionError, read_summary
 
     try:
+        check_gguf(path, open_reader=False)  # structure and extents against the file's size, nothing allocated
         summary = read_summary(path)
-    except ConversionError as exc:
+    except (GGUFError, ConversionError) as exc:
         raise ModelLoadError(str(exc)) from exc
     plain = set(summary.tensor_types.values()) <= {"F32", "F16", "BF16"}
     llama_vocab = summary.metadata.get("tokenizer.ggml.model", "llama") == "llama"
@@ -331,11 +312,15 @@ def _load(
         )
     if spec in catalog_names():
         return _load_catalog(spec, dt, dev, attn_implementation, device_map)
+    if looks_like_path(spec) and not Path(spec).exists():
+        raise ModelLoadError(f"no such model directory or file: {spec} (a hub id is NAME or ORG/NAME)")
     if Path(spec).is_dir() and not (Path(spec) / "config.json").is_file():
         raise ModelLoadError(
             f"{spec} is a directory but not a Hugging Face model directory (no config.json); "
             "a local model needs config.json, the weights and the tokenizer files"
         )
+    if Path(spec).is_dir():
+        check_weights_dir(spec)  # pickled weights are refused before transformers sees them
     hf, tok = _load_hf(spec, dt, dev, attn_implementation, device_map)
     source = {"kind": "hf", "id": spec, "revision": getattr(hf.config, "_commit_hash", None)}
     if Path(spec).is_dir():

@@ -159,8 +159,14 @@ def _raise_from_pydantic(path: Path, raw: Any, err: ValidationError) -> None:
 
 
 def _read_file(path: Path) -> tuple[_FileSpec, Any]:
+    if not path.is_file():
+        raise BankError(path, "(file)", "(file)", "is not a file (a directory?); a bank folder holds only bank files")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BankError(path, "(file)", "(encoding)", f"not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise BankError(path, "(file)", "(file)", f"cannot be read ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "(file)"

@@ -88,8 +88,8 @@ def _ci(lo, hi) -> str:
 
 def _warnings(summary: dict, config: dict | None, results: pd.DataFrame) -> list[str]:
     models = summary["models"]
-    lines = []
     warns = summary.get("warnings", [])
+    lines = [f"- **WARNING: {w['message']}**" for w in warns if w["kind"] == "incomplete"]
     for w in warns:
         if w["kind"] == "never_fired":
             where = f" (hook point `{w['hook_point']}`" + (f", model {w['model']})" if len(models) > 1 else ")")
@@ -103,7 +103,7 @@ def _warnings(summary: dict, config: dict | None, results: pd.DataFrame) -> list
         if w["kind"] in ("raw_noise", "no_audit", "no_effect"):
             lines.append(f"- **WARNING: {w['message']}**")
     for w in warns:
-        if w["kind"] not in ("never_fired", "raw_noise", "no_audit", "no_effect"):
+        if w["kind"] not in ("incomplete", "never_fired", "raw_noise", "no_audit", "no_effect"):
             model = f" (model {w['model']})" if len(models) > 1 and "model" in w else ""
             lines.append(f"- {w['message']}{model}")
     return lines

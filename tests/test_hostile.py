@@ -1,0 +1,698 @@
+"""Hostile inputs (issue 14): each ends in a clear message, a non-zero exit code, and nothing lost or half-written.
+
+The probes of an adversarial user, kept in the suite: markup in prompts and
+plans, traversal run names, crafted GGUF headers and truncated files, edited
+and damaged run directories, files that are not what their names say. Every
+case goes through the command line the way a user would, and checks the exit
+code, that the message names the problem, and that no traceback is printed.
+"""
+
+from __future__ import annotations
+
+import pytest
+from helpers import flat, nows
+from typer.testing import CliRunner
+
+from transferlab.cli import app
+
+# small vocabularies have no token for most marker words (see marker_token_ids)
+pytestmark = pytest.mark.filterwarnings("ignore:no vocabulary token spells:UserWarning")
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    """Tables wide enough that a cell's text stays on one line (rich folds long cells otherwise)."""
+    import transferlab.cli
+
+    monkeypatch.setattr(transferlab.cli.console, "width", 300)
+
+
+STORY = "Once upon a time there was a little girl named Lily who loved to play in the park with her dog"
+
+
+def cli(*args: str, code: int = 0):
+    """Invoke the CLI; the exit code must be ``code`` and, on failure, no traceback may leak."""
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    assert res.exit_code == code, (res.output, res.exception)
+    assert "Traceback" not in res.output
+    if code:
+        assert isinstance(res.exception, SystemExit), f"{type(res.exception).__name__}: {res.exception}"
+    return res
+
+
+# --------------------------------------------------------------------------- item 3: markup
+
+
+def test_transfer_prompt_with_inst_tags_is_shown_as_written():
+    res = cli("transfer", "-s", STORY, "-t", "[INST] Tell me a story about a frog. [/INST]", "-p", "kv:all", "-n", "3")
+    assert "[INST]" in res.output and "[/INST]" in res.output
+
+
+def test_bold_tag_in_a_prompt_is_not_swallowed():
+    res = cli("transfer", "-s", STORY, "-t", "The [bold]frog[/bold] sat", "-p", "kv:all", "-n", "3")
+    assert "[bold]frog[/bold]" in res.output
+
+
+def test_rv_prompt_with_closing_tag():
+    res = cli("rv", "a [/] b")
+    assert "a [/] b" in res.output
+
+
+def test_bad_plan_with_markup_reaches_the_error_printer():
+    res = cli("transfer", "-s", "a", "-t", "b", "-p", "v_proj@[/]", code=2)
+    assert "v_proj@[/]" in flat(res.output) and "error:" in res.output
+
+
+def test_bank_with_markup_in_its_name_and_texts(tmp_path):
+    (tmp_path / "b.main.yaml").write_text(
+        "bank: '[red]x'\nschema: 1\ngroups:\n  g:\n    pillar: baseline\n    description: 'a [/] desc'\n"
+        "    prompts:\n      - id: g_01\n        text: 'The [bold]cat[/bold] sat'\n"
+    )
+    res = cli("prompts", "list", "--bank", tmp_path / "b.main.yaml")
+    assert "[red]x" in res.output and "[bold]cat[/bold]" in res.output
+    res = cli("prompts", "groups", "--bank", tmp_path / "b.main.yaml")
+    assert "a [/] desc" in res.output
+
+
+def test_markup_in_a_model_path_through_a_whole_run(tmp_path):
+    """The path reaches the config summary, the progress bar's label and the ledger table."""
+    import shutil
+
+    from transferlab.models.embedded import embedded_path
+
+    folder = tmp_path / "a[/]b [bold]"  # two folders: 'a[' and ']b [bold]'
+    folder.mkdir(parents=True)
+    shutil.copy(embedded_path(), folder / "m.gguf")
+    sets = ["prompts.n=2", "generation.max_new_tokens=2", "rv.enabled=false", f"output_dir={tmp_path / 'runs'}"]
+    res = cli(
+        "run", "stories", "--set", f"model={folder / 'm.gguf'}", *[a for s in sets for a in ("--set", s)], "--no-report"
+    )
+    assert "a[/]b [bold]" in res.output
+    assert "complete" in cli("runs", "--output-dir", tmp_path / "runs").output
+
+
+# --------------------------------------------------------------------------- item 5: run names
+
+
+@pytest.mark.parametrize("name", ["../../../x", "a/b", "", ".", "..", "/abs", "a\\b", "x.", "a:b", "\x00"])
+def test_run_names_that_are_not_one_path_component_are_refused(tmp_path, name):
+    out = tmp_path / "deep" / "runs"
+    res = cli("run", "stories", "--set", f"name={name}", "--set", f"output_dir={out}", "--set", "prompts.n=2", code=2)
+    assert "name:" in flat(res.output) and "cannot name a run directory" in flat(res.output)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == []  # nothing written, inside output_dir or out of it
+
+
+def test_run_name_in_a_config_file_is_checked_too(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'name = "../escape"\noutput_dir = "{tmp_path / "runs"}"\n[[conditions]]\nname = "baseline"\n')
+    res = cli("run", cfg, code=2)
+    assert "cannot name a run directory" in flat(res.output)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "escape").exists()
+
+
+def test_building_a_run_directory_refuses_an_unchecked_name(tmp_path):
+    from transferlab.experiments import ConfigError, load_config
+    from transferlab.experiments.runner import new_run_dir
+
+    cfg = load_config("stories", [f"output_dir={tmp_path / 'runs'}"]).model_copy(update={"name": "../../out"})
+    with pytest.raises(ConfigError, match="cannot name a run directory"):
+        new_run_dir(cfg)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- item 2: GGUF files
+
+
+def write_llama_gguf(path, extra_tensors: dict | None = None, **meta) -> None:
+    """The embedded stories260K's tensors and vocabulary in a new GGUF, with ``meta`` overriding llama.* sizes."""
+    import numpy as np
+    from gguf import GGUFReader, GGUFWriter
+
+    from transferlab.models.embedded import embedded_path
+
+    src = GGUFReader(str(embedded_path()))
+    fields = {k: f.contents() for k, f in src.fields.items() if k.startswith(("llama.", "tokenizer.ggml."))}
+    w = GGUFWriter(str(path), "llama")
+    for key in ("embedding_length", "block_count", "feed_forward_length", "context_length"):
+        w.add_uint32(f"llama.{key}", int(meta.get(key, fields[f"llama.{key}"])))
+    w.add_uint32("llama.attention.head_count", int(meta.get("head_count", fields["llama.attention.head_count"])))
+    w.add_uint32("llama.attention.head_count_kv", int(fields["llama.attention.head_count_kv"]))
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(fields["tokenizer.ggml.tokens"])
+    w.add_token_scores(fields["tokenizer.ggml.scores"])
+    w.add_token_types(fields["tokenizer.ggml.token_type"])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    for t in src.tensors:
+        w.add_tensor(t.name, np.array(t.data))
+    for name, value in (extra_tensors or {}).items():
+        w.add_tensor(name, value)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def raw_gguf(n_tensors: int = 0, n_kv: int = 0, body: bytes = b"", version: int = 3) -> bytes:
+    import struct
+
+    return b"GGUF" + struct.pack("<IQQ", version, n_tensors, n_kv) + body + b"\0" * 64
+
+
+def _kv(key: str, vtype: int, payload: bytes) -> bytes:
+    import struct
+
+    return struct.pack("<Q", len(key)) + key.encode() + struct.pack("<I", vtype) + payload
+
+
+def _gguf_cases(tmp_path):
+    import struct
+
+    from transferlab.models.embedded import embedded_path
+
+    data = embedded_path().read_bytes()
+    return {
+        "empty": (b"", "shorter than a GGUF header"),
+        "not gguf": (b"PK\x03\x04" + b"\0" * 100, "not the GGUF magic"),
+        "version 99": (raw_gguf(version=99), "version 99"),
+        "2^60 tensors": (raw_gguf(n_tensors=2**60), "1152921504606846976 tensors"),
+        "2^60 keys": (raw_gguf(n_kv=2**60), "1152921504606846976 metadata keys"),
+        "8e9 array": (raw_gguf(n_kv=1, body=_kv("x", 9, struct.pack("<IQ", 0, 8 * 10**9))), "8000000000 items"),
+        "8e9 strings": (raw_gguf(n_kv=1, body=_kv("x", 9, struct.pack("<IQ", 8, 8 * 10**9))), "8000000000 items"),
+        "huge key": (raw_gguf(n_kv=1, body=struct.pack("<Q", 2**62)), "claims 4611686018427387904 bytes"),
+        "bad type": (raw_gguf(n_kv=1, body=_kv("x", 77, b"\0" * 8)), "unknown value type 77"),
+        "truncated": (data[: int(len(data) * 0.6)], "file ends at byte"),
+        "truncated header": (data[:5000], "file ends at byte"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "empty",
+        "not gguf",
+        "version 99",
+        "2^60 tensors",
+        "2^60 keys",
+        "8e9 array",
+        "8e9 strings",
+        "huge key",
+        "bad type",
+        "truncated",
+        "truncated header",
+    ],
+)
+def test_corrupt_gguf_gets_one_line_naming_the_file(tmp_path, case):
+    data, what = _gguf_cases(tmp_path)[case]
+    path = tmp_path / "model.gguf"
+    path.write_bytes(data)
+    res = cli("info", "-m", path, code=2)
+    out = flat(res.output)
+    assert out.count("error:") == 1 and str(path) in nows(res.output), out
+    assert what in out, out
+
+
+def test_gguf_metadata_that_the_tensors_contradict_allocates_nothing(tmp_path, monkeypatch):
+    """A well-formed 1 MB file claiming hidden size 16384 and 48 layers: refused before a model is built."""
+    import transformers
+
+    path = tmp_path / "liar.gguf"
+    write_llama_gguf(path, embedding_length=16384, block_count=48)
+    assert path.stat().st_size < 2 << 20
+
+    def boom(*a, **k):
+        raise AssertionError("a model was built from unchecked metadata")
+
+    monkeypatch.setattr(transformers, "LlamaForCausalLM", boom)
+    res = cli("info", "-m", path, code=2)
+    out = flat(res.output)
+    assert "16384" in out and "48 layers" in out and "liar.gguf" in out
+
+
+@pytest.mark.parametrize(
+    "meta, what",
+    [
+        ({"block_count": 7}, "absent"),
+        ({"block_count": 3}, "unexpected tensor"),
+        ({"feed_forward_length": 999}, "has shape"),
+        ({"head_count": 7}, "head"),
+        ({"embedding_length": 0}, "embedding_length = 0"),
+    ],
+)
+def test_gguf_sizes_checked_against_tensors(tmp_path, meta, what):
+    path = tmp_path / "m.gguf"
+    write_llama_gguf(path, **meta)
+    assert what in flat(cli("info", "-m", path, code=2).output)
+
+
+def test_gguf_tensor_outside_the_llama_layout(tmp_path):
+    """Refused unless the caller says it handles it (a quantised Llama 3 loader may apply rope_freqs)."""
+    import numpy as np
+
+    from transferlab.models.gguf_check import check_gguf, check_llama
+
+    path = tmp_path / "extra.gguf"
+    write_llama_gguf(path, {"rope_freqs.weight": np.ones(4, dtype=np.float32)})
+    assert "unexpected tensor(s) rope_freqs.weight" in flat(cli("info", "-m", path, code=2).output)
+    assert check_llama(check_gguf(path), extra_ok=("rope_freqs.weight",))["n_layers"] == 5
+
+
+def test_a_consistent_crafted_gguf_still_loads(tmp_path):
+    path = tmp_path / "ok.gguf"
+    write_llama_gguf(path)
+    assert "ok.gguf" in cli("info", "-m", path).output
+
+
+def test_gguf_path_that_is_a_directory(tmp_path):
+    (tmp_path / "dir.gguf").mkdir()
+    assert "dir.gguf" in flat(cli("info", "-m", tmp_path / "dir.gguf", code=2).output)
+
+
+# --------------------------------------------------------------------------- item 1: resume refuses a changed run
+
+
+def _sets(out, *extra) -> list[str]:
+    base = [
+        f"output_dir={out}",
+        "prompts.n=4",
+        "generation.max_new_tokens=4",
+        "batch_size=8",
+        "rv.enabled=false",
+        "scoring.logit=false",
+        *extra,
+    ]
+    return base
+
+
+def partial_run(out, *extra, batches: int = 1):
+    """A run stopped after ``batches`` batches of 8 (what a kill leaves, without the kill)."""
+    from transferlab.experiments import load_config, run_experiment
+
+    cfg = load_config("stories", _sets(out, *extra))
+    return run_experiment(cfg, progress=False, report=False, max_batches=batches)
+
+
+def stored(run_dir) -> list[str]:
+    from helpers import stored_results
+
+    return sorted(stored_results(run_dir)["unit"])
+
+
+def test_resume_refuses_an_edited_config(tmp_path):
+    import json
+
+    run_dir = partial_run(tmp_path / "runs")
+    before = stored(run_dir)
+    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg["generation"]["temperature"] = 1.5
+    cfg["prompts"]["n"] = 5
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    meta = (run_dir / "metadata.json").read_text()
+    out = flat(cli("run", "--resume", run_dir, code=2).output)
+    assert "generation.temperature: 0.8 when the run started, 1.5 now" in out
+    assert "prompts.n: 4 when the run started, 5 now" in out and "start a new run" in out
+    assert stored(run_dir) == before and (run_dir / "metadata.json").read_text() == meta  # nothing written
+
+
+def test_resume_refuses_an_edited_bank(tmp_path):
+    import shutil
+
+    from transferlab.prompts.bank import DATA_DIR
+
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    for f in DATA_DIR.glob("stories.*.yaml"):
+        shutil.copy(f, bank / f.name)
+    run_dir = partial_run(tmp_path / "runs", f"prompts.bank={bank}")
+    before = stored(run_dir)
+    target = sorted(bank.iterdir())[-1]
+    target.write_text(target.read_text().replace("Once upon a time", "Long ago", 1))
+    out = flat(cli("run", "--resume", run_dir, code=2).output)
+    assert "prompt bank" in out and "its files were edited" in out
+    assert stored(run_dir) == before
+
+
+def test_resume_refuses_other_weights(tmp_path):
+    model = tmp_path / "m.gguf"
+    write_llama_gguf(model)
+    run_dir = partial_run(tmp_path / "runs", f"model={model}")
+    before = stored(run_dir)
+    write_llama_gguf(model, context_length=4096)  # same tensors, another file: another model as far as we know
+    out = flat(cli("run", "--resume", run_dir, code=2).output)
+    assert f"model {model} sha256" in out
+    assert stored(run_dir) == before
+
+
+def test_resume_refuses_other_code_version(tmp_path, monkeypatch):
+    import transferlab.experiments.resume as resume
+
+    run_dir = partial_run(tmp_path / "runs")
+    before = stored(run_dir)
+    monkeypatch.setattr(resume, "RESULTS_VERSION", resume.RESULTS_VERSION + 1)
+    out = flat(cli("run", "--resume", run_dir, code=2).output)
+    assert "results version" in out
+    assert stored(run_dir) == before
+
+
+def test_resume_refuses_a_run_without_fingerprint(tmp_path):
+    import sqlite3
+
+    run_dir = partial_run(tmp_path / "runs")
+    con = sqlite3.connect(run_dir / "store.sqlite")
+    con.execute("DELETE FROM kv WHERE key = 'fingerprint'")
+    con.commit()
+    con.close()
+    assert "records no fingerprint" in flat(cli("run", "--resume", run_dir, code=2).output)
+
+
+def test_unchanged_run_resumes_to_the_uninterrupted_table(tmp_path):
+    from transferlab.experiments import load_config, run_experiment
+
+    whole = run_experiment(load_config("stories", _sets(tmp_path / "a")), progress=False, report=False)
+    run_dir = partial_run(tmp_path / "b", batches=2)
+    cli("run", "--resume", run_dir, "--no-report")
+    a = (whole / "results.csv").read_text()
+    b = (run_dir / "results.csv").read_text()
+    assert a == b
+
+
+# --------------------------------------------------------------------------- item 7: one process per run directory
+
+
+def test_second_resume_of_a_running_directory_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    run_dir = partial_run(tmp_path / "runs")
+    before = stored(run_dir)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from transferlab.experiments.lock import RunLock; "
+            f"RunLock({str(run_dir)!r}).acquire(); print('locked', flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        out = flat(cli("run", "--resume", run_dir, code=2).output)
+        assert "already running" in out and f"pid {holder.pid}" in out
+        assert stored(run_dir) == before
+        runs = flat(cli("runs", "--output-dir", tmp_path / "runs").output)
+        assert f"running (pid {holder.pid}" in runs
+    finally:
+        holder.kill()
+        holder.wait()
+    runs = flat(cli("runs", "--output-dir", tmp_path / "runs").output)
+    assert "stopped (no process runs it: killed?)" in runs and "8/32" in runs
+
+
+# --------------------------------------------------------------------------- item 4: results without their warnings
+
+
+def test_report_of_an_unfinished_run_says_so(tmp_path):
+    import json
+
+    run_dir = partial_run(tmp_path / "runs", batches=1)
+    out = flat(cli("report", run_dir).output)
+    assert "WARNING: INCOMPLETE RUN: 8 of 32 rows" in out and "--resume" in out
+    report = (run_dir / "report.md").read_text()
+    warnings = report.split("## Warnings", 1)[1].split("##", 1)[0]
+    assert "INCOMPLETE RUN: 8 of 32 rows" in warnings and "No warnings" not in report
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["progress"]["rows"] == 8 and summary["progress"]["expected"] == 32
+    assert summary["warnings"][0]["kind"] == "incomplete"
+    short = summary["progress"]["missing"]["stories260K"]
+    assert len(short) == 6 and all(g.endswith("(0/4)") for g in short)  # one batch: 2 conditions x 4 pairs
+    assert "conditions short of rows: " in out
+
+
+def test_report_of_a_finished_run_has_no_incomplete_warning(tmp_path):
+    from transferlab.experiments import load_config, run_experiment
+
+    run_dir = run_experiment(load_config("stories", _sets(tmp_path)), progress=False, report=False)
+    out = flat(cli("report", run_dir).output)
+    assert "INCOMPLETE" not in out and "INCOMPLETE" not in (run_dir / "report.md").read_text()
+
+
+def test_runs_survives_a_cut_ledger_line(tmp_path):
+    import json
+
+    out = tmp_path / "runs"
+    out.mkdir()
+    good = {"run_dir": str(out / "a"), "name": "a", "status": "complete", "time": "t", "rows": 3}
+    (out / "index.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(good)[:25] + "\n[1, 2]\n")
+    res = flat(cli("runs", "--output-dir", out).output)
+    assert "line 2 is not a ledger entry" in res and "line 3" in res and "complete" in res
+
+
+# --------------------------------------------------------------------------- item 6: messages, not tracebacks
+
+
+def test_damaged_store_on_report_and_resume(tmp_path):
+    run_dir = partial_run(tmp_path / "runs")
+    db = run_dir / "store.sqlite"
+    for extra in ("-wal", "-shm"):
+        (run_dir / f"store.sqlite{extra}").unlink(missing_ok=True)
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 2])
+    for args in (("report", run_dir), ("run", "--resume", run_dir)):
+        out = flat(cli(*args, code=2).output)
+        assert "store.sqlite" in out and "damaged" in out, out
+    db.write_bytes(b"\0" * 100)
+    assert "damaged" in flat(cli("report", run_dir, code=2).output)
+
+
+def test_report_without_config_json(tmp_path):
+    run_dir = partial_run(tmp_path / "runs")
+    (run_dir / "config.json").unlink()
+    out = flat(cli("report", run_dir, code=2).output)
+    assert "no config.json" in out and "restore config.json" in out
+
+
+def test_non_utf8_run_config(tmp_path):
+    run_dir = partial_run(tmp_path / "runs")
+    (run_dir / "config.json").write_bytes(b'{"name": "\xff\xfe"}')
+    for args in (("report", run_dir), ("run", "--resume", run_dir)):
+        out = flat(cli(*args, code=2).output)
+        assert "config.json" in out and "not UTF-8" in out
+
+
+def test_unwritable_run_directory_mid_run(tmp_path, monkeypatch):
+    """The directory turns read-only after rows were stored (simulated: root ignores chmod)."""
+    import json
+
+    import transferlab.experiments.runner as runner
+    from transferlab.experiments.metadata import ledger
+
+    real = runner.write_json
+    calls = []
+
+    def write_json(path, data):
+        calls.append(path.name)
+        if calls == ["config.json", "metadata.json", "metadata.json"]:  # metadata.json once the rows are in
+            raise PermissionError(13, "Permission denied", str(path) + ".tmp")
+        real(path, data)
+
+    monkeypatch.setattr(runner, "write_json", write_json)
+    out = tmp_path / "runs"
+    res = cli("run", "stories", *[a for s in _sets(out) for a in ("--set", s)], "--no-report", code=2)
+    text = flat(res.output)
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    assert "cannot write" in text and "Permission denied" in text and "32 rows computed are safe" in text
+    assert "--resume" in text
+    assert len(stored(run_dir)) == 32
+    (entry,) = ledger(out)
+    assert entry["status"] == "failed" and "Permission denied" in entry["error"]
+    monkeypatch.setattr(runner, "write_json", real)
+    cli("run", "--resume", run_dir, "--no-report")
+    assert json.loads((run_dir / "metadata.json").read_text())["finished"]
+    assert ledger(out)[0]["status"] == "complete"
+
+
+@pytest.mark.parametrize("device", ["banana", "cuda:7", "cuda:99"])
+def test_devices_that_do_not_exist_here(tmp_path, device):
+    import torch
+
+    if device != "banana" and torch.cuda.is_available() and torch.cuda.device_count() > int(device.split(":")[1]):
+        pytest.skip("this machine has that GPU")
+    out = flat(cli("transfer", "-s", STORY, "-t", "a", "-p", "kv:all", "--device", device, code=2).output)
+    assert repr(device) in out and ("cpu" in out or "GPU" in out)
+    out = flat(
+        cli("run", "stories", "--set", f"model.device={device}", "--set", f"output_dir={tmp_path}", code=2).output
+    )
+    assert "model.device" in out and repr(device) in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_directory_given_as_config(tmp_path):
+    out = flat(cli("run", tmp_path, code=2).output)
+    assert "is a directory" in out and str(tmp_path) in nows(out)
+
+
+def test_bank_folder_holding_a_directory_named_yaml(tmp_path):
+    import shutil
+
+    from transferlab.prompts.bank import DATA_DIR
+
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    for f in DATA_DIR.glob("stories.*.yaml"):
+        shutil.copy(f, bank / f.name)
+    (bank / "zzz.yaml").mkdir()
+    out = flat(
+        cli("run", "stories", "--set", f"prompts.bank={bank}", "--set", f"output_dir={tmp_path / 'r'}", code=2).output
+    )
+    assert "zzz.yaml" in out and "is not a file" in out
+    assert "zzz.yaml" in flat(cli("prompts", "list", "--bank", bank, code=1).output)
+
+
+def test_non_utf8_config_and_bank(tmp_path):
+    cfg = tmp_path / "latin1.toml"
+    cfg.write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
+    out = flat(cli("run", cfg, code=2).output)
+    assert "latin1.toml" in out and "not UTF-8" in out
+    bank = tmp_path / "b.main.yaml"
+    bank.write_bytes("bank: b\nschema: 1\n# caf\xe9\n".encode("latin-1"))
+    out = flat(
+        cli("run", "stories", "--set", f"prompts.bank={bank}", "--set", f"output_dir={tmp_path / 'r'}", code=2).output
+    )
+    assert "b.main.yaml" in out and "not UTF-8" in out
+    assert "not UTF-8" in flat(cli("prompts", "list", "--bank", bank, code=1).output)
+
+
+def test_pickled_weights_are_refused_unopened(tmp_path, monkeypatch):
+    import pickle
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('the pickle ran')",))
+
+    (model / "pytorch_model.bin").write_bytes(pickle.dumps(Boom()))
+    out = flat(cli("info", "-m", model, code=2).output)
+    assert "pytorch_model.bin is refused as unsafe" in out and "arbitrary code" in out and "safetensors" in out
+
+
+def test_nan_temperature_and_bad_noise(tmp_path):
+    out = flat(cli("transfer", "-s", STORY, "-t", "a b", "-p", "kv:all", "--temperature", "nan", code=2).output)
+    assert "temperature must be a finite number > 0" in out
+    for sd in ("-1", "0", "nan"):
+        out = flat(cli("transfer", "-s", STORY, "-t", "a b", "-p", f"noise:v_proj@1:sd{sd}", code=2).output)
+        assert "noise sd must be a positive number" in out
+    out = flat(
+        cli("run", "stories", "--set", "generation.temperature=nan", "--set", f"output_dir={tmp_path}", code=2).output
+    )
+    assert "generation.temperature" in out
+    out = flat(
+        cli(
+            "run",
+            "stories",
+            "--set",
+            "conditions.3.plan=noise:v_proj@1:sd-1",
+            "--set",
+            f"output_dir={tmp_path}",
+            code=2,
+        ).output
+    )
+    assert "conditions.3.plan" in out and "noise sd must be a positive number" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_local_directory_is_not_called_a_hub_id(tmp_path):
+    out = flat(cli("info", "-m", tmp_path / "nonexistent" / "dir" / "model", code=2).output)
+    assert "no such model directory or file" in out and "hub" not in out.split("(")[0]
+
+
+def test_a_hub_that_accepts_but_never_answers(monkeypatch):
+    """A server on 127.0.0.1 (ours) that accepts connections and never replies: the error comes in seconds."""
+    import socket
+    import threading
+
+    import huggingface_hub.constants
+    import transformers
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held, stop = [], threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])  # accepted, never answered
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+
+    def no_hub_client(*a, **k):
+        raise AssertionError("the hub client was called after the hub did not answer")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", no_hub_client)
+    try:
+        out = flat(cli("info", "-m", "nobody/no-such-model-xyz", code=2).output)
+    finally:
+        stop.set()
+        thread.join()
+        for c in held:
+            c.close()
+        server.close()
+    assert f"127.0.0.1:{port}" in out and "did not answer" in out
+    # no timing assertion (it would depend on the machine's load): the hub client, whose timeouts and
+    # retries took 47-53 s, is never reached, and the probe itself gives up after 5 s
+    assert held, "the probe never reached our server"
+
+
+def test_prompts_beyond_the_context_are_refused(tmp_path):
+    long = " ".join(["Once upon a time there was a frog."] * 300)  # about 3,600 tokens; stories260K holds 2,048
+    out = flat(cli("rv", long, code=2).output)
+    assert "beyond the model's context of 2048 tokens" in out and "refused, not truncated" in out
+    out = flat(cli("transfer", "-s", STORY, "-t", long, "-p", "kv:all", "-n", "4", code=2).output)
+    assert "target 0" in out and "+ 4 new tokens" in out and "context of 2048" in out
+    out = flat(cli("transfer", "-s", long, "-t", STORY, "-p", "kv:all", "-n", "4", code=2).output)
+    assert "source 0" in out and "context of 2048" in out
+
+
+@pytest.mark.parametrize("plan, words", [("v_proj@0.84:w400", "window 400"), ("v_proj@0.84:h99", "[99] do not exist")])
+def test_plan_errors_found_before_the_run_directory(tmp_path, plan, words):
+    out = flat(
+        cli("run", "stories", "--set", f"conditions.1.plan={plan}", "--set", f"output_dir={tmp_path}", code=2).output
+    )
+    assert words in out and "conditions.1.plan" in out
+    assert list(tmp_path.iterdir()) == []  # no failed run directory left behind
+
+
+def test_the_context_rule_at_its_boundary():
+    """target + new tokens (+1 in the seed flavour, + the source under kv:prepend) <= max_position_embeddings."""
+    from types import SimpleNamespace
+
+    from transferlab.interventions import parse_plan
+    from transferlab.models.context import ContextError, check_generation
+
+    model = SimpleNamespace(hf=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=2048)))
+    none, prepend = parse_plan(""), parse_plan("kv:prepend")
+    check_generation(model, [[1] * 2040], [None], [none], 8, "corrected")
+    with pytest.raises(ContextError, match="2040 tokens \\+ 9 new tokens = 2049"):
+        check_generation(model, [[1] * 2040], [None], [none], 9, "corrected")
+    with pytest.raises(ContextError, match="\\+ 9 new tokens"):
+        check_generation(model, [[1] * 2040], [None], [none], 8, "seed")
+    check_generation(model, [[1] * 2030], [[1] * 10], [prepend], 8, "corrected")
+    with pytest.raises(ContextError, match="prepended"):
+        check_generation(model, [[1] * 2030], [[1] * 11], [prepend], 8, "corrected")
+    with pytest.raises(ContextError, match="source 0"):
+        check_generation(model, [[1] * 10], [[1] * 2049], [parse_plan("kv:all")], 1, "corrected")
+    check_generation(
+        SimpleNamespace(hf=SimpleNamespace(config=SimpleNamespace())), [[1] * 10**5], [None], [none], 9, "seed"
+    )
