@@ -94,6 +94,61 @@ def rv_cmd(
     console.print(table)
 
 
+@app.command("rv-study")
+def rv_study_cmd(
+    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help=MODEL_HELP),
+    prompt_format: str = typer.Option("raw", "--format", help="raw or chat (the model's own template)."),
+    bank: str = typer.Option("research", help="Prompt bank (name, file or folder)."),
+    window: int = typer.Option(16, help="Last W tokens (BOS excluded)."),
+    out: str = typer.Option("runs", help="Where the run directory is written."),
+    threads: Optional[int] = typer.Option(None, help="torch intra-op threads (default: torch's)."),
+) -> None:
+    """R_V by prompt group at the seed's layers and across the late layers (issue 11 item 5a)."""
+    import shlex
+
+    from rich.markup import escape
+
+    from .experiments.rv_study import StudyError, headline, run_rv_study
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    m = _load(model)
+    try:
+        args = ["--model", model, "--format", prompt_format, "--bank", bank, "--window", str(window), "--out", out]
+        args += ["--threads", str(threads)] if threads else []
+        command = shlex.join(["transferlab", "rv-study", *args])
+        study = run_rv_study(m, prompt_format, bank, window, out, command=command)
+    except (StudyError, ValueError, KeyError, FileNotFoundError) as exc:
+        _fail(exc)
+    s = study.summary
+    table = Table(
+        title=escape(f"R_V on {s['model']} ({s['format']}), v_proj@{s['layers']['late']} / @{s['layers']['early']}")
+    )
+    for col in ("target", "reference", "n", "mean t / r", "Δ", "95% CI", "Holm p", "d_s"):
+        table.add_column(col)
+
+    def num(x, spec: str = ".3f") -> str:
+        return "–" if x is None or x != x else format(x, spec)
+
+    for r in headline(s).to_dict("records"):
+        table.add_row(
+            escape(str(r["target"])),
+            escape(str(r["reference"])),
+            f"{r['n_target']}/{r['n_ref']}",
+            f"{num(r['mean_target'])} / {num(r['mean_ref'])}",
+            num(r["diff"], "+.3f"),
+            escape(f"[{num(r['ci_low'])}, {num(r['ci_high'])}]"),
+            num(r["p_holm"], ".3g"),
+            num(r["d"], ".2f"),
+        )
+    console.print(table)
+    for w in s["length"]["warnings"]:
+        console.print(f"[yellow]warning:[/] {escape(w)}")
+    console.print(f"run directory: {escape(str(study.run_dir))}  ({s['wall_s']:.1f} s)")
+
+
 def warn_never_fired(audit, console=console) -> int:
     """Print a loud warning for every intervention that never acted; returns how many."""
     from .interventions import never_fired
