@@ -183,3 +183,14 @@ def test_configs_symlink_points_at_the_presets():
     if not root.exists():
         pytest.skip("not a source checkout")
     assert sorted(p.name for p in root.glob("*.toml")) == sorted(f"{n}.toml" for n in list_presets())
+
+
+def test_run_prints_its_headline(full_run):
+    """The headline printed after a run is summary.json's: the primary score per condition, and its deltas."""
+    _, run_dir, output = full_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    flat_out = nows(output)
+    score = summary["primary_score"]
+    assert nows(f"paired Δ {score}") in flat_out
+    delta = next(d for d in summary["deltas"] if d["score"] == score and d["condition"] == "transfer")
+    assert nows(f"transfer − {delta['reference']} │ {delta['mean_diff']:.3f}") in flat_out

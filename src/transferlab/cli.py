@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -297,10 +298,46 @@ def run(
             f"[bold red]WARNING: intervention {escape(str(r.description))} ({escape(str(r.hook_point))}) "
             f"never fired in {r.examples_never_fired} of {r.examples} example(s)[/]"
         )
+    _print_headline(run_dir)
     console.print(f"[green]run directory:[/] {escape(str(run_dir))}")
     report = run_dir / "report.md"
     if report.exists():
         console.print(f"report: {escape(str(report))}")
+
+
+def _print_headline(run_dir: Path) -> None:
+    """The run's headline from its summary.json: each condition's primary score and source_overlap, then the
+    paired deltas of the primary score (vs the reference, and the primary condition vs each control)."""
+    path = run_dir / "summary.json"
+    if not path.exists():  # --no-report
+        return
+    s = json.loads(path.read_text())
+    score = s.get("primary_score")
+    models = s.get("models") or []
+
+    def num(x) -> str:
+        return "–" if x is None else f"{x:.3f}"
+
+    for model in models:
+        means = {(r["condition"], r["score"]): r for r in s["conditions_table"] if r["model"] == model}
+        table = Table(title=escape(f"{model}: {score} (95% cluster CI) and source_overlap"))
+        for col in ("condition", score, "95% CI", "source_overlap"):
+            table.add_column(escape(col))
+        for cond in s["conditions"]:
+            r, o = means.get((cond, score)), means.get((cond, "source_overlap"))
+            if r is not None:
+                ci = f"[{num(r['ci_low'])}, {num(r['ci_high'])}]"
+                table.add_row(escape(cond), num(r["mean"]), escape(ci), num(o["mean"]) if o else "–")
+        console.print(table)
+        deltas = Table(title=escape(f"{model}: paired Δ {score}"))
+        for col in ("comparison", "Δ mean", "95% cluster CI", "Holm p"):
+            deltas.add_column(col)
+        for d in s["deltas"]:
+            if d["model"] == model and d["score"] == score:
+                ci = f"[{num(d['ci_low'])}, {num(d['ci_high'])}]"
+                name = f"{d['condition']} − {d['reference']}"
+                deltas.add_row(escape(name), num(d["mean_diff"]), escape(ci), num(d.get("p_holm")))
+        console.print(deltas)
 
 
 @app.command()
