@@ -189,17 +189,18 @@ class Worker:
             sources.append(own if plan.needs_source else None)
             plans.append(plan)
             lexicons.append(ctx.lexicon(pair.source_id))
+        prompts = self._formatted(model, cfg, targets)  # what the model sees, once for generation and logit scoring
         record = None
         if cfg.scoring.logit:
             record = {
                 "markers": [self._marker_ids(model, lex) for lex in lexicons],
-                "target_top": self._own_top_ids(model, self._formatted(model, cfg, targets), cfg.scoring.logit_top_k),
+                "target_top": self._own_top_ids(model, prompts, cfg.scoring.logit_top_k),
             }
         # one random stream per (model, seed, pair), shared by its conditions: paired differences
         # then differ by the intervention, not by the sampler's draws
         streams = [f"{batch.model}|{batch.seed}|{u.pair_id}" for u in batch.units]
         gen = model.generate(
-            self._formatted(model, cfg, targets),
+            prompts,
             sources=self._formatted(model, cfg, sources),
             plan=plans,
             seed=batch.seed,
@@ -275,12 +276,15 @@ class Worker:
     @staticmethod
     def _formatted(model, config, texts: list):
         """Prompts in the config's format: raw texts as they are; in chat format, token ids of each text as
-        the user turn of the model's chat template (``None`` entries stay ``None``)."""
+        the user turn of the model's chat template (``None`` entries stay ``None``). A batch repeats each pair's
+        texts under every condition: each distinct text is templated and encoded once."""
         if config.prompts.format == "raw":
             return texts
         from ..engine.batching import encode
 
-        return [None if t is None else encode(model.tokenizer, [t], config.prompts.format)[0] for t in texts]
+        distinct = sorted({t for t in texts if t is not None})
+        ids = dict(zip(distinct, encode(model.tokenizer, distinct, config.prompts.format)))
+        return [None if t is None else ids[t] for t in texts]
 
     def _marker_ids(self, model, lexicon: list[str]) -> list[int]:
         """Marker token ids of a lexicon, once per model: it decodes the whole vocabulary."""
