@@ -126,37 +126,14 @@ def capture_only(model, tg, sr, pl):
 
 
 def phases(model, tg, sr, pl, bs, steps=150):
-    """Seconds per phase of one full generate (each phase synchronised before and after)."""
-    from transferlab.engine import decode, steps
+    """Seconds per stage of one full generate, from the engine's own stage clock (synchronised at every
+    stage boundary; see transferlab.timings)."""
+    from transferlab.timings import StageClock
 
-    spent: dict = {}
-    decode.TIMINGS = spent
-    originals = {}
-
-    def wrap(owner, name, label):
-        real = getattr(owner, name)
-        originals[(owner, name)] = real
-
-        def timed_call(*a, **k):
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            out = real(*a, **k)
-            torch.cuda.synchronize()
-            spent[label] = spent.get(label, 0.0) + time.perf_counter() - t
-            return out
-
-        setattr(owner, name, timed_call)
-
-    wrap(steps, "batch_sources", "source_capture_s")
-    wrap(steps, "_prefix_cache", "target_prefix_s")
-    wrap(steps, "apply_splice", "splice_s")
-    wrap(decode, "run", "decode_loop_s")
-    try:
+    with StageClock(sync=torch.cuda.synchronize) as clock:
         total = timed(model, tg, sr, pl, steps, bs)
-    finally:
-        for (owner, name), real in originals.items():
-            setattr(owner, name, real)
-        decode.TIMINGS = None
+    spent = {f"{name}_s": row["s"] for name, row in clock.table()["stages"].items()}
+    spent["graphs"] = clock.entries.get("graph_capture", 0)
     spent["total_s"] = total
     return spent
 

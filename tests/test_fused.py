@@ -149,3 +149,21 @@ def test_fused_rope_that_fails_hands_back_to_the_original(monkeypatch):
     assert torch.equal(out, ref)
     module = sys.modules[type(model.hf).__module__]
     assert getattr(module.apply_rotary_pos_emb, "_transferlab_fused", False)
+
+
+def test_modules_alike_are_checked_once(monkeypatch):
+    """Every RMSNorm of a model has the same class, shape and eps: one check stands for all of them."""
+    import transferlab.engine.fused as fused_mod
+
+    checked = []
+    real = fused_mod._agrees
+
+    def counting(new, old, *args, **kw):
+        checked.append(new)
+        return real(new, old, *args, **kw)
+
+    monkeypatch.setattr(fused_mod, "_agrees", counting)
+    model = load_model("tiny:llama", fuse=False)
+    done = fuse(model.hf, parts=("norm", "mlp"), compiler=lambda f: f)
+    assert done["norm"] == 9 and done["mlp"] > 1
+    assert len(checked) == 2  # one norm, one MLP

@@ -323,3 +323,29 @@ def test_extra_comparisons_reach_the_summary(tmp_path):
     deltas = json.loads((run_dir / "summary.json").read_text())["deltas"]
     pairs = {(d["condition"], d["reference"]) for d in deltas}
     assert ("noise", "patch_only") in pairs and ("noise", "baseline") in pairs
+
+
+def test_the_runners_batch_size_fills_the_workers_gpu_and_shares_it_among_workers():
+    """With ``batch_size`` unset: the worker's suggestion (what its GPU holds), split so no Ray worker idles;
+    256 on a GPU without a suggestion; 64 on the CPU."""
+    from dataclasses import replace
+
+    from transferlab.experiments.runner import Runner
+    from transferlab.experiments.worker import ModelFacts
+
+    class Executor:
+        def __init__(self, workers):
+            self.workers = workers
+
+        def describe(self):
+            return {"kind": "ray", "workers": self.workers}
+
+    runner = Runner.__new__(Runner)
+    facts = ModelFacts("m", 4, "cuda:0", {}, [], batch_size=1000)
+    runner.executor = Executor(1)
+    assert runner.auto_batch_size(facts, 1200) == 1000
+    assert runner.auto_batch_size(facts, 300) == 300
+    runner.executor = Executor(2)
+    assert runner.auto_batch_size(facts, 1200) == 600
+    assert runner.auto_batch_size(replace(facts, batch_size=0), 1200) == 256
+    assert runner.auto_batch_size(replace(facts, device="cpu"), 1200) == 64

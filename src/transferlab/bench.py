@@ -251,6 +251,7 @@ def main(
         # the same measurements with RMSNorm, SiLU*up and RoPE fused (transferlab.engine.fused); compile time apart
         t1 = time.perf_counter()
         result["fused_parts"] = prepare(model, fuse=True).source["fused"]
+        result["kernels"] = model.source.get("kernels")
         run_engine(model, sources[:4], targets[:4], max_new_tokens=4, batch_size=batch_size)
         run_engine(model, sources[:8], targets[:8], max_new_tokens=4, batch_size=32)
         result["fuse_compile_s"] = time.perf_counter() - t1

@@ -250,19 +250,61 @@ def run(
         min=0,
         help="GPUs per Ray worker (default 1 with GPUs; more for a model split with device_map).",
     ),
+    timings: Optional[str] = typer.Option(
+        None,
+        "--timings",
+        help="Write where the wall time went, by stage (imports, model_load, decode, statistics, ...), to this JSON.",
+    ),
 ) -> None:
     """Run an experiment end to end (or resume one) and write its run directory."""
-    from .experiments import ConfigError, load_config, run_experiment
-    from .experiments.executors import ExecutorError
-    from .experiments.runner import never_fired_summary
-    from .interventions import InterventionError
-    from .models import ModelLoadError
-    from .sites import SiteError
+    if timings is None:
+        return _run(config, set_, resume, no_report, executor, address, workers, gpus_per_worker)
+    from .timings import StageClock, cuda_sync, process_age
+
+    startup = process_age()  # interpreter start and the command line's own imports, before the clock
+    clock, run_dir = StageClock(sync=cuda_sync), None
+    try:
+        with clock:
+            run_dir = _run(config, set_, resume, no_report, executor, address, workers, gpus_per_worker)
+    finally:
+        where = str(run_dir) if run_dir is not None else None
+        clock.write(timings, command="transferlab run", run_dir=where, startup_s=startup, **_timing_context())
+
+
+def _timing_context() -> dict:
+    """What a timing depends on: versions and the device."""
+    import platform
+    import sys
+
+    out = {"python": platform.python_version(), "argv": sys.argv[1:]}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        out["torch"] = torch.__version__
+        out["threads"] = torch.get_num_threads()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            out["device"] = torch.cuda.get_device_name(0)
+    transformers = sys.modules.get("transformers")
+    if transformers is not None:
+        out["transformers"] = transformers.__version__
+    return out
+
+
+def _run(config, set_, resume, no_report, executor, address, workers, gpus_per_worker) -> Path:
+    from .timings import stage
+
+    with stage("imports"):
+        from .experiments import ConfigError, load_config, run_experiment
+        from .experiments.executors import ExecutorError
+        from .experiments.runner import never_fired_summary
+        from .interventions import InterventionError
+        from .models import ModelLoadError
+        from .sites import SiteError
 
     if resume and (config or set_):
         _fail(ValueError("--resume continues a run with its own config.json; drop the config argument and --set"))
     try:
-        cfg = None if resume else load_config(config, set_)
+        with stage("config"):
+            cfg = None if resume else load_config(config, set_)
         if cfg is not None:
             from .experiments.checks import layer_collisions
 
@@ -289,9 +331,16 @@ def run(
         _fail(exc)
     from .experiments.store import RunStore
 
-    store = RunStore(run_dir / "store.sqlite")
-    results = store.results()
-    store.close()
+    with stage("cli_output"):
+        store = RunStore(run_dir / "store.sqlite")
+        results = store.results()
+        store.close()
+        _print_outcome(run_dir, results, never_fired_summary)
+    return run_dir
+
+
+def _print_outcome(run_dir: Path, results, never_fired_summary) -> None:
+    """Never-fired warnings, the headline table and where the run directory and report are."""
     dead = never_fired_summary(results)
     for r in dead.itertuples():
         console.print(
@@ -439,10 +488,30 @@ def bench(
     fused: bool = typer.Option(False, "--fused", help="Also measure with fused elementwise kernels (torch.compile)."),
     out: str = typer.Option("benchmarks/results", help="Where the JSON result goes."),
     device: Optional[str] = typer.Option(None, help="Default: cuda if available, else cpu."),
+    path: str = typer.Option(
+        "engine",
+        "--path",
+        help="engine: the engine's W300 in one warm process. run: `transferlab run` of W300 in fresh processes, "
+        "from process start to report, by stage (first run cold, then warm; --runs).",
+    ),
+    runs: int = typer.Option(2, "--runs", min=1, help="With --path run: how many runs (the first one is cold)."),
+    model: str = typer.Option("random:mistral-7b", "--model", help="With --path run: the model spec."),
 ) -> None:
-    """The W300 speed benchmark: our engine vs unpatched, the seed's loop and HF generate (JSON to --out)."""
+    """The W300 speed benchmark: our engine vs unpatched, the seed's loop and HF generate (JSON to --out);
+    with --path run, the whole `transferlab run` by stage."""
     import json
 
+    if path not in ("engine", "run"):
+        _fail(ValueError(f"--path must be engine or run; got {path!r}"))
+    if path == "run":
+        from .bench_path import main as path_main
+
+        try:
+            result = path_main(model, pairs, runs, batch_size, max_new_tokens, out_dir=out)
+        except (ValueError, RuntimeError) as exc:
+            _fail(exc)
+        console.print_json(json.dumps(result))
+        return
     from .bench import main as bench_main
 
     known = {"engine", "unpatched", "seed", "hf"}

@@ -58,10 +58,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 P_COLUMNS = ("p_t", "p_wilcoxon", "p_perm", "p_perm_cluster")
 DDOF = 1
+
+
+def _scipy_stats():
+    """``scipy.stats``, imported on first use (0.5-0.7 s: a run imports it while the GPU decodes, see the runner)."""
+    from scipy import stats
+
+    return stats
 
 
 def _as_list(cols: str | Sequence[str]) -> list[str]:
@@ -169,7 +175,7 @@ def _sign_flip_p(x: np.ndarray, n_total: int, n_perm: int, seed: int) -> float:
     """Two-sided sign-flip permutation p of ``sum(x) / n_total`` (scipy)."""
     if x.size == 0 or not np.any(x != 0):
         return np.nan
-    res = sps.permutation_test(
+    res = _scipy_stats().permutation_test(
         (x,),
         lambda a, axis: a.sum(axis=axis) / n_total,
         permutation_type="samples",
@@ -245,7 +251,7 @@ def paired_compare(
         sd = d.std(ddof=DDOF)
         row["sd_diff"] = sd
         if sd > 0:
-            tt = sps.ttest_rel(cond, ref)
+            tt = _scipy_stats().ttest_rel(cond, ref)
             row.update(t=float(tt.statistic), df=float(tt.df), p_t=float(tt.pvalue), d_z=d.mean() / sd)
         else:
             notes.append("all differences equal: t, d_z undefined")
@@ -257,7 +263,7 @@ def paired_compare(
         if np.any(d != 0):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                wres = sps.wilcoxon(d, zero_method="wilcox", alternative="two-sided")
+                wres = _scipy_stats().wilcoxon(d, zero_method="wilcox", alternative="two-sided")
             row.update(w=float(wres.statistic), p_wilcoxon=float(wres.pvalue))
             row["p_perm"] = _sign_flip_p(d, n, n_perm, seed)
             csum = ok.groupby("cluster", sort=True)["diff"].sum().to_numpy()

@@ -35,11 +35,11 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from ..models.cache import cache_kwargs, output_cache
+from ..timings import stage
 from .fastpath import NAME as FAST_ATTENTION
 from .fastpath import preallocate
 
 SEGMENT = 32  # decode steps per static segment (one CUDA graph each)
-TIMINGS: dict | None = None  # set to a dict to collect seconds spent capturing graphs (benchmarks)
 MODES = ("auto", "eager", "static", "graph")
 
 
@@ -253,29 +253,21 @@ def _replay_segment(hf, step_fn, step: int, seg_end: int, stop_at_eos: bool, sta
 
     The graph (and its private memory pool) is released when the segment ends, before the next capture.
     """
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step_fn()
-    torch.cuda.current_stream().wait_stream(side)
-    step += 1
-    if TIMINGS is not None:
-        import time
-
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph):
-            step_fn()  # recorded, not run
-    except RuntimeError as exc:  # out of memory for the graph's pool, an op that cannot be captured, ...
-        _graphs_failed(hf, exc)  # the caller's loop goes on from ``step`` without graphs
-        torch.cuda.synchronize()
-        return step
-    if TIMINGS is not None:
-        torch.cuda.synchronize()
-        TIMINGS["graph_capture_s"] = TIMINGS.get("graph_capture_s", 0.0) + time.perf_counter() - t0
-        TIMINGS["graphs"] = TIMINGS.get("graphs", 0) + 1
+    with stage("graph_capture"):  # the warm-up step and the recording, not the replays
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step_fn()
+        torch.cuda.current_stream().wait_stream(side)
+        step += 1
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                step_fn()  # recorded, not run
+        except RuntimeError as exc:  # out of memory for the graph's pool, an op that cannot be captured, ...
+            _graphs_failed(hf, exc)  # the caller's loop goes on from ``step`` without graphs
+            torch.cuda.synchronize()
+            return step
     while step < seg_end:
         graph.replay()
         step += 1

@@ -33,6 +33,7 @@ import pandas as pd
 
 from ..interventions.audit import audit_rows, audit_table, never_fired
 from ..models.context import check_generation
+from ..timings import stage
 from .arguments import examples
 from .batching import encode
 from .rows import BatchRows
@@ -105,8 +106,9 @@ def generate(
     n, ids, plans = len(ex), ex.ids, ex.plans
     keys = ex.keys(seed)
     sampler = Sampler(temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy)
-    tgt_ids = encode(model.tokenizer, ex.targets)
-    src_ids = [encode(model.tokenizer, [s])[0] if s is not None else None for s in ex.sources]
+    with stage("tokenize"):
+        tgt_ids = encode(model.tokenizer, ex.targets)
+        src_ids = [encode(model.tokenizer, [s])[0] if s is not None else None for s in ex.sources]
     check_generation(model, tgt_ids, src_ids, plans, max_new_tokens, flavour, ex.targets)  # refused, not truncated
     per_row_sets = _logit_sets(record_logits, n, model)
     order = sorted(range(n), key=lambda i: (len(tgt_ids[i]), len(src_ids[i] or ())))
@@ -125,15 +127,17 @@ def generate(
             out_tokens[i], out_reason[i] = out.tokens[b], out.reasons[b]
             for name in out_mass:
                 out_mass[name][i] = out.mass[name][b]
-        audit.extend(audit_rows(ids, chunk, out.audit))
+        with stage("audit"):
+            audit.extend(audit_rows(ids, chunk, out.audit))
         if bar is not None:
             bar.advance(bar.task_ids[0])
     if bar is not None:
         bar.stop()
-    texts = [model.tokenizer.decode(t, skip_special_tokens=True) for t in out_tokens]
-    return Generation(
-        texts, out_tokens, out_reason, audit_table(audit), list(ids), [len(t) for t in tgt_ids], flavour, out_mass
-    )
+    with stage("detokenize"):
+        texts = [model.tokenizer.decode(t, skip_special_tokens=True) for t in out_tokens]
+    with stage("audit"):
+        table = audit_table(audit)
+    return Generation(texts, out_tokens, out_reason, table, list(ids), [len(t) for t in tgt_ids], flavour, out_mass)
 
 
 def _progress(enabled: bool, total: int):

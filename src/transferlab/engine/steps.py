@@ -27,6 +27,7 @@ from ..hooks import hooked
 from ..interventions.context import StepContext
 from ..interventions.splice import apply_prepend, apply_splice
 from ..models.cache import cache_kwargs, get_kv, last_logits_kwargs, n_cache_layers, output_cache, set_kv
+from ..timings import stage
 from . import decode
 from .batching import left_pad, pad_id_of
 from .plans import bind, distinct_interventions, source_points, splices
@@ -66,7 +67,8 @@ def generate_batch(model, rows: BatchRows, how: Decoding, logit_sets: dict, prec
     points, want_kv = source_points(entries), splices(entries)
     sources = source_kv = None
     if points or want_kv:
-        sources, source_kv = batch_sources(model, rows, points, want_kv, precomputed)
+        with stage("source_capture"):
+            sources, source_kv = batch_sources(model, rows, points, want_kv, precomputed)
     ctx = StepContext()
     bound = bind(model, entries, batch, sources, keys, rows.partner, ctx, how.flavour)
     masks = _logit_masks(logit_sets, rows.examples, int(model.hf.config.vocab_size), device)
@@ -77,12 +79,14 @@ def generate_batch(model, rows: BatchRows, how: Decoding, logit_sets: dict, prec
     fill = eos if eos is not None else pad_id_of(tok)
     with torch.inference_mode(), hooked(bound.hooks):
         if how.flavour == "seed":
-            prompt = seed_prompt(model, batch, rows.plans, bound, source_kv, ctx)
+            with stage("seed_prompt"):
+                prompt = seed_prompt(model, batch, rows.plans, bound, source_kv, ctx)
         else:
             # 2. the prefixes, with prompt-phase interventions; KV splices into the prefix cache
             cache, attn_prefix, offset = prefix(model, batch, rows, bound, prefix_kv(source_kv), ctx)
             # 3. the last prompt token on top: its logits give new token 0
-            prompt = last_token(model, batch, cache, attn_prefix, offset, ctx)
+            with stage("last_token"):
+                prompt = last_token(model, batch, cache, attn_prefix, offset, ctx)
             cache = None
         source_kv = sources = None  # spliced already; free the source caches before decoding
         # 4. decode: one new token per forward, decode-phase interventions at every one
@@ -101,8 +105,10 @@ def generate_batch(model, rows: BatchRows, how: Decoding, logit_sets: dict, prec
             masks=masks,
         )
         logits = cache = None
-        decode.run(model.hf, ctx, how.sampler, state, how.max_new, how.stop_at_eos, eos, fill)
-    tokens, reasons = _cut_at_eos(state.generated[: rows.n_real].cpu().tolist(), eos if how.stop_at_eos else None)
+        with stage("decode"):
+            decode.run(model.hf, ctx, how.sampler, state, how.max_new, how.stop_at_eos, eos, fill)
+            generated = state.generated[: rows.n_real].cpu().tolist()
+    tokens, reasons = _cut_at_eos(generated, eos if how.stop_at_eos else None)
     return BatchOutput(tokens, reasons, {n: m[: rows.n_real].cpu().numpy() for n, m in mass.items()}, bound.audit)
 
 
@@ -120,13 +126,17 @@ def prefix(model, batch, rows: BatchRows, bound, source_kv, ctx):
     ctx.phase = "prompt"
     if batch.width > 1:
         ctx.positions, ctx.valid = pos[:, :-1], attn_prefix.bool()
-        cache = _prefix_cache(model.hf, ids[:, :-1], attn_prefix, pos[:, :-1], rows.targets, not bound.acts_at_prompt)
+        with stage("target_prefix"):
+            cache = _prefix_cache(
+                model.hf, ids[:, :-1], attn_prefix, pos[:, :-1], rows.targets, not bound.acts_at_prompt
+            )
         prefix_len = [n - 1 for n in batch.lengths]
-        for splice, held, counters in bound.splices:
-            if splice.align == "prepend":
-                attn_prefix, offset = apply_prepend(model, cache, splice, held, source_kv, prefix_len, counters)
-            else:
-                apply_splice(model, cache, splice, held, source_kv, prefix_len, "corrected", counters)
+        with stage("splice"):
+            for splice, held, counters in bound.splices:
+                if splice.align == "prepend":
+                    attn_prefix, offset = apply_prepend(model, cache, splice, held, source_kv, prefix_len, counters)
+                else:
+                    apply_splice(model, cache, splice, held, source_kv, prefix_len, "corrected", counters)
     return cache, attn_prefix, offset
 
 

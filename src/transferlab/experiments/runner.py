@@ -30,6 +30,7 @@ from rich.markup import escape
 
 from ..interventions import never_fired
 from ..prompts import load_bank, make_pairs
+from ..timings import stage
 from .checks import preflight
 from .config import ConfigError, ExperimentConfig, run_name_problem, validate_config
 from .executors import Executor, InProcessExecutor, make_executor
@@ -100,10 +101,12 @@ class Runner:
         console=None,
         max_batches: int | None = None,
         executor: Executor | None = None,
+        report: bool = False,
     ):
         self.config, self.run_dir = config, Path(run_dir)
         self.progress, self.console = progress, console
         self.max_batches = max_batches  # stop early (tests of resumption)
+        self.report = report  # a report follows: its libraries are imported while the batches run
         self.executor = executor if executor is not None else InProcessExecutor()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.store = RunStore(self.run_dir / "store.sqlite")
@@ -114,10 +117,11 @@ class Runner:
     # -- prompts -----------------------------------------------------------
     def pairs(self):
         p = self.config.prompts
-        self.bank = load_bank(p.bank)
-        sources = self.bank.select(p.sources)
-        targets = self.bank.select(p.targets)
-        return make_pairs(sources, targets, p.n, p.pair_seed, reuse=p.reuse, length_match=p.length_match)
+        with stage("prompts"):
+            self.bank = load_bank(p.bank)
+            sources = self.bank.select(p.sources)
+            targets = self.bank.select(p.targets)
+            return make_pairs(sources, targets, p.n, p.pair_seed, reuse=p.reuse, length_match=p.length_match)
 
     # -- the model, seen from the driver -----------------------------------------
     def prepare(self, name: str, pairs) -> tuple[ModelFacts, dict[str, dict]]:
@@ -163,8 +167,9 @@ class Runner:
     def run(self) -> Path:
         cfg = self.config
         pairs = self.pairs()
-        self.record()
-        done = self.store.done_units()
+        with stage("setup"):
+            self.record()
+            done = self.store.done_units()
         for spec in cfg.model_specs():
             facts, rv_rows = self.prepare(spec.spec, pairs)
             conditions = expand_conditions(cfg, facts.n_layers)
@@ -196,7 +201,7 @@ class Runner:
         for u in units:
             settings = generation_settings(self.config, conditions[u.condition])
             groups[json.dumps([u.seed, settings], sort_keys=True)].append(u)
-        bs = self.config.batch_size or (256 if facts.device.startswith("cuda") else 64)
+        bs = self.config.batch_size or self.auto_batch_size(facts, len(units))
         out = []
         for key, group in groups.items():
             seed, settings = json.loads(key)
@@ -217,6 +222,16 @@ class Runner:
                 )
         return out
 
+    def auto_batch_size(self, facts: ModelFacts, n_units: int) -> int:
+        """Units per batch when the config leaves it open: what the worker's GPU holds (shared out evenly among
+        the executor's workers, so that none idles), 256 on a GPU without a suggestion, 64 on the CPU."""
+        if not facts.device.startswith("cuda"):
+            return 64
+        if not facts.batch_size:
+            return 256
+        workers = max(1, int(self.executor.describe().get("workers", 1) or 1))
+        return max(1, min(facts.batch_size, -(-n_units // workers)))
+
     def execute(
         self, facts: ModelFacts, model_name: str, pairs, conditions: dict, units: list[WorkUnit], rv_rows: dict
     ) -> None:
@@ -232,19 +247,48 @@ class Runner:
             bar.start()
             label = escape(f"{self.config.name} on {model_name}")  # the progress bar reads markup
             task = bar.add_task(label, total=sum(len(b.units) for b in batches))
+        if self.report:
+            import_report_soon()
         results = self.executor.map_batches(batches)
         try:
-            for batch, rows in results:
-                self.store.append(rows)
-                self.batches_done += 1
-                if bar is not None:
-                    bar.advance(task, len(batch.units))
+            with stage("batches"):  # the stages inside are their own; "batches" keeps what lies between them
+                self._consume(results, bar, task)
         finally:
             close = getattr(results, "close", None)  # a generator: stop a lazy executor's work
             if close is not None:
                 close()
             if bar is not None:
                 bar.stop()
+
+    def _consume(self, results, bar, task) -> None:
+        """Append each batch's rows to the store as it arrives."""
+        for batch, rows in results:
+            with stage("store"):
+                self.store.append(rows)
+            self.batches_done += 1
+            if bar is not None:
+                bar.advance(task, len(batch.units))
+
+
+def import_report_soon() -> None:
+    """Import the report's libraries (matplotlib, scipy.stats; about 1.5 s) on a background thread.
+
+    The batches keep the GPU busy while the host mostly waits for it, so the
+    imports cost the run nothing there; the report then finds them imported
+    (a module half-imported by the thread is waited for by Python's import
+    lock, never imported twice). Failures are left for the report to raise.
+    """
+    import threading
+
+    def work() -> None:
+        try:
+            import scipy.stats  # noqa: F401
+
+            from .. import report  # noqa: F401
+        except Exception:
+            pass
+
+    threading.Thread(target=work, name="transferlab-import-report", daemon=True).start()
 
 
 def export_results(run_dir: Path) -> pd.DataFrame:
@@ -264,7 +308,8 @@ def finalize(run_dir: Path, console=None) -> dict:
     """Export the store to CSV/JSONL and (re)write summary.json, report.md and figures."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)  # first: a directory without its config gets a message, not a traceback
-    results = export_results(run_dir)
+    with stage("export"):
+        results = export_results(run_dir)
     if results.empty:
         raise RunDirError(
             f"{run_dir} has no rows stored yet: nothing to report; run it with: transferlab run --resume {run_dir}"
@@ -275,7 +320,8 @@ def finalize(run_dir: Path, console=None) -> dict:
     finally:
         store.close()
     scores = [c for c in results.columns if c in set(config["scoring"]["scorers"]) | {"logit_markers"}]
-    from ..report import build_summary, write_report
+    with stage("imports"):
+        from ..report import build_summary, write_report
 
     # R_V by group: the report reads rv_source/rv_target per model and role (source, target) itself
     reference = config.get("reference", "baseline")
@@ -284,9 +330,15 @@ def finalize(run_dir: Path, console=None) -> dict:
     if extra:  # every condition vs the reference, then the extra pairs
         present = list(dict.fromkeys(results["condition"]))
         comparisons = [(c, reference) for c in present if c != reference] + [p for p in extra if p[1] != reference]
-    summary = build_summary(
-        results, scores, reference=reference, primary=config.get("primary"), sweep=sweep_info, comparisons=comparisons
-    )
+    with stage("statistics"):
+        summary = build_summary(
+            results,
+            scores,
+            reference=reference,
+            primary=config.get("primary"),
+            sweep=sweep_info,
+            comparisons=comparisons,
+        )
     summary["scores"] = scores
     progress = run_progress(run_dir)
     summary["progress"] = progress
@@ -339,7 +391,8 @@ def run_experiment(
     try:
         if resume is not None:
             check_resumable(resume, config_json, config.prompts.bank, _bank_version(config))
-        preflight(config)  # bank, pairs, scorers: fail before a run directory exists
+        with stage("config"):
+            preflight(config)  # bank, pairs, scorers: fail before a run directory exists
         if isinstance(executor, Executor):
             return _run(config, resume, executor, progress, console, max_batches, report, lock, config_json)
         with make_executor(
@@ -407,6 +460,15 @@ def _write_failure(path: Path, exc: OSError, run_dir: Path, stored: str) -> RunD
 
 
 def _drive(config, run_dir: Path, resume, executor, progress, console, max_batches, report, config_json) -> Path:
+    with stage("setup"):  # config.json, metadata.json (versions, git commit), the ledger's "running" entry
+        metadata = _start_record(config, run_dir, resume, executor)
+    return _drive_batches(
+        config, run_dir, resume, executor, progress, console, max_batches, report, config_json, metadata
+    )
+
+
+def _start_record(config, run_dir: Path, resume, executor) -> dict:
+    """Write (or, on a resume, update) config.json, metadata.json and the ledger's entry; return the metadata."""
     try:
         if resume is not None:
             meta_path = run_dir / "metadata.json"  # absent if killed between config.json and metadata.json
@@ -433,7 +495,21 @@ def _drive(config, run_dir: Path, resume, executor, progress, console, max_batch
         ledger_append(config.output_dir, _running_entry(run_dir, config))
     except OSError as exc:
         raise _write_failure(Path(exc.filename or run_dir), exc, run_dir, "nothing was computed.") from None
-    runner = Runner(config, run_dir, progress=progress, console=console, max_batches=max_batches, executor=executor)
+    return metadata
+
+
+def _drive_batches(
+    config, run_dir: Path, resume, executor, progress, console, max_batches, report, config_json, metadata: dict
+) -> Path:
+    runner = Runner(
+        config,
+        run_dir,
+        progress=progress,
+        console=console,
+        max_batches=max_batches,
+        executor=executor,
+        report=report and max_batches is None,
+    )
     if config_json is not None:
         runner.config_json = config_json
     try:

@@ -35,6 +35,7 @@ the workload's prompts, matched differently from ``make_workload``'s order
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -124,16 +125,10 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def w300_config(
+def w300_data(
     bank_dir: str | Path, model: str = "random:mistral-7b", seeds=(0, 1, 2, 3), n_pairs: int = 300, **overrides
-) -> ExperimentConfig:
-    """The W300 experiment on the bank in ``bank_dir`` (see the module docstring), validated.
-
-    ``overrides`` are config fields written over the defaults; a table merges
-    key by key, e.g. ``generation={"max_new_tokens": 8}``, ``output_dir=...``,
-    ``batch_size=512``. ``batch_size`` stays None (the runner's automatic
-    choice: 256 on CUDA, 64 on CPU) unless given.
-    """
+) -> dict:
+    """The W300 experiment as config data (see :func:`w300_config`), not yet validated."""
     data = {
         "name": "w300",
         "description": f"W300 speed workload ({n_pairs} pairs x {len(W300_CONDITIONS)} conditions) through the runner",
@@ -164,7 +159,74 @@ def w300_config(
         "reference": "baseline",
         "primary": "transfer",
     }
-    return validate_config(_merge(data, overrides), "w300_config")
+    return _merge(data, overrides)
 
 
-__all__ = ["write_w300_bank", "w300_config", "ids_text", "BANK", "SOURCE_GROUP", "TARGET_GROUP"]
+def w300_config(
+    bank_dir: str | Path, model: str = "random:mistral-7b", seeds=(0, 1, 2, 3), n_pairs: int = 300, **overrides
+) -> ExperimentConfig:
+    """The W300 experiment on the bank in ``bank_dir`` (see the module docstring), validated.
+
+    ``overrides`` are config fields written over the defaults; a table merges
+    key by key, e.g. ``generation={"max_new_tokens": 8}``, ``output_dir=...``,
+    ``batch_size=512``. ``batch_size`` stays None (the runner's automatic
+    choice) unless given.
+    """
+    return validate_config(w300_data(bank_dir, model, seeds, n_pairs, **overrides), "w300_config")
+
+
+def write_w300_config(path: str | Path, bank_dir: str | Path, **kwargs) -> Path:
+    """W300 as a TOML config file at ``path`` (arguments as :func:`w300_config`), for ``transferlab run PATH``."""
+    data = w300_data(bank_dir, **kwargs)
+    validate_config(data, "w300_config")  # a bad override fails here, not in the run
+    path = Path(path)
+    path.write_text(toml_text(data), encoding="utf-8")
+    return path
+
+
+def toml_text(data: dict) -> str:
+    """Config data as TOML: scalars and lists of scalars, tables, arrays of tables; ``None`` fields left out."""
+
+    def value(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)  # a JSON string is a TOML basic string
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"cannot write {type(v).__name__} as a TOML value")
+
+    def fields(table: dict) -> list[str]:
+        return [f"{k} = {value(v)}" for k, v in table.items() if v is not None and not _is_table(v)]
+
+    lines = fields(data)
+    for key, v in data.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{key}]", *fields(v)]
+        elif _is_table_list(v):
+            for item in v:
+                lines += ["", f"[[{key}]]", *fields(item)]
+    return "\n".join(lines) + "\n"
+
+
+def _is_table(v) -> bool:
+    return isinstance(v, dict) or _is_table_list(v)
+
+
+def _is_table_list(v) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+
+__all__ = [
+    "write_w300_bank",
+    "w300_config",
+    "w300_data",
+    "write_w300_config",
+    "toml_text",
+    "ids_text",
+    "BANK",
+    "SOURCE_GROUP",
+    "TARGET_GROUP",
+]

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..timings import stage
 from .config import ConfigError, ExperimentConfig, validate_config
 from .units import WorkUnit
 
@@ -72,6 +73,7 @@ class ModelFacts:
     plan_problems: list  # (key path, message) per plan that cannot run on this model
     plan_source: str = ""  # what the problems are about (the ConfigError's heading)
     identity: dict = field(default_factory=dict)  # what identifies its numbers (resume.model_identity)
+    batch_size: int = 0  # units per batch that fit this worker's free GPU memory (0: no suggestion, a CPU model)
 
     def raise_problems(self) -> None:
         if self.plan_problems:
@@ -137,14 +139,15 @@ class Worker:
 
             self.model, self._model_key = None, None  # free the old weights before loading new ones
             self._top_cache, self._marker_cache = {}, {}  # token ids belong to one tokenizer
-            self.model = load_model(
-                spec.spec,
-                dtype=spec.dtype,
-                device=spec.device,
-                attn_implementation=spec.attn_implementation,
-                device_map=spec.device_map,
-                fuse=spec.fuse,
-            )
+            with stage("model_load"):
+                self.model = load_model(
+                    spec.spec,
+                    dtype=spec.dtype,
+                    device=spec.device,
+                    attn_implementation=spec.attn_implementation,
+                    device_map=spec.device_map,
+                    fuse=spec.fuse,
+                )
             self._model_key = key
         return self.model
 
@@ -159,15 +162,18 @@ class Worker:
         model = self.load(cfg, request.model)
         problems, source = [], ""
         try:
-            check_plans(cfg, model, request.model, expand_conditions(cfg, model.n_layers), ctx.pairs)
+            with stage("plan_check"):
+                check_plans(cfg, model, request.model, expand_conditions(cfg, model.n_layers), ctx.pairs)
         except ConfigError as exc:  # returned as data: it crosses process boundaries
             problems = [list(p) for p in exc.problems]
             source = str(exc).split("\n", 1)[0].rsplit(" has ", 1)[0]
-        rv_rows = self._rv(model, ctx, list(request.rv_prompts)) if cfg.rv.enabled and not problems else {}
+        with stage("rv"):
+            rv_rows = self._rv(model, ctx, list(request.rv_prompts)) if cfg.rv.enabled and not problems else {}
         from .resume import model_identity
 
         identity = model_identity(model.source, str(model.dtype), str(model.device))
-        return ModelFacts(request.model, model.n_layers, str(model.device), rv_rows, problems, source, identity)
+        size = self._batch_size(model, ctx, len(expand_conditions(cfg, model.n_layers))) if not problems else 0
+        return ModelFacts(request.model, model.n_layers, str(model.device), rv_rows, problems, source, identity, size)
 
     def run(self, batch: UnitBatch) -> list[dict]:
         """Generate and score one batch; one result row per unit (the columns of :mod:`.schema`)."""
@@ -210,14 +216,21 @@ class Worker:
             record_logits=record,
             **batch.settings,
         )
-        scores = score_table(
-            gen.texts, [pairs[u.pair_id].source_text for u in batch.units], cfg.scoring.scorers, lexicons=lexicons
-        )
-        if cfg.scoring.logit:
-            scores["logit_markers"] = logit_mass_score(gen.logmass)
+        with stage("scoring"):
+            scores = score_table(
+                gen.texts, [pairs[u.pair_id].source_text for u in batch.units], cfg.scoring.scorers, lexicons=lexicons
+            )
+            if cfg.scoring.logit:
+                scores["logit_markers"] = logit_mass_score(gen.logmass)
+        with stage("rows"):
+            return self._rows(batch, gen, scores, plans, roles, pairs, bank)
+
+    def _rows(self, batch: UnitBatch, gen, scores, plans, roles, pairs, bank) -> list[dict]:
+        """One result row per unit of ``batch`` from its generation, scores, plans and prompt roles."""
         audit_by_example: dict = {}  # example -> its audit rows (one conversion of the table, not one per example)
         for r in gen.audit.to_dict(orient="records") if len(gen.audit) else []:
             audit_by_example.setdefault(r.pop("example"), []).append(r)
+        score_rows = scores.to_dict(orient="records")
         rows = []
         for b, u in enumerate(batch.units):
             pair = pairs[u.pair_id]
@@ -240,7 +253,7 @@ class Worker:
                 n_new_tokens=len(gen.token_ids[b]),
                 finish_reason=gen.finish_reasons[b],
             )
-            row.update({k: float(v) for k, v in scores.iloc[b].items()})
+            row.update({k: float(v) for k, v in score_rows[b].items()})
             row.update(
                 rv_source=rs.get("rv", np.nan),
                 rv_target=rt.get("rv", np.nan),
@@ -252,6 +265,21 @@ class Worker:
         return rows
 
     # -- helpers ----------------------------------------------------------------
+    def _batch_size(self, model, ctx: _Context, n_conditions: int) -> int:
+        """Units per batch on a GPU: as many of one seed's units (pairs x conditions) as its free memory holds,
+        from the longest prompts, sources and ``max_new_tokens`` (:func:`~transferlab.engine.auto_batch_size`)."""
+        if model.device.type != "cuda":
+            return 0
+        from ..engine.batching import encode
+        from ..engine.sizing import auto_batch_size, tokens_per_example
+
+        cfg = ctx.config
+        with stage("batch_sizing"):
+            targets = encode(model.tokenizer, self._formatted(model, cfg, [p.target_text for p in ctx.pairs]))
+            sources = encode(model.tokenizer, self._formatted(model, cfg, [p.source_text for p in ctx.pairs]))
+            per_example = tokens_per_example(targets + sources, sources, cfg.generation.max_new_tokens)
+            return auto_batch_size(model, len(ctx.pairs) * n_conditions, per_example)
+
     def _rv(self, model, ctx: _Context, prompt_ids: list[str]) -> dict[str, dict]:
         if not prompt_ids:
             return {}

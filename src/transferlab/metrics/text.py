@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import numpy as np
+
 _WORD_RE = re.compile(r"\w+(?:'\w+)*")
 _LETTER_WORD_RE = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
 
@@ -42,7 +44,7 @@ STOPWORDS: frozenset[str] = frozenset(
 
 def words(text: str) -> list[str]:
     """Lowercased word tokens: letters/digits/underscore, inner apostrophes kept."""
-    return [m.group(0).lower() for m in _WORD_RE.finditer(text)]
+    return [w.lower() for w in _WORD_RE.findall(text)]
 
 
 def content_words(text: str, min_len: int = 3) -> set[str]:
@@ -65,7 +67,42 @@ def longest_periodic_run(seq: Sequence, max_period: int) -> tuple[int, int]:
     least twice in full to count; no repetition gives ``(0, 0)``. Among equally
     long runs the shortest period wins. ``length / period`` is the number of
     repeats (the stretch may end in a partial unit).
+
+    For each period ``p`` the stretch is the longest run of positions ``i``
+    with ``seq[i] == seq[i - p]``, plus the unit before it; long sequences
+    compare all positions of a period at once (numpy), short ones item by item
+    (:func:`_periodic_run_loop`, the reference the fast form is tested against).
     """
+    n = len(seq)
+    if n < 64:
+        return _periodic_run_loop(seq, max_period)
+    codes = _codes(seq)
+    top = min(max_period, n // 2)
+    same = np.zeros((top, n), dtype=np.int32)  # same[p - 1, i]: seq[i] == seq[i - p]
+    for p in range(1, top + 1):
+        same[p - 1, p:] = codes[p:] == codes[:-p]
+    count = np.cumsum(same, axis=1)
+    runs = count - np.maximum.accumulate(np.where(same == 0, count, 0), axis=1)  # run ending at each i
+    longest = runs.max(axis=1)
+    best_p, best_len = 0, 0
+    for p, run in enumerate(longest.tolist(), start=1):
+        if run >= p and run + p > best_len:
+            best_p, best_len = p, run + p
+    return best_p, best_len
+
+
+def _codes(seq: Sequence) -> np.ndarray:
+    """``seq`` as integers, equal where its items are equal (a string: its code points)."""
+    if isinstance(seq, str):
+        return np.frombuffer(seq.encode("utf-32-le"), dtype=np.uint32)
+    if all(isinstance(x, str) for x in seq):
+        return np.unique(np.array(seq), return_inverse=True)[1]
+    ids: dict = {}
+    return np.fromiter((ids.setdefault(x, len(ids)) for x in seq), dtype=np.int64, count=len(seq))
+
+
+def _periodic_run_loop(seq: Sequence, max_period: int) -> tuple[int, int]:
+    """:func:`longest_periodic_run` item by item."""
     best_p, best_len = 0, 0
     n = len(seq)
     for p in range(1, min(max_period, n // 2) + 1):

@@ -158,7 +158,27 @@ def _raise_from_pydantic(path: Path, raw: Any, err: ValidationError) -> None:
     raise BankError(path, "(file)", ".".join(map(str, loc)) or "(file)", msg)
 
 
+_PARSED: dict = {}  # (path, mtime, size) -> (spec, raw): a run reads its bank 3-4 times (checks, driver, worker)
+
+
 def _read_file(path: Path) -> tuple[_FileSpec, Any]:
+    """A bank file parsed and validated; parsed once per version of the file (its mtime and size) per process."""
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = None
+    if key is not None and key in _PARSED:
+        return _PARSED[key]
+    out = _parse_file(path)
+    if key is not None:
+        if len(_PARSED) > 64:
+            _PARSED.clear()
+        _PARSED[key] = out
+    return out
+
+
+def _parse_file(path: Path) -> tuple[_FileSpec, Any]:
     if not path.is_file():
         raise BankError(path, "(file)", "(file)", "is not a file (a directory?); a bank folder holds only bank files")
     try:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..timings import stage
 from .alerts import generation_warnings
 from .common import jsonable
 from .figures import make_figures
@@ -564,7 +565,9 @@ def write_report(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = jsonable(summary)
-    figures = make_figures(results, summary, run_dir / "figures")
-    path = run_dir / "report.md"
-    path.write_text(render_markdown(summary, results, config, metadata, figures, run_dir), encoding="utf-8")
+    with stage("figures"):
+        figures = make_figures(results, summary, run_dir / "figures")
+    with stage("report"):
+        path = run_dir / "report.md"
+        path.write_text(render_markdown(summary, results, config, metadata, figures, run_dir), encoding="utf-8")
     return path

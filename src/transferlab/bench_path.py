@@ -1,0 +1,139 @@
+"""The speed benchmark of the user's path: ``transferlab run`` of W300, from process start to report written.
+
+:mod:`transferlab.bench` times the engine alone, in a warm process. What a user
+waits for is more: starting Python and importing, loading the model, preparing
+kernels, the runner's batches (source capture, prefixes, graph capture,
+decode, scoring, storing) and the statistics, figures and report. This module
+runs the real command line, ``python -m transferlab.cli run CONFIG --timings
+FILE``, in fresh processes, and reads where each one's time went from the
+stage clock the library reports to (:mod:`transferlab.timings`).
+
+The workload is W300 as the runner runs it (:mod:`transferlab.experiments.w300`:
+300 pairs x 4 conditions x 150 new tokens, one seed, a random model of
+Mistral-7B-Instruct-v0.2's shape by default), its config written as a TOML
+file. The command runs ``runs`` times in a row with the same Triton, Inductor
+and transferlab caches under the work directory: the first run is **cold**
+(empty compile caches, a first process on this machine if the benchmark is
+the first thing run), the next ones **warm**. Each run's result holds the
+wall time of the process as its parent saw it, the process's own account
+(``startup_s``: interpreter start to the command line's entry; then each
+stage), the time without the model's load, and the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ENGINE_STAGES = (
+    "tokenize",
+    "source_capture",
+    "target_prefix",
+    "splice",
+    "last_token",
+    "seed_prompt",
+    "graph_capture",
+    "decode",
+    "detokenize",
+    "audit",
+)
+
+
+def write_workload(directory: Path, model: str, n_pairs: int, batch_size: int | None, max_new_tokens: int) -> Path:
+    """The W300 bank and a one-seed TOML config in ``directory``; returns the config's path."""
+    from .experiments.w300 import write_w300_bank, write_w300_config
+
+    bank = write_w300_bank(directory / "bank", n_pairs=n_pairs)
+    overrides = {"output_dir": str(directory / "runs"), "generation": {"max_new_tokens": max_new_tokens}}
+    if batch_size:
+        overrides["batch_size"] = batch_size
+    return write_w300_config(directory / "w300.toml", bank, model=model, seeds=(0,), n_pairs=n_pairs, **overrides)
+
+
+def run_once(config: Path, timings: Path, env: dict, timeout: float | None = None) -> dict:
+    """``transferlab run CONFIG --timings TIMINGS`` in a new process; its stage table plus the parent's wall time."""
+    cmd = [sys.executable, "-m", "transferlab.cli", "run", str(config), "--timings", str(timings)]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    table = json.loads(timings.read_text())
+    return {**table, **account(table, wall)}
+
+
+def account(table: dict, process_wall: float) -> dict:
+    """The numbers the issue asks for, from one run's stage table and its process wall time."""
+    stages = {name: row["s"] for name, row in table["stages"].items()}
+    engine = sum(stages.get(n, 0.0) for n in ENGINE_STAGES)
+    load = stages.get("model_load", 0.0)
+    return {
+        "process_wall_s": process_wall,
+        "exit_s": process_wall - (table.get("startup_s") or 0.0) - table["wall_s"],  # teardown and the spawn
+        "model_load_s": load,
+        "kernels_s": stages.get("kernels", 0.0),
+        "without_model_load_s": process_wall - load,
+        "batches_s": table.get("inclusive", {}).get("batches", {}).get("s"),
+        "engine_s": engine,
+        "after_batches_s": sum(stages.get(n, 0.0) for n in ("export", "statistics", "figures", "report", "cli_output")),
+    }
+
+
+def main(
+    model: str = "random:mistral-7b",
+    n_pairs: int = 300,
+    runs: int = 2,
+    batch_size: int | None = None,
+    max_new_tokens: int = 150,
+    out_dir: str | Path = "benchmarks/results",
+    work_dir: str | Path | None = None,
+    timeout: float | None = None,
+) -> dict:
+    """Run the user's path ``runs`` times (first cold, then warm); write and return the JSON result."""
+    work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="transferlab-path-"))
+    work.mkdir(parents=True, exist_ok=True)
+    config = write_workload(work, model, n_pairs, batch_size, max_new_tokens)
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    caches = work / "caches"  # compile caches of this benchmark alone: the first run finds them empty
+    env.setdefault("TRITON_CACHE_DIR", str(caches / "triton"))
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(caches / "inductor"))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    results = []
+    for i in range(runs):
+        label = "cold" if i == 0 else "warm"
+        r = run_once(config, work / f"timings_{i}.json", env, timeout)
+        r["label"] = label
+        results.append(r)
+        print(
+            f"[{label}] {r['process_wall_s']:.1f} s from process start to report "
+            f"({r['without_model_load_s']:.1f} s without the model's load)",
+            file=sys.stderr,
+        )
+    device = next((r.get("device") for r in results if r.get("device")), "cpu")
+    result = {
+        "workload": f"W{n_pairs} through transferlab run (1 seed, {max_new_tokens} new tokens)",
+        "model": model,
+        "device": device,
+        "batch_size": batch_size or "runner's choice",
+        "config": config.read_text(),
+        "caches": {k: env[k] for k in ("TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR")},
+        "kernels": os.environ.get("TRANSFERLAB_KERNELS", "auto"),
+        "runs": results,
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    card = str(device).replace(" ", "_").replace("/", "_")
+    path = out / f"path_w{n_pairs}_{card}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=2))
+    result["path"] = str(path)
+    return result
+
+
+__all__ = ["main", "run_once", "account", "write_workload", "ENGINE_STAGES"]
