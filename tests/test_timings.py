@@ -105,6 +105,7 @@ def test_the_users_path_benchmark_runs_the_command_line_and_accounts_for_its_tim
         out_dir=tmp_path / "out",
         work_dir=tmp_path / "work",
         timeout=600,
+        notebook=2,
     )
     assert [r["label"] for r in result["runs"]] == ["cold", "warm"]
     saved = json.loads((tmp_path / "out").glob("path_w4_*.json").__next__().read_text())
@@ -120,3 +121,7 @@ def test_the_users_path_benchmark_runs_the_command_line_and_accounts_for_its_tim
         assert (tmp_path / "work" / "runs").is_dir()
         run_dirs = [p for p in (tmp_path / "work" / "runs").iterdir() if p.is_dir()]
         assert all((p / "report.md").exists() for p in run_dirs)
+    first, second = result["in_process"]  # one process, one executor: the second run finds the model loaded
+    assert first["stages"]["model_load"]["entries"] == 1
+    assert "model_load" not in second["stages"] and second["stages"]["decode"]["entries"] >= 1
+    assert len([p for p in (tmp_path / "work" / "runs").iterdir() if p.is_dir()]) == 4

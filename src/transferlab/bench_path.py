@@ -84,6 +84,25 @@ def account(table: dict, process_wall: float) -> dict:
     }
 
 
+def in_process(config: Path, runs: int, out: Path) -> Path:
+    """The notebook path: ``run_experiment`` ``runs`` times in this process with one executor, whose worker keeps
+    the model loaded and its kernels prepared between runs; one stage table per run, as JSON at ``out``."""
+    from .experiments import load_config, run_experiment
+    from .experiments.executors import InProcessExecutor
+    from .timings import StageClock, cuda_sync, process_age
+
+    started = process_age()
+    tables = []
+    with InProcessExecutor() as executor:
+        cfg = load_config(str(config))
+        for _ in range(runs):
+            with StageClock(sync=cuda_sync) as clock:
+                run_experiment(cfg, executor=executor, progress=False)
+            tables.append(clock.table())
+    out.write_text(json.dumps({"startup_s": started, "runs": tables}, indent=2))
+    return out
+
+
 def main(
     model: str = "random:mistral-7b",
     n_pairs: int = 300,
@@ -93,8 +112,10 @@ def main(
     out_dir: str | Path = "benchmarks/results",
     work_dir: str | Path | None = None,
     timeout: float | None = None,
+    notebook: int = 0,
 ) -> dict:
-    """Run the user's path ``runs`` times (first cold, then warm); write and return the JSON result."""
+    """Run the user's path ``runs`` times (first cold, then warm); with ``notebook`` > 0, then ``run_experiment``
+    that many times in one more process with one executor (:func:`in_process`); write and return the JSON."""
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="transferlab-path-"))
     work.mkdir(parents=True, exist_ok=True)
     config = write_workload(work, model, n_pairs, batch_size, max_new_tokens)
@@ -116,6 +137,18 @@ def main(
             f"({r['without_model_load_s']:.1f} s without the model's load)",
             file=sys.stderr,
         )
+    if notebook:
+        path = work / "in_process.json"
+        cmd = [sys.executable, "-m", "transferlab.bench_path", str(config), str(path), str(notebook)]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        notebook_runs = json.loads(path.read_text())["runs"]
+        for i, table in enumerate(notebook_runs):
+            table["label"] = "first" if i == 0 else "model already loaded"
+            table["model_load_s"] = table["stages"].get("model_load", {}).get("s", 0.0)
+        walls = ", ".join(f"{t['wall_s']:.1f} s" for t in notebook_runs)
+        print(f"[in process] run_experiment: {walls}", file=sys.stderr)
     device = next((r.get("device") for r in results if r.get("device")), "cpu")
     result = {
         "workload": f"W{n_pairs} through transferlab run (1 seed, {max_new_tokens} new tokens)",
@@ -127,6 +160,8 @@ def main(
         "kernels": os.environ.get("TRANSFERLAB_KERNELS", "auto"),
         "runs": results,
     }
+    if notebook:
+        result["in_process"] = notebook_runs
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     card = str(device).replace(" ", "_").replace("/", "_")
@@ -136,4 +171,8 @@ def main(
     return result
 
 
-__all__ = ["main", "run_once", "account", "write_workload", "ENGINE_STAGES"]
+if __name__ == "__main__":  # python -m transferlab.bench_path CONFIG OUT RUNS: the in-process runs of main()
+    in_process(Path(sys.argv[1]), int(sys.argv[3]), Path(sys.argv[2]))
+
+
+__all__ = ["main", "in_process", "run_once", "account", "write_workload", "ENGINE_STAGES"]

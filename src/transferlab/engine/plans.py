@@ -53,7 +53,7 @@ def distinct_interventions(model, plans: list[Plan]) -> list[Entry]:
     point whatever the other rows hold.
     """
     n = len(plans)
-    entries: dict[tuple, Entry] = {}
+    found: dict[tuple, tuple[Intervention, list[int]]] = {}  # key -> (resolved intervention, its rows)
     keyed_by_plan: dict[int, list] = {}  # id(plan) -> [(key, resolved intervention)]: once per plan, not per row
     for b, plan in enumerate(plans):
         keyed = keyed_by_plan.get(id(plan))
@@ -64,11 +64,14 @@ def distinct_interventions(model, plans: list[Plan]) -> list[Entry]:
                 keyed.append(((j, _identity(res)), res))
             keyed_by_plan[id(plan)] = keyed
         for key, res in keyed:
-            entry = entries.get(key)
-            if entry is None:
-                entry = entries[key] = Entry(key[0], res, torch.zeros(n, dtype=torch.bool))
-            entry.rows[b] = True
-    return [entries[k] for k in sorted(entries, key=lambda k: k[0])]
+            found.setdefault(key, (res, []))[1].append(b)
+    entries = []
+    for key in sorted(found, key=lambda k: k[0]):
+        res, rows = found[key]
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[rows] = True  # one write per intervention, not one per row
+        entries.append(Entry(key[0], res, mask))
+    return entries
 
 
 def _acts(entry: Entry) -> bool:

@@ -185,10 +185,11 @@ class Worker:
         cfg, pairs, bank = ctx.config, ctx.pairs, ctx.bank
         model = self.load(cfg, batch.model)
         conditions = {name: Condition.model_validate(c) for name, c in batch.conditions.items()}
+        parsed = {name: c.parsed_plan() for name, c in conditions.items()}  # one Plan per condition, shared by rows
         targets, sources, plans, lexicons, roles = [], [], [], [], []
         for u in batch.units:
             pair, cond = pairs[u.pair_id], conditions[u.condition]
-            plan = cond.parsed_plan()
+            plan = parsed[u.condition]
             roles.append(cond.prompt)
             targets.append(pair.target_text if cond.prompt == "target" else pair.source_text)
             own = pair.target_text if cond.source == "target" else pair.source_text
