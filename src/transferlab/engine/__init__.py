@@ -56,43 +56,12 @@ def prepare(model, *, fuse: bool = False, fast_attention: bool = False):
     return model
 
 
-def preload(device=None, fuse: bool | None = None) -> None:
-    """Start importing the fused kernels' library on a background thread, while a model loads.
-
-    ``load_model`` calls this before it reads or builds the weights; :func:`prepare`
-    then finds liger-kernel imported (about 1 s on an H200 host) instead of
-    importing it after the load. Nothing starts without CUDA, for a CPU
-    device, with ``fuse=False`` or ``TRANSFERLAB_FUSE=0``, or when
-    ``TRANSFERLAB_KERNELS=compile``.
-    """
-    import os
-
-    if fuse is False or os.environ.get("TRANSFERLAB_FUSE", "1") == "0":
-        return
-    if device is not None and not str(device).startswith("cuda"):
-        return
-    from .fused import kernels_choice
-
-    if kernels_choice() == "compile":
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        return
-    import threading
-
-    from .liger import available
-
-    threading.Thread(target=available, name="transferlab-import-kernels", daemon=True).start()
-
-
 class _Runtime:
     """What ``Model``'s methods and ``load_model`` hand over to."""
 
     capture = staticmethod(capture)
     generate = staticmethod(generate)
     prepare = staticmethod(prepare)
-    preload = staticmethod(preload)
 
 
 install_runtime(_Runtime())

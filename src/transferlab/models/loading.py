@@ -238,9 +238,6 @@ def load_model(
     ``attn_implementation``) switch to the engine's grouped-query decode
     attention. Both are done by the engine's ``prepare`` (the model's runtime).
     """
-    preload = getattr(runtime(), "preload", None)
-    if preload is not None and device_map is None:
-        preload(device, fuse)  # the fused kernels' library imports while the weights load
     model = _load(spec, dtype=dtype, device=device, attn_implementation=attn_implementation, device_map=device_map)
     if fuse is None:
         fuse = os.environ.get("TRANSFERLAB_FUSE", "1") != "0" and model.device.type == "cuda"
