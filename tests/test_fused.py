@@ -167,3 +167,37 @@ def test_modules_alike_are_checked_once(monkeypatch):
     done = fuse(model.hf, parts=("norm", "mlp"), compiler=lambda f: f)
     assert done["norm"] == 9 and done["mlp"] > 1
     assert len(checked) == 2  # one norm, one MLP
+
+
+def test_the_kernels_source_is_chosen_by_device_and_environment(monkeypatch):
+    """Liger's Triton kernels on CUDA where liger-kernel imports, torch.compile otherwise; a bad choice is named."""
+    import transferlab.engine.fused as fused_mod
+    import transferlab.engine.liger as liger_mod
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv("TRANSFERLAB_KERNELS", raising=False)
+    assert fused_mod.choose_compiler(cpu)[1] == "torch.compile"
+    monkeypatch.setattr(liger_mod, "available", lambda: True)
+    assert fused_mod.choose_compiler(cuda) == (liger_mod.liger_compiler, "liger")
+    monkeypatch.setenv("TRANSFERLAB_KERNELS", "compile")
+    assert fused_mod.choose_compiler(cuda)[1] == "torch.compile"
+    monkeypatch.setattr(liger_mod, "available", lambda: False)
+    monkeypatch.setenv("TRANSFERLAB_KERNELS", "auto")
+    assert fused_mod.choose_compiler(cuda)[1] == "torch.compile"  # not installed: the compiled functions
+    monkeypatch.setenv("TRANSFERLAB_KERNELS", "liger")
+    with pytest.raises(RuntimeError, match="pip install liger-kernel"):
+        fused_mod.choose_compiler(cuda)
+    monkeypatch.setenv("TRANSFERLAB_KERNELS", "triton")
+    with pytest.raises(ValueError, match="auto, liger or compile"):
+        fused_mod.choose_compiler(cuda)
+
+
+def test_liger_serves_exactly_our_three_reference_functions():
+    import transferlab.engine.fused as fused_mod
+    from transferlab.engine.liger import liger_compiler, rms, rope, silu_mul
+
+    assert liger_compiler(fused_mod._rms) is rms
+    assert liger_compiler(fused_mod._silu_mul) is silu_mul
+    assert liger_compiler(fused_mod._rope) is rope
+    with pytest.raises(ValueError, match="no Liger kernel"):
+        liger_compiler(torch.tanh)

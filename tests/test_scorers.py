@@ -403,3 +403,23 @@ def test_seed_v1_markers_is_seed_v1_without_the_bonus():
     assert [m + seed_v1_repetition_bonus(t) for m, t in zip(markers, texts)] == full
     assert seed_v1_repetition_bonus(texts[0]) == 5 and markers[0] == full[0] - 5
     assert markers[1] == full[1] >= 4
+
+
+def test_the_vectorised_periodic_run_equals_the_item_by_item_search():
+    """``longest_periodic_run`` on long sequences (numpy, all periods at once) against its loop form, on
+    random character strings and word lists with planted loops of every period, ties included."""
+    from transferlab.metrics.text import _periodic_run_loop, longest_periodic_run
+
+    rng = random.Random(7)
+    for _ in range(1500):
+        if rng.random() < 0.5:
+            alphabet = "abcdef"[: rng.randint(1, 6)]
+            seq = "".join(rng.choice(alphabet) for _ in range(rng.randint(64, 300)))
+        else:
+            unit = [rng.choice(["xy", "z", "w", "xyz"]) for _ in range(rng.randint(1, 9))]
+            noise = [rng.choice(["a", "bb", "c"]) for _ in range(rng.randint(0, 50))]
+            seq = noise + unit * rng.randint(1, 30) + [rng.choice("abcq") for _ in range(rng.randint(0, 50))]
+            seq += ["q"] * max(0, 64 - len(seq))
+        top = rng.randint(1, 12)
+        assert longest_periodic_run(seq, top) == _periodic_run_loop(seq, top), (seq, top)
+    assert longest_periodic_run(["x"] + ["a", "b"] * 40 + ["y"], 8) == (2, 80)

@@ -214,7 +214,12 @@ class ExperimentConfig(_Strict):
     description: str = ""
     output_dir: str = "runs"
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    batch_size: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="units per batch (None: on a GPU as many as the worker's free memory holds, shared evenly "
+        "among Ray workers; 64 on the CPU). Results do not depend on it.",
+    )
     threads: int | None = Field(
         None,
         ge=1,
