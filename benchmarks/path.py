@@ -24,6 +24,7 @@ if __name__ == "__main__":
     ap.add_argument("--max-new-tokens", type=int, default=150)
     ap.add_argument("--work-dir", default=None)
     ap.add_argument("--notebook", type=int, default=0, help="then N run_experiment calls in one process, one executor")
+    ap.add_argument("--server", type=int, default=0, help="then N `transferlab run --server` against one server")
     ap.add_argument("--out", default="benchmarks/results")
     a = ap.parse_args()
     r = main(
@@ -35,5 +36,6 @@ if __name__ == "__main__":
         out_dir=a.out,
         work_dir=a.work_dir,
         notebook=a.notebook,
+        server=a.server,
     )
     print(json.dumps({k: v for k, v in r.items() if k != "config"}, indent=1)[:6000])

@@ -37,6 +37,7 @@ FLOORS = {
     "experiments": 6,
     "bench": 7,
     "bench_path": 7,
+    "serve": 7,
     "cli": 7,
     "cli_prompts": 7,
     "cli_models": 7,

@@ -1,32 +1,53 @@
-"""transferlab: activation-patching behavior-transfer experiments on HF causal LMs."""
+"""transferlab: activation-patching behavior-transfer experiments on HF causal LMs.
 
-from . import metrics as metrics  # subpackages users reach as tl.metrics, tl.stats
-from . import stats as stats
-from .engine import Activations, Applied, Generation, apply, capture, generate
-from .interventions import Ablate, HeadPatch, KVSplice, Noise, Patch, Plan, Steer
-from .models import Model, ModelLoadError, load_model
-from .sites import HookPoint, SiteError
+Importing the package is cheap: its public names (``load_model``, ``generate``,
+``Plan``, ``tl.metrics``, ...) are imported on first use (PEP 562), so that
+the command line starts without torch when a command needs none (``transferlab
+run --server`` hands the run to a warm process). Using any of them imports the
+whole stack as before, the engine included.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Generation",
-    "generate",
-    "Applied",
-    "apply",
-    "Ablate",
-    "HeadPatch",
-    "KVSplice",
-    "Noise",
-    "Patch",
-    "Plan",
-    "Steer",
-    "Activations",
-    "capture",
-    "Model",
-    "ModelLoadError",
-    "load_model",
-    "HookPoint",
-    "SiteError",
-    "__version__",
-]
+_WHERE = {  # public name -> the module that defines it
+    "Generation": ".engine",
+    "generate": ".engine",
+    "Applied": ".engine",
+    "apply": ".engine",
+    "Activations": ".engine",
+    "capture": ".engine",
+    "Ablate": ".interventions",
+    "HeadPatch": ".interventions",
+    "KVSplice": ".interventions",
+    "Noise": ".interventions",
+    "Patch": ".interventions",
+    "Plan": ".interventions",
+    "Steer": ".interventions",
+    "Model": ".models",
+    "ModelLoadError": ".models",
+    "load_model": ".models",
+    "HookPoint": ".sites",
+    "SiteError": ".sites",
+}
+_SUBPACKAGES = ("metrics", "stats")  # reached as tl.metrics, tl.stats
+
+__all__ = [*_WHERE, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f".{name}", __name__)
+    if name not in _WHERE:
+        raise AttributeError(f"module 'transferlab' has no attribute {name!r}")
+    importlib.import_module(".engine", __name__)  # installs the runtime behind Model.generate / load_model
+    value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, *_SUBPACKAGES])

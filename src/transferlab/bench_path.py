@@ -103,6 +103,55 @@ def in_process(config: Path, runs: int, out: Path) -> Path:
     return out
 
 
+def through_server(config: Path, work: Path, runs: int, env: dict, timeout: float | None = None) -> list[dict]:
+    """``transferlab serve`` in the background, then ``transferlab run CONFIG --server`` ``runs`` times in fresh
+    client processes (the first finds no model loaded); each client's account with the server's stage table."""
+    from .serve import request, wait_for
+
+    sock = work / "serve.sock"
+    log = open(work / "serve.log", "w")
+    cmd = [sys.executable, "-m", "transferlab.cli", "serve", "--socket", str(sock)]
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    out = []
+    try:
+        if not wait_for(sock, timeout=timeout or 300):
+            raise RuntimeError(f"transferlab serve did not answer at {sock}; see {work / 'serve.log'}")
+        for i in range(runs):
+            timings = work / f"server_timings_{i}.json"
+            client = [sys.executable, "-m", "transferlab.cli", "run", str(config), "--server", "--socket", str(sock)]
+            t0 = time.perf_counter()
+            done = subprocess.run(
+                [*client, "--timings", str(timings)], env=env, capture_output=True, text=True, timeout=timeout
+            )
+            wall = time.perf_counter() - t0
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(client)} failed ({done.returncode}):\n{done.stdout[-3000:]}")
+            table = json.loads(timings.read_text())
+            report = (table.get("startup_s") or 0.0) + table["wall_s"]
+            stages = table["server"]["stages"]
+            load = stages.get("model_load", {}).get("s", 0.0)
+            table.update(
+                label="first (loads the model)" if i == 0 else "model already loaded",
+                process_wall_s=wall,
+                report_written_s=report,
+                model_load_s=load,
+                without_model_load_s=report - load,
+            )
+            out.append(table)
+            print(
+                f"[server] {report:.1f} s from client start to report ({report - load:.1f} s without the load)",
+                file=sys.stderr,
+            )
+    finally:
+        try:
+            request({"op": "stop"}, sock, timeout=60)
+            proc.wait(timeout=120)
+        except Exception:
+            proc.kill()
+        log.close()
+    return out
+
+
 def main(
     model: str = "random:mistral-7b",
     n_pairs: int = 300,
@@ -113,9 +162,12 @@ def main(
     work_dir: str | Path | None = None,
     timeout: float | None = None,
     notebook: int = 0,
+    server: int = 0,
 ) -> dict:
     """Run the user's path ``runs`` times (first cold, then warm); with ``notebook`` > 0, then ``run_experiment``
-    that many times in one more process with one executor (:func:`in_process`); write and return the JSON."""
+    that many times in one more process with one executor (:func:`in_process`); with ``server`` > 0, then
+    ``transferlab run --server`` that many times against one ``transferlab serve`` (:func:`through_server`);
+    write and return the JSON."""
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="transferlab-path-"))
     work.mkdir(parents=True, exist_ok=True)
     config = write_workload(work, model, n_pairs, batch_size, max_new_tokens)
@@ -149,6 +201,8 @@ def main(
             table["model_load_s"] = table["stages"].get("model_load", {}).get("s", 0.0)
         walls = ", ".join(f"{t['wall_s']:.1f} s" for t in notebook_runs)
         print(f"[in process] run_experiment: {walls}", file=sys.stderr)
+    if server:
+        server_runs = through_server(config, work, server, env, timeout)
     device = next((r.get("device") for r in results if r.get("device")), "cpu")
     result = {
         "workload": f"W{n_pairs} through transferlab run (1 seed, {max_new_tokens} new tokens)",
@@ -162,6 +216,8 @@ def main(
     }
     if notebook:
         result["in_process"] = notebook_runs
+    if server:
+        result["server"] = server_runs
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     card = str(device).replace(" ", "_").replace("/", "_")

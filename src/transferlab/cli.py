@@ -255,8 +255,18 @@ def run(
         "--timings",
         help="Write where the wall time went, by stage (imports, model_load, decode, statistics, ...), to this JSON.",
     ),
+    server: bool = typer.Option(
+        False, "--server", help="Hand the run to a warm `transferlab serve` process (the model stays loaded)."
+    ),
+    socket_path: Optional[str] = typer.Option(
+        None, "--socket", help="The server's socket (default: $TRANSFERLAB_SOCKET or ~/.cache/transferlab/serve.sock)."
+    ),
 ) -> None:
     """Run an experiment end to end (or resume one) and write its run directory."""
+    if server:
+        if executor != "inprocess" or address or workers or gpus_per_worker:
+            _fail(ValueError("--server runs on the server's own in-process executor; drop --executor/--address"))
+        return _run_on_server(config, set_, resume, no_report, socket_path, timings)
     if timings is None:
         return _run(config, set_, resume, no_report, executor, address, workers, gpus_per_worker)
     from .timings import StageClock, cuda_sync, process_age
@@ -269,6 +279,76 @@ def run(
     finally:
         where = str(run_dir) if run_dir is not None else None
         clock.write(timings, command="transferlab run", run_dir=where, startup_s=startup, **_timing_context())
+
+
+def _run_on_server(config, set_, resume, no_report, socket_path, timings) -> None:
+    """The client side of ``--server`` (see :mod:`transferlab.serve`): no torch in this process."""
+    import os
+    import time
+
+    from .serve import ServerError, request
+    from .timings import process_age
+
+    if resume and (config or set_):
+        _fail(ValueError("--resume continues a run with its own config.json; drop the config argument and --set"))
+    startup, t0 = process_age(), time.perf_counter()
+    payload = {"op": "run", "cwd": os.getcwd(), "config": config, "set": list(set_), "no_report": no_report}
+    if resume:
+        payload["resume"] = str(Path(resume).resolve())
+    try:
+        answer = request(payload, socket_path)
+    except (ServerError, OSError) as exc:
+        _fail(exc)
+    if not answer.get("ok"):
+        _fail(RuntimeError(f"the server refused or failed the run: {answer.get('error')}"))
+    run_dir = Path(answer["run_dir"])
+    for note in answer.get("notes", []):
+        console.print(f"[yellow]{escape(note)}[/]")
+    for warning in answer.get("warnings", []):
+        console.print(f"[bold red]{escape(warning)}[/]")
+    _print_headline(run_dir)
+    console.print(f"[green]run directory:[/] {escape(str(run_dir))}")
+    if (run_dir / "report.md").exists():
+        console.print(f"report: {escape(str(run_dir / 'report.md'))}")
+    if timings:
+        out = {
+            "command": "transferlab run --server",
+            "run_dir": str(run_dir),
+            "startup_s": startup,
+            "wall_s": time.perf_counter() - t0,  # the client's: the request sent to the answer printed
+            "server": answer.get("timings"),
+        }
+        Path(timings).write_text(json.dumps(out, indent=2))
+
+
+@app.command()
+def serve(
+    socket_path: Optional[str] = typer.Option(
+        None, "--socket", help="Where to listen (default: $TRANSFERLAB_SOCKET or ~/.cache/transferlab/serve.sock)."
+    ),
+    idle: Optional[float] = typer.Option(None, "--idle", min=1, help="Stop after this many seconds without a run."),
+    stop: bool = typer.Option(False, "--stop", help="Stop the server that listens at the socket, and exit."),
+) -> None:
+    """Keep a warm process for `transferlab run --server`: imports done, the last model loaded, kernels ready."""
+    from .serve import Server, ServerError, default_socket, request
+
+    path = Path(socket_path) if socket_path else default_socket()
+    if stop:
+        try:
+            request({"op": "stop"}, path, timeout=30)
+        except (ServerError, OSError) as exc:
+            _fail(exc)
+        console.print(f"stopped the server at {escape(str(path))}")
+        return
+    import transferlab.experiments  # noqa: F401  (the imports a run needs, before the first client waits on them)
+
+    server = Server(path, idle=idle)
+    try:
+        server.serve_forever(ready=lambda: console.print(f"[green]transferlab server:[/] {escape(str(path))}"))
+    except ServerError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        pass
 
 
 def _timing_context() -> dict:

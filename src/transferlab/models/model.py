@@ -6,9 +6,10 @@ it only knows how to resolve layers and sites, and it offers ``capture`` and
 ``generate`` as methods for convenience.
 
 Those methods belong to the engine (:mod:`transferlab.engine`), a higher
-floor that this module never imports: the engine installs itself as the
-model's *runtime* when it is imported (which ``import transferlab`` always
-does), and the methods hand over to it. The same runtime prepares a freshly
+floor that this module never imports at import time: the engine installs
+itself as the model's *runtime* when it is imported, and the methods hand
+over to it; a model used before anything imported the engine imports it by
+name on first use (:func:`runtime`). The same runtime prepares a freshly
 loaded model for fast generation (:func:`~transferlab.engine.prepare`).
 """
 
@@ -32,9 +33,14 @@ def install_runtime(runtime) -> None:
 
 
 def runtime():
-    """The installed runtime (the engine); an error if nothing installed one."""
+    """The installed runtime: the engine, which installs itself when imported; imported here (by name, at
+    run time) when a model is used before anything imported it, e.g. ``from transferlab.models import load_model``."""
     if _RUNTIME is None:
-        raise RuntimeError("no runtime installed: import transferlab (which imports transferlab.engine) first")
+        import importlib
+
+        importlib.import_module("transferlab.engine")  # the package's own runtime; it calls install_runtime
+    if _RUNTIME is None:
+        raise RuntimeError("no runtime installed: import transferlab.engine first")
     return _RUNTIME
 
 

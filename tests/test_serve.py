@@ -1,0 +1,103 @@
+"""``transferlab serve`` / ``transferlab run --server``: a warm process runs the same experiment a local run does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from transferlab.cli import app
+from transferlab.serve import Server, ServerError, ping, request
+
+
+@pytest.fixture
+def workload(tmp_path, monkeypatch):
+    from transferlab.experiments.w300 import write_w300_bank, write_w300_config
+
+    monkeypatch.chdir(tmp_path)
+    bank = write_w300_bank(tmp_path / "bank", n_pairs=4)
+    return write_w300_config(
+        tmp_path / "w.toml",
+        bank,
+        model="random:tiny-mistral",
+        seeds=(0,),
+        n_pairs=4,
+        output_dir="runs",  # relative: the server resolves it in the client's directory
+        generation={"max_new_tokens": 3},
+    )
+
+
+@pytest.fixture
+def server(tmp_path):
+    sock = tmp_path / "s.sock"
+    srv = Server(sock)
+    ready = threading.Event()
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"ready": ready.set}, daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    yield sock
+    if ping(sock):
+        request({"op": "stop"}, sock, timeout=30)
+    thread.join(30)
+    assert not thread.is_alive() and not sock.exists()  # stopped and cleaned up
+
+
+def _run(*args):
+    return CliRunner().invoke(app, ["run", *map(str, args)])
+
+
+def test_a_run_through_the_server_equals_a_local_run_and_the_second_finds_the_model_loaded(workload, server, tmp_path):
+    first = _run(workload, "--server", "--socket", server, "--timings", tmp_path / "t1.json")
+    assert first.exit_code == 0, first.output
+    second = _run(workload, "--server", "--socket", server, "--timings", tmp_path / "t2.json")
+    assert second.exit_code == 0, second.output
+    local = _run(workload)
+    assert local.exit_code == 0, local.output
+    runs = sorted(p for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    assert len(runs) == 3 and all((p / "report.md").exists() for p in runs)
+    tables = [pd.read_csv(p / "results.csv").sort_values("unit").reset_index(drop=True) for p in runs]
+    for t in tables[1:]:
+        assert t["text"].tolist() == tables[0]["text"].tolist()  # same tokens whoever ran it
+    t1, t2 = (json.loads((tmp_path / f"t{i}.json").read_text()) for i in (1, 2))
+    assert t1["server"]["stages"]["model_load"]["entries"] == 1
+    assert "model_load" not in t2["server"]["stages"]  # the executor kept the model
+    assert t2["run_dir"] and "transfer" in second.output  # the headline, printed by the client
+
+
+def test_a_bad_config_is_the_clients_error_and_the_server_lives_on(workload, server, tmp_path):
+    res = _run(workload, "--server", "--socket", server, "--set", "prompts.n=0")
+    assert res.exit_code == 2 and "the server refused or failed the run" in res.output
+    assert ping(server)
+    assert request({"op": "dance"}, server)["ok"] is False
+
+
+def test_no_server_is_named_with_the_fix(tmp_path):
+    res = _run("demo", "--server", "--socket", tmp_path / "nobody.sock")
+    assert res.exit_code == 2 and "start one with: transferlab serve" in res.output
+    with pytest.raises(ServerError):
+        request({"op": "ping"}, tmp_path / "nobody.sock")
+
+
+def test_a_live_server_is_not_replaced_but_a_stale_socket_is(server, tmp_path):
+    with pytest.raises(ServerError, match="already answers"):
+        Server(server).bind()
+    stale = tmp_path / "stale.sock"
+    stale.write_text("")  # left by a killed server
+    sock = Server(stale).bind()
+    sock.close()
+
+
+def test_the_command_line_starts_without_torch():
+    """The client of --server (and --help, presets, runs) never imports torch: the package imports lazily."""
+    heavy = "{'torch', 'transformers', 'pandas'}"
+    code = f"import sys, transferlab, transferlab.cli; print(sorted({heavy} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    import transferlab as tl
+
+    assert callable(tl.load_model) and tl.metrics.rv is not None  # first use imports them
