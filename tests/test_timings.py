@@ -106,6 +106,7 @@ def test_the_users_path_benchmark_runs_the_command_line_and_accounts_for_its_tim
         work_dir=tmp_path / "work",
         timeout=600,
         notebook=2,
+        server=2,
     )
     assert [r["label"] for r in result["runs"]] == ["cold", "warm"]
     saved = json.loads((tmp_path / "out").glob("path_w4_*.json").__next__().read_text())
@@ -124,4 +125,8 @@ def test_the_users_path_benchmark_runs_the_command_line_and_accounts_for_its_tim
     first, second = result["in_process"]  # one process, one executor: the second run finds the model loaded
     assert first["stages"]["model_load"]["entries"] == 1
     assert "model_load" not in second["stages"] and second["stages"]["decode"]["entries"] >= 1
-    assert len([p for p in (tmp_path / "work" / "runs").iterdir() if p.is_dir()]) == 4
+    loads, warm = result["server"]  # transferlab serve, then two `run --server` clients
+    assert loads["server"]["stages"]["model_load"]["entries"] == 1
+    assert "model_load" not in warm["server"]["stages"] and warm["report_written_s"] > 0
+    assert len([p for p in (tmp_path / "work" / "runs").iterdir() if p.is_dir()]) == 6
+    assert not (tmp_path / "work" / "serve.sock").exists()  # the server was stopped
