@@ -349,3 +349,36 @@ def test_the_runners_batch_size_fills_the_workers_gpu_and_shares_it_among_worker
     assert runner.auto_batch_size(facts, 1200) == 600
     assert runner.auto_batch_size(replace(facts, batch_size=0), 1200) == 256
     assert runner.auto_batch_size(replace(facts, device="cpu"), 1200) == 64
+
+
+def test_workers_sharing_a_card_get_their_share_of_its_memory():
+    from transferlab.experiments.runner import Runner
+    from transferlab.experiments.worker import ModelFacts
+
+    class Executor:
+        def describe(self):
+            return {"kind": "ray", "workers": 2, "gpus_per_worker": 0.5}
+
+    runner = Runner.__new__(Runner)
+    runner.executor = Executor()
+    assert runner.auto_batch_size(ModelFacts("m", 4, "cuda:0", {}, [], batch_size=1000), 4000) == 500
+
+
+def test_the_workers_prompts_follow_the_bank_files_not_only_the_config(tmp_path, monkeypatch):
+    """A kept worker (a notebook's executor, `transferlab serve`) rebuilds its pairs when the bank file changes
+    or when the same relative path leads to another bank from another directory."""
+    from transferlab.experiments.w300 import w300_data, write_w300_bank
+    from transferlab.experiments.worker import Worker
+
+    for d, seed in (("a", 0), ("b", 1)):
+        write_w300_bank(tmp_path / d / "bank", n_pairs=4, seed=seed)
+    config = w300_data("bank", model="random:tiny-mistral", seeds=(0,), n_pairs=4)
+    worker = Worker()
+    monkeypatch.chdir(tmp_path / "a")
+    first = worker.context(config).pairs[0].source_text
+    assert worker.context(config).pairs[0].source_text == first  # kept
+    monkeypatch.chdir(tmp_path / "b")
+    other = worker.context(config).pairs[0].source_text
+    assert other != first  # same config text, another directory: another bank
+    write_w300_bank(tmp_path / "b" / "bank", n_pairs=4, seed=2)  # edited in place
+    assert worker.context(config).pairs[0].source_text not in (other,)

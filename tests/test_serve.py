@@ -84,7 +84,7 @@ def test_no_server_is_named_with_the_fix(tmp_path):
 
 
 def test_a_live_server_is_not_replaced_but_a_stale_socket_is(server, tmp_path):
-    with pytest.raises(ServerError, match="already answers"):
+    with pytest.raises(ServerError, match="already listens"):
         Server(server).bind()
     stale = tmp_path / "stale.sock"
     stale.write_text("")  # left by a killed server
@@ -101,3 +101,26 @@ def test_the_command_line_starts_without_torch():
     import transferlab as tl
 
     assert callable(tl.load_model) and tl.metrics.rv is not None  # first use imports them
+
+
+def test_a_busy_server_is_not_taken_for_a_dead_one(tmp_path):
+    """Something listens but does not answer (a server in the middle of a run): a second server refuses to
+    start there, and a stopping server never removes a socket file it did not create."""
+    import socket
+
+    path = tmp_path / "busy.sock"
+    busy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    busy.bind(str(path))
+    busy.listen(1)
+    try:
+        with pytest.raises(ServerError, match="already listens"):
+            Server(path).bind()
+    finally:
+        busy.close()
+
+
+def test_the_package_reaches_its_subpackages_on_first_use():
+    import transferlab as tl
+
+    assert tl.engine.generate is tl.generate and tl.models.load_model is tl.load_model
+    assert tl.interventions.Plan is tl.Plan and tl.__version__

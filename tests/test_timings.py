@@ -130,3 +130,22 @@ def test_the_users_path_benchmark_runs_the_command_line_and_accounts_for_its_tim
     assert "model_load" not in warm["server"]["stages"] and warm["report_written_s"] > 0
     assert len([p for p in (tmp_path / "work" / "runs").iterdir() if p.is_dir()]) == 6
     assert not (tmp_path / "work" / "serve.sock").exists()  # the server was stopped
+
+
+def test_the_toml_writer_round_trips_odd_keys_and_text_and_refuses_what_it_cannot_write():
+    import numpy as np
+
+    from transferlab.experiments.w300 import toml_text
+
+    data = {
+        "name": 'x😀 "quoted" \\ back\x7f\x01\n',
+        "a b": 1,
+        "n": np.float64(0.5),
+        "t": {"k.j": "v", "l": [1, 2.5, True]},
+        "c": [{"name": "z"}, {"name": "w", "plan": ""}],
+        "gone": None,
+    }
+    back = tomllib.loads(toml_text(data))
+    assert back == {k: (float(v) if k == "n" else v) for k, v in data.items() if v is not None}
+    with pytest.raises(TypeError):
+        toml_text({"t": {"deeper": {"x": 1}}})  # never silently dropped

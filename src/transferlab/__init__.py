@@ -33,13 +33,27 @@ _WHERE = {  # public name -> the module that defines it
     "HookPoint": ".sites",
     "SiteError": ".sites",
 }
-_SUBPACKAGES = ("metrics", "stats")  # reached as tl.metrics, tl.stats
+_SUBPACKAGES = (  # reached as tl.metrics, tl.stats, ... (imported on first use)
+    "metrics",
+    "stats",
+    "engine",
+    "models",
+    "interventions",
+    "sites",
+    "hooks",
+    "prompts",
+    "rng",
+    "timings",
+    "experiments",
+    "report",
+)
 
 __all__ = [*_WHERE, "__version__"]
 
 
 def __getattr__(name: str):
     if name in _SUBPACKAGES:
+        importlib.import_module(".engine", __name__)  # as before: the runtime is there once the package is used
         return importlib.import_module(f".{name}", __name__)
     if name not in _WHERE:
         raise AttributeError(f"module 'transferlab' has no attribute {name!r}")

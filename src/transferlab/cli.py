@@ -278,7 +278,10 @@ def run(
             run_dir = _run(config, set_, resume, no_report, executor, address, workers, gpus_per_worker)
     finally:
         where = str(run_dir) if run_dir is not None else None
-        clock.write(timings, command="transferlab run", run_dir=where, startup_s=startup, **_timing_context())
+        try:
+            clock.write(timings, command="transferlab run", run_dir=where, startup_s=startup, **_timing_context())
+        except OSError as exc:  # never hide the run's own outcome behind this
+            console.print(f"[yellow]could not write the timings to {escape(str(timings))}: {escape(str(exc))}[/]")
 
 
 def _run_on_server(config, set_, resume, no_report, socket_path, timings) -> None:
@@ -292,7 +295,14 @@ def _run_on_server(config, set_, resume, no_report, socket_path, timings) -> Non
     if resume and (config or set_):
         _fail(ValueError("--resume continues a run with its own config.json; drop the config argument and --set"))
     startup, t0 = process_age(), time.perf_counter()
-    payload = {"op": "run", "cwd": os.getcwd(), "config": config, "set": list(set_), "no_report": no_report}
+    payload = {
+        "op": "run",
+        "cwd": os.getcwd(),
+        "config": config,
+        "set": list(set_),
+        "no_report": no_report,
+        "timings": bool(timings),
+    }
     if resume:
         payload["resume"] = str(Path(resume).resolve())
     try:
@@ -336,6 +346,9 @@ def serve(
     if stop:
         try:
             request({"op": "stop"}, path, timeout=30)
+        except TimeoutError:  # busy with a run: the request waits in its queue
+            console.print(f"the server at {escape(str(path))} is busy; it stops when its current run ends")
+            return
         except (ServerError, OSError) as exc:
             _fail(exc)
         console.print(f"stopped the server at {escape(str(path))}")

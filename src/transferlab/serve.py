@@ -17,7 +17,8 @@ experiment after experiment from a shell can keep that warm instead:
   ``run_experiment`` writes the same run directory.
 
 The protocol is one JSON line each way. A request: ``{"op": "run", "cwd",
-"config", "set", "resume", "no_report", "timings"}``, ``{"op": "ping"}`` or
+"config", "set", "resume", "no_report", "timings"}`` (``timings``: true to get the server's stage
+table back; the clock synchronises with the GPU at every stage, so only when asked), ``{"op": "ping"}`` or
 ``{"op": "stop"}``. An answer: ``{"ok": true, ...}`` or ``{"ok": false,
 "error": message}``. The server prints its own progress; a client that is
 interrupted leaves the run going (resume it with ``--resume`` if the server
@@ -31,7 +32,7 @@ import json
 import os
 import socket
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 ENV_SOCKET = "TRANSFERLAB_SOCKET"
@@ -88,11 +89,24 @@ def request(payload: dict, path: str | Path | None = None, timeout: float | None
 
 
 def ping(path: str | Path | None = None) -> bool:
-    """Whether a server answers at ``path``."""
+    """Whether a server answers at ``path`` within 5 s (a server busy with a run answers after it)."""
     try:
         return bool(request({"op": "ping"}, path, timeout=5).get("ok"))
     except (ServerError, OSError):
         return False
+
+
+def listening(path: str | Path) -> bool:
+    """Whether a process listens at ``path``: a connection is accepted, busy or not (a socket file left by a
+    killed server refuses it)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
 
 
 @contextmanager
@@ -111,6 +125,7 @@ class Server:
 
     def __init__(self, path: str | Path | None = None, idle: float | None = None, console=None):
         self.path = Path(path) if path is not None else default_socket()
+        self._inode = None
         self.idle = idle
         self.console = console
         self.executor = None
@@ -141,7 +156,8 @@ class Server:
         if self.executor is None:
             self.executor = InProcessExecutor()
         notes: list[str] = []
-        with _working_directory(req.get("cwd")), StageClock(sync=cuda_sync) as clock:
+        clock = StageClock(sync=cuda_sync) if req.get("timings") else nullcontext()  # synchronises: only if asked
+        with _working_directory(req.get("cwd")), clock:
             resume = req.get("resume")
             with stage("config"):
                 cfg = None if resume else load_config(req.get("config"), list(req.get("set") or []))
@@ -162,16 +178,17 @@ class Server:
             f"{r.examples_never_fired} of {r.examples} example(s)"
             for r in dead.itertuples()
         ]
-        return {"run_dir": str(run_dir), "notes": notes, "warnings": warnings, "timings": clock.table()}
+        timings = clock.table() if isinstance(clock, StageClock) else None
+        return {"run_dir": str(run_dir), "notes": notes, "warnings": warnings, "timings": timings}
 
     # -- the socket ---------------------------------------------------------
     def bind(self) -> socket.socket:
         """Listen at ``self.path`` (a stale socket file is replaced; a live server is an error)."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.path.exists():
-            if ping(self.path):
-                raise ServerError(f"a transferlab server already answers at {self.path}")
-            self.path.unlink()
+            if listening(self.path):
+                raise ServerError(f"a transferlab server already listens at {self.path} (busy or not)")
+            self.path.unlink()  # left by a server that was killed
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # the socket file: this user only
         try:
@@ -179,6 +196,7 @@ class Server:
         finally:
             os.umask(old)
         sock.listen(8)
+        self._inode = self.path.stat().st_ino  # at exit, remove this socket file only, not a successor's
         return sock
 
     def serve_forever(self, ready=None) -> None:
@@ -210,7 +228,8 @@ class Server:
         finally:
             sock.close()
             try:
-                self.path.unlink()
+                if self.path.stat().st_ino == self._inode:
+                    self.path.unlink()
             except FileNotFoundError:
                 pass
             if self.executor is not None:
@@ -227,4 +246,4 @@ def wait_for(path: str | Path, timeout: float = 60.0) -> bool:
     return False
 
 
-__all__ = ["Server", "ServerError", "request", "ping", "wait_for", "default_socket", "ENV_SOCKET"]
+__all__ = ["Server", "ServerError", "request", "ping", "listening", "wait_for", "default_socket", "ENV_SOCKET"]

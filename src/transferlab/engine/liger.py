@@ -54,7 +54,8 @@ def rope(q, k, cos, sin, unsqueeze_dim: int = 1):
 
     if unsqueeze_dim != 1:
         raise ValueError("Liger's RoPE takes [B, H, T, d] queries and keys (unsqueeze_dim=1)")
-    q2, k2, _, _ = rope_forward(q.clone(), k.clone(), cos, sin, rotary_dim=cos.shape[-1])
+    with torch.cuda.device(q.device):  # Liger launches RoPE on the current device: a split model's layers differ
+        q2, k2, _, _ = rope_forward(q.clone(), k.clone(), cos, sin, rotary_dim=cos.shape[-1])
     return q2, k2
 
 

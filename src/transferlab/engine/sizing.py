@@ -29,6 +29,9 @@ def auto_batch_size(model, n: int, tokens_per_example: int = 512, headroom: floa
     if model.device.type != "cuda":
         return min(n, 64)
     free, _ = torch.cuda.mem_get_info(model.device)
+    # memory PyTorch keeps cached from earlier work is free to this process too: without it, a second run in the
+    # same process (a notebook, `transferlab serve`) would see less and split its work differently
+    free += torch.cuda.memory_reserved(model.device) - torch.cuda.memory_allocated(model.device)
     cfg = model.hf.config
     per_example = (
         kv_bytes_per_token(model) * tokens_per_example

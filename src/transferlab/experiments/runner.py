@@ -223,14 +223,18 @@ class Runner:
         return out
 
     def auto_batch_size(self, facts: ModelFacts, n_units: int) -> int:
-        """Units per batch when the config leaves it open: what the worker's GPU holds (shared out evenly among
-        the executor's workers, so that none idles), 256 on a GPU without a suggestion, 64 on the CPU."""
+        """Units per batch when the config leaves it open: what the worker's GPU holds (times the worker's share of
+        the card, and shared out evenly among the executor's workers so that none idles), 256 on a GPU without a
+        suggestion, 64 on the CPU."""
         if not facts.device.startswith("cuda"):
             return 64
         if not facts.batch_size:
             return 256
-        workers = max(1, int(self.executor.describe().get("workers", 1) or 1))
-        return max(1, min(facts.batch_size, -(-n_units // workers)))
+        described = self.executor.describe()
+        workers = max(1, int(described.get("workers", 1) or 1))
+        share = described.get("gpus_per_worker") or 1  # workers sharing a card: each gets its share of the memory
+        suggested = max(1, int(facts.batch_size * min(1.0, float(share))))  # measured before the others loaded
+        return max(1, min(suggested, -(-n_units // workers)))
 
     def execute(
         self, facts: ModelFacts, model_name: str, pairs, conditions: dict, units: list[WorkUnit], rv_rows: dict

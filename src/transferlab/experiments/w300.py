@@ -36,6 +36,7 @@ the workload's prompts, matched differently from ``make_workload``'s order
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -185,29 +186,36 @@ def write_w300_config(path: str | Path, bank_dir: str | Path, **kwargs) -> Path:
 
 
 def toml_text(data: dict) -> str:
-    """Config data as TOML: scalars and lists of scalars, tables, arrays of tables; ``None`` fields left out."""
+    """Config data as TOML: scalars and lists of scalars, one level of tables, arrays of tables; ``None`` fields
+    left out. Anything deeper or of another type is an error, never dropped."""
+
+    def key(k) -> str:
+        k = str(k)
+        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k, ensure_ascii=False)
 
     def value(v) -> str:
+        if hasattr(v, "item") and not isinstance(v, (list, tuple, dict, str)):
+            v = v.item()  # a numpy scalar
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, (int, float)):
             return repr(v)
         if isinstance(v, str):
-            return json.dumps(v)  # a JSON string is a TOML basic string
-        if isinstance(v, (list, tuple)):
+            return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")  # JSON's escapes are TOML's
+        if isinstance(v, (list, tuple)) and not _is_table_list(v):
             return "[" + ", ".join(value(x) for x in v) + "]"
-        raise TypeError(f"cannot write {type(v).__name__} as a TOML value")
+        raise TypeError(f"cannot write {type(v).__name__} as a TOML value here")
 
     def fields(table: dict) -> list[str]:
-        return [f"{k} = {value(v)}" for k, v in table.items() if v is not None and not _is_table(v)]
+        return [f"{key(k)} = {value(v)}" for k, v in table.items() if v is not None]
 
-    lines = fields(data)
-    for key, v in data.items():
+    lines = [f"{key(k)} = {value(v)}" for k, v in data.items() if v is not None and not _is_table(v)]
+    for name, v in data.items():
         if isinstance(v, dict):
-            lines += ["", f"[{key}]", *fields(v)]
+            lines += ["", f"[{key(name)}]", *fields(v)]
         elif _is_table_list(v):
             for item in v:
-                lines += ["", f"[[{key}]]", *fields(item)]
+                lines += ["", f"[[{key(name)}]]", *fields(item)]
     return "\n".join(lines) + "\n"
 
 

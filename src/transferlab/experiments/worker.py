@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -84,6 +85,19 @@ def _config_key(config: dict) -> str:
     return json.dumps(config, sort_keys=True)
 
 
+def _path_stamp(spec: str) -> str:
+    """A local model's resolved path and newest file time (a checkpoint rewritten in place, or a relative
+    path read from another directory, is another model); empty for a name that is no path here."""
+    path = Path(spec)
+    try:
+        if not path.exists():
+            return ""
+        files = [path] + (list(path.iterdir()) if path.is_dir() else [])
+        return f"|{path.resolve()}|{max(f.stat().st_mtime_ns for f in files)}"
+    except OSError:
+        return ""
+
+
 class _Context:
     """A config's prompts: the bank and the pairs, rebuilt deterministically from the config."""
 
@@ -122,7 +136,15 @@ class Worker:
 
     # -- state ------------------------------------------------------------------
     def context(self, config: dict) -> _Context:
-        key = _config_key(config)
+        """The config's bank and pairs, rebuilt when the config or the bank's files (their contents, and where a
+        relative path leads from this directory: a server runs clients from several) differ from the last."""
+        from ..prompts import bank_identity
+
+        try:
+            where = bank_identity(config["prompts"]["bank"])
+        except (OSError, KeyError, TypeError):
+            where = None  # the config's own validation says what is wrong
+        key = _config_key(config) + f"|{where}"
         if key != self._ctx_key:
             self._ctx, self._ctx_key = _Context(validate_config(config, "config.json")), key
         return self._ctx
@@ -133,7 +155,7 @@ class Worker:
         if not specs:
             raise ValueError(f"model {name!r} is not among the config's models")
         spec = specs[0]
-        key = spec.model_dump_json()
+        key = spec.model_dump_json() + _path_stamp(spec.spec)
         if key != self._model_key:
             from ..models import load_model
 

@@ -74,10 +74,13 @@ def longest_periodic_run(seq: Sequence, max_period: int) -> tuple[int, int]:
     (:func:`_periodic_run_loop`, the reference the fast form is tested against).
     """
     n = len(seq)
-    if n < 64:
-        return _periodic_run_loop(seq, max_period)
-    codes = _codes(seq)
     top = min(max_period, n // 2)
+    if n < 64 or top < 1 or top * n > 1 << 22:  # short, nothing to search, or too large to compare at once
+        return _periodic_run_loop(seq, max_period)
+    try:
+        codes = _codes(seq)
+    except TypeError:  # items that cannot be hashed: compare them one by one
+        return _periodic_run_loop(seq, max_period)
     same = np.zeros((top, n), dtype=np.int32)  # same[p - 1, i]: seq[i] == seq[i - p]
     for p in range(1, top + 1):
         same[p - 1, p:] = codes[p:] == codes[:-p]
@@ -94,7 +97,7 @@ def longest_periodic_run(seq: Sequence, max_period: int) -> tuple[int, int]:
 def _codes(seq: Sequence) -> np.ndarray:
     """``seq`` as integers, equal where its items are equal (a string: its code points)."""
     if isinstance(seq, str):
-        return np.frombuffer(seq.encode("utf-32-le"), dtype=np.uint32)
+        return np.frombuffer(seq.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     if all(isinstance(x, str) for x in seq):
         return np.unique(np.array(seq), return_inverse=True)[1]
     ids: dict = {}

@@ -12,6 +12,7 @@ from transferlab.prompts.bank import (
     Prompt,
     PromptBank,
     available_banks,
+    bank_identity,
     bank_version,
     load_bank,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "Prompt",
     "PromptBank",
     "available_banks",
+    "bank_identity",
     "bank_version",
     "load_bank",
     "make_pairs",

@@ -44,6 +44,7 @@ it with every run.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import re
@@ -158,16 +159,16 @@ def _raise_from_pydantic(path: Path, raw: Any, err: ValidationError) -> None:
     raise BankError(path, "(file)", ".".join(map(str, loc)) or "(file)", msg)
 
 
-_PARSED: dict = {}  # (path, mtime, size) -> (spec, raw): a run reads its bank 3-4 times (checks, driver, worker)
+_PARSED: dict = {}  # (path, sha1 of the bytes) -> (spec, raw): a run reads its bank 3 times (checks, driver, worker)
 
 
 def _read_file(path: Path) -> tuple[_FileSpec, Any]:
-    """A bank file parsed and validated; parsed once per version of the file (its mtime and size) per process."""
+    """A bank file parsed and validated; parsed once per content of the file per process (reading and hashing
+    the bytes is cheap next to YAML and validation; a timestamp would miss a same-size rewrite)."""
     try:
-        st = path.stat()
-        key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+        key = (str(path.resolve()), hashlib.sha1(path.read_bytes()).hexdigest())
     except OSError:
-        key = None
+        key = None  # _parse_file says what is wrong with it
     if key is not None and key in _PARSED:
         return _PARSED[key]
     out = _parse_file(path)
@@ -334,6 +335,13 @@ def _bank_files(name_or_path: str | Path) -> list[Path]:
     raise FileNotFoundError(f"no bank {s!r}: not a shipped bank ({', '.join(available_banks())}) nor a file or folder")
 
 
+def bank_identity(name_or_path: str | Path) -> str:
+    """What a loaded bank depends on: its files' resolved paths and contents (a cache key: a relative path
+    read from another directory, or an edited file, is another bank)."""
+    files = _bank_files(name_or_path)
+    return bank_version(files) + ":" + "|".join(str(Path(f).resolve()) for f in files)
+
+
 def bank_version(files: Sequence[Path]) -> str:
     """sha256 over the files in name order (see the module docstring)."""
     h = hashlib.sha256()
@@ -378,7 +386,8 @@ def load_bank(name_or_path: str | Path = "research") -> PromptBank:
                     raise BankError(path, _entry_label(raw, gname, i), "id", f"duplicate id, also in {seen[e.id].name}")
                 seen[e.id] = path
                 markers = tuple(e.markers) if e.markers is not None else None
-                prompts.append(Prompt(e.id, gname, e.text, level, markers, {"pillar": g.pillar, **e.meta}))
+                meta = copy.deepcopy(e.meta)  # parsed once and shared: each bank gets its own
+                prompts.append(Prompt(e.id, gname, e.text, level, markers, {"pillar": g.pillar, **meta}))
     for g in groups.values():
         if g.length_variant_of and g.length_variant_of not in groups:
             raise BankError(g.file, f"group {g.name}", "length_variant_of", f"no group {g.length_variant_of!r}")
