@@ -86,6 +86,7 @@ def test_no_server_is_named_with_the_fix(tmp_path):
 def test_a_live_server_is_not_replaced_but_a_stale_socket_is(server, tmp_path):
     with pytest.raises(ServerError, match="already listens"):
         Server(server).bind()
+    assert ping(server)  # the probe (connect, then leave without a word) did not hurt the server
     stale = tmp_path / "stale.sock"
     stale.write_text("")  # left by a killed server
     sock = Server(stale).bind()

@@ -65,6 +65,8 @@ def _receive(sock: socket.socket) -> dict:
         if chunk.endswith(b"\n"):
             break
     raw = b"".join(chunks)
+    if not raw:
+        raise ServerError("the other side closed the connection without a word")
     try:
         return json.loads(raw.decode("utf-8"))
     except ValueError:
@@ -216,7 +218,12 @@ class Server:
                     try:
                         req = _receive(conn)
                     except ServerError as exc:
-                        _send(conn, {"ok": False, "error": str(exc)})
+                        try:
+                            _send(conn, {"ok": False, "error": str(exc)})
+                        except OSError:
+                            pass  # a probe that connected and left (`listening`), or a client gone
+                        continue
+                    except OSError:
                         continue
                     answer = self.handle(req)
                     try:
