@@ -749,3 +749,27 @@ def test_load_model_accepts_a_quantised_gguf_through_the_cache(arch, tiny_gguf, 
     again = load_model(str(path), device="cpu", dtype="float32")
     assert calls == [] and again.source["converted"] == model.source["converted"]
     assert pull_mod.cache_root() == tmp_path / "cache"
+
+
+def test_the_header_summary_agrees_with_the_gguf_librarys_reader(tiny_gguf):
+    """``convert.read_summary`` (the package's one header scan, in gguf_check) against gguf's own GGUFReader:
+    every scalar and string value, every array's length, every tensor's type."""
+    import gguf
+
+    for family, (path, _) in tiny_gguf.items():
+        summary = convert.read_summary(path)
+        reader = gguf.GGUFReader(str(path))
+        want = {}
+        for key, fld in reader.fields.items():
+            if key.startswith("GGUF."):
+                continue  # the reader's own bookkeeping (version, counts), not metadata
+            kind = fld.types[0]
+            if kind == gguf.GGUFValueType.ARRAY:
+                want[key] = len(fld.data)
+            elif kind == gguf.GGUFValueType.STRING:
+                want[key] = bytes(fld.parts[fld.data[0]]).decode("utf-8")
+            else:
+                want[key] = fld.parts[fld.data[0]].tolist()[0]
+        assert summary.metadata == pytest.approx(want), family
+        assert summary.tensor_types == {t.name: t.tensor_type.name for t in reader.tensors}, family
+        assert summary.architecture == want["general.architecture"]

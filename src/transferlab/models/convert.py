@@ -61,9 +61,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import mmap
 import os
-import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,118 +96,25 @@ class GGUFSummary:
     """``{tensor name: ggml type name}``, in file order."""
 
 
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-
-
-def _type_name(type_id: int) -> str:
-    import gguf
-
-    try:
-        return gguf.GGMLQuantizationType(type_id).name
-    except ValueError:
-        return f"unknown ggml type {type_id}"
-
-
 def read_summary(path: str | os.PathLike) -> GGUFSummary:
-    """Parse a GGUF header (metadata and tensor table) following the GGUF v2/v3 spec.
+    """The file's header as :class:`GGUFSummary`, from the bounds-checked scan of :mod:`.gguf_check` (one GGUF
+    header reader in the package). Raises :class:`ConversionError` (one line) for a file that is not GGUF, is cut
+    short, or has no architecture."""
+    from .gguf_check import GGUFError, check_gguf
 
-    Raises :class:`ConversionError` for a file that is not GGUF or is cut short.
-    """
-    path = Path(path)
     try:
-        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            return _parse(path, buf)
-    except (struct.error, IndexError, UnicodeDecodeError, ValueError) as exc:
-        if isinstance(exc, ConversionError):
-            raise
-        raise ConversionError(f"{path}: not a readable GGUF file (truncated or corrupt header: {exc})") from None
-
-
-def _parse(path: Path, buf) -> GGUFSummary:
-    if buf[:4] != b"GGUF":
-        raise ConversionError(f"{path}: not a GGUF file (no GGUF magic bytes)")
-    version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
-    if version not in (2, 3):
-        raise ConversionError(f"{path}: GGUF version {version} is not supported (only v2 and v3)")
-    pos = 24
-
-    def string(pos: int) -> tuple[str, int]:
-        (n,) = struct.unpack_from("<Q", buf, pos)
-        end = pos + 8 + n
-        if end > len(buf):
-            raise struct.error("string runs past the end of the file")
-        return bytes(buf[pos + 8 : end]).decode("utf-8"), end
-
-    metadata: dict = {}
-    for _ in range(n_kv):
-        key, pos = string(pos)
-        (vtype,) = struct.unpack_from("<I", buf, pos)
-        pos += 4
-        if vtype in _SCALARS:
-            fmt = _SCALARS[vtype]
-            (metadata[key],) = struct.unpack_from(fmt, buf, pos)
-            pos += struct.calcsize(fmt)
-        elif vtype == 8:
-            metadata[key], pos = string(pos)
-        elif vtype == 9:
-            etype, count = struct.unpack_from("<IQ", buf, pos)
-            pos += 12
-            if etype in _SCALARS:
-                pos += count * struct.calcsize(_SCALARS[etype])
-            elif etype == 8:
-                for _ in range(count):
-                    (n,) = struct.unpack_from("<Q", buf, pos)
-                    pos += 8 + n
-            else:
-                raise ConversionError(f"{path}: metadata {key!r} is an array of unsupported type {etype}")
-            metadata[key] = count
-        else:
-            raise ConversionError(f"{path}: metadata {key!r} has unknown value type {vtype}")
-    import gguf
-
-    tensor_types: dict[str, str] = {}
-    extents: list[tuple[int, str]] = []
-    for _ in range(n_tensors):
-        name, pos = string(pos)
-        (ndim,) = struct.unpack_from("<I", buf, pos)
-        dims = struct.unpack_from(f"<{ndim}Q", buf, pos + 4)
-        pos += 4 + 8 * ndim
-        ttype, offset = struct.unpack_from("<IQ", buf, pos)
-        pos += 12
-        tensor_types[name] = _type_name(ttype)
-        try:  # (elements per block, bytes per block) of this ggml type
-            block, nbytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ttype)]
-        except (ValueError, KeyError):  # unknown type: check_convertible refuses it by name
-            block, nbytes = 1, 0
-        elements = 1
-        for d in dims:
-            elements *= d
-        extents.append((offset + elements // block * nbytes, name))
-    if pos > len(buf):
-        raise struct.error("tensor table runs past the end of the file")
-    arch = metadata.get("general.architecture")
+        scan = check_gguf(path, open_reader=False)  # every count, length and tensor extent against the file's size
+    except GGUFError as exc:
+        raise ConversionError(str(exc)) from None
+    arch = scan.header.get("general.architecture")
     if not isinstance(arch, str):
-        raise ConversionError(f"{path}: GGUF metadata has no general.architecture")
-    alignment = metadata.get("general.alignment", 32)
-    data_start = (pos + alignment - 1) // alignment * alignment
-    if extents:
-        end, last = max(extents)
-        if data_start + end > len(buf):
-            raise ConversionError(
-                f"{path}: truncated: tensor {last} ends at byte {data_start + end:,} "
-                f"but the file has {len(buf):,} bytes"
-            )
-    return GGUFSummary(path, version, arch, metadata, tensor_types)
+        raise ConversionError(f"{scan.path}: GGUF metadata has no general.architecture")
+    types = {name: t.type_name for name, t in scan.tensors.items()}
+    return GGUFSummary(scan.path, scan.version, arch, scan.header, types)
 
 
 def check_convertible(path: str | os.PathLike) -> GGUFSummary:
     """The file's summary if it can be converted; :class:`ConversionError` (one line) if not."""
-    from .gguf_check import GGUFError, check_gguf
-
-    try:
-        check_gguf(path, open_reader=False)  # every count, length and tensor extent against the file's size
-    except GGUFError as exc:
-        raise ConversionError(str(exc)) from None
     summary = read_summary(path)
     if summary.architecture not in SUPPORTED_ARCHITECTURES:
         raise ConversionError(

@@ -87,6 +87,8 @@ class GGUFSummary:
     metadata: dict[str, Any]
     tensors: dict[str, TensorInfo]
     reader: Any = field(default=None, repr=False)  # gguf.GGUFReader over the same file
+    header: dict[str, Any] = field(default_factory=dict, repr=False)
+    """What the scan itself read: scalar and string values; an array as its length (no reader needed)."""
 
     @property
     def architecture(self) -> str | None:
@@ -135,13 +137,16 @@ class _Scan:
         self.pos += n
 
     def skip_value(self, vtype: int, key: str, depth: int = 0):
-        """Step over one value of type ``vtype``; returns it for scalars (alignment needs one)."""
+        """Step over one value of type ``vtype``; returns it for scalars and top-level strings, and an array's
+        length for a top-level array (the header's summary); nested values are only bounds-checked."""
         if vtype in _SCALARS:
             name, n = _SCALARS[vtype]
             fmt = {"uint8": "<B", "int8": "<b", "uint16": "<H", "int16": "<h", "uint32": "<I", "int32": "<i"}
             fmt.update({"float32": "<f", "bool": "<?", "uint64": "<Q", "int64": "<q", "float64": "<d"})
             return self.unpack(fmt[name], f"the value of key {key!r}")
         if vtype == _STRING:
+            if depth == 0:
+                return self.string(f"the string value of key {key!r}")
             self.skip_string(f"a string value of key {key!r}")
             return None
         if vtype == _ARRAY:
@@ -157,14 +162,14 @@ class _Scan:
                         f"more than the {left} bytes left in the file"
                     )
                 self.pos += count * _SCALARS[item][1]
-                return None
+                return count
             if item not in (_STRING, _ARRAY):
                 raise self.fail(f"array {key!r} has unknown item type {item}")
             if count * 8 > left:  # every string or array item takes at least 8 bytes
                 raise self.fail(f"array {key!r} claims {count} items, more than the {left} bytes left can hold")
             for _ in range(count):
                 self.skip_value(item, key, depth + 1)
-            return None
+            return count
         raise self.fail(f"key {key!r} has unknown value type {vtype}")
 
 
@@ -207,14 +212,13 @@ def check_gguf(path: str | Path, *, open_reader: bool = True) -> GGUFSummary:
                 f"more than the {left} bytes after it can hold"
             )
         alignment = 32
-        keys: set[str] = set()
+        header: dict[str, Any] = {}
         for i in range(n_kv):
             key = s.string(f"the name of metadata key {i}", _MAX_KEY)
-            if key in keys:
+            if key in header:
                 raise s.fail(f"metadata key {key!r} appears twice")
-            keys.add(key)
             vtype = s.unpack("<I", f"the value type of key {key!r}")
-            value = s.skip_value(vtype, key)
+            value = header[key] = s.skip_value(vtype, key)
             if key == "general.alignment":
                 if vtype != 4 or not value or value & (value - 1):
                     raise s.fail(f"general.alignment must be a uint32 power of two; got {value!r}")
@@ -257,7 +261,7 @@ def check_gguf(path: str | Path, *, open_reader: bool = True) -> GGUFSummary:
                     f"but the file ends at byte {size} (truncated?)"
                 )
             tensors[name] = TensorInfo(name, shape, type_name, type_id, start, n_bytes)
-    summary = GGUFSummary(path, size, version, alignment, data_offset, {}, tensors)
+    summary = GGUFSummary(path, size, version, alignment, data_offset, {}, tensors, header=header)
     if open_reader:
         from gguf import GGUFReader
 

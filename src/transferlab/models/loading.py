@@ -33,7 +33,7 @@ from .adapters import make_adapter
 from .catalog import names as catalog_names
 from .devices import resolve_device
 from .embedded import EMBEDDED, embedded, embedded_path
-from .gguf_check import GGUFError, check_gguf
+from .gguf_check import GGUFError
 from .hub import endpoint, hub_answers, looks_like_path
 from .model import Model, runtime
 from .safety import check_weights_dir
@@ -160,8 +160,7 @@ def _needs_conversion(path: Path) -> bool:
     from .convert import ConversionError, read_summary
 
     try:
-        check_gguf(path, open_reader=False)  # structure and extents against the file's size, nothing allocated
-        summary = read_summary(path)
+        summary = read_summary(path)  # structure and extents against the file's size, nothing allocated
     except (GGUFError, ConversionError) as exc:
         raise ModelLoadError(str(exc)) from exc
     plain = set(summary.tensor_types.values()) <= {"F32", "F16", "BF16"}
