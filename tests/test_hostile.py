@@ -123,10 +123,14 @@ def test_building_a_run_directory_refuses_an_unchecked_name(tmp_path):
 # --------------------------------------------------------------------------- item 2: GGUF files
 
 
-def write_llama_gguf(path, extra_tensors: dict | None = None, **meta) -> None:
-    """The embedded stories260K's tensors and vocabulary in a new GGUF, with ``meta`` overriding llama.* sizes."""
+def write_llama_gguf(path, extra_tensors: dict | None = None, tensor_type: str = "F32", **meta) -> None:
+    """The embedded stories260K's tensors and vocabulary in a new GGUF, with ``meta`` overriding llama.* sizes.
+
+    ``tensor_type``: ``F32`` (as embedded), ``BF16`` (each tensor rounded to bfloat16 and stored so), or
+    ``F32_BF16`` (rounded to bfloat16, stored as float32: the same numbers as the BF16 file)."""
     import numpy as np
-    from gguf import GGUFReader, GGUFWriter
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
+    from gguf.quants import dequantize, quantize
 
     from transferlab.models.embedded import embedded_path
 
@@ -144,8 +148,15 @@ def write_llama_gguf(path, extra_tensors: dict | None = None, **meta) -> None:
     w.add_token_types(fields["tokenizer.ggml.token_type"])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
+    bf16 = GGMLQuantizationType.BF16
     for t in src.tensors:
-        w.add_tensor(t.name, np.array(t.data))
+        arr = np.array(t.data)
+        if tensor_type == "BF16":
+            w.add_tensor(t.name, quantize(arr, bf16), raw_dtype=bf16)
+        elif tensor_type == "F32_BF16":
+            w.add_tensor(t.name, dequantize(quantize(arr, bf16), bf16).astype(np.float32))
+        else:
+            w.add_tensor(t.name, arr)
     for name, value in (extra_tensors or {}).items():
         w.add_tensor(name, value)
     w.write_header_to_file()
@@ -696,3 +707,19 @@ def test_the_context_rule_at_its_boundary():
     check_generation(
         SimpleNamespace(hf=SimpleNamespace(config=SimpleNamespace())), [[1] * 10**5], [None], [none], 9, "seed"
     )
+
+
+def test_a_bf16_gguf_loads_as_the_same_numbers_in_float32(tmp_path):
+    """BF16 tensors (stored as raw 2-byte words, which gguf's reader hands over as bytes) load as the values they
+    hold: the BF16 file and a float32 file of the same rounded numbers give the same logits exactly."""
+    import torch
+
+    from transferlab.models.loading import load_model
+
+    write_llama_gguf(tmp_path / "bf16.gguf", tensor_type="BF16")
+    write_llama_gguf(tmp_path / "f32.gguf", tensor_type="F32_BF16")
+    a, b = load_model(str(tmp_path / "bf16.gguf")), load_model(str(tmp_path / "f32.gguf"))
+    ids = torch.tensor([[1, 45, 300, 12, 7]])
+    with torch.no_grad():
+        la, lb = a.hf(ids).logits, b.hf(ids).logits
+    assert torch.equal(la, lb)

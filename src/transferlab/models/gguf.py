@@ -102,6 +102,18 @@ def _build_tokenizer(meta: dict):
     return tok
 
 
+def _as_float32(t) -> torch.Tensor:
+    """A tensor of the reader in float32. gguf's reader gives F32/F16 as numbers but BF16 as its raw bytes
+    (numpy has no bfloat16): those go through gguf's own dequantisation."""
+    if t.tensor_type.name == "BF16":
+        from gguf.quants import dequantize
+
+        data = dequantize(t.data, t.tensor_type)
+    else:
+        data = np.array(t.data, copy=True)
+    return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+
+
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
     """Read a llama GGUF file and return ``(hf_model, tokenizer)``."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -125,7 +137,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
                 f"{path.name}: tensor {t.name} is quantised ({t.tensor_type.name}); "
                 "only F32/F16/BF16 GGUF files are supported."
             )
-        tensors[t.name] = torch.from_numpy(np.array(t.data, copy=True)).to(torch.float32)
+        tensors[t.name] = _as_float32(t)
     tokenizer = _build_tokenizer(meta)
 
     def special(key: str):
