@@ -382,3 +382,20 @@ def test_the_workers_prompts_follow_the_bank_files_not_only_the_config(tmp_path,
     assert other != first  # same config text, another directory: another bank
     write_w300_bank(tmp_path / "b" / "bank", n_pairs=4, seed=2)  # edited in place
     assert worker.context(config).pairs[0].source_text not in (other,)
+
+
+def test_a_self_patch_that_changes_nothing_is_no_warning(tmp_path):
+    """The self-patch control writes the target's own values back: "fired but changed nothing" is its point,
+    so the summary does not warn about it (the same table without that knowledge does)."""
+    from transferlab.experiments.runner import finalize
+    from transferlab.report import build_summary
+
+    cfg, run_dir, table = run_small(
+        "corrected_n300", tmp_path, "model=tiny:llama", "prompts.n=4", "generation.max_new_tokens=3"
+    )
+    summary = finalize(run_dir)
+    kinds = {(w["kind"], w.get("condition")) for w in summary["warnings"]}
+    assert ("no_effect", "self_patch") not in kinds
+    scores = [s for s in summary["scores"]]
+    bare = build_summary(table, scores, reference="baseline")  # not told which conditions are self-sourced
+    assert ("no_effect", "self_patch") in {(w["kind"], w.get("condition")) for w in bare["warnings"]}

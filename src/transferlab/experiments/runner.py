@@ -342,6 +342,7 @@ def finalize(run_dir: Path, console=None) -> dict:
             primary=config.get("primary"),
             sweep=sweep_info,
             comparisons=comparisons,
+            self_sourced=[c["name"] for c in config.get("conditions", []) if c.get("source") == "target"],
         )
     summary["scores"] = scores
     progress = run_progress(run_dir)

@@ -10,7 +10,10 @@ from .audit import parse_audit
 from .common import _GEN_SECTIONS, GEN_KEYS
 
 
-def data_warnings(results, all_scores, conds, audit, deltas, skipped, plans) -> list[dict]:
+def data_warnings(results, all_scores, conds, audit, deltas, skipped, plans, self_sourced=()) -> list[dict]:
+    """``self_sourced``: conditions whose source is the target itself (a self-patch control): writing back the
+    values already there is what they are for, so "fired but changed nothing" is no warning for them (the audit
+    table still shows the counts)."""
     out = []
     for r in audit.itertuples():
         if r.examples_never_fired > 0:
@@ -27,7 +30,7 @@ def data_warnings(results, all_scores, conds, audit, deltas, skipped, plans) -> 
                     f"examples of condition {r.condition}",
                 }
             )
-        if getattr(r, "examples_no_effect", 0) > 0:
+        if getattr(r, "examples_no_effect", 0) > 0 and r.condition not in self_sourced:
             out.append(
                 {
                     "kind": "no_effect",

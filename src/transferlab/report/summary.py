@@ -64,6 +64,7 @@ def build_summary(
     controls: list[str] | None = None,
     rv_groups: pd.DataFrame | None = None,
     sweep: dict | None = None,
+    self_sourced: tuple[str, ...] | list[str] = (),
     n_boot: int = 2000,
     seed: int = 0,
     n_perm: int = 9999,
@@ -75,7 +76,8 @@ def build_summary(
     (condition, reference) pairs; default every other condition vs
     ``reference``. ``primary``: the condition compared with each of
     ``controls``; default ``"transfer"`` if present, and by default the
-    controls are every other non-reference condition.
+    controls are every other non-reference condition. ``self_sourced``: conditions whose source is the target
+    itself (no "changed nothing" warning for them: that is their point).
     """
     scores = list(scores)
     check_results(results, scores, reference)
@@ -160,6 +162,6 @@ def build_summary(
         "seeds_table": per_seed,
         "seed_spread": seed_spread,
         "sweep": sweep_out,
-        "warnings": data_warnings(results, all_scores, conds, audit, deltas, skipped, plans),
+        "warnings": data_warnings(results, all_scores, conds, audit, deltas, skipped, plans, set(self_sourced)),
     }
     return jsonable(out)
