@@ -19,7 +19,8 @@ window, ``H`` heads, ``V`` vocabulary).
 
 Importing this package installs it as the runtime behind ``Model.capture``,
 ``Model.generate`` and ``load_model``'s preparation step (see
-:mod:`transferlab.models.model`); the models floor never imports the engine.
+:mod:`transferlab.models.model`); the models floor never imports the engine at import time (its
+``runtime()`` imports this package by name when a model is used before anything else did).
 """
 
 from __future__ import annotations
