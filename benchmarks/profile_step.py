@@ -150,14 +150,27 @@ if __name__ == "__main__":
         action="store_true",
         help="then fuse the elementwise work (transferlab.engine.fused) and measure again",
     )
+    ap.add_argument(
+        "--engine",
+        action="store_true",
+        help="profile the model as load_model prepares it (grouped-query decode attention, fused kernels: Liger "
+        "where installed) and skip the phase runs",
+    )
     ap.add_argument("--out", default="benchmarks/results")
     a = ap.parse_args()
     m = build_random("mistral-7b", device="cuda")
     src, tgt = make_workload(300, 32000)
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": a.batch}
+    if a.engine:
+        from transferlab.engine import prepare
+
+        prepare(m, fuse=True, fast_attention=True)
+        res["prepared"] = {"attention": m.hf.config._attn_implementation, **m.source}
+        a.fused = False
     w = rows(src, tgt, 16)
     timed(m, w[0], w[1], w[2], 4, 16)  # warm-up
-    for name, empty in [("w300_mix", False), ("unpatched", True), ("w300_mix", False), ("unpatched", True)]:
+    phase_runs = [("w300_mix", False), ("unpatched", True), ("w300_mix", False), ("unpatched", True)]
+    for name, empty in [] if a.engine else phase_runs:
         tg, sr, pl = rows(src, tgt, a.batch, empty)
         res[f"phases_{name}"] = phases(m, tg, sr, pl, a.batch)  # the second of each is kept (warm)
         print(f"phases_{name}", json.dumps(res[f"phases_{name}"]), flush=True)
