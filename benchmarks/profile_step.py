@@ -53,9 +53,9 @@ def rows(sources, targets, n_rows, empty=False):
     return tg, sr, pl
 
 
-CATEGORIES = [
+CATEGORIES = [  # first match wins: attention before gemm (the memory-efficient attention kernel is a cutlass one)
+    ("attention", r"fmha|attention|flash|efficient|sdpa"),
     ("gemm", r"gemm|cutlass|sm90_xmma|nvjet|ampere_bf16|matmul"),
-    ("attention", r"fmha|attention|flash|efficient"),
     ("sampling/scan", r"scan|cumsum|search|sort|softmax|logsumexp"),
     ("reduction", r"reduce|norm|mean"),
     ("copy", r"copy|cat|index|gather|scatter|Memcpy|Memset|fill"),
