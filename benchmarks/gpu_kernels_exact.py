@@ -2,8 +2,8 @@
 
 A random model of Mistral-7B's width with ``--layers`` layers (float32 and
 bfloat16, built with the same seed), W300's prompts (``--pairs`` pairs), each
-target alone and under the transfer plan ``kv:all + v_proj@L:decode`` (L =
-27/32 of depth), greedy, ``--new`` tokens, EOS ignored:
+target alone and under the transfer plan ``kv:all + v_proj@0.84375:decode`` (27/32
+of depth, a layer that exists at any ``--layers``), greedy, ``--new`` tokens, EOS ignored:
 
 - ``eager``: ``TRANSFERLAB_DECODE=eager``, no fused kernels (run first: the
   fused RoPE replaces the family's function for the whole process);
@@ -34,19 +34,8 @@ from transferlab.engine import prepare  # noqa: E402
 from transferlab.experiments.w300 import make_workload  # noqa: E402
 from transferlab.models.random import build_random  # noqa: E402
 
-
-def agreement(a: list[list[int]], b: list[list[int]]) -> dict:
-    same = sum(x == y for x, y in zip(a, b))
-    tokens = sum(len(x) for x in a)
-    equal = sum(sum(p == q for p, q in zip(x, y)) for x, y in zip(a, b))
-    first = [next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), None) for x, y in zip(a, b)]
-    diverged = [f for f in first if f is not None]
-    return {
-        "identical_sequences": same,
-        "sequences": len(a),
-        "token_agreement": equal / max(tokens, 1),
-        "mean_first_divergence": sum(diverged) / len(diverged) if diverged else None,
-    }
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_real_model import agreement  # noqa: E402  (one comparison for both GPU exactness scripts)
 
 
 def sync() -> None:
@@ -72,11 +61,10 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", default="benchmarks/results")
     a = ap.parse_args()
-    layer = round(a.layers * 27 / 32)
     src, tgt = make_workload(a.pairs)
     targets = tgt + tgt
     sources = [None] * a.pairs + src
-    plans = [""] * a.pairs + [f"kv:all + v_proj@{layer}:decode"] * a.pairs
+    plans = [""] * a.pairs + ["kv:all + v_proj@0.84375:decode"] * a.pairs
     models = {
         d: build_random(a.shape, dtype=getattr(torch, d), n_layers=a.layers, device=a.device)
         for d in ("float32", "bfloat16")

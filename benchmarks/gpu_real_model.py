@@ -34,7 +34,8 @@ from transferlab.prompts import load_bank
 PLAN = "kv:all + v_proj@0.84375:w16:both"
 
 
-def _agreement(a: list[list[int]], b: list[list[int]]) -> dict:
+def agreement(a: list[list[int]], b: list[list[int]]) -> dict:
+    """How far two runs' token ids agree: identical sequences, per-token agreement, mean first divergence."""
     same = sum(x == y for x, y in zip(a, b))
     tokens = sum(len(x) for x in a)
     equal_tokens = sum(sum(p == q for p, q in zip(x, y)) for x, y in zip(a, b))
@@ -88,7 +89,7 @@ def main() -> None:
             _run(graph_model, targets[:8], src[:8] if src else None, plan, 4, "auto")  # warm-up: graphs, kernels
             a, ta = _run(eager_model, targets, src, plan, args.new, "eager")
             b, tb = _run(graph_model, targets, src, plan, args.new, "auto")
-            row = {"eager_s": round(ta, 3), "graph_fused_s": round(tb, 3), **_agreement(a, b)}
+            row = {"eager_s": round(ta, 3), "graph_fused_s": round(tb, 3), **agreement(a, b)}
             row["fused_parts"] = graph_model.source.get("fused")
             result["runs"][f"{dtype}/{name}"] = row
             print(dtype, name, json.dumps(row))
@@ -103,8 +104,8 @@ def main() -> None:
                 ("graph_fused", graph_model, "auto"),
             ):
                 toks, _ = _run(m, targets, None, None, args.new, how)
-                result["runs"][f"{dtype}/baseline/{label}_vs_float32_eager"] = _agreement(toks, ref)
-                print(dtype, label, "vs float32 eager", json.dumps(_agreement(toks, ref)))
+                result["runs"][f"{dtype}/baseline/{label}_vs_float32_eager"] = agreement(toks, ref)
+                print(dtype, label, "vs float32 eager", json.dumps(agreement(toks, ref)))
             del ref_model, plain_model
         del eager_model, graph_model
         torch.cuda.empty_cache()
