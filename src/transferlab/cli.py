@@ -263,6 +263,8 @@ def run(
     ),
 ) -> None:
     """Run an experiment end to end (or resume one) and write its run directory."""
+    if resume and (config or set_):
+        _fail(ValueError("--resume continues a run with its own config.json; drop the config argument and --set"))
     if server:
         if executor != "inprocess" or address or workers or gpus_per_worker:
             _fail(ValueError("--server runs on the server's own in-process executor; drop --executor/--address"))
@@ -292,8 +294,6 @@ def _run_on_server(config, set_, resume, no_report, socket_path, timings) -> Non
     from .serve import ServerError, request
     from .timings import process_age
 
-    if resume and (config or set_):
-        _fail(ValueError("--resume continues a run with its own config.json; drop the config argument and --set"))
     startup, t0 = process_age(), time.perf_counter()
     payload = {
         "op": "run",
@@ -314,12 +314,7 @@ def _run_on_server(config, set_, resume, no_report, socket_path, timings) -> Non
     run_dir = Path(answer["run_dir"])
     for note in answer.get("notes", []):
         console.print(f"[yellow]{escape(note)}[/]")
-    for warning in answer.get("warnings", []):
-        console.print(f"[bold red]{escape(warning)}[/]")
-    _print_headline(run_dir)
-    console.print(f"[green]run directory:[/] {escape(str(run_dir))}")
-    if (run_dir / "report.md").exists():
-        console.print(f"report: {escape(str(run_dir / 'report.md'))}")
+    _print_outcome(run_dir, answer.get("warnings", []))
     if timings:
         out = {
             "command": "transferlab run --server",
@@ -388,13 +383,11 @@ def _run(config, set_, resume, no_report, executor, address, workers, gpus_per_w
     with stage("imports"):
         from .experiments import ConfigError, load_config, run_experiment
         from .experiments.executors import ExecutorError
-        from .experiments.runner import never_fired_summary
+        from .experiments.runner import never_fired_lines
         from .interventions import InterventionError
         from .models import ModelLoadError
         from .sites import SiteError
 
-    if resume and (config or set_):
-        _fail(ValueError("--resume continues a run with its own config.json; drop the config argument and --set"))
     try:
         with stage("config"):
             cfg = None if resume else load_config(config, set_)
@@ -422,24 +415,15 @@ def _run(config, set_, resume, no_report, executor, address, workers, gpus_per_w
         ModelLoadError,
     ) as exc:
         _fail(exc)
-    from .experiments.store import RunStore
-
     with stage("cli_output"):
-        store = RunStore(run_dir / "store.sqlite")
-        results = store.results()
-        store.close()
-        _print_outcome(run_dir, results, never_fired_summary)
+        _print_outcome(run_dir, never_fired_lines(run_dir))
     return run_dir
 
 
-def _print_outcome(run_dir: Path, results, never_fired_summary) -> None:
+def _print_outcome(run_dir: Path, warnings: list[str]) -> None:
     """Never-fired warnings, the headline table and where the run directory and report are."""
-    dead = never_fired_summary(results)
-    for r in dead.itertuples():
-        console.print(
-            f"[bold red]WARNING: intervention {escape(str(r.description))} ({escape(str(r.hook_point))}) "
-            f"never fired in {r.examples_never_fired} of {r.examples} example(s)[/]"
-        )
+    for line in warnings:
+        console.print(f"[bold red]{escape(line)}[/]")
     _print_headline(run_dir)
     console.print(f"[green]run directory:[/] {escape(str(run_dir))}")
     report = run_dir / "report.md"

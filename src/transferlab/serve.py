@@ -151,8 +151,7 @@ class Server:
         from .experiments import load_config, run_experiment
         from .experiments.checks import layer_collisions
         from .experiments.executors import InProcessExecutor
-        from .experiments.runner import never_fired_summary
-        from .experiments.store import RunStore
+        from .experiments.runner import never_fired_lines
         from .timings import StageClock, cuda_sync, stage
 
         if self.executor is None:
@@ -169,17 +168,8 @@ class Server:
                 cfg, resume=resume, report=not req.get("no_report"), executor=self.executor, console=self.console
             )
             run_dir = Path(run_dir).resolve()
-            store = RunStore(run_dir / "store.sqlite")
-            try:
-                dead = never_fired_summary(store.results())
-            finally:
-                store.close()
+            warnings = never_fired_lines(run_dir)
         self.runs += 1
-        warnings = [
-            f"WARNING: intervention {r.description} ({r.hook_point}) never fired in "
-            f"{r.examples_never_fired} of {r.examples} example(s)"
-            for r in dead.itertuples()
-        ]
         timings = clock.table() if isinstance(clock, StageClock) else None
         return {"run_dir": str(run_dir), "notes": notes, "warnings": warnings, "timings": timings}
 

@@ -587,6 +587,21 @@ def _model_metadata(runner: Runner, config: ExperimentConfig) -> list[dict]:
     return out
 
 
+def never_fired_lines(run_dir: Path) -> list[str]:
+    """One warning line per intervention that never fired somewhere in the run's stored rows (what ``transferlab
+    run`` prints, locally or for a ``--server`` client)."""
+    store = RunStore(Path(run_dir) / "store.sqlite", create=False)
+    try:
+        dead = never_fired_summary(store.results())
+    finally:
+        store.close()
+    return [
+        f"WARNING: intervention {r.description} ({r.hook_point}) never fired in {r.examples_never_fired} of "
+        f"{r.examples} example(s)"
+        for r in dead.itertuples()
+    ]
+
+
 def never_fired_summary(results: pd.DataFrame) -> pd.DataFrame:
     """Never-fired interventions across a results table (from the per-row audit JSON)."""
     rows = []
