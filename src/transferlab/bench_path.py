@@ -55,14 +55,20 @@ def write_workload(directory: Path, model: str, n_pairs: int, batch_size: int | 
     return write_w300_config(directory / "w300.toml", bank, model=model, seeds=(0,), n_pairs=n_pairs, **overrides)
 
 
-def run_once(config: Path, timings: Path, env: dict, timeout: float | None = None) -> dict:
-    """``transferlab run CONFIG --timings TIMINGS`` in a new process; its stage table plus the parent's wall time."""
-    cmd = [sys.executable, "-m", "transferlab.cli", "run", str(config), "--timings", str(timings)]
+def _python(args: list[str], env: dict, timeout: float | None) -> float:
+    """``python -m ARGS`` in a new process; its wall time as the parent sees it (a failure: its output's tail)."""
+    cmd = [sys.executable, "-m", *args]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return wall
+
+
+def run_once(config: Path, timings: Path, env: dict, timeout: float | None = None) -> dict:
+    """``transferlab run CONFIG --timings TIMINGS`` in a new process; its stage table plus the parent's wall time."""
+    wall = _python(["transferlab.cli", "run", str(config), "--timings", str(timings)], env, timeout)
     table = json.loads(timings.read_text())
     return {**table, **account(table, wall)}
 
@@ -118,14 +124,8 @@ def through_server(config: Path, work: Path, runs: int, env: dict, timeout: floa
             raise RuntimeError(f"transferlab serve did not answer at {sock}; see {work / 'serve.log'}")
         for i in range(runs):
             timings = work / f"server_timings_{i}.json"
-            client = [sys.executable, "-m", "transferlab.cli", "run", str(config), "--server", "--socket", str(sock)]
-            t0 = time.perf_counter()
-            done = subprocess.run(
-                [*client, "--timings", str(timings)], env=env, capture_output=True, text=True, timeout=timeout
-            )
-            wall = time.perf_counter() - t0
-            if done.returncode != 0:
-                raise RuntimeError(f"{' '.join(client)} failed ({done.returncode}):\n{done.stdout[-3000:]}")
+            client = ["transferlab.cli", "run", str(config), "--server", "--socket", str(sock), "--timings"]
+            wall = _python([*client, str(timings)], env, timeout)
             table = json.loads(timings.read_text())
             report = (table.get("startup_s") or 0.0) + table["wall_s"]
             stages = table["server"]["stages"]
@@ -191,10 +191,7 @@ def main(
         )
     if notebook:
         path = work / "in_process.json"
-        cmd = [sys.executable, "-m", "transferlab.bench_path", str(config), str(path), str(notebook)]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        _python(["transferlab.bench_path", str(config), str(path), str(notebook)], env, timeout)
         notebook_runs = json.loads(path.read_text())["runs"]
         for i, table in enumerate(notebook_runs):
             table["label"] = "first" if i == 0 else "model already loaded"
