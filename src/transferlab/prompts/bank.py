@@ -166,12 +166,13 @@ def _read_file(path: Path) -> tuple[_FileSpec, Any]:
     """A bank file parsed and validated; parsed once per content of the file per process (reading and hashing
     the bytes is cheap next to YAML and validation; a timestamp would miss a same-size rewrite)."""
     try:
-        key = (str(path.resolve()), hashlib.sha1(path.read_bytes()).hexdigest())
+        data = path.read_bytes()
     except OSError:
-        key = None  # _parse_file says what is wrong with it
+        data = None  # _parse_file says what is wrong with it
+    key = (str(path.resolve()), hashlib.sha1(data).hexdigest()) if data is not None else None
     if key is not None and key in _PARSED:
         return _PARSED[key]
-    out = _parse_file(path)
+    out = _parse_file(path, data)
     if key is not None:
         if len(_PARSED) > 64:
             _PARSED.clear()
@@ -179,11 +180,12 @@ def _read_file(path: Path) -> tuple[_FileSpec, Any]:
     return out
 
 
-def _parse_file(path: Path) -> tuple[_FileSpec, Any]:
+def _parse_file(path: Path, data: bytes | None = None) -> tuple[_FileSpec, Any]:
+    """``path`` (its bytes ``data`` when already read) parsed and validated."""
     if not path.is_file():
         raise BankError(path, "(file)", "(file)", "is not a file (a directory?); a bank folder holds only bank files")
     try:
-        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        raw = yaml.safe_load((data if data is not None else path.read_bytes()).decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise BankError(path, "(file)", "(encoding)", f"not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except OSError as exc:
