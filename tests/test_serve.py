@@ -121,7 +121,38 @@ def test_a_busy_server_is_not_taken_for_a_dead_one(tmp_path):
 
 
 def test_the_package_reaches_its_subpackages_on_first_use():
-    import transferlab as tl
+    """In a fresh interpreter (here the test process has imported everything already): every subpackage by
+    attribute, and a model loaded through the lazy name generates (the engine installed on first use)."""
+    code = (
+        "import transferlab as tl\n"
+        "m = tl.load_model('tiny:llama')\n"  # before anything names the engine
+        "n = len(m.generate(['Once upon a time'], max_new_tokens=2).token_ids[0])\n"
+        "assert tl.engine.generate is tl.generate and tl.models.load_model is tl.load_model\n"
+        "assert tl.interventions.Plan is tl.Plan and tl.sites.HookPoint is tl.HookPoint and tl.__version__\n"
+        "assert tl.timings.stage and tl.prompts.load_bank and tl.experiments.run_experiment\n"
+        "print(n)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "2"
 
-    assert tl.engine.generate is tl.generate and tl.models.load_model is tl.load_model
-    assert tl.interventions.Plan is tl.Plan and tl.__version__
+
+def test_a_stopping_server_leaves_a_successors_socket_alone(tmp_path):
+    """If another server took the path meanwhile, the first one's exit must not delete the second's socket."""
+    import socket
+
+    path = tmp_path / "s.sock"
+    first = Server(path, idle=1.0)  # stops after a second without a request
+    ready = threading.Event()
+    thread = threading.Thread(target=first.serve_forever, kwargs={"ready": ready.set}, daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    path.unlink()
+    successor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    successor.bind(str(path))  # another server's socket file at the same path
+    try:
+        thread.join(30)
+        assert not thread.is_alive()
+        assert path.exists()  # the first server removed only its own file, which was gone already
+    finally:
+        successor.close()

@@ -4,7 +4,8 @@ Importing the package is cheap: its public names (``load_model``, ``generate``,
 ``Plan``, ``tl.metrics``, ...) are imported on first use (PEP 562), so that
 the command line starts without torch when a command needs none (``transferlab
 run --server`` hands the run to a warm process). Using any of them imports the
-whole stack as before, the engine included.
+stack it needs; a model imports the engine (its runtime) when first used
+(:func:`transferlab.models.model.runtime`).
 """
 
 from __future__ import annotations
@@ -53,11 +54,9 @@ __all__ = [*_WHERE, "__version__"]
 
 def __getattr__(name: str):
     if name in _SUBPACKAGES:
-        importlib.import_module(".engine", __name__)  # as before: the runtime is there once the package is used
         return importlib.import_module(f".{name}", __name__)
     if name not in _WHERE:
         raise AttributeError(f"module 'transferlab' has no attribute {name!r}")
-    importlib.import_module(".engine", __name__)  # installs the runtime behind Model.generate / load_model
     value = getattr(importlib.import_module(_WHERE[name], __name__), name)
     globals()[name] = value  # later lookups skip this function
     return value
