@@ -156,3 +156,27 @@ def test_a_stopping_server_leaves_a_successors_socket_alone(tmp_path):
         assert path.exists()  # the first server removed only its own file, which was gone already
     finally:
         successor.close()
+
+
+def test_a_killed_run_resumes_through_the_server_into_one_ledger_entry(workload, server, tmp_path):
+    """A run stopped after one batch (as a killed one is) finishes through the server with every unit once, and
+    the ledger lists it once, complete (the resume path goes as the user gave it, relative to their directory)."""
+    from transferlab.experiments import load_config, run_experiment
+    from transferlab.experiments.metadata import ledger
+
+    partial = run_experiment(load_config(str(workload), ["batch_size=4"]), max_batches=1, progress=False)
+    relative = partial  # output_dir is relative: so is the run directory
+    assert not relative.is_absolute()
+    from transferlab.experiments.store import RunStore
+
+    store = RunStore(partial / "store.sqlite")
+    assert len(store.done_units()) == 4  # one batch of 16 units stored
+    store.close()
+    res = _run("--resume", relative, "--server", "--socket", server)
+    assert res.exit_code == 0, res.output
+    rows = pd.read_csv(tmp_path / partial / "results.csv")
+    assert len(rows) == 16 and rows["unit"].is_unique
+    latest = {}
+    for entry in ledger("runs"):
+        latest[entry["run_dir"]] = entry["status"]
+    assert latest == {str(relative): "complete"}

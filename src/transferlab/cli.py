@@ -304,7 +304,7 @@ def _run_on_server(config, set_, resume, no_report, socket_path, timings) -> Non
         "timings": bool(timings),
     }
     if resume:
-        payload["resume"] = str(Path(resume).resolve())
+        payload["resume"] = resume  # as given: the server works in this directory, and the ledger keys runs by it
     try:
         answer = request(payload, socket_path)
     except (ServerError, OSError) as exc:
