@@ -80,6 +80,7 @@ def main() -> None:
         "layers": a.layers,
         "pairs": a.pairs,
         "new_tokens": a.new,
+        "decode_attention": os.environ.get("TRANSFERLAB_DECODE_ATTENTION", "auto"),  # auto: ragged on CUDA
         "dtypes": {},
     }
     for d, m in models.items():

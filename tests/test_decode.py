@@ -199,3 +199,45 @@ def test_a_model_split_over_devices_decodes_eagerly():
     for layer in range(4):
         one.update(torch.zeros(2, 4, 5, 8), torch.zeros(2, 4, 5, 8), layer)
     assert decode.static_ok(FakeHF(), one, 20)
+
+
+@pytest.fixture
+def fast_attention(monkeypatch):
+    """A model switched to ``transferlab_sdpa`` for one test (the session's models are shared)."""
+    from transferlab.engine.fastpath import use_fast_attention
+
+    def switch(model):
+        monkeypatch.setattr(model.hf.config, "_attn_implementation", model.hf.config._attn_implementation)
+        for sub in model.hf.modules():  # transformers keeps a copy of the choice on every sub-config it built
+            cfg = getattr(sub, "config", None)
+            if cfg is not None and cfg is not model.hf.config and hasattr(cfg, "_attn_implementation"):
+                monkeypatch.setattr(cfg, "_attn_implementation", cfg._attn_implementation)
+        assert use_fast_attention(model.hf)
+        return model
+
+    return switch
+
+
+@pytest.mark.parametrize("block", [4, 32])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "phi3"])
+def test_ragged_attention_equals_eager(tiny_models, monkeypatch, fast_attention, family, block):
+    """Static decode attending raggedly (FlexAttention under a block mask that skips padding and unwritten
+    slots, uncompiled on CPU) gives the eager loop's tokens, log-mass and audit; the ragged path really ran.
+    Blocks of 4 slots: short rows skip blocks of left padding, and every step a new block opens."""
+    from transferlab.engine import ragged
+
+    monkeypatch.setattr(ragged, "BLOCK", block)
+    model = fast_attention(tiny_models(family))
+    eager, _ = _run(model, "eager", monkeypatch, stop_at_eos=False, max_new_tokens=12)
+    monkeypatch.setenv("TRANSFERLAB_DECODE_ATTENTION", "ragged")
+    calls = {"n": 0}
+    real = ragged.attend
+
+    def spy(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(ragged, "attend", spy)
+    static, n = _run(model, "static", monkeypatch, stop_at_eos=False, max_new_tokens=12)
+    assert n == 1 and calls["n"] == 11 * model.hf.config.num_hidden_layers  # every fed token, every layer
+    _same(eager, static)

@@ -19,6 +19,7 @@ the GPU's name and the ratios, and writes JSON to ``benchmarks/results/``.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -225,6 +226,7 @@ def main(
         "build_s": build_s,
         "torch": torch.__version__,
         "decode": _decode_mode(dev),
+        "decode_attention": os.environ.get("TRANSFERLAB_DECODE_ATTENTION", "auto"),  # auto: ragged on CUDA
     }
     import transformers
 

@@ -18,6 +18,9 @@ Static steps attend over a *segment* of cache slots: the slots the segment's
 last step will have filled, the unfilled ones masked out. Masked slots add no
 probability mass, so a step gives the tokens of the eager step; segments
 (``SEGMENT`` steps each, one graph per segment) bound the wasted reads.
+Where attention is ragged (:mod:`.ragged`: on CUDA, under
+``transferlab_sdpa``) each row reads only its own written slots whatever the
+span, so the whole generation is one segment and one graph.
 
 The static loop needs full-attention layers whose cache is a plain
 ``DynamicLayer`` and an attention that takes a boolean 4D mask (``sdpa`` or
@@ -36,6 +39,7 @@ from transformers.cache_utils import DynamicLayer
 
 from ..models.cache import cache_kwargs, output_cache
 from ..timings import stage
+from . import ragged
 from .fastpath import NAME as FAST_ATTENTION
 from .fastpath import preallocate
 
@@ -91,10 +95,23 @@ def run(hf, ctx, sampler, state: DecodeState, max_new: int, stop_at_eos: bool, e
     if how == "auto":
         how = "graph" if device.type == "cuda" else "eager"
     if how in ("static", "graph") and max_new > 1 and static_ok(hf, state.cache, total):
-        return _static(
-            hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill, graphs=how == "graph" and device.type == "cuda"
-        )
+        graphs = how == "graph" and device.type == "cuda"
+        wide = ragged.padded(total)
+        rag = static_ok(hf, state.cache, wide) and _ragged(hf, state, wide)
+        total = wide if rag else total
+        return _static(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill, graphs=graphs, total=total, rag=rag)
     return _eager(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill)
+
+
+def _ragged(hf, state: DecodeState, slots: int) -> bool:
+    """Whether the static loop attends raggedly (:mod:`.ragged`): the model runs ``transferlab_sdpa`` (which
+    hands a block mask over) with plain softmax attention, and ragged attention is wanted for this shape."""
+    cfg = hf.config
+    if getattr(cfg, "_attn_implementation", None) != FAST_ATTENTION or not ragged.supports(cfg):
+        return False
+    keys = state.cache.layers[0].keys
+    shape = (keys.shape[0], slots, keys.shape[1], keys.shape[-1], cfg.num_attention_heads, keys.dtype)
+    return ragged.wanted(keys.device, shape)
 
 
 def _sample_into(sampler, state: DecodeState, logits, step, stop_at_eos, eos, fill):
@@ -174,10 +191,11 @@ class StaticLayer(DynamicLayer):
         return self._span[0]
 
 
-def _static(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill, graphs: bool):
+def _static(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill, graphs: bool, total: int, rag: bool = False):
+    """The static loop over ``total`` cache slots (at least the prompt's and the fed tokens'); ``rag``: attend
+    raggedly (``total`` is then whole blocks)."""
     B, device = state.logits.shape[0], state.logits.device
     prompt_slots = state.attn.shape[1]
-    total = prompt_slots + max_new - 1
     cache = state.cache
     slot = torch.tensor(prompt_slots, dtype=torch.long, device=device)  # the cache slot the next fed token writes
     span = [total]  # slots attention reads this segment (a list: shared with every layer, set per segment)
@@ -193,6 +211,8 @@ def _static(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill, graphs: bo
     ctx.positions = torch.empty(B, 1, dtype=torch.long, device=device)
     ctx.valid = torch.ones(B, 1, dtype=torch.bool, device=device)
     kwargs = cache_kwargs(hf, cache)
+    blocks = ragged.RaggedBlocks(mask, slot) if rag else None
+    segment = max_new if blocks else SEGMENT  # ragged: nothing unwritten is read, so one segment
 
     def step_fn():
         """Feed token ``step_t``, draw token ``step_t + 1``, advance every buffer: no host value involved."""
@@ -200,9 +220,11 @@ def _static(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill, graphs: bo
         if stop_at_eos:
             ctx.valid.copy_(~state.finished[:, None])
         mask.index_fill_(1, slot.view(1), True)
+        if blocks:
+            blocks.advance()
         out = hf(
             input_ids=token[:, None],
-            attention_mask=mask[:, None, None, : span[0]],
+            attention_mask=blocks.block_mask if blocks else mask[:, None, None, : span[0]],
             position_ids=pos[:, None],
             use_cache=True,
             **kwargs,
@@ -217,8 +239,8 @@ def _static(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill, graphs: bo
     state.logits = None
     step = 0  # index of the next token to feed
     while step < max_new - 1:
-        seg_end = min(step + SEGMENT, max_new - 1)  # this segment feeds tokens step .. seg_end-1
-        span[0] = prompt_slots + seg_end
+        seg_end = min(step + segment, max_new - 1)  # this segment feeds tokens step .. seg_end-1
+        span[0] = total if blocks else prompt_slots + seg_end  # ragged: the block mask has ``total`` slots
         if graphs and not getattr(hf, GRAPHS_OFF, False) and seg_end - step > 2:
             step = _replay_segment(hf, step_fn, step, seg_end, stop_at_eos, state)
         else:

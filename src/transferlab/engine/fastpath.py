@@ -14,12 +14,17 @@ Two costs dominate a large-batch decode step of a GQA model in plain
   whole cache. :func:`preallocate` moves each full-attention layer into a
   buffer with room for the new tokens, so a step writes one slot.
 
+At a static decode step (:mod:`.decode`) the mask may instead be a
+FlexAttention block mask: :mod:`.ragged` then attends over each row's own
+cache slots only.
+
 Select the attention with ``load_model(..., attn_implementation="transferlab_sdpa")``
 (the default on CUDA); the generation loop preallocates on its own.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
@@ -31,6 +36,10 @@ def gqa_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, sca
     """Attention for ``transformers``' AttentionInterface (see module docstring)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):  # a block mask: ragged decode
+        from .ragged import attend
+
+        return attend(query, key, value, attention_mask, scaling, dropout=dropout, **kwargs), None
     B, Hq, q_len, d = query.shape
     Hkv = key.shape[1]
     group = Hq // Hkv
