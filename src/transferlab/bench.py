@@ -187,6 +187,17 @@ def _hf_generate(model, targets, batch_size, max_new_tokens, repeats):
     }
 
 
+def run_engine_warm(model, sources, targets, max_new_tokens, batch_size, plans=None):
+    """``run_engine`` as a warm process meets it: on CUDA the same run twice, the second reported and the first
+    kept as ``first_wall_s`` (it compiles the ragged decode kernel for this batch shape, :mod:`.engine.ragged`)."""
+    first = (
+        run_engine(model, sources, targets, max_new_tokens, batch_size, plans) if model.device.type == "cuda" else None
+    )
+    out = run_engine(model, sources, targets, max_new_tokens, batch_size, plans)
+    out["first_wall_s"] = (first or out)["wall_s"]
+    return out
+
+
 def _engine_batch(model, sources, targets, max_new_tokens):
     """The batch size ``generate`` picks for the full W300 (4 conditions)."""
     n = len(targets) * len(W300_CONDITIONS)
@@ -238,14 +249,14 @@ def main(
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         batch_size = batch_size or _engine_batch(model, sources, targets, max_new_tokens)
-        result["engine"] = run_engine(model, sources, targets, max_new_tokens, batch_size)
+        result["engine"] = run_engine_warm(model, sources, targets, max_new_tokens, batch_size)
         if dev.type == "cuda":
             result["engine"]["peak_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
         if "unpatched" not in skip:
             # the same 1,200 generations and batch size with every plan empty: the cost of interventions
             plain = {name: "" for name in W300_CONDITIONS}
             same = result["engine"]["batch_size"] = batch_size or _engine_batch(model, sources, targets, max_new_tokens)
-            result["engine_unpatched"] = run_engine(model, sources, targets, max_new_tokens, same, plain)
+            result["engine_unpatched"] = run_engine_warm(model, sources, targets, max_new_tokens, same, plain)
             result["engine_unpatched"]["batch_size"] = same
             result["intervention_overhead"] = result["engine"]["wall_s"] / result["engine_unpatched"]["wall_s"] - 1
         result["engine"]["batch_size"] = batch_size or _engine_batch(model, sources, targets, max_new_tokens)
@@ -257,10 +268,12 @@ def main(
         run_engine(model, sources[:4], targets[:4], max_new_tokens=4, batch_size=batch_size)
         run_engine(model, sources[:8], targets[:8], max_new_tokens=4, batch_size=32)
         result["fuse_compile_s"] = time.perf_counter() - t1
-        result["engine_fused"] = run_engine(model, sources, targets, max_new_tokens, batch_size)
+        result["engine_fused"] = run_engine_warm(model, sources, targets, max_new_tokens, batch_size)
         if "unpatched" not in skip:
             plain = {name: "" for name in W300_CONDITIONS}
-            result["engine_fused_unpatched"] = run_engine(model, sources, targets, max_new_tokens, batch_size, plain)
+            result["engine_fused_unpatched"] = run_engine_warm(
+                model, sources, targets, max_new_tokens, batch_size, plain
+            )
             result["fused_intervention_overhead"] = (
                 result["engine_fused"]["wall_s"] / result["engine_fused_unpatched"]["wall_s"] - 1
             )

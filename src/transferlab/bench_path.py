@@ -209,6 +209,7 @@ def main(
         "config": config.read_text(),
         "caches": {k: env[k] for k in ("TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR")},
         "kernels": os.environ.get("TRANSFERLAB_KERNELS", "auto"),
+        "decode_attention": os.environ.get("TRANSFERLAB_DECODE_ATTENTION", "auto"),  # auto: ragged on CUDA
         "runs": results,
     }
     if notebook:
