@@ -194,3 +194,15 @@ def test_run_prints_its_headline(full_run):
     assert nows(f"paired Δ {score}") in flat_out
     delta = next(d for d in summary["deltas"] if d["score"] == score and d["condition"] == "transfer")
     assert nows(f"transfer − {delta['reference']} │ {delta['mean_diff']:.3f}") in flat_out
+
+
+def test_metadata_records_the_engine_settings(monkeypatch):
+    """The kernel choices that move bf16 rounding are part of a run's record, unset ones as 'default'."""
+    from transferlab.experiments.metadata import ENGINE_SETTINGS, environment
+
+    for name in ENGINE_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TRANSFERLAB_DECODE_ATTENTION", "sdpa")
+    settings = environment()["engine_settings"]
+    assert settings["TRANSFERLAB_DECODE_ATTENTION"] == "sdpa"
+    assert settings["TRANSFERLAB_KERNELS"] == "default" and set(settings) == set(ENGINE_SETTINGS)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -39,7 +40,17 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+ENGINE_SETTINGS = (  # environment variables that choose the engine's kernels: in bf16 they move rounding
+    "TRANSFERLAB_DECODE",
+    "TRANSFERLAB_DECODE_ATTENTION",
+    "TRANSFERLAB_FUSE",
+    "TRANSFERLAB_KERNELS",
+    "TRANSFERLAB_SDPA_BACKEND",
+)
+
+
 def environment() -> dict:
+    """Versions, device, threads and the engine's settings (unset ones as ``"default"``) of this process."""
     import torch
     import transformers
 
@@ -57,6 +68,7 @@ def environment() -> dict:
         "device": device,
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
+        "engine_settings": {name: os.environ.get(name, "default") for name in ENGINE_SETTINGS},
     }
 
 
