@@ -7,8 +7,9 @@ Entry points:
 - :func:`generate` -- batched generation under per-example plans and sources:
   capture sources, prefix with prompt-phase interventions and splices, last
   prompt token, decode (:mod:`.generation`; the decode loop over static
-  buffers and CUDA graphs in :mod:`.decode`; samplers and their random streams
-  in :mod:`.sampling`);
+  buffers and CUDA graphs in :mod:`.decode`, attending raggedly on CUDA
+  (:mod:`.ragged`: each row reads only its own cache slots); samplers and
+  their random streams in :mod:`.sampling`);
 - :func:`prepare` -- ready a loaded model for fast generation: the grouped-query
   decode attention (:mod:`.fastpath`) and fused elementwise kernels
   (:mod:`.fused`).
