@@ -97,12 +97,23 @@ class _EosAs:
         return self._tok(*args, **kwargs)
 
 
-def test_static_equals_eager_with_early_eos(stories, monkeypatch):
-    """Examples stop at EOS at different steps; finished rows stay filled and unpatched alike."""
+@pytest.mark.parametrize("attention", ["sdpa", "ragged"])
+def test_static_equals_eager_with_early_eos(stories, monkeypatch, fast_attention, attention):
+    """Examples stop at EOS at different steps; finished rows stay filled and unpatched alike (ragged: in one
+    segment, whose loop checks for the end every 8 steps)."""
     stop = stories.tokenizer("Hi.")["input_ids"][-1]
     stories = dataclasses.replace(stories, tokenizer=_EosAs(stories.tokenizer, stop))
+    if attention == "ragged":
+        fast_attention(stories)
     eager, _ = _run(stories, "eager", monkeypatch, max_new_tokens=40, temperature=1.0, stop_at_eos=True)
+    monkeypatch.setenv("TRANSFERLAB_DECODE_ATTENTION", attention)
+    from transferlab.engine import ragged
+
+    calls = {"n": 0}
+    real = ragged.attend
+    monkeypatch.setattr(ragged, "attend", lambda *a, **k: calls.__setitem__("n", calls["n"] + 1) or real(*a, **k))
     static, n = _run(stories, "static", monkeypatch, segment=7, max_new_tokens=40, temperature=1.0, stop_at_eos=True)
+    assert (calls["n"] > 0) == (attention == "ragged")
     assert n == 1
     assert "eos" in eager.finish_reasons and "length" in eager.finish_reasons  # the test covers both
     _same(eager, static)

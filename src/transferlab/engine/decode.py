@@ -110,7 +110,7 @@ def _ragged(hf, state: DecodeState, slots: int) -> bool:
     if getattr(cfg, "_attn_implementation", None) != FAST_ATTENTION or not ragged.supports(cfg):
         return False
     keys = state.cache.layers[0].keys
-    shape = (keys.shape[0], slots, keys.shape[1], keys.shape[-1], cfg.num_attention_heads, keys.dtype)
+    shape = (keys.shape[0], slots, keys.shape[1], keys.shape[-1], getattr(cfg, "num_attention_heads", None), keys.dtype)
     return ragged.wanted(keys.device, shape)
 
 
