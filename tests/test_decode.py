@@ -15,6 +15,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 from conftest import LONG, PROMPT, SHORT, STORY, STORY2
 
 from transferlab.engine import decode
@@ -229,15 +230,35 @@ def fast_attention(monkeypatch):
     return switch
 
 
+def _tables_reference(query, key, value, block_mask, scale, enable_gqa, kernel_options):
+    """Attention as the CUDA kernel reads it: only the visited blocks (the block tables, which CPU FlexAttention
+    ignores), and inside them the element mask; computed with plain SDPA."""
+    from transferlab.engine import ragged
+
+    B, Hq, _, d = query.shape
+    slots = key.shape[2]
+    visited = block_mask.to_dense()[:, 0, 0, :].bool().repeat_interleave(ragged.BLOCK, dim=1)[:, :slots]
+    zero = torch.zeros((), dtype=torch.long)
+    element = block_mask.mask_mod(torch.arange(B)[:, None], zero, zero, torch.arange(slots)[None, :])
+    group = Hq // key.shape[1]
+    k, v = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
+    mask = (visited & element)[:, None, None, :]
+    return torch.nn.functional.scaled_dot_product_attention(query, k, v, attn_mask=mask, scale=scale)
+
+
+@pytest.mark.parametrize("kernel", ["flex", "tables"])
 @pytest.mark.parametrize("block", [4, 32])
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "phi3"])
-def test_ragged_attention_equals_eager(tiny_models, monkeypatch, fast_attention, family, block):
-    """Static decode attending raggedly (FlexAttention under a block mask that skips padding and unwritten
-    slots, uncompiled on CPU) gives the eager loop's tokens, log-mass and audit; the ragged path really ran.
-    Blocks of 4 slots: short rows skip blocks of left padding, and every step a new block opens."""
+def test_ragged_attention_equals_eager(tiny_models, monkeypatch, fast_attention, family, block, kernel):
+    """Static decode attending raggedly gives the eager loop's tokens, log-mass and audit; the ragged path
+    really ran. ``flex``: FlexAttention uncompiled (CPU). ``tables``: a reference that reads only the blocks the
+    block tables list, as the CUDA kernel does, so tables the loop fails to advance cannot pass. Blocks of 4
+    slots: short rows skip blocks of left padding, and every few steps a new block opens."""
     from transferlab.engine import ragged
 
     monkeypatch.setattr(ragged, "BLOCK", block)
+    if kernel == "tables":
+        monkeypatch.setattr(ragged, "_kernel", lambda device: _tables_reference)
     model = fast_attention(tiny_models(family))
     eager, _ = _run(model, "eager", monkeypatch, stop_at_eos=False, max_new_tokens=12)
     monkeypatch.setenv("TRANSFERLAB_DECODE_ATTENTION", "ragged")
@@ -251,4 +272,26 @@ def test_ragged_attention_equals_eager(tiny_models, monkeypatch, fast_attention,
     monkeypatch.setattr(ragged, "attend", spy)
     static, n = _run(model, "static", monkeypatch, stop_at_eos=False, max_new_tokens=12)
     assert n == 1 and calls["n"] == 11 * model.hf.config.num_hidden_layers  # every fed token, every layer
+    _same(eager, static)
+
+
+def test_a_ragged_kernel_that_fails_falls_back_to_sdpa(tiny_models, monkeypatch, fast_attention):
+    """A kernel that cannot compile (or run) for a shape: a warning, then SDPA over the same mask; same tokens."""
+    from transferlab.engine import ragged
+
+    def broken(device):
+        def fail(*args, **kwargs):
+            raise RuntimeError("no kernel for this shape")
+
+        return fail
+
+    model = fast_attention(tiny_models("mistral"))
+    eager, _ = _run(model, "eager", monkeypatch, stop_at_eos=False, max_new_tokens=12)
+    monkeypatch.setenv("TRANSFERLAB_DECODE_ATTENTION", "ragged")
+    monkeypatch.setattr(ragged, "_kernel", broken)
+    monkeypatch.setattr(ragged, "_failed", set())
+    monkeypatch.setattr(ragged, "_ready", set())
+    with pytest.warns(RuntimeWarning, match="no kernel for this shape.*decodes with SDPA over the same mask"):
+        static, n = _run(model, "static", monkeypatch, stop_at_eos=False, max_new_tokens=12)
+    assert n == 1 and ragged._failed
     _same(eager, static)

@@ -85,6 +85,9 @@ def test_a_process_compiles_a_bounded_number_of_shapes(monkeypatch):
     monkeypatch.setattr(ragged, "SHAPES", 2)
     cuda = torch.device("cuda")
     assert ragged.wanted(cuda, (8, 64)) and ragged.wanted(cuda, (8, 96))
-    assert not ragged.wanted(cuda, (4, 64))  # a third shape
+    with pytest.warns(RuntimeWarning, match="for 2 batch shapes; new shapes decode with SDPA"):
+        assert not ragged.wanted(cuda, (4, 64))  # a third shape
     assert ragged.wanted(cuda, (8, 64))  # compiled already
+    monkeypatch.setattr(ragged, "_torch_version", lambda: (2, 6))  # before FlexAttention's decode API
+    assert not ragged.wanted(cuda, (8, 64))
     assert ragged.wanted(torch.device("cpu"), (4, 64)) is False  # auto: not on CPU at all

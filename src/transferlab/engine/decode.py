@@ -110,7 +110,10 @@ def _ragged(hf, state: DecodeState, slots: int) -> bool:
     if getattr(cfg, "_attn_implementation", None) != FAST_ATTENTION or not ragged.supports(cfg):
         return False
     keys = state.cache.layers[0].keys
-    shape = (keys.shape[0], slots, keys.shape[1], keys.shape[-1], getattr(cfg, "num_attention_heads", None), keys.dtype)
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    heads = getattr(text, "num_attention_heads", None)
+    scaling = getattr(text, "query_pre_attn_scalar", None)  # a scale other than head size ** -0.5 compiles anew
+    shape = (keys.shape[0], slots, keys.shape[1], keys.shape[-1], heads, scaling, keys.dtype, keys.device)
     return ragged.wanted(keys.device, shape)
 
 

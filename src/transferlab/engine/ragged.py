@@ -48,8 +48,11 @@ def mode() -> str:
     return value
 
 
-SHAPES = 16  # kernels compiled per process (one per batch size and cache width); past that, SDPA decodes
-_shapes: set = set()
+SHAPES = 64  # kernels compiled per process (one per batch size and cache width); past that, SDPA decodes
+MIN_TORCH = (2, 7)  # BlockMask.from_kv_blocks(seq_lengths=...), Dynamo's recompile_limit
+_shapes: set = set()  # decode shapes given the ragged path (wanted)
+_ready: set = set()  # call shapes whose kernel has run (attend)
+_failed: set = set()  # call shapes whose kernel failed to compile or run: SDPA over the same mask
 
 
 def wanted(device: torch.device, shape: tuple = ()) -> bool:
@@ -58,11 +61,14 @@ def wanted(device: torch.device, shape: tuple = ()) -> bool:
     On CUDA the kernel is compiled for each ``shape`` (batch size, cache slots,
     heads, dtype): a kernel compiled for a symbolic batch size is the
     prefill kernel, several times slower at decode. A process compiles at most
-    :data:`SHAPES` of them (1-2.5 s each, less from the compile cache); a new
-    shape past that decodes with SDPA.
+    :data:`SHAPES` of them (0.2-1.4 s each from the compile cache, up to 4 s
+    cold); a new shape past that decodes with SDPA, with a warning (bf16
+    rounding differs between the two).
     """
     choice = mode()
     if choice == "sdpa" or (choice == "auto" and device.type != "cuda"):
+        return False
+    if _torch_version() < MIN_TORCH:
         return False
     try:
         from torch.nn.attention import flex_attention  # noqa: F401
@@ -76,7 +82,19 @@ def wanted(device: torch.device, shape: tuple = ()) -> bool:
     if shape in _shapes or len(_shapes) < SHAPES:
         _shapes.add(shape)
         return True
+    warnings.warn(
+        f"transferlab.engine.ragged: this process compiled ragged decode attention for {SHAPES} batch shapes; "
+        "new shapes decode with SDPA (same tokens in float32; bf16 rounding differs)",
+        RuntimeWarning,
+        stacklevel=2,
+    )
     return False
+
+
+def _torch_version() -> tuple:
+    import re
+
+    return tuple(int(x) for x in re.findall(r"\d+", torch.__version__)[:2])
 
 
 def padded(slots: int) -> int:
@@ -109,8 +127,13 @@ class RaggedBlocks:
         def element_mask(b, h, q_idx, kv_idx):
             return mask[b, kv_idx]
 
+        import inspect
+
+        forward_only = {}
+        if "compute_q_blocks" in inspect.signature(BlockMask.from_kv_blocks).parameters:
+            forward_only["compute_q_blocks"] = False  # the backward pass's tables: never used, stale once advanced
         self.block_mask = BlockMask.from_kv_blocks(
-            self.counts, indices, BLOCK_SIZE=(128, BLOCK), mask_mod=element_mask, seq_lengths=(1, slots)
+            self.counts, indices, BLOCK_SIZE=(128, BLOCK), mask_mod=element_mask, seq_lengths=(1, slots), **forward_only
         )
 
     def advance(self) -> None:
@@ -135,18 +158,51 @@ def attend(query, key, value, block_mask, scale, dropout=0.0, **kwargs):
             f"{extra or ('dropout' if dropout else f'{query.shape[2]} query positions')}: decode with "
             "TRANSFERLAB_DECODE_ATTENTION=sdpa"
         )
-    fn = _kernel(query.device)
-    with _compiling_here(query.device):
-        out = fn(
-            query,
-            key,
-            value,
-            block_mask=block_mask,
-            scale=scale,
-            enable_gqa=key.shape[1] != query.shape[1],
-            kernel_options=_OPTIONS if query.device.type == "cuda" else None,
+    shape = (tuple(query.shape), tuple(key.shape), query.dtype, query.device, scale)
+    if shape in _failed:
+        return _masked_sdpa(query, key, value, block_mask, scale)
+    call = {
+        "block_mask": block_mask,
+        "scale": scale,
+        "enable_gqa": key.shape[1] != query.shape[1],
+        "kernel_options": _OPTIONS if query.device.type == "cuda" else None,
+    }
+    if shape in _ready:
+        return _kernel(query.device)(query, key, value, **call).transpose(1, 2).contiguous()
+    try:  # the first call of a shape compiles (on CUDA): a failure falls back instead of ending the run
+        with _compiling_here(query.device):
+            out = _kernel(query.device)(query, key, value, **call)
+    except Exception as exc:  # noqa: BLE001 (Dynamo, Inductor and Triton raise many kinds)
+        _failed.add(shape)
+        warnings.warn(
+            f"transferlab.engine.ragged: the ragged decode attention failed for shape {shape[:2]} "
+            f"({type(exc).__name__}: {str(exc)[:200]}); it decodes with SDPA over the same mask instead",
+            RuntimeWarning,
+            stacklevel=2,
         )
+        return _masked_sdpa(query, key, value, block_mask, scale)
+    _ready.add(shape)
     return out.transpose(1, 2).contiguous()
+
+
+def _masked_sdpa(query, key, value, block_mask, scale):
+    """The same attention from the element mask alone (SDPA reads every slot): exact, slower; the fallback.
+
+    Every written slot lies in a visited block (:class:`RaggedBlocks`), so the
+    element mask alone selects the same slots.
+    """
+    import torch.nn.functional as F
+
+    B, Hq, _, d = query.shape
+    Hkv = key.shape[1]
+    dev = query.device
+    rows = torch.arange(B, device=dev)[:, None]
+    slots = torch.arange(key.shape[2], device=dev)[None, :]
+    zero = torch.zeros((), dtype=torch.long, device=dev)
+    mask = block_mask.mask_mod(rows, zero, zero, slots)  # [B, slots]
+    q = query.reshape(B, Hkv, Hq // Hkv, d)
+    out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask[:, None, None, :], scale=scale)
+    return out.reshape(B, Hq, 1, d).transpose(1, 2).contiguous()
 
 
 _OPTIONS = {"BLOCK_N": BLOCK}  # the kernel's key tile: the block mask's blocks are whole tiles
@@ -173,7 +229,8 @@ def _kernel(device):
     if device.type != "cuda":
         return _quiet(flex_attention)
     if _compiled is None:
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, SHAPES + 1)
+        limit = max(torch._dynamo.config.recompile_limit, 2 * SHAPES + 8)  # margin: scale or device may differ
+        torch._dynamo.config.recompile_limit = limit
         _compiled = torch.compile(flex_attention, dynamic=False)  # see wanted(): one kernel per shape
     return _compiled
 
