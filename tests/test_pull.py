@@ -436,50 +436,61 @@ def _reference(hf_model, encoded: dict):
     return hf_model.eval()
 
 
+def _meta_from(cfg, **extra) -> dict:
+    """The GGUF header of a transformers config, as llama.cpp's converter writes it (the shared keys), plus
+    ``extra`` (the architecture's own: RoPE base, head sizes, window, ...)."""
+    return dict(
+        block_count=cfg.num_hidden_layers,
+        context_length=cfg.max_position_embeddings,
+        embedding_length=cfg.hidden_size,
+        feed_forward_length=cfg.intermediate_size,
+        head_count=cfg.num_attention_heads,
+        head_count_kv=cfg.num_key_value_heads,
+        layer_norm_rms_eps=cfg.rms_norm_eps,
+        **extra,
+    )
+
+
+SMALL = dict(hidden_size=64, intermediate_size=128, max_position_embeddings=128)  # every tiny GGUF model's width
+
+
+def _bpe_tokenizer(pre: str, bos: int, eos: int, **extra) -> dict:
+    """A GPT-2-style (BPE) tokenizer header over :func:`_bpe_vocab`, ChatML template, no BOS added."""
+    tokens, types, merges = _bpe_vocab()
+    return dict(
+        tokenizer_model="gpt2",
+        tokenizer_pre=pre,
+        token_list=tokens,
+        token_types=types,
+        token_merges=merges,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        add_bos_token=False,
+        chat_template=CHATML,
+        **extra,
+    )
+
+
 def _tiny_llama(path: Path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokens, types, merges = _bpe_vocab()
+    tok = _bpe_tokenizer("default", bos=1, eos=2, pad_token_id=2)
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=len(tokens),
-        hidden_size=64,
-        intermediate_size=128,
+        vocab_size=len(tok["token_list"]),
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=16,
         rms_norm_eps=1e-5,
-        max_position_embeddings=128,
         tie_word_embeddings=True,
         bos_token_id=1,
         eos_token_id=2,
+        **SMALL,
     )
     model = LlamaForCausalLM(cfg)
-    meta = dict(
-        block_count=2,
-        context_length=128,
-        embedding_length=64,
-        feed_forward_length=128,
-        head_count=4,
-        head_count_kv=2,
-        rope_freq_base=10000.0,
-        layer_norm_rms_eps=1e-5,
-        rope_dimension_count=16,
-        vocab_size=len(tokens),
-        name="tiny-llama",
-    )
-    tok = dict(
-        tokenizer_model="gpt2",
-        tokenizer_pre="default",
-        token_list=tokens,
-        token_types=types,
-        token_merges=merges,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        add_bos_token=False,
-        chat_template=CHATML,
+    meta = _meta_from(
+        cfg, rope_freq_base=10000.0, rope_dimension_count=16, vocab_size=cfg.vocab_size, name="tiny-llama"
     )
     quant = {n: "Q8_0" for n in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
     quant["embed_tokens"] = "F16"
@@ -490,48 +501,25 @@ def _tiny_llama(path: Path):
 def _tiny_qwen2(path: Path):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    tokens, types, merges = _bpe_vocab()
+    tok = _bpe_tokenizer("qwen2", bos=0, eos=2)
     torch.manual_seed(1)
     cfg = Qwen2Config(
-        vocab_size=len(tokens),
-        hidden_size=64,
-        intermediate_size=128,
+        vocab_size=len(tok["token_list"]),
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         rms_norm_eps=1e-6,
-        max_position_embeddings=128,
         tie_word_embeddings=False,
         bos_token_id=0,
         eos_token_id=2,
+        **SMALL,
     )
     model = Qwen2ForCausalLM(cfg)
     with torch.no_grad():  # make the q/k/v biases matter
         for layer in model.model.layers:
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                 proj.bias.normal_(0, 0.5)
-    meta = dict(
-        block_count=2,
-        context_length=128,
-        embedding_length=64,
-        feed_forward_length=128,
-        head_count=4,
-        head_count_kv=2,
-        rope_freq_base=10000.0,
-        layer_norm_rms_eps=1e-6,
-        vocab_size=len(tokens),
-    )
-    tok = dict(
-        tokenizer_model="gpt2",
-        tokenizer_pre="qwen2",
-        token_list=tokens,
-        token_types=types,
-        token_merges=merges,
-        bos_token_id=0,
-        eos_token_id=2,
-        add_bos_token=False,
-        chat_template=CHATML,
-    )
+    meta = _meta_from(cfg, rope_freq_base=10000.0, vocab_size=cfg.vocab_size)
     encoded = _write_gguf(path, "qwen2", model, meta, {"q_proj": "Q8_0", "down_proj": "Q8_0"}, tok)
     return _reference(model, encoded)
 
@@ -543,38 +531,24 @@ def _tiny_gemma3(path: Path):
     torch.manual_seed(2)
     cfg = Gemma3TextConfig(
         vocab_size=len(tokens),
-        hidden_size=64,
-        intermediate_size=128,
         num_hidden_layers=6,
         num_attention_heads=2,
         num_key_value_heads=1,
         head_dim=256,
         query_pre_attn_scalar=256,
         sliding_window=8,
-        max_position_embeddings=128,
         rms_norm_eps=1e-6,
         bos_token_id=2,
         eos_token_id=1,
         pad_token_id=0,
+        **SMALL,
     )
     model = Gemma3ForCausalLM(cfg)
     with torch.no_grad():  # norms far from zero, so a wrong (1 + w) convention shows
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.uniform_(-0.5, 2.0)
-    meta = dict(
-        block_count=6,
-        context_length=128,
-        embedding_length=64,
-        feed_forward_length=128,
-        head_count=2,
-        head_count_kv=1,
-        key_length=256,
-        value_length=256,
-        rope_freq_base=1_000_000.0,
-        layer_norm_rms_eps=1e-6,
-        sliding_window=8,
-    )
+    meta = _meta_from(cfg, key_length=256, value_length=256, rope_freq_base=1_000_000.0, sliding_window=8)
     tok = dict(
         tokenizer_model="llama",
         tokenizer_pre="default",
