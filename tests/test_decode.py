@@ -295,3 +295,35 @@ def test_a_ragged_kernel_that_fails_falls_back_to_sdpa(tiny_models, monkeypatch,
         static, n = _run(model, "static", monkeypatch, stop_at_eos=False, max_new_tokens=12)
     assert n == 1 and ragged._failed
     _same(eager, static)
+
+
+def test_when_the_loop_attends_raggedly(monkeypatch):
+    """Ragged only under transferlab_sdpa, for plain softmax attention, and only where the padded cache still fits
+    the sliding window: otherwise the static loop keeps masked SDPA over its exact width."""
+    from transformers.cache_utils import DynamicCache
+
+    from transferlab.engine import ragged
+
+    monkeypatch.setenv("TRANSFERLAB_DECODE_ATTENTION", "ragged")
+
+    def hf(impl="transferlab_sdpa", window=None, softcap=None):
+        cfg = type("C", (), {"_attn_implementation": impl, "sliding_window": window, "num_attention_heads": 4})()
+        cfg.attn_logit_softcapping = softcap
+        return type("HF", (), {"config": cfg})()
+
+    cache = DynamicCache()
+    for layer in range(2):
+        cache.update(torch.zeros(2, 2, 5, 8), torch.zeros(2, 2, 5, 8), layer)
+    state = decode.DecodeState(*([None] * 9))
+    state.cache = cache
+    wide = ragged.padded(20)
+    assert decode._ragged(hf(), state, wide)
+    assert not decode._ragged(hf(impl="sdpa"), state, wide)  # plain SDPA cannot take a block mask
+    assert not decode._ragged(hf(softcap=30.0), state, wide)  # soft-capped logits: not plain softmax
+    # the loop's choice: 5 prompt slots + 15 fed tokens = 20 slots, 32 padded to whole blocks
+    seen = []
+    monkeypatch.setattr(decode, "_static", lambda *a, **k: seen.append((k["rag"], k["total"])))
+    state.logits, state.attn = torch.zeros(2, 10), torch.ones(2, 5)
+    for model in (hf(), hf(window=24), hf(window=40)):  # a window between 20 and 32: masked SDPA over 20 slots
+        decode.run(model, None, None, state, 16, False, None, 0, how="static")
+    assert seen == [(True, wide), (False, 20), (True, wide)]
