@@ -23,11 +23,11 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 
 import torch
 
 import transferlab as tl
+from transferlab.bench_results import write_result
 from transferlab.engine.batching import encode, left_pad, pad_id_of
 from transferlab.prompts import load_bank
 
@@ -112,10 +112,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     result = run(args.batch, args.new, args.threads, args.repeats)
-    path = Path(args.out) / f"cpu_smollm2_b{args.batch}_{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
-    print(path)
+    print(write_result(result, args.out, "cpu_smollm2", f"b{args.batch}"))
 
 
 if __name__ == "__main__":

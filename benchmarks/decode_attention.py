@@ -23,7 +23,6 @@ the attention's share of a step. Writes JSON to benchmarks/results/.
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from transferlab.bench_results import write_result  # noqa: E402
 
 PAD = 121  # prompt slots after left padding (the longest spliced source, 120 tokens, + the target's last token)
 
@@ -162,13 +165,7 @@ def main():
             record(f"flex_kv{kb}", flex_variant(q, k, v, start, span, kb, compiled))
         res["rows"][str(step)] = row
     res["wall_s"] = time.perf_counter() - t
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    path = (
-        Path(a.out)
-        / f"decode_attention_{torch.cuda.get_device_name().replace(' ', '_')}_{time.strftime('%Y%m%d-%H%M%S')}.json"
-    )
-    path.write_text(json.dumps(res, indent=1))
-    print("wrote", path)
+    print("wrote", write_result(res, a.out, "decode_attention", torch.cuda.get_device_name()))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
+from transferlab.bench_results import write_result  # noqa: E402
 from transferlab.engine import prepare  # noqa: E402
 from transferlab.experiments.w300 import make_workload  # noqa: E402
 from transferlab.models.random import build_random  # noqa: E402
@@ -96,11 +97,7 @@ def main() -> None:
             "eager_s": eager[d][1],
             "graph_fused_s": graph[1],
         }
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    card = result["device"].replace(" ", "_")
-    path = out / f"kernels_exact_{result['kernels']}_{card}_{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2))
+    write_result(result, a.out, "kernels_exact", result["kernels"], result["device"])
     print(json.dumps(result, indent=2))
 
 

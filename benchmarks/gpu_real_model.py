@@ -23,11 +23,11 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 
 import torch
 
 import transferlab as tl
+from transferlab.bench_results import write_result
 from transferlab.engine.batching import encode
 from transferlab.prompts import load_bank
 
@@ -109,11 +109,7 @@ def main() -> None:
             del ref_model, plain_model
         del eager_model, graph_model
         torch.cuda.empty_cache()
-    card = result["device"].replace(" ", "_")
-    path = Path(args.out) / f"real_model_graph_vs_eager_{card}_{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
-    print(path)
+    print(write_result(result, args.out, "real_model_graph_vs_eager", result["device"]))
 
 
 if __name__ == "__main__":

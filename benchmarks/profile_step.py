@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
+from transferlab.bench_results import write_result  # noqa: E402
 from transferlab.experiments.w300 import W300_CONDITIONS, make_workload  # noqa: E402
 from transferlab.models.random import build_random  # noqa: E402
 
@@ -231,8 +232,4 @@ if __name__ == "__main__":
             tg, sr, pl = rows(src, tgt, a.batch, True)
             res["profile_fused_unpatched"] = kernel_profile(m, tg, sr, pl, a.batch)
             print(json.dumps(res["profile_fused_unpatched"]["ms_per_step_gpu_by_category"], indent=1))
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path(a.out) / f"profile_step_{torch.cuda.get_device_name().replace(' ', '_')}_{stamp}.json"
-    path.write_text(json.dumps(res, indent=1))
-    print("wrote", path)
+    print("wrote", write_result(res, a.out, "profile_step", torch.cuda.get_device_name()))

@@ -63,6 +63,7 @@ export_pythonpath()
 
 import torch  # noqa: E402
 
+from transferlab.bench_results import write_result  # noqa: E402
 from transferlab.experiments import run_experiment  # noqa: E402
 from transferlab.experiments.executors import Executor, InProcessExecutor, RayExecutor, import_ray  # noqa: E402
 from transferlab.experiments.store import RunStore  # noqa: E402
@@ -277,11 +278,7 @@ def main(argv=None) -> dict:
             if m in t and m != last
             for kind, key in (("end_to_end", "end_to_end_s"), ("batches", "batches_s"))
         }
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    card = (gpus[0] if gpus else "cpu").replace(" ", "_").replace("/", "_")
-    path = out / f"scaleout_w{a.pairs}x{a.seeds}_{card}_{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2))
+    path = write_result(result, a.out, f"scaleout_w{a.pairs}x{a.seeds}", gpus[0] if gpus else "cpu")
     result["path"] = str(path)
     return result
 

@@ -27,6 +27,7 @@ FLOORS = {
     "sites": 0,
     "rng": 0,
     "timings": 0,
+    "bench_results": 0,
     "stats": 0,
     "prompts": 0,
     "models": 1,

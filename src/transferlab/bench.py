@@ -18,13 +18,12 @@ the GPU's name and the ratios, and writes JSON to ``benchmarks/results/``.
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from pathlib import Path
 
 import torch
 
+from .bench_results import write_result
 from .engine import prepare
 from .engine.batching import left_pad
 from .engine.decode import mode as decode_mode
@@ -290,10 +289,6 @@ def main(
         result["speedup_vs_seed_loop"] = result["seed_loop"]["projected_wall_s"] / result["engine"]["wall_s"]
     if "engine" in result and "hf_generate" in result:
         result["engine_over_hf_generate"] = result["engine"]["wall_s"] / result["hf_generate"]["wall_s"]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    name = gpu.replace(" ", "_").replace("/", "_")
-    path = out / f"w{n_pairs}_{shape}_{name}_{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2))
+    path = write_result(result, out_dir, f"w{n_pairs}", shape, gpu)
     result["path"] = str(path)
     return result

@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .bench_results import write_result
+
 ENGINE_STAGES = (
     "tokenize",
     "source_capture",
@@ -216,11 +218,7 @@ def main(
         result["in_process"] = notebook_runs
     if server:
         result["server"] = server_runs
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    card = str(device).replace(" ", "_").replace("/", "_")
-    path = out / f"path_w{n_pairs}_{card}_{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2))
+    path = write_result(result, out_dir, f"path_w{n_pairs}", device)
     result["path"] = str(path)
     return result
 
