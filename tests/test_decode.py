@@ -36,18 +36,24 @@ PLANS = [
 ]
 
 
+def _count_calls(monkeypatch, module, name: str) -> list:
+    """Replace ``module.name`` by a wrapper that counts its calls; returns the counter (a one-item list)."""
+    calls = [0]
+    real = getattr(module, name)
+
+    def spy(*a, **k):
+        calls[0] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
 def _run(model, how, monkeypatch, segment=None, **kw):
     monkeypatch.setenv("TRANSFERLAB_DECODE", how)
     if segment is not None:
         monkeypatch.setattr(decode, "SEGMENT", segment)
-    calls = {"static": 0}
-    real = decode._static
-
-    def spy(*a, **k):
-        calls["static"] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(decode, "_static", spy)
+    calls = _count_calls(monkeypatch, decode, "_static")
     kw.setdefault("max_new_tokens", 9)
     gen = generate(
         model,
@@ -57,7 +63,7 @@ def _run(model, how, monkeypatch, segment=None, **kw):
         record_logits={"low": list(range(40))},
         **kw,
     )
-    return gen, calls["static"]
+    return gen, calls[0]
 
 
 def _same(a, b):
@@ -110,11 +116,9 @@ def test_static_equals_eager_with_early_eos(stories, monkeypatch, fast_attention
     monkeypatch.setenv("TRANSFERLAB_DECODE_ATTENTION", attention)
     from transferlab.engine import ragged
 
-    calls = {"n": 0}
-    real = ragged.attend
-    monkeypatch.setattr(ragged, "attend", lambda *a, **k: calls.__setitem__("n", calls["n"] + 1) or real(*a, **k))
+    calls = _count_calls(monkeypatch, ragged, "attend")
     static, n = _run(stories, "static", monkeypatch, segment=7, max_new_tokens=40, temperature=1.0, stop_at_eos=True)
-    assert (calls["n"] > 0) == (attention == "ragged")
+    assert (calls[0] > 0) == (attention == "ragged")
     assert n == 1
     assert "eos" in eager.finish_reasons and "length" in eager.finish_reasons  # the test covers both
     _same(eager, static)
@@ -262,16 +266,9 @@ def test_ragged_attention_equals_eager(tiny_models, monkeypatch, fast_attention,
     model = fast_attention(tiny_models(family))
     eager, _ = _run(model, "eager", monkeypatch, stop_at_eos=False, max_new_tokens=12)
     monkeypatch.setenv("TRANSFERLAB_DECODE_ATTENTION", "ragged")
-    calls = {"n": 0}
-    real = ragged.attend
-
-    def spy(*a, **k):
-        calls["n"] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(ragged, "attend", spy)
+    calls = _count_calls(monkeypatch, ragged, "attend")
     static, n = _run(model, "static", monkeypatch, stop_at_eos=False, max_new_tokens=12)
-    assert n == 1 and calls["n"] == 11 * model.hf.config.num_hidden_layers  # every fed token, every layer
+    assert n == 1 and calls[0] == 11 * model.hf.config.num_hidden_layers  # every fed token, every layer
     _same(eager, static)
 
 
