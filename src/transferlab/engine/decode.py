@@ -107,10 +107,10 @@ def _ragged(hf, state: DecodeState, slots: int) -> bool:
     """Whether the static loop attends raggedly (:mod:`.ragged`): the model runs ``transferlab_sdpa`` (which
     hands a block mask over) with plain softmax attention, and ragged attention is wanted for this shape."""
     cfg = hf.config
-    if getattr(cfg, "_attn_implementation", None) != FAST_ATTENTION or not ragged.supports(cfg):
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg  # a multimodal model's text side
+    if getattr(cfg, "_attn_implementation", None) != FAST_ATTENTION or not ragged.supports(text):
         return False
     keys = state.cache.layers[0].keys
-    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     heads = getattr(text, "num_attention_heads", None)
     scaling = getattr(text, "query_pre_attn_scalar", None)  # a scale other than head size ** -0.5 compiles anew
     shape = (keys.shape[0], slots, keys.shape[1], keys.shape[-1], heads, scaling, keys.dtype, keys.device)

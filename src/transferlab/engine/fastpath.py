@@ -61,9 +61,19 @@ def gqa_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, sca
         mask = mask[:, :, -1:, : key.shape[-2]]  # [B, 1|H, 1, T]
         if mask.shape[1] != 1:  # a per-head mask: group it like the queries
             mask = mask.reshape(B, Hkv, group, -1)
+    return grouped_decode(query, key, value, mask, scaling), None
+
+
+def grouped_decode(query, key, value, mask, scale):
+    """One new token's attention, each group's query heads folded into the query axis (no ``repeat_kv``):
+    ``[B, Hq, 1, d]`` -> ``[B, 1, Hq, d]``; ``mask`` broadcasts to ``[B, H_kv, group, T]`` (True = attend)."""
+    B, Hq, _, d = query.shape
+    Hkv = key.shape[1]
     with _backend(query.device):
-        out = F.scaled_dot_product_attention(query.reshape(B, Hkv, group, d), key, value, attn_mask=mask, scale=scaling)
-    return out.reshape(B, Hq, 1, d).transpose(1, 2).contiguous(), None
+        out = F.scaled_dot_product_attention(
+            query.reshape(B, Hkv, Hq // Hkv, d), key, value, attn_mask=mask, scale=scale
+        )
+    return out.reshape(B, Hq, 1, d).transpose(1, 2).contiguous()
 
 
 def _backend(device):

@@ -191,18 +191,14 @@ def _masked_sdpa(query, key, value, block_mask, scale):
     Every written slot lies in a visited block (:class:`RaggedBlocks`), so the
     element mask alone selects the same slots.
     """
-    import torch.nn.functional as F
+    from .fastpath import grouped_decode
 
-    B, Hq, _, d = query.shape
-    Hkv = key.shape[1]
     dev = query.device
-    rows = torch.arange(B, device=dev)[:, None]
+    rows = torch.arange(query.shape[0], device=dev)[:, None]
     slots = torch.arange(key.shape[2], device=dev)[None, :]
     zero = torch.zeros((), dtype=torch.long, device=dev)
     mask = block_mask.mask_mod(rows, zero, zero, slots)  # [B, slots]
-    q = query.reshape(B, Hkv, Hq // Hkv, d)
-    out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask[:, None, None, :], scale=scale)
-    return out.reshape(B, Hq, 1, d).transpose(1, 2).contiguous()
+    return grouped_decode(query, key, value, mask[:, None, None, :], scale)
 
 
 _OPTIONS = {"BLOCK_N": BLOCK}  # the kernel's key tile: the block mask's blocks are whole tiles
