@@ -7,8 +7,8 @@ Two costs dominate a large-batch decode step of a GQA model in plain
   keys and values ``n_heads / n_kv_heads`` times (4x for Mistral-7B) at every
   step. ``transferlab_sdpa`` instead folds the query heads of each group into
   the query-length axis (``[B, H_q, 1, d] -> [B, H_kv, g, d]``), so attention
-  reads each cached key once. It is exact (the same arithmetic, grouped
-  differently); prefill and any other case fall back to ``transformers``' own
+  reads each cached key once (:func:`.grouped.grouped_decode`). It is exact
+  (the same arithmetic, grouped differently); prefill and any other case fall back to ``transformers``' own
   SDPA function.
 * ``torch.cat`` in ``DynamicCache``: every step reallocates and copies the
   whole cache. :func:`preallocate` moves each full-attention layer into a
@@ -25,8 +25,9 @@ Select the attention with ``load_model(..., attn_implementation="transferlab_sdp
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
+
+from .grouped import grouped_decode
 
 NAME = "transferlab_sdpa"
 _registered = False
@@ -62,42 +63,6 @@ def gqa_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, sca
         if mask.shape[1] != 1:  # a per-head mask: group it like the queries
             mask = mask.reshape(B, Hkv, group, -1)
     return grouped_decode(query, key, value, mask, scaling), None
-
-
-def grouped_decode(query, key, value, mask, scale):
-    """One new token's attention, each group's query heads folded into the query axis (no ``repeat_kv``):
-    ``[B, Hq, 1, d]`` -> ``[B, 1, Hq, d]``; ``mask`` broadcasts to ``[B, H_kv, group, T]`` (True = attend)."""
-    B, Hq, _, d = query.shape
-    Hkv = key.shape[1]
-    with _backend(query.device):
-        out = F.scaled_dot_product_attention(
-            query.reshape(B, Hkv, Hq // Hkv, d), key, value, attn_mask=mask, scale=scale
-        )
-    return out.reshape(B, Hq, 1, d).transpose(1, 2).contiguous()
-
-
-def _backend(device):
-    """The SDPA kernel for grouped decode: memory-efficient attention on CUDA by default.
-
-    PyTorch may otherwise pick cuDNN's attention, whose per-call host overhead
-    (about 1 ms a call, measured on an H200) exceeds the whole kernel at decode.
-    ``TRANSFERLAB_SDPA_BACKEND`` = efficient (default) | cudnn | flash | math | auto.
-    """
-    import contextlib
-    import os
-
-    choice = os.environ.get("TRANSFERLAB_SDPA_BACKEND", "efficient")
-    if device.type != "cuda" or choice == "auto":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    table = {
-        "efficient": SDPBackend.EFFICIENT_ATTENTION,
-        "cudnn": SDPBackend.CUDNN_ATTENTION,
-        "flash": SDPBackend.FLASH_ATTENTION,
-        "math": SDPBackend.MATH,
-    }
-    return sdpa_kernel([table[choice], SDPBackend.MATH])
 
 
 def register() -> str:

@@ -191,7 +191,7 @@ def _masked_sdpa(query, key, value, block_mask, scale):
     Every written slot lies in a visited block (:class:`RaggedBlocks`), so the
     element mask alone selects the same slots.
     """
-    from .fastpath import grouped_decode
+    from .grouped import grouped_decode
 
     dev = query.device
     rows = torch.arange(query.shape[0], device=dev)[:, None]
