@@ -84,13 +84,16 @@ def kernel_profile(model, tg, sr, pl, bs, steps=6):
     timed(model, tg, sr, pl, short + steps, bs)  # warm at the long run's cache width too
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         m_short = timed(model, tg, sr, pl, short, bs)
-    by_short = _by_category(prof)
+    by_short, short_prof = _by_category(prof), prof
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         m_long = timed(model, tg, sr, pl, short + steps, bs)
     by_long = _by_category(prof)
     top = sorted(((e.key, e.device_time_total / 1e3) for e in _kernels(prof)), key=lambda x: -x[1])[:30]
     per_step = {k: (by_long.get(k, 0.0) - by_short.get(k, 0.0)) / steps for k in set(by_long) | set(by_short)}
+    kernels = _per_kernel(short_prof, prof, steps)
     return {
+        "kernels_per_step": sum(n for n, _ in kernels.values()),
+        "per_kernel_per_step": sorted(([k[:140], n, ms] for k, (n, ms) in kernels.items()), key=lambda r: -r[2]),
         "ms_per_step_wall_under_profiler": 1000 * (m_long - m_short) / steps,
         "ms_per_step_gpu_by_category": dict(sorted(per_step.items(), key=lambda kv: -kv[1])),
         "ms_per_step_gpu_total": sum(per_step.values()),
@@ -105,6 +108,39 @@ def _kernels(prof) -> list:
     events = prof.key_averages()
     gpu = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA]
     return gpu or [e for e in events if not e.key.startswith(("aten::", "cuda", "Activity"))]
+
+
+def _per_kernel(short, long, steps: int) -> dict:
+    """kernel name -> (launches, ms of GPU time) per decode step: the long run's less the short run's."""
+
+    def table(prof):
+        return {e.key: (e.count, e.device_time_total / 1e3) for e in _kernels(prof)}
+
+    a, b = table(short), table(long)
+    out = {}
+    for k in set(a) | set(b):
+        n = (b.get(k, (0, 0.0))[0] - a.get(k, (0, 0.0))[0]) / steps
+        ms = (b.get(k, (0, 0.0))[1] - a.get(k, (0, 0.0))[1]) / steps
+        if n > 0 or ms > 0.001:
+            out[k] = (n, ms)
+    return out
+
+
+def capture_profile(model, tg, sr, pl) -> dict:
+    """The source capture alone under the profiler: GPU ms by category and its top kernels, beside its wall time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    capture_only(model, tg, sr, pl)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        wall = capture_only(model, tg, sr, pl)
+    cats = _by_category(prof)
+    top = sorted(([e.key[:140], e.count, e.device_time_total / 1e3] for e in _kernels(prof)), key=lambda r: -r[2])
+    return {
+        "wall_s_under_profiler": wall,
+        "gpu_ms_by_category": cats,
+        "gpu_ms_total": sum(cats.values()),
+        "top_kernels": top[:25],
+    }
 
 
 def _by_category(prof) -> dict:
@@ -210,8 +246,14 @@ if __name__ == "__main__":
                 ),
                 flush=True,
             )
-            for k, v in res[f"profile_{name}"]["top_kernels_ms_total_long_run"][:18]:
-                print(f"  {v:9.1f} ms  {k[:110]}")
+            print("kernels per step:", res[f"profile_{name}"]["kernels_per_step"])
+            for k, n, ms in res[f"profile_{name}"]["per_kernel_per_step"][:45]:
+                print(f"  {n:6.1f} x {ms:7.3f} ms  {k[:110]}")
+            if not empty:
+                res["profile_source_capture"] = capture_profile(m, tg, sr, pl)
+                print(json.dumps({k: v for k, v in res["profile_source_capture"].items() if k != "top_kernels"}))
+                for k, n, ms in res["profile_source_capture"]["top_kernels"]:
+                    print(f"  {n:6d} x {ms:8.2f} ms  {k[:110]}")
     if a.fused:
         from transferlab.engine.fused import fuse
 
