@@ -158,7 +158,9 @@ def attend(query, key, value, block_mask, scale, dropout=0.0, **kwargs):
             f"{extra or ('dropout' if dropout else f'{query.shape[2]} query positions')}: decode with "
             "TRANSFERLAB_DECODE_ATTENTION=sdpa"
         )
-    shape = (tuple(query.shape), tuple(key.shape), query.dtype, query.device, scale)
+    # the compiled kernel is specialised on strides too: queries that are columns of a shared q/k/v product
+    # (:mod:`.shared`) are laid out unlike a projection's own output
+    shape = (tuple(query.shape), tuple(key.shape), query.dtype, query.device, scale, query.stride())
     if shape in _failed:
         return _masked_sdpa(query, key, value, block_mask, scale)
     call = {
