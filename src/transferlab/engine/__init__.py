@@ -39,9 +39,8 @@ def prepare(model, *, fuse: bool = False, fast_attention: bool = False):
     ``fast_attention``: a model that runs SDPA attention uses the grouped-query
     decode attention ``transferlab_sdpa`` from then on. ``fuse``: RMSNorm,
     SiLU x up and RoPE become compiled functions, each checked against the
-    original first, and each layer's q/k/v projections one shared product
-    (:mod:`.shared`); ``model.source["fused"]`` records how many of each part,
-    ``["kernels"]`` whose kernels (Liger's Triton kernels where liger-kernel is installed, else ``torch.compile``).
+    original first; ``model.source["fused"]`` records how many of each part, ``["kernels"]`` whose
+    kernels (Liger's Triton kernels where liger-kernel is installed, else ``torch.compile``).
     """
     if fast_attention:
         from .fastpath import use_fast_attention
@@ -51,12 +50,10 @@ def prepare(model, *, fuse: bool = False, fast_attention: bool = False):
         from ..timings import stage
         from .fused import choose_compiler
         from .fused import fuse as fuse_model
-        from .shared import share_projections
 
         with stage("kernels"):
             compiler, kernels = choose_compiler(model.device)
             fused = fuse_model(model.hf, compiler=compiler)
-            fused["qkv"] = share_projections(model)
             model.source = {**(model.source or {}), "fused": fused, "kernels": kernels}
     return model
 

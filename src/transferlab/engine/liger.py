@@ -17,10 +17,7 @@ module before installing it. What differs from the reference, on purpose:
   bf16 SiLU does the same internally);
 * Liger's RoPE rotates ``q`` and ``k`` in place. Ours must not: the tensors it
   gets may be a ``q_proj``/``k_proj`` output that a capture holds, so they are
-  copied first. A private shared product (:func:`.shared.private`: computed
-  while no hook could hold it) is rotated where it lies instead, by Liger's
-  kernel launched on its rows as they are spaced (``rope_forward`` would
-  make the columns contiguous, a copy as well). It reads the first half of ``cos``/``sin`` only, which RoPE
+  copied first. It reads the first half of ``cos``/``sin`` only, which RoPE
   builds as two equal halves (the check feeds such inputs).
 """
 
@@ -57,74 +54,9 @@ def rope(q, k, cos, sin, unsqueeze_dim: int = 1):
 
     if unsqueeze_dim != 1:
         raise ValueError("Liger's RoPE takes [B, H, T, d] queries and keys (unsqueeze_dim=1)")
-    from .shared import private
-
     with torch.cuda.device(q.device):  # Liger launches RoPE on the current device: a split model's layers differ
-        if private(q, k) and _rope_rows(q, k, cos, sin):
-            return q, k
         q2, k2, _, _ = rope_forward(q.clone(), k.clone(), cos, sin, rotary_dim=cos.shape[-1])
     return q2, k2
-
-
-def _rows(x: torch.Tensor) -> int | None:
-    """The distance between consecutive (batch, position) rows of ``x`` ``[B, H, T, d]``, if every row is one
-    run of heads of ``d`` channels and rows are evenly spaced (a shared product's columns are); else None."""
-    B, H, T, d = x.shape
-    t = x.transpose(1, 2)  # [B, T, H, d], the layout Liger's kernel walks
-    if t.stride(3) != 1 or (H > 1 and t.stride(2) != d):
-        return None
-    if T == 1:
-        return t.stride(0)
-    if B == 1 or t.stride(0) == T * t.stride(1):
-        return t.stride(1)
-    return None
-
-
-def _next_power_of_2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
-
-
-def _rope_rows(q, k, cos, sin) -> bool:
-    """Rotate ``q`` and ``k`` where they lie with Liger's RoPE kernel, whatever their row spacing (Liger's
-    ``rope_forward`` makes them contiguous first, which copies the columns of a shared product); False, having
-    done nothing, where the layout does not allow it."""
-    from liger_kernel.ops.rope import _triton_rope
-
-    q_row, k_row = _rows(q), _rows(k)
-    if q_row is None or k_row is None or cos.dim() not in (2, 3) or cos.shape != sin.shape:
-        return False
-    if cos.dim() == 2:
-        cos, sin = cos[None], sin[None]
-    B, Hq, T, d = q.shape
-    Hk, width = k.shape[1], cos.shape[-1]
-    if width % 2 or width > d or cos.shape[-2] != T or cos.shape[0] not in (1, B):
-        return False
-    cos, sin = cos.contiguous(), sin.contiguous()
-    pow2 = _next_power_of_2
-    _triton_rope[(B * T,)](
-        q,
-        q_row,
-        k,
-        k_row,
-        cos,
-        cos.stride(-2),
-        sin,
-        sin.stride(-2),
-        T,
-        B,
-        cos.shape[0],
-        Hq,
-        Hk,
-        d,
-        pow2(Hq),
-        pow2(Hk),
-        pow2(d),
-        pow2(width),
-        width,
-        BLOCK_SIZE=max(pow2(Hq), pow2(Hk)),
-        BACKWARD_PASS=False,
-    )
-    return True
 
 
 KERNELS = {"_rms": rms, "_silu_mul": silu_mul, "_rope": rope}  # :mod:`.fused`'s reference function -> ours
