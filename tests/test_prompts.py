@@ -373,3 +373,21 @@ def test_a_marker_absent_from_its_own_source_is_an_error(tmp_path):
     with pytest.raises(BankError) as err:
         load_bank(tmp_path)
     assert "story_source_05" in str(err.value) and "'markers'" in str(err.value) and "banana" in str(err.value)
+
+
+def test_bank_files_parse_alike_with_libyaml_and_pure_python_yaml(tmp_path):
+    """Banks are parsed with libyaml's safe loader where PyYAML has it: every shipped bank file and W300's bank
+    read the same as with the pure-Python safe loader."""
+    from pathlib import Path
+
+    import yaml
+
+    from transferlab.experiments.w300 import write_w300_bank
+    from transferlab.prompts import bank as bank_module
+
+    files = sorted((Path(bank_module.__file__).parent / "data").glob("*.yaml"))
+    files += sorted(write_w300_bank(tmp_path, n_pairs=20).glob("*.yaml"))
+    assert len(files) >= 6
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert yaml.load(text, Loader=bank_module.LOADER) == yaml.load(text, Loader=yaml.SafeLoader), path.name
