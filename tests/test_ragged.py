@@ -91,3 +91,40 @@ def test_a_process_compiles_a_bounded_number_of_shapes(monkeypatch):
     monkeypatch.setattr(ragged, "_torch_version", lambda: (2, 6))  # before FlexAttention's decode API
     assert not ragged.wanted(cuda, (8, 64))
     assert ragged.wanted(torch.device("cpu"), (4, 64)) is False  # auto: not on CPU at all
+
+
+def test_preload_imports_the_compiler_once_on_a_thread_where_ragged_attention_may_follow(monkeypatch):
+    """Only a CUDA device with ragged attention possible starts the import; once per process; the first
+    compile waits for it."""
+    import sys
+    import types
+
+    from transferlab.engine import ragged
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(ragged, "_preloading", [])
+    monkeypatch.setattr(ragged, "COMPILER", ("transferlab_test_slow_module",))
+    done = []
+
+    def importer(name):
+        import time
+
+        time.sleep(0.2)  # a slow import: the joiner must wait for it
+        done.append(name)
+        return sys.modules.setdefault(name, types.ModuleType(name))
+
+    monkeypatch.setattr("importlib.import_module", importer)
+    monkeypatch.delitem(sys.modules, "transferlab_test_slow_module", raising=False)
+    ragged.preload(torch.device("cpu"))
+    monkeypatch.setenv("TRANSFERLAB_DECODE_ATTENTION", "sdpa")
+    ragged.preload(cuda)
+    assert ragged._preloading == []
+    monkeypatch.setenv("TRANSFERLAB_DECODE_ATTENTION", "auto")
+    ragged.preload(cuda)
+    ragged.preload(cuda)
+    assert len(ragged._preloading) == 1
+    monkeypatch.setattr(ragged, "_compiled", "compiled")  # _kernel's own compile is not under test here
+    assert ragged._kernel(cuda) == "compiled" and done == ["transferlab_test_slow_module"]
+    monkeypatch.setattr(ragged, "_preloading", [])
+    ragged.preload(cuda)  # imported already: nothing to do
+    assert ragged._preloading == []
