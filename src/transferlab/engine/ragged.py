@@ -32,8 +32,6 @@ tests) | ``sdpa`` (the masked SDPA over all slots).
 from __future__ import annotations
 
 import os
-import sys
-import threading
 import warnings
 
 import torch
@@ -91,41 +89,6 @@ def wanted(device: torch.device, shape: tuple = ()) -> bool:
         stacklevel=2,
     )
     return False
-
-
-COMPILER = ("torch._dynamo", "torch._inductor.compile_fx")  # what the first compile imports (about 3 s)
-_preloading: list = []  # the thread importing COMPILER, once per process
-
-
-def preload(device: torch.device) -> None:
-    """Import Dynamo and Inductor on a thread now, where a batch is about to run its prefills on ``device``.
-
-    The first ragged kernel of a process waits for these imports: most of a
-    fresh ``transferlab run``'s 4.3-4.7 s first compile on an H200, whose
-    compiling from the cache takes 1.0-1.4 s. A batch's
-    source capture and prefills keep the GPU busy for a second or more while the
-    host mostly waits on it, so the imports run then; the compile finds them
-    done, or waits for the rest (:func:`_kernel` joins the thread). Nothing
-    happens where ragged attention cannot be wanted (not CUDA, ``sdpa`` chosen,
-    an old PyTorch) or the compiler is imported already.
-    """
-    if _preloading or device.type != "cuda" or mode() == "sdpa" or _torch_version() < MIN_TORCH:
-        return
-    if all(name in sys.modules for name in COMPILER):
-        return
-
-    def work():
-        import importlib
-
-        for name in COMPILER:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 (the compile on the main thread meets the same failure and falls back)
-                return
-
-    thread = threading.Thread(target=work, name="transferlab-compiler-import", daemon=True)
-    _preloading.append(thread)
-    thread.start()
 
 
 def _torch_version() -> tuple:
@@ -263,8 +226,6 @@ def _kernel(device):
 
     if device.type != "cuda":
         return _quiet(flex_attention)
-    for thread in _preloading:  # the compiler's import, if preload started it: finished before compiling
-        thread.join()
     if _compiled is None:
         limit = max(torch._dynamo.config.recompile_limit, 2 * SHAPES + 8)  # margin: scale or device may differ
         torch._dynamo.config.recompile_limit = limit
@@ -282,4 +243,4 @@ def _quiet(fn):
     return call
 
 
-__all__ = ["BLOCK", "MODES", "SHAPES", "RaggedBlocks", "attend", "mode", "padded", "preload", "supports", "wanted"]
+__all__ = ["BLOCK", "MODES", "SHAPES", "RaggedBlocks", "attend", "mode", "padded", "supports", "wanted"]

@@ -28,9 +28,8 @@ from ..interventions.context import StepContext
 from ..interventions.splice import apply_prepend, apply_splice
 from ..models.cache import cache_kwargs, get_kv, last_logits_kwargs, n_cache_layers, output_cache, set_kv
 from ..timings import stage
-from . import decode, ragged
+from . import decode
 from .batching import left_pad, pad_id_of
-from .fastpath import NAME as FAST_ATTENTION
 from .plans import bind, distinct_interventions, source_points, splices
 from .rows import BatchRows, distinct
 from .sampling import Sampler
@@ -61,8 +60,6 @@ class BatchOutput:
 def generate_batch(model, rows: BatchRows, how: Decoding, logit_sets: dict, precomputed=None) -> BatchOutput:
     """Generate for one batch of rows (``logit_sets``: name -> one id list per example)."""
     device, tok = model.device, model.tokenizer
-    if getattr(model.hf.config, "_attn_implementation", None) == FAST_ATTENTION:
-        ragged.preload(device)  # the decode's first compile imports Dynamo: on a thread, while the prefills run
     batch = left_pad(rows.targets, pad_id_of(tok), tok.bos_token_id, device=device)
     keys = rows.keys.to(device)
     entries = distinct_interventions(model, rows.plans)
