@@ -646,7 +646,8 @@ def leave(code) -> None:
     that matters (waits for non-daemon threads, runs the atexit handlers:
     logging, Ray, temporary folders; flushes standard output and error) and
     then ends the process at once. Every file the command wrote is closed by
-    then. A process without torch exits normally (it has nothing to tear down).
+    then. A process without torch exits normally (it has nothing to tear down),
+    and so does one on a Python without these hooks.
     """
     import atexit
     import sys
@@ -655,15 +656,17 @@ def leave(code) -> None:
         print(code, file=sys.stderr)  # SystemExit("message"): Python prints it and exits with 1
         code = 1
     code = code or 0
-    runner = getattr(atexit, "_run_exitfuncs", None)
-    if "torch" not in sys.modules or runner is None:
-        sys.exit(code)
-    import os
     import threading
 
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    runner = getattr(atexit, "_run_exitfuncs", None)
+    shutdown = getattr(threading, "_shutdown", None)
+    if "torch" not in sys.modules or runner is None or shutdown is None:
+        sys.exit(code)
+    import os
+
+    # as the interpreter does first: stop idle thread pools (concurrent.futures, Inductor's), then wait for every
+    # non-daemon thread; joining the threads alone waited forever on a pool nobody had shut down
+    shutdown()
     runner()
     for stream in (sys.stdout, sys.stderr):
         try:
