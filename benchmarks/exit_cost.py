@@ -50,9 +50,11 @@ if how == "os_exit":
 
 def once(how: str, layers: int) -> dict:
     code = CHILD.format(src=str(ROOT / "src"), layers=layers, how=how)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    out, _ = proc.communicate()
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()
     end = time.time()
+    if "DONE" not in out:
+        raise RuntimeError(f"the child process failed (exit {proc.returncode}):\n{err[-3000:]}")
     marks = {line.split()[0]: float(line.split()[1]) for line in out.splitlines() if line[:4] in ("DONE", "ATEX")}
     row = {"how": how, "exit_s": end - marks["DONE"], "rc": proc.returncode}
     if "ATEXIT" in marks:

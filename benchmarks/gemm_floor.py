@@ -1,6 +1,6 @@
 """The matrix products of W300's decode alone, at the card's sustained clocks: the decode's floor (issue 12).
 
-A W300 decode step of Mistral-7B's shape at batch 1,200 is 17.4 TFLOP of
+A W300 decode step of Mistral-7B's shape at batch 1,200 is 17.1 TFLOP of
 matrix products (32 layers x q, k, v, o, gate, up, down, then the LM head).
 This replays exactly those products, with bf16 weights of those shapes and
 nothing else, under one CUDA graph, 149 times (W300's decode steps), and
@@ -41,7 +41,7 @@ class Clocks:
     def __enter__(self):
         self.rows: list = []
         self.proc = subprocess.Popen(
-            ["nvidia-smi", f"--query-gpu={FIELDS}", "--format=csv,noheader,nounits", "-lms", "100", "-i", "0"],
+            ["nvidia-smi", f"--query-gpu={FIELDS}", "--format=csv,noheader,nounits", "-lms", "100", "-i", _card()],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -56,6 +56,7 @@ class Clocks:
     def __exit__(self, *exc):
         self.proc.terminate()
         self.proc.wait()
+        self.reader.join(timeout=5)  # the samples already printed
 
     def summary(self) -> dict:
         def column(i, cast=float):
@@ -77,6 +78,14 @@ class Clocks:
             "power_w_median": sorted(power)[len(power) // 2] if power else None,
             "throttle_reasons": reasons,
         }
+
+
+def _card() -> str:
+    """The card torch calls cuda:0, as nvidia-smi names it (CUDA_VISIBLE_DEVICES may renumber)."""
+    import os
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    return visible or "0"
 
 
 def gemm_step_graph(batch: int):

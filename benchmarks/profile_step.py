@@ -121,8 +121,8 @@ def _per_kernel(short, long, steps: int) -> dict:
     for k in set(a) | set(b):
         n = (b.get(k, (0, 0.0))[0] - a.get(k, (0, 0.0))[0]) / steps
         ms = (b.get(k, (0, 0.0))[1] - a.get(k, (0, 0.0))[1]) / steps
-        if n > 0 or ms > 0.001:
-            out[k] = (n, ms)
+        if n > 0 or abs(ms) > 0.001:  # the short run's kernels cancel; what is left is per step
+            out[k] = (max(n, 0.0), ms)
     return out
 
 

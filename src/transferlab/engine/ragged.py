@@ -158,8 +158,8 @@ def attend(query, key, value, block_mask, scale, dropout=0.0, **kwargs):
             f"{extra or ('dropout' if dropout else f'{query.shape[2]} query positions')}: decode with "
             "TRANSFERLAB_DECODE_ATTENTION=sdpa"
         )
-    # the compiled kernel is specialised on strides too: queries that are columns of a shared q/k/v product
-    # (:mod:`.shared`) are laid out unlike a projection's own output
+    # the compiled kernel is specialised on strides too (Dynamo guards on them): a query laid out otherwise
+    # compiles anew, and must do so in-process and with the fallback
     shape = (tuple(query.shape), tuple(key.shape), query.dtype, query.device, scale, query.stride())
     if shape in _failed:
         return _masked_sdpa(query, key, value, block_mask, scale)

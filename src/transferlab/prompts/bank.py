@@ -160,7 +160,7 @@ def _raise_from_pydantic(path: Path, raw: Any, err: ValidationError) -> None:
 
 
 # libyaml's safe loader where PyYAML was built with it (its wheels are): the same documents, parsed in C; the
-# pure-Python one took 0.9 s for W300's 600-prompt bank on a 2-core box, most of a run's config stage
+# pure-Python one took 0.25 s for W300's 600-prompt bank on a 2-core box, libyaml 0.016 s
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _PARSED: dict = {}  # (path, sha1 of the bytes) -> (spec, raw): a run reads its bank 3 times (checks, driver, worker)
