@@ -385,6 +385,8 @@ def test_bank_files_parse_alike_with_libyaml_and_pure_python_yaml(tmp_path):
     from transferlab.experiments.w300 import write_w300_bank
     from transferlab.prompts import bank as bank_module
 
+    if yaml.__with_libyaml__:  # PyYAML's wheels have it: the fast loader is the one in use
+        assert bank_module.LOADER is yaml.CSafeLoader
     files = sorted((Path(bank_module.__file__).parent / "data").glob("*.yaml"))
     files += sorted(write_w300_bank(tmp_path, n_pairs=20).glob("*.yaml"))
     assert len(files) >= 6
