@@ -35,6 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from transferlab.bench_results import write_result  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cuda_graphs import capture  # noqa: E402
+
 PAD = 121  # prompt slots after left padding (the longest spliced source, 120 tokens, + the target's last token)
 
 
@@ -86,14 +89,7 @@ def chunk_plan(start, n_chunks):
 def graph_ms(fn, reps):
     fn()
     torch.cuda.synchronize()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
+    graph, out = capture(fn)
     graph.replay()
     torch.cuda.synchronize()
     t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

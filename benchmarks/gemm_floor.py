@@ -31,6 +31,9 @@ import torch.nn.functional as F  # noqa: E402
 
 from transferlab.bench_results import write_result  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cuda_graphs import capture  # noqa: E402
+
 SHAPE = dict(hidden=4096, q=4096, kv=1024, mlp=14336, layers=32, vocab=32000)
 FIELDS = "clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active"
 
@@ -121,14 +124,7 @@ def gemm_step_graph(batch: int):
             + s["hidden"] * s["vocab"]
         )
     )
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    graph, _ = capture(step)
     return graph, flops, layers
 
 
