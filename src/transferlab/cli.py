@@ -650,20 +650,18 @@ def leave(code) -> None:
     and so does one on a Python without these hooks.
     """
     import atexit
+    import os
     import sys
+    import threading
 
     if not isinstance(code, (int, type(None))):
         print(code, file=sys.stderr)  # SystemExit("message"): Python prints it and exits with 1
         code = 1
     code = code or 0
-    import threading
-
     runner = getattr(atexit, "_run_exitfuncs", None)
     shutdown = getattr(threading, "_shutdown", None)
     if "torch" not in sys.modules or runner is None or shutdown is None:
         sys.exit(code)
-    import os
-
     # as the interpreter does first: stop idle thread pools (concurrent.futures, Inductor's), then wait for every
     # non-daemon thread; joining the threads alone waited forever on a pool nobody had shut down
     shutdown()
