@@ -15,7 +15,13 @@ compared with the memory-efficient SDPA kernel the engine uses now:
 * ``chunked``: rows sorted by length, ``efficient`` per chunk of rows over the
   slots that chunk uses (the left padding of short rows is not read);
 * ``flex``: FlexAttention (compiled), a block mask that skips blocks of padding
-  and of slots not yet written, grouped-query attention in the kernel.
+  and of slots not yet written, grouped-query attention in the kernel;
+* ``varlen``: FlashAttention-2 as PyTorch ships it (``_flash_attention_forward``,
+  precompiled: nothing to compile per process), reading the padded
+  ``[B, H, slots, d]`` cache in place through a strided view: each row's keys
+  start at its first real slot (``cu_seq_k``) and run for its real slots
+  (``seqused_k``); ``varlen_fold`` lays a group's query heads out as query
+  positions of one key/value head, so a key block is read once per group.
 
 Each is captured once as a CUDA graph and replayed (a decode step is replayed
 that way), so launch cost is left out. Milliseconds per call x 32 layers is
@@ -116,12 +122,39 @@ def flex_variant(q, k, v, start, span, kv_block, compiled):
     return fn
 
 
+def varlen_variant(q, k, v, start, span, fold=False):
+    """FlashAttention-2 varlen over the padded cache in place (see module docstring)."""
+    B, Hq, _, d = q.shape
+    H = k.shape[1]
+    G = Hq // H
+    rows = torch.arange(B + 1, device=q.device, dtype=torch.int32)
+    first = torch.cat([start, start.new_zeros(1)]).to(torch.int32)
+    cu_k = rows * (H * span) + first  # row b's keys begin at element offset (b*H*span + start_b) * d
+    cu_k[-1] = (B - 1) * H * span + span
+    used = (span - start).to(torch.int32)
+    total = (B - 1) * H * span + span
+    kv = [t.as_strided((total, H, d), (d, span * d, 1)) for t in (k, v)]
+    qs = (rows * G).to(torch.int32) if fold else rows
+
+    def fn():
+        query = q.view(B, H, G, d).transpose(1, 2).reshape(B * G, H, d) if fold else q.view(B, Hq, d)
+        out = torch.ops.aten._flash_attention_forward(
+            query, kv[0], kv[1], qs, cu_k, G if fold else 1, span, 0.0, False, False, seqused_k=used
+        )[0]
+        if fold:
+            out = out.view(B, G, H, d).transpose(1, 2)
+        return out.reshape(B, Hq, 1, d)
+
+    return fn
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=1200)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--steps", default="8,72,148")
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--only", default=None, help="comma-separated variant names (default: all)")
     a = ap.parse_args()
     dev = torch.device("cuda")
     from torch.nn.attention.flex_attention import flex_attention
@@ -137,6 +170,8 @@ def main():
         row = {"span": span, "real_slots_per_row": real / a.batch, "ms_per_call": {}, "max_abs_diff": {}}
 
         def record(name, fn):
+            if a.only and name not in a.only.split(","):
+                return
             try:
                 t0 = time.perf_counter()
                 ms, out = graph_ms(fn, a.reps)
@@ -157,6 +192,8 @@ def main():
         for n in (4, 8, 16):
             bounds, starts = chunk_plan(start, n)
             record(f"chunked{n}", lambda b=bounds, s=starts: chunked(q, k, v, mask, s, b))
+        record("varlen", varlen_variant(q, k, v, start, span))
+        record("varlen_fold", varlen_variant(q, k, v, start, span, fold=True))
         for kb in (128, 64, 32, 16):
             record(f"flex_kv{kb}", flex_variant(q, k, v, start, span, kb, compiled))
         res["rows"][str(step)] = row
