@@ -86,6 +86,9 @@ def test_static_equals_eager(tiny_models, monkeypatch, family, greedy):
     static, n_static = _run(model, "static", monkeypatch, segment=4, greedy=greedy, stop_at_eos=False)
     assert (n_eager, n_static) == (0, 1)  # the static loop really ran (once: one batch)
     _same(eager, static)
+    impl = model.hf.config._attn_implementation
+    assert set(eager.decode_paths) == {f"eager/{impl}"} and set(static.decode_paths) == {f"static/{impl}"}
+    assert len(static.decode_paths) == len(static.texts)
     # every decode-phase intervention fired on every decode forward, in both loops
     dec = static.audit[static.audit.phase.isin(["decode", "both"])]
     assert len(dec) and (dec.fired_decode == 8).all()
@@ -191,6 +194,7 @@ def test_a_graph_that_cannot_be_captured_falls_back_to_plain_steps(tiny_models, 
     with pytest.warns(RuntimeWarning, match="decodes without graphs from now on"):
         got = generate(model, TARGETS * 2, **kw)
     _same(eager, got)
+    assert set(got.decode_paths) == {f"static/{model.hf.config._attn_implementation}"}  # no graph ran
     assert len(attempts) == 1 and getattr(model.hf, decode.GRAPHS_OFF)  # tried once, then not again
     with pytest.warns(RuntimeWarning):
         generate(other, TARGETS * 2, **kw)
@@ -270,6 +274,7 @@ def test_ragged_attention_equals_eager(tiny_models, monkeypatch, fast_attention,
     static, n = _run(model, "static", monkeypatch, stop_at_eos=False, max_new_tokens=12)
     assert n == 1 and calls[0] == 11 * model.hf.config.num_hidden_layers  # every fed token, every layer
     _same(eager, static)
+    assert set(static.decode_paths) == {"static/ragged"}
 
 
 def test_a_ragged_kernel_that_fails_falls_back_to_sdpa(tiny_models, monkeypatch, fast_attention):
@@ -292,6 +297,9 @@ def test_a_ragged_kernel_that_fails_falls_back_to_sdpa(tiny_models, monkeypatch,
         static, n = _run(model, "static", monkeypatch, stop_at_eos=False, max_new_tokens=12)
     assert n == 1 and ragged._failed
     _same(eager, static)
+    assert set(static.decode_paths) == {"static/ragged-fallback"}  # the rows say which kernel made them
+    again, _ = _run(model, "static", monkeypatch, stop_at_eos=False, max_new_tokens=12)  # the shape failed before
+    assert set(again.decode_paths) == {"static/ragged-fallback"}
 
 
 def test_when_the_loop_attends_raggedly(monkeypatch):

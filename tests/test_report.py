@@ -356,3 +356,20 @@ def test_empty_overrides_in_a_dumped_config_are_not_warned(tmp_path):
     config["conditions"][0]["generation"]["top_k"] = 50
     kinds = [w["kind"] for w in generation_warnings(config, df)]
     assert kinds == ["generation_differs", "generation_overrides"]
+
+
+def test_rows_decoded_by_two_kernel_paths_are_warned(tmp_path):
+    """A model whose rows came from two decode paths (a kernel that failed for one batch shape, a server past its
+    compiled shapes) is warned in bold, with the count per path; one path, or a table from before the column, is
+    not."""
+    df = synthetic_results(seeds=(0,), conditions=("baseline", "transfer"))
+    assert not [w for w in build_summary(df, ["seed_v1"], **FAST)["warnings"] if w["kind"] == "mixed_decode_paths"]
+    df["decode_path"] = "graph/ragged"
+    s = build_summary(df, ["seed_v1"], **FAST)
+    assert not [w for w in s["warnings"] if w["kind"] == "mixed_decode_paths"]
+    df.loc[df.index[:3], "decode_path"] = "graph/ragged-fallback"
+    s = build_summary(df, ["seed_v1"], **FAST)
+    (w,) = [w for w in s["warnings"] if w["kind"] == "mixed_decode_paths"]
+    assert w["by_path"] == {"graph/ragged": len(df) - 3, "graph/ragged-fallback": 3}
+    head = write_report(tmp_path, df, s).read_text().split("## Run")[0]
+    assert f"**WARNING: rows of {df.model[0]} were decoded by 2 kernel paths (graph/ragged {len(df) - 3}" in head

@@ -87,6 +87,7 @@ def test_schema_columns(demo):
     assert cols[-len(TAIL_COLUMNS) :] == TAIL_COLUMNS
     assert cols[len(BASE_COLUMNS) : -len(TAIL_COLUMNS)] == cfg.scoring.scorers + ["logit_markers"]
     assert set(df["finish_reason"]) <= {"eos", "length"}
+    assert set(df["decode_path"]) == {"eager/sdpa"}  # CPU: the plain loop, the model's SDPA
     assert (df["n_new_tokens"] <= 5).all() and (df["n_new_tokens"] >= 1).all()
     for col in cfg.scoring.scorers:
         assert pd.api.types.is_float_dtype(df[col]), col

@@ -87,8 +87,19 @@ def static_ok(hf, cache, total_slots: int) -> bool:
     return len(devices) == 1
 
 
-def run(hf, ctx, sampler, state: DecodeState, max_new: int, stop_at_eos: bool, eos, fill, how: str | None = None):
-    """Sample ``max_new`` tokens into ``state.generated`` (the prompt phase is done)."""
+def run(
+    hf, ctx, sampler, state: DecodeState, max_new: int, stop_at_eos: bool, eos, fill, how: str | None = None
+) -> str:
+    """Sample ``max_new`` tokens into ``state.generated`` (the prompt phase is done); returns the decode path.
+
+    The **decode path** names the loop and the attention kernel that made the
+    tokens, ``"<loop>/<attention>"``: loop ``eager``, ``static`` or ``graph``
+    (``graph+static`` where a capture failed part-way); attention ``ragged``
+    (:mod:`.ragged`), ``ragged-fallback`` (its kernel failed for this shape:
+    SDPA over the same mask) or the model's attention implementation
+    (``sdpa``, ``transferlab_sdpa``, ...). In float32 every path gives the same
+    tokens; in bf16 their rounding differs, which is why a run records it.
+    """
     how = how or mode()
     device = state.logits.device
     total = state.attn.shape[1] + max_new - 1
@@ -140,7 +151,12 @@ def _put(table: torch.Tensor, step, column: torch.Tensor) -> None:
         table[:, step] = column
 
 
-def _eager(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill):
+def _attention(hf) -> str:
+    return str(getattr(hf.config, "_attn_implementation", None) or "default")
+
+
+def _eager(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill) -> str:
+    path = f"eager/{_attention(hf)}"
     B, device = state.logits.shape[0], state.logits.device
     attn, logits, cache, next_pos = state.attn, state.logits, state.cache, state.next_pos
     if max_new > 1:
@@ -165,6 +181,7 @@ def _eager(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill):
         cache = output_cache(out)
         logits = out.logits[:, -1]
         next_pos = next_pos + 1
+    return path
 
 
 class StaticLayer(DynamicLayer):
@@ -194,9 +211,11 @@ class StaticLayer(DynamicLayer):
         return self._span[0]
 
 
-def _static(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill, graphs: bool, total: int, rag: bool = False):
+def _static(
+    hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill, graphs: bool, total: int, rag: bool = False
+) -> str:
     """The static loop over ``total`` cache slots (at least the prompt's and the fed tokens'); ``rag``: attend
-    raggedly (``total`` is then whole blocks)."""
+    raggedly (``total`` is then whole blocks). Returns the decode path (:func:`run`)."""
     B, device = state.logits.shape[0], state.logits.device
     prompt_slots = state.attn.shape[1]
     cache = state.cache
@@ -240,20 +259,28 @@ def _static(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill, graphs: bo
 
     token.copy_(_sample_into(sampler, state, state.logits, 0, stop_at_eos, eos, fill))
     state.logits = None
+    loops: list[str] = []  # how each segment ran: "graph" (replayed) or "static" (step by step)
+    fallbacks = ragged.fallbacks()
     step = 0  # index of the next token to feed
     while step < max_new - 1:
         seg_end = min(step + segment, max_new - 1)  # this segment feeds tokens step .. seg_end-1
         span[0] = total if blocks else prompt_slots + seg_end  # ragged: the block mask has ``total`` slots
         if graphs and not getattr(hf, GRAPHS_OFF, False) and seg_end - step > 2:
-            step = _replay_segment(hf, step_fn, step, seg_end, stop_at_eos, state)
+            step, captured = _replay_segment(hf, step_fn, step, seg_end, stop_at_eos, state)
+            loops.append("graph" if captured else "static")
         else:
+            loops.append("static")
             for _ in range(step, seg_end):
                 step_fn()
                 step += 1
                 if stop_at_eos and step % 8 == 0 and bool(state.finished.all()):
-                    return
+                    break
         if stop_at_eos and bool(state.finished.all()):
-            return
+            break
+    loop = "+".join(dict.fromkeys(loops)) or "static"
+    if not blocks:
+        return f"{loop}/{_attention(hf)}"
+    return f"{loop}/{'ragged-fallback' if ragged.fallbacks() > fallbacks else 'ragged'}"
 
 
 GRAPHS_OFF = "_transferlab_graphs_off"  # set on a model whose step could not be captured (a MoE router's
@@ -272,9 +299,9 @@ def _graphs_failed(hf, exc: Exception) -> None:
     setattr(hf, GRAPHS_OFF, True)
 
 
-def _replay_segment(hf, step_fn, step: int, seg_end: int, stop_at_eos: bool, state) -> int:
+def _replay_segment(hf, step_fn, step: int, seg_end: int, stop_at_eos: bool, state) -> tuple[int, bool]:
     """Run steps ``step .. seg_end-1``: one eager step (warm-up, on a side stream), then a captured graph;
-    returns the next step to run (after the warm-up only, when the capture failed).
+    returns the next step to run (after the warm-up only, when the capture failed) and whether the graph ran.
 
     The graph (and its private memory pool) is released when the segment ends, before the next capture.
     """
@@ -292,13 +319,13 @@ def _replay_segment(hf, step_fn, step: int, seg_end: int, stop_at_eos: bool, sta
         except RuntimeError as exc:  # out of memory for the graph's pool, an op that cannot be captured, ...
             _graphs_failed(hf, exc)  # the caller's loop goes on from ``step`` without graphs
             torch.cuda.synchronize()
-            return step
+            return step, False
     while step < seg_end:
         graph.replay()
         step += 1
         if stop_at_eos and step % 8 == 0 and bool(state.finished.all()):
             break
-    return step
+    return step, True
 
 
 __all__ = ["run", "DecodeState", "StaticLayer", "static_ok", "mode", "SEGMENT", "MODES"]

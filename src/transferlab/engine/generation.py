@@ -56,6 +56,9 @@ class Generation:
     prompt_lengths: list[int]
     flavour: str
     logmass: dict[str, np.ndarray] = field(default_factory=dict)
+    # per example, the loop and attention kernel that decoded it (``"graph/ragged"``, ``"eager/sdpa"``, ...:
+    # :func:`transferlab.engine.decode.run`); bf16 rounding differs between them, float32 tokens do not
+    decode_paths: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -115,6 +118,7 @@ def generate(
     bs = batch_size or auto_batch_size(model, n, tokens_per_example(tgt_ids, src_ids, max_new_tokens))
     out_tokens: list = [None] * n
     out_reason: list = [None] * n
+    out_path: list = [""] * n
     out_mass = {name: np.full((n, max_new_tokens), np.nan) for name in per_row_sets}
     audit: list[dict] = []
     how = Decoding(sampler, max_new_tokens, stop_at_eos, flavour)
@@ -124,7 +128,7 @@ def generate(
         rows = BatchRows.of(chunk, tgt_ids, src_ids, plans, keys)
         out = generate_batch(model, rows, how, per_row_sets, ex.precomputed)
         for b, i in enumerate(chunk):
-            out_tokens[i], out_reason[i] = out.tokens[b], out.reasons[b]
+            out_tokens[i], out_reason[i], out_path[i] = out.tokens[b], out.reasons[b], out.decode_path
             for name in out_mass:
                 out_mass[name][i] = out.mass[name][b]
         with stage("audit"):
@@ -137,7 +141,8 @@ def generate(
         texts = [model.tokenizer.decode(t, skip_special_tokens=True) for t in out_tokens]
     with stage("audit"):
         table = audit_table(audit)
-    return Generation(texts, out_tokens, out_reason, table, list(ids), [len(t) for t in tgt_ids], flavour, out_mass)
+    lengths = [len(t) for t in tgt_ids]
+    return Generation(texts, out_tokens, out_reason, table, list(ids), lengths, flavour, out_mass, out_path)
 
 
 def _progress(enabled: bool, total: int):

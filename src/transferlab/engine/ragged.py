@@ -53,6 +53,13 @@ MIN_TORCH = (2, 7)  # BlockMask.from_kv_blocks(seq_lengths=...), Dynamo's recomp
 _shapes: set = set()  # decode shapes given the ragged path (wanted)
 _ready: set = set()  # call shapes whose kernel has run (attend)
 _failed: set = set()  # call shapes whose kernel failed to compile or run: SDPA over the same mask
+_fallback_calls = [0]  # calls answered by that fallback, in this process (see fallbacks())
+
+
+def fallbacks() -> int:
+    """How many calls this process's ragged attention answered with its SDPA fallback: a decode loop that
+    sees this count grow used the fallback (every call of a shape after its kernel failed is one)."""
+    return _fallback_calls[0]
 
 
 def wanted(device: torch.device, shape: tuple = ()) -> bool:
@@ -162,6 +169,7 @@ def attend(query, key, value, block_mask, scale, dropout=0.0, **kwargs):
     # compiles anew, and must do so in-process and with the fallback
     shape = (tuple(query.shape), tuple(key.shape), query.dtype, query.device, scale, query.stride())
     if shape in _failed:
+        _fallback_calls[0] += 1
         return _masked_sdpa(query, key, value, block_mask, scale)
     call = {
         "block_mask": block_mask,
@@ -182,6 +190,7 @@ def attend(query, key, value, block_mask, scale, dropout=0.0, **kwargs):
             RuntimeWarning,
             stacklevel=2,
         )
+        _fallback_calls[0] += 1
         return _masked_sdpa(query, key, value, block_mask, scale)
     _ready.add(shape)
     return out.transpose(1, 2).contiguous()
@@ -243,4 +252,4 @@ def _quiet(fn):
     return call
 
 
-__all__ = ["BLOCK", "MODES", "SHAPES", "RaggedBlocks", "attend", "mode", "padded", "supports", "wanted"]
+__all__ = ["BLOCK", "MODES", "SHAPES", "RaggedBlocks", "attend", "fallbacks", "mode", "padded", "supports", "wanted"]

@@ -55,6 +55,7 @@ class BatchOutput:
     reasons: list[str]  # "eos" or "length"
     mass: dict[str, np.ndarray]  # name -> [real rows, max_new]
     audit: list  # [(plan index, intervention, hook point text, Counters, rows)]
+    decode_path: str = ""  # the loop and attention kernel that decoded the batch (decode.run)
 
 
 def generate_batch(model, rows: BatchRows, how: Decoding, logit_sets: dict, precomputed=None) -> BatchOutput:
@@ -106,10 +107,11 @@ def generate_batch(model, rows: BatchRows, how: Decoding, logit_sets: dict, prec
         )
         logits = cache = None
         with stage("decode"):
-            decode.run(model.hf, ctx, how.sampler, state, how.max_new, how.stop_at_eos, eos, fill)
+            path = decode.run(model.hf, ctx, how.sampler, state, how.max_new, how.stop_at_eos, eos, fill)
             generated = state.generated[: rows.n_real].cpu().tolist()
     tokens, reasons = _cut_at_eos(generated, eos if how.stop_at_eos else None)
-    return BatchOutput(tokens, reasons, {n: m[: rows.n_real].cpu().numpy() for n, m in mass.items()}, bound.audit)
+    masses = {n: m[: rows.n_real].cpu().numpy() for n, m in mass.items()}
+    return BatchOutput(tokens, reasons, masses, bound.audit, path)
 
 
 def prefix(model, batch, rows: BatchRows, bound, source_kv, ctx):

@@ -22,6 +22,11 @@ text                the generated continuation (without the prompt)
 n_prompt_tokens     tokens of the prompt fed (BOS included)
 n_new_tokens        tokens generated
 finish_reason       ``eos`` or ``length``
+decode_path         the decode loop and attention kernel that made the tokens,
+                    ``<loop>/<attention>`` (``graph/ragged``, ``eager/sdpa``,
+                    ...; :func:`transferlab.engine.decode.run`): float32 tokens
+                    do not depend on it, bf16 rounding does. All conditions of
+                    a pair share a batch, hence a path.
 <score columns>     one float column per scorer, named after it
                     (``seed_v1``, ``strict``, ``source_overlap``, ``collapse``,
                     ``source_lexicon``, ``logit_markers``, ...)
@@ -53,6 +58,7 @@ BASE_COLUMNS = [
     "n_prompt_tokens",
     "n_new_tokens",
     "finish_reason",
+    "decode_path",
 ]
 TAIL_COLUMNS = ["rv_source", "rv_target", "n_interventions", "n_never_fired", "audit"]
 
@@ -64,4 +70,4 @@ def unit_key(model: str, seed: int, pair_id: int, condition: str) -> str:
 # The version of the code's results: bump it in any change after which a config, bank and model that gave
 # some rows would give different ones (sampling, scoring, intervention numerics, pairing, row columns).
 # A run records it; ``--resume`` refuses a run recorded under another, since the table would mix the two.
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2  # 2: the decode_path column

@@ -275,6 +275,7 @@ class Worker:
                 n_prompt_tokens=gen.prompt_lengths[b],
                 n_new_tokens=len(gen.token_ids[b]),
                 finish_reason=gen.finish_reasons[b],
+                decode_path=gen.decode_paths[b],
             )
             row.update({k: float(v) for k, v in score_rows[b].items()})
             row.update(

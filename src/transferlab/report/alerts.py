@@ -105,6 +105,32 @@ def data_warnings(results, all_scores, conds, audit, deltas, skipped, plans, sel
             )
     for s in skipped:
         out.append({"kind": "skipped", **s, "message": f"{s['condition']} vs {s['reference']} skipped: {s['why']}"})
+    out += _mixed_decode_paths(results)
+    return out
+
+
+def _mixed_decode_paths(results) -> list[dict]:
+    """One warning per model whose rows were decoded by more than one loop or attention kernel (a server past its
+    compiled shapes, a kernel that failed for one batch shape, a resume on another machine): bf16 rounding differs
+    between them, so the same unit can give other tokens."""
+    if "decode_path" not in results.columns:  # a table from before the column
+        return []
+    out = []
+    for model, sub in results.groupby("model", sort=False):
+        counts = sub["decode_path"].fillna("(unrecorded)").value_counts()
+        if len(counts) < 2:
+            continue
+        where = ", ".join(f"{path} {n}" for path, n in counts.items())
+        out.append(
+            {
+                "kind": "mixed_decode_paths",
+                "model": model,
+                "by_path": {str(p): int(n) for p, n in counts.items()},
+                "message": f"rows of {model} were decoded by {len(counts)} kernel paths ({where}): in bf16 their "
+                "rounding differs, so their tokens are not those one path would give; compare rows of one path "
+                "(results column decode_path) or rerun under one (TRANSFERLAB_DECODE_ATTENTION, TRANSFERLAB_DECODE)",
+            }
+        )
     return out
 
 

@@ -87,6 +87,9 @@ def _ci(lo, hi) -> str:
     return f"[{fmt(lo)}, {fmt(hi)}]" if lo is not None and hi is not None else DASH
 
 
+_LOUD = ("raw_noise", "no_audit", "no_effect", "mixed_decode_paths")  # bold, after the generation warnings
+
+
 def _warnings(summary: dict, config: dict | None, results: pd.DataFrame) -> list[str]:
     models = summary["models"]
     warns = summary.get("warnings", [])
@@ -101,10 +104,10 @@ def _warnings(summary: dict, config: dict | None, results: pd.DataFrame) -> list
     for w in generation_warnings(config, results, summary["reference"]):
         lines.append(f"- **WARNING: {w['message']}**")
     for w in warns:
-        if w["kind"] in ("raw_noise", "no_audit", "no_effect"):
+        if w["kind"] in _LOUD:
             lines.append(f"- **WARNING: {w['message']}**")
     for w in warns:
-        if w["kind"] not in ("incomplete", "never_fired", "raw_noise", "no_audit", "no_effect"):
+        if w["kind"] not in ("incomplete", "never_fired", *_LOUD):
             model = f" (model {w['model']})" if len(models) > 1 and "model" in w else ""
             lines.append(f"- {w['message']}{model}")
     return lines
