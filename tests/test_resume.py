@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +190,21 @@ def test_resume_not_a_run_dir(tmp_path):
     res = CliRunner().invoke(app, ["run", "--resume", str(tmp_path)])
     assert res.exit_code == 2
     assert "not a run directory" in " ".join(res.output.split())  # rich wraps long lines
+
+
+def test_a_resume_under_other_engine_settings_says_so(tmp_path, monkeypatch):
+    """A resume whose engine switches differ from the run's start (its rows may round otherwise in bf16) is told,
+    naming each switch; the same settings say nothing."""
+    monkeypatch.delenv("TRANSFERLAB_DECODE", raising=False)
+    run_dir = run_experiment(
+        load_config("stories", overrides(tmp_path, 32)), progress=False, report=False, max_batches=1
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # same settings: nothing to say
+        run_experiment(resume=run_dir, progress=False, report=False, max_batches=1)
+    monkeypatch.setenv("TRANSFERLAB_DECODE", "eager")
+    with pytest.warns(RuntimeWarning, match=r"TRANSFERLAB_DECODE=eager now, default when the run started"):
+        run_experiment(resume=run_dir, progress=False, report=False, max_batches=1)
+    res = CliRunner().invoke(app, ["run", "--resume", str(run_dir), "--no-report"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "TRANSFERLAB_DECODE=eager now, default when the run started" in " ".join(res.output.split())

@@ -49,6 +49,25 @@ ENGINE_SETTINGS = (  # environment variables that choose the engine's kernels: i
 )
 
 
+def engine_settings() -> dict:
+    """This process's engine switches (:data:`ENGINE_SETTINGS`), unset ones as ``"default"``."""
+    return {name: os.environ.get(name, "default") for name in ENGINE_SETTINGS}
+
+
+def engine_setting_changes(metadata: dict) -> list[str]:
+    """How this process's engine switches differ from those a run's ``metadata`` recorded when it started (one
+    line each; none where the metadata predates the record)."""
+    was = metadata.get("engine_settings")
+    if not isinstance(was, dict):
+        return []
+    current = engine_settings()
+    return [
+        f"{name}={current[name]} now, {was.get(name, 'default')} when the run started"
+        for name in ENGINE_SETTINGS
+        if was.get(name, "default") != current[name]
+    ]
+
+
 def environment() -> dict:
     """Versions, device, threads and the engine's settings (unset ones as ``"default"``) of this process."""
     import torch
@@ -68,7 +87,7 @@ def environment() -> dict:
         "device": device,
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
-        "engine_settings": {name: os.environ.get(name, "default") for name in ENGINE_SETTINGS},
+        "engine_settings": engine_settings(),
     }
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from .checks import preflight
 from .config import ConfigError, ExperimentConfig, run_name_problem, validate_config
 from .executors import Executor, InProcessExecutor, make_executor
 from .lock import RunLock
-from .metadata import environment, ledger_append, now, write_json
+from .metadata import engine_setting_changes, environment, ledger_append, now, write_json
 from .progress import progress_text, run_progress
 from .resume import (
     FINGERPRINT,
@@ -467,9 +468,27 @@ def _write_failure(path: Path, exc: OSError, run_dir: Path, stored: str) -> RunD
 def _drive(config, run_dir: Path, resume, executor, progress, console, max_batches, report, config_json) -> Path:
     with stage("setup"):  # config.json, metadata.json (versions, git commit), the ledger's "running" entry
         metadata = _start_record(config, run_dir, resume, executor)
+    if resume is not None:
+        _note_engine_changes(metadata, console)
     return _drive_batches(
         config, run_dir, resume, executor, progress, console, max_batches, report, config_json, metadata
     )
+
+
+def _note_engine_changes(metadata: dict, console) -> None:
+    """Say so when a resume decodes under other engine switches than the run's start: its rows would round
+    otherwise in bf16 (each row's ``decode_path`` and the report's warning then show which rows)."""
+    changes = engine_setting_changes(metadata)
+    if not changes:
+        return
+    message = (
+        f"this resume runs under other engine settings than the run's start ({'; '.join(changes)}): in bf16 "
+        "the rows it adds may round differently; each row's decode_path (results.csv) and the report say which"
+    )
+    if console is None:
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+    else:
+        console.print(f"[yellow]note: {escape(message)}[/]")
 
 
 def _start_record(config, run_dir: Path, resume, executor) -> dict:
