@@ -1,7 +1,7 @@
 """The house rules of the package, read from its source: floors, no import circles.
 
 Floors, bottom to top (docs/ARCHITECTURE.md): the leaves ``hooks``, ``sites``,
-``rng``, ``stats`` and ``prompts/`` -> ``models/`` -> ``interventions/`` ->
+``rng``, ``stats``, ``decode_paths`` and ``prompts/`` -> ``models/`` -> ``interventions/`` ->
 ``engine/`` -> ``metrics/`` -> ``report/`` -> ``experiments/`` -> the command
 line and the benchmark runner. (The report comes before the experiments in
 imports, though after them in the data flow: it is a function of a run's
@@ -27,6 +27,7 @@ FLOORS = {
     "sites": 0,
     "rng": 0,
     "timings": 0,
+    "decode_paths": 0,
     "bench_results": 0,
     "stats": 0,
     "prompts": 0,

@@ -127,6 +127,23 @@ def test_static_equals_eager_with_early_eos(stories, monkeypatch, fast_attention
     _same(eager, static)
 
 
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")  # raised through the spy
+@pytest.mark.parametrize("segment", [7, 32])
+def test_the_static_loop_stops_once_every_row_has_ended(stories, monkeypatch, segment):
+    """When every row has met EOS the loop stops (checked every 8 steps and at each segment's end), inside a
+    segment or at its end, with the eager loop's tokens."""
+    stop = stories.tokenizer("Hi.")["input_ids"][-1]
+    stories = dataclasses.replace(stories, tokenizer=_EosAs(stories.tokenizer, stop))
+    kw = dict(max_new_tokens=120, temperature=1.0, stop_at_eos=True)
+    eager, _ = _run(stories, "eager", monkeypatch, **kw)
+    forwards = _count_calls(monkeypatch, type(stories.hf), "forward")
+    static, _ = _run(stories, "static", monkeypatch, segment=segment, **kw)
+    assert set(eager.finish_reasons) == {"eos"}  # every row ends well before 120 tokens
+    _same(eager, static)
+    longest = max(len(t) for t in static.token_ids)
+    assert longest + 8 < 120 and forwards[0] <= longest + 8  # stopped within a check of the last EOS
+
+
 def test_one_segment_longer_than_generation(tiny_models, monkeypatch):
     model = tiny_models("llama")
     eager, _ = _run(model, "eager", monkeypatch, stop_at_eos=False)
@@ -201,6 +218,29 @@ def test_a_graph_that_cannot_be_captured_falls_back_to_plain_steps(tiny_models, 
     assert len(attempts) == 2  # another model still tries
     generate(model, TARGETS * 2, **kw)
     assert len(attempts) == 2
+
+
+@pytest.mark.parametrize("max_new", [9, 10])
+def test_graph_segments_are_labelled_graph(tiny_models, monkeypatch, max_new):
+    """Segments replayed as graphs label the rows ``graph/...``, also when a tail of at most 2 steps runs
+    uncaptured (same kernels: no second loop kind). CPU: a stand-in replay runs each step of the segment."""
+    model = tiny_models("llama")
+    eager, _ = _run(model, "eager", monkeypatch, stop_at_eos=False, max_new_tokens=max_new)
+    replays = []
+
+    def replay(hf, step_fn, step, seg_end, stop_at_eos, state):
+        replays.append((step, seg_end))
+        for _ in range(step, seg_end):
+            step_fn()
+        return seg_end, True
+
+    monkeypatch.setattr(decode, "_replay_segment", replay)
+    real = decode._static
+    monkeypatch.setattr(decode, "_static", lambda *a, graphs=False, **k: real(*a, graphs=True, **k))
+    got, _ = _run(model, "static", monkeypatch, segment=4, stop_at_eos=False, max_new_tokens=max_new)
+    _same(eager, got)
+    assert replays == [(0, 4), (4, 8)]  # 10 tokens: fed 0..8, the last one (8) without a graph
+    assert set(got.decode_paths) == {f"graph/{model.hf.config._attn_implementation}"}
 
 
 def test_a_model_split_over_devices_decodes_eagerly():
@@ -290,6 +330,7 @@ def test_a_ragged_kernel_that_fails_falls_back_to_sdpa(tiny_models, monkeypatch,
     model = fast_attention(tiny_models("mistral"))
     eager, _ = _run(model, "eager", monkeypatch, stop_at_eos=False, max_new_tokens=12)
     monkeypatch.setenv("TRANSFERLAB_DECODE_ATTENTION", "ragged")
+    real_kernel = ragged._kernel
     monkeypatch.setattr(ragged, "_kernel", broken)
     monkeypatch.setattr(ragged, "_failed", set())
     monkeypatch.setattr(ragged, "_ready", set())
@@ -300,6 +341,10 @@ def test_a_ragged_kernel_that_fails_falls_back_to_sdpa(tiny_models, monkeypatch,
     assert set(static.decode_paths) == {"static/ragged-fallback"}  # the rows say which kernel made them
     again, _ = _run(model, "static", monkeypatch, stop_at_eos=False, max_new_tokens=12)  # the shape failed before
     assert set(again.decode_paths) == {"static/ragged-fallback"}
+    monkeypatch.setattr(ragged, "_kernel", real_kernel)  # a working kernel again: a later loop is labelled by
+    monkeypatch.setattr(ragged, "_failed", set())  # its own calls, not by the fallbacks counted before it
+    working, _ = _run(model, "static", monkeypatch, stop_at_eos=False, max_new_tokens=12)
+    assert set(working.decode_paths) == {"static/ragged"}
 
 
 def test_when_the_loop_attends_raggedly(monkeypatch):

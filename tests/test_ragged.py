@@ -91,3 +91,18 @@ def test_a_process_compiles_a_bounded_number_of_shapes(monkeypatch):
     monkeypatch.setattr(ragged, "_torch_version", lambda: (2, 6))  # before FlexAttention's decode API
     assert not ragged.wanted(cuda, (8, 64))
     assert ragged.wanted(torch.device("cpu"), (4, 64)) is False  # auto: not on CPU at all
+
+
+def test_fallbacks_are_counted_per_thread():
+    """A decode loop labels its rows from the fallbacks counted in its own thread: another thread's do not show."""
+    import threading
+
+    from transferlab.engine import ragged
+
+    before = ragged.fallbacks()
+    other = threading.Thread(target=lambda: [ragged._fell_back() for _ in range(3)])
+    other.start()
+    other.join()
+    assert ragged.fallbacks() == before
+    ragged._fell_back()
+    assert ragged.fallbacks() == before + 1

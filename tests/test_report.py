@@ -365,11 +365,17 @@ def test_rows_decoded_by_two_kernel_paths_are_warned(tmp_path):
     df = synthetic_results(seeds=(0,), conditions=("baseline", "transfer"))
     assert not [w for w in build_summary(df, ["seed_v1"], **FAST)["warnings"] if w["kind"] == "mixed_decode_paths"]
     df["decode_path"] = "graph/ragged"
+    df.loc[df.index[:2], "decode_path"] = "graph+static/ragged"  # the same kernels, replayed or not: no warning
     s = build_summary(df, ["seed_v1"], **FAST)
     assert not [w for w in s["warnings"] if w["kind"] == "mixed_decode_paths"]
+    df["decode_path"] = "graph/ragged"
     df.loc[df.index[:3], "decode_path"] = "graph/ragged-fallback"
     s = build_summary(df, ["seed_v1"], **FAST)
     (w,) = [w for w in s["warnings"] if w["kind"] == "mixed_decode_paths"]
     assert w["by_path"] == {"graph/ragged": len(df) - 3, "graph/ragged-fallback": 3}
     head = write_report(tmp_path, df, s).read_text().split("## Run")[0]
-    assert f"**WARNING: rows of {df.model[0]} were decoded by 2 kernel paths (graph/ragged {len(df) - 3}" in head
+    assert f"**WARNING: rows of {df.model[0]} were decoded by 2 decode paths (graph/ragged {len(df) - 3}" in head
+    df["decode_path"] = "static/sdpa"
+    df.loc[df.index[:1], "decode_path"] = "eager/sdpa"  # the eager loop may round otherwise: warned
+    (w,) = [w for w in build_summary(df, ["seed_v1"], **FAST)["warnings"] if w["kind"] == "mixed_decode_paths"]
+    assert w["by_path"] == {"static/sdpa": len(df) - 1, "eager/sdpa": 1}

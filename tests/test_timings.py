@@ -120,6 +120,7 @@ def test_the_users_path_benchmark_runs_the_command_line_and_accounts_for_its_tim
         assert inside + r["other_s"] == pytest.approx(r["wall_s"], abs=1e-6)
         assert r["process_wall_s"] >= r["wall_s"] + r["startup_s"] - 0.05
         assert r["batches_s"] >= r["engine_s"]  # the runner's batches hold the engine's stages
+        assert r["decode_paths"] == {"eager/sdpa": 4 * 4}  # every row's kernels, read from its run (CPU: eager)
         assert (tmp_path / "work" / "runs").is_dir()
         run_dirs = [p for p in (tmp_path / "work" / "runs").iterdir() if p.is_dir()]
         assert all((p / "report.md").exists() for p in run_dirs)

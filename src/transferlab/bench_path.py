@@ -72,7 +72,23 @@ def run_once(config: Path, timings: Path, env: dict, timeout: float | None = Non
     """``transferlab run CONFIG --timings TIMINGS`` in a new process; its stage table plus the parent's wall time."""
     wall = _python(["transferlab.cli", "run", str(config), "--timings", str(timings)], env, timeout)
     table = json.loads(timings.read_text())
-    return {**table, **account(table, wall)}
+    paths = decode_paths(table["run_dir"]) if table.get("run_dir") else {}
+    return {**table, **account(table, wall), "decode_paths": paths}
+
+
+def decode_paths(run_dir: str | Path) -> dict[str, int]:
+    """Rows per decode path (the results' ``decode_path`` column) of a finished run: which kernels the timed
+    run decoded with."""
+    from .experiments.store import RunStore
+
+    store = RunStore(Path(run_dir) / "store.sqlite", create=False)
+    try:
+        results = store.results()
+    finally:
+        store.close()
+    if "decode_path" not in results.columns:
+        return {}
+    return {str(k): int(n) for k, n in results["decode_path"].value_counts().items()}
 
 
 def account(table: dict, process_wall: float) -> dict:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import DynamicLayer
 
+from ..decode_paths import path as decode_path
 from ..models.cache import cache_kwargs, output_cache
 from ..timings import stage
 from . import ragged
@@ -92,13 +93,9 @@ def run(
 ) -> str:
     """Sample ``max_new`` tokens into ``state.generated`` (the prompt phase is done); returns the decode path.
 
-    The **decode path** names the loop and the attention kernel that made the
-    tokens, ``"<loop>/<attention>"``: loop ``eager``, ``static`` or ``graph``
-    (``graph+static`` where a capture failed part-way); attention ``ragged``
-    (:mod:`.ragged`), ``ragged-fallback`` (its kernel failed for this shape:
-    SDPA over the same mask) or the model's attention implementation
-    (``sdpa``, ``transferlab_sdpa``, ...). In float32 every path gives the same
-    tokens; in bf16 their rounding differs, which is why a run records it.
+    The decode path (:mod:`transferlab.decode_paths`) names the loop and the
+    attention kernel that made the tokens (``graph/ragged``, ``eager/sdpa``,
+    ...): in bf16 their rounding differs, so a run records it per row.
     """
     how = how or mode()
     device = state.logits.device
@@ -152,11 +149,12 @@ def _put(table: torch.Tensor, step, column: torch.Tensor) -> None:
 
 
 def _attention(hf) -> str:
+    """The model's attention implementation, as a decode path names it (``sdpa``, ``transferlab_sdpa``, ...)."""
     return str(getattr(hf.config, "_attn_implementation", None) or "default")
 
 
 def _eager(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill) -> str:
-    path = f"eager/{_attention(hf)}"
+    label = decode_path("eager", _attention(hf))
     B, device = state.logits.shape[0], state.logits.device
     attn, logits, cache, next_pos = state.attn, state.logits, state.cache, state.next_pos
     if max_new > 1:
@@ -181,7 +179,7 @@ def _eager(hf, ctx, sampler, state, max_new, stop_at_eos, eos, fill) -> str:
         cache = output_cache(out)
         logits = out.logits[:, -1]
         next_pos = next_pos + 1
-    return path
+    return label
 
 
 class StaticLayer(DynamicLayer):
@@ -268,8 +266,8 @@ def _static(
         if graphs and not getattr(hf, GRAPHS_OFF, False) and seg_end - step > 2:
             step, captured = _replay_segment(hf, step_fn, step, seg_end, stop_at_eos, state)
             loops.append("graph" if captured else "static")
-        else:
-            loops.append("static")
+        else:  # without graphs, or a tail of at most 2 steps (not worth a capture: the graph's kernels, unrecorded)
+            loops.append("graph" if graphs and not getattr(hf, GRAPHS_OFF, False) else "static")
             for _ in range(step, seg_end):
                 step_fn()
                 step += 1
@@ -279,8 +277,8 @@ def _static(
             break
     loop = "+".join(dict.fromkeys(loops)) or "static"
     if not blocks:
-        return f"{loop}/{_attention(hf)}"
-    return f"{loop}/{'ragged-fallback' if ragged.fallbacks() > fallbacks else 'ragged'}"
+        return decode_path(loop, _attention(hf))
+    return decode_path(loop, "ragged-fallback" if ragged.fallbacks() > fallbacks else "ragged")
 
 
 GRAPHS_OFF = "_transferlab_graphs_off"  # set on a model whose step could not be captured (a MoE router's

@@ -32,6 +32,7 @@ tests) | ``sdpa`` (the masked SDPA over all slots).
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 
 import torch
@@ -53,13 +54,18 @@ MIN_TORCH = (2, 7)  # BlockMask.from_kv_blocks(seq_lengths=...), Dynamo's recomp
 _shapes: set = set()  # decode shapes given the ragged path (wanted)
 _ready: set = set()  # call shapes whose kernel has run (attend)
 _failed: set = set()  # call shapes whose kernel failed to compile or run: SDPA over the same mask
-_fallback_calls = [0]  # calls answered by that fallback, in this process (see fallbacks())
+_calls = threading.local()  # per thread: calls answered by that fallback (see fallbacks())
 
 
 def fallbacks() -> int:
-    """How many calls this process's ragged attention answered with its SDPA fallback: a decode loop that
-    sees this count grow used the fallback (every call of a shape after its kernel failed is one)."""
-    return _fallback_calls[0]
+    """How many calls this thread's ragged attention answered with its SDPA fallback: a decode loop that sees
+    this count grow used the fallback (every call of a shape after its kernel failed is one). Per thread, so
+    loops decoding in other threads cannot mislabel each other."""
+    return getattr(_calls, "fallbacks", 0)
+
+
+def _fell_back() -> None:
+    _calls.fallbacks = fallbacks() + 1
 
 
 def wanted(device: torch.device, shape: tuple = ()) -> bool:
@@ -169,7 +175,7 @@ def attend(query, key, value, block_mask, scale, dropout=0.0, **kwargs):
     # compiles anew, and must do so in-process and with the fallback
     shape = (tuple(query.shape), tuple(key.shape), query.dtype, query.device, scale, query.stride())
     if shape in _failed:
-        _fallback_calls[0] += 1
+        _fell_back()
         return _masked_sdpa(query, key, value, block_mask, scale)
     call = {
         "block_mask": block_mask,
@@ -190,7 +196,7 @@ def attend(query, key, value, block_mask, scale, dropout=0.0, **kwargs):
             RuntimeWarning,
             stacklevel=2,
         )
-        _fallback_calls[0] += 1
+        _fell_back()
         return _masked_sdpa(query, key, value, block_mask, scale)
     _ready.add(shape)
     return out.transpose(1, 2).contiguous()

@@ -24,9 +24,10 @@ n_new_tokens        tokens generated
 finish_reason       ``eos`` or ``length``
 decode_path         the decode loop and attention kernel that made the tokens,
                     ``<loop>/<attention>`` (``graph/ragged``, ``eager/sdpa``,
-                    ...; :func:`transferlab.engine.decode.run`): float32 tokens
-                    do not depend on it, bf16 rounding does. All conditions of
-                    a pair share a batch, hence a path.
+                    ...; :mod:`transferlab.decode_paths`): float32 tokens do
+                    not depend on it, bf16 rounding does. Rows of one batch
+                    share a path; a pair's conditions may be in different
+                    batches.
 <score columns>     one float column per scorer, named after it
                     (``seed_v1``, ``strict``, ``source_overlap``, ``collapse``,
                     ``source_lexicon``, ``logit_markers``, ...)

@@ -6,6 +6,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..decode_paths import numerics
 from .audit import parse_audit
 from .common import _GEN_SECTIONS, GEN_KEYS
 
@@ -110,24 +111,26 @@ def data_warnings(results, all_scores, conds, audit, deltas, skipped, plans, sel
 
 
 def _mixed_decode_paths(results) -> list[dict]:
-    """One warning per model whose rows were decoded by more than one loop or attention kernel (a server past its
-    compiled shapes, a kernel that failed for one batch shape, a resume on another machine): bf16 rounding differs
-    between them, so the same unit can give other tokens."""
+    """One warning per model whose rows were decoded by paths that round differently in bf16 (another attention
+    kernel, or the eager loop beside the static one: :func:`~transferlab.decode_paths.numerics`), e.g. a server
+    past its compiled shapes, a kernel that failed for one batch shape, a resume under other settings: the same
+    unit can then give other tokens. Graph and plain static steps run the same kernels: no warning."""
     if "decode_path" not in results.columns:  # a table from before the column
         return []
     out = []
     for model, sub in results.groupby("model", sort=False):
-        counts = sub["decode_path"].fillna("(unrecorded)").value_counts()
-        if len(counts) < 2:
+        paths = sub["decode_path"].fillna("(unrecorded)")
+        if paths.map(numerics).nunique() < 2:
             continue
+        counts = paths.value_counts()
         where = ", ".join(f"{path} {n}" for path, n in counts.items())
         out.append(
             {
                 "kind": "mixed_decode_paths",
                 "model": model,
                 "by_path": {str(p): int(n) for p, n in counts.items()},
-                "message": f"rows of {model} were decoded by {len(counts)} kernel paths ({where}): in bf16 their "
-                "rounding differs, so their tokens are not those one path would give; compare rows of one path "
+                "message": f"rows of {model} were decoded by {len(counts)} decode paths ({where}) that round "
+                "differently in bf16, so their tokens are not those one path would give; compare rows of one path "
                 "(results column decode_path) or rerun under one (TRANSFERLAB_DECODE_ATTENTION, TRANSFERLAB_DECODE)",
             }
         )
