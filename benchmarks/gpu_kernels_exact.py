@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -50,7 +51,7 @@ def run(model, targets, sources, plans, new: int, how: str):
     t0 = time.perf_counter()
     g = model.generate(targets, sources=sources, plan=plans, max_new_tokens=new, greedy=True, stop_at_eos=False)
     sync()
-    return g.token_ids, time.perf_counter() - t0
+    return g.token_ids, time.perf_counter() - t0, dict(Counter(g.decode_paths))
 
 
 def main() -> None:
@@ -96,6 +97,7 @@ def main() -> None:
             "transfer": transfer,
             "eager_s": eager[d][1],
             "graph_fused_s": graph[1],
+            "decode_paths": {"eager": eager[d][2], "graph_fused": graph[2]},  # rows per decode path
         }
     write_result(result, a.out, "kernels_exact", result["kernels"], result["device"])
     print(json.dumps(result, indent=2))
