@@ -263,11 +263,12 @@ def _static(
     while step < max_new - 1:
         seg_end = min(step + segment, max_new - 1)  # this segment feeds tokens step .. seg_end-1
         span[0] = total if blocks else prompt_slots + seg_end  # ragged: the block mask has ``total`` slots
-        if graphs and not getattr(hf, GRAPHS_OFF, False) and seg_end - step > 2:
+        graphed = graphs and not getattr(hf, GRAPHS_OFF, False)
+        if graphed and seg_end - step > 2:
             step, captured = _replay_segment(hf, step_fn, step, seg_end, stop_at_eos, state)
             loops.append("graph" if captured else "static")
         else:  # without graphs, or a tail of at most 2 steps (not worth a capture: the graph's kernels, unrecorded)
-            loops.append("graph" if graphs and not getattr(hf, GRAPHS_OFF, False) else "static")
+            loops.append("graph" if graphed else "static")
             for _ in range(step, seg_end):
                 step_fn()
                 step += 1
