@@ -8,6 +8,9 @@
   generated text repeats. It measures the seed's hidden confound (a score
   that rises just because the source's words leak into the continuation);
   reports show it beside every behavior score.
+- ``target_overlap``: the mirror of ``source_overlap`` over the *target*
+  prompt's content words: how much of the target's task survives (a
+  target-fidelity score).
 
 Matching rules (shared by ``lexicon`` and ``source_lexicon``):
 
@@ -175,6 +178,27 @@ class SourceLexiconScorer:
         return out
 
 
+def prompt_overlap(texts: Sequence[str], prompts: Sequence[str], min_len: int, what: str) -> list[float]:
+    """Per text, the share of its prompt's distinct content words that reappear in it as lowercased whole words.
+
+    The one computation behind ``source_overlap`` and ``target_overlap``
+    (``prompts`` are the source or the target prompts of the same pairs;
+    ``what`` names them in errors). NaN where a prompt has no content words.
+    """
+    texts = check_texts(texts)
+    prompts = check_texts(prompts, what)
+    if len(prompts) != len(texts):
+        raise ValueError(f"got {len(prompts)} {what} for {len(texts)} texts")
+    out = []
+    for t, s in zip(texts, prompts):
+        vocab = content_words(s, min_len)
+        if not vocab:
+            out.append(math.nan)
+            continue
+        out.append(len(vocab & set(words(t))) / len(vocab))
+    return out
+
+
 class SourceOverlapScorer:
     """``source_overlap``: fraction of the source's distinct content words
     that reappear (as lowercased whole words) in the generated text.
@@ -194,17 +218,34 @@ class SourceOverlapScorer:
         self.min_len = min_len
 
     def __call__(self, texts: Sequence[str], sources: Sequence[str] | None = None) -> list[float]:
-        texts = check_texts(texts)
         if sources is None:
             raise ValueError("source_overlap needs sources= (the source prompt of each text)")
-        sources = check_texts(sources, "sources")
-        if len(sources) != len(texts):
-            raise ValueError(f"got {len(sources)} sources for {len(texts)} texts")
-        out = []
-        for t, s in zip(texts, sources):
-            vocab = content_words(s, self.min_len)
-            if not vocab:
-                out.append(math.nan)
-                continue
-            out.append(len(vocab & set(words(t))) / len(vocab))
-        return out
+        return prompt_overlap(texts, sources, self.min_len, "sources")
+
+
+class TargetOverlapScorer:
+    """``target_overlap``: fraction of the *target's* distinct content words that
+    reappear in the generated text -- the mirror of ``source_overlap``, with the
+    same words, stopwords and rules.
+
+    A target-fidelity score: a continuation that still does the target's task
+    mostly talks about the target's subject (a baseline uses about half of its
+    target's content words), one that answers the source instead uses almost
+    none. Range 0 to 1; NaN when the target has no content words. The runner
+    passes each pair's target prompt, also for rows generated from the source
+    (``source_direct``: how much of the target's task the ceiling happens to do).
+    """
+
+    name = "target_overlap"
+    needs: frozenset[str] = frozenset({"targets"})
+    bounds = (0.0, 1.0)
+
+    def __init__(self, min_len: int = 3) -> None:
+        self.min_len = min_len
+
+    def __call__(
+        self, texts: Sequence[str], sources: Sequence[str] | None = None, targets: Sequence[str] | None = None
+    ) -> list[float]:
+        if targets is None:
+            raise ValueError("target_overlap needs targets= (the target prompt of each text)")
+        return prompt_overlap(texts, targets, self.min_len, "targets")

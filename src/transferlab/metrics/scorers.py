@@ -3,9 +3,11 @@
 A **scorer** is a callable ``scorer(texts, sources=None, **context) ->
 list[float]``: one float per generated text, NaN where the score is
 undefined (never a silent 0). ``sources`` are the source prompts of the same
-pairs; scorers that need them say so in their ``needs`` attribute. The only
-other context today is ``lexicons`` (one marker list per text) for
-``source_lexicon``.
+pairs; scorers that need them say so in their ``needs`` attribute. The other
+context: ``lexicons`` (one marker list per text) for ``source_lexicon``,
+``targets`` (the target prompt of each text) for ``target_overlap``,
+``answers`` (the accepted answers of each text's target, or None) for
+``answer``.
 
 Built-in scorers (``SCORERS`` maps each name to its :class:`ScorerSpec`):
 
@@ -19,7 +21,13 @@ name               meaning                                                  rang
 ``strict``         degeneracy gate, then self-referential structure          0-1
 ``source_overlap`` share of the source's content words echoed (confound)    0-1
 ``collapse``       1.0 if the text is empty or a repetition loop             {0, 1}
+``target_overlap`` share of the target's content words used (fidelity)     0-1
+``answer``         1.0 if the text contains its target's known answer       {0, 1}
 =================  =======================================================  ========
+
+``target_overlap`` and ``answer`` are *target-fidelity* scores: they ask
+whether the target's task survives an intervention, where the others ask
+whether the source's behavior arrived.
 
 ``get_scorer(name, **params)`` builds one (``params`` go to its
 constructor, e.g. ``get_scorer("lexicon", markers=["dragon"], match="word")``);
@@ -36,15 +44,16 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from transferlab.metrics.answers import AnswerScorer
 from transferlab.metrics.collapse import CollapseScorer
-from transferlab.metrics.lexical import LexiconScorer, SourceLexiconScorer, SourceOverlapScorer
+from transferlab.metrics.lexical import LexiconScorer, SourceLexiconScorer, SourceOverlapScorer, TargetOverlapScorer
 from transferlab.metrics.seed_v1 import SeedV1MarkersScorer, SeedV1Scorer
 from transferlab.metrics.strict import StrictScorer
 
 Scorer = Callable[..., list[float]]
 
 #: Context keywords a scorer may need besides ``texts``.
-KNOWN_NEEDS = frozenset({"sources", "lexicons"})
+KNOWN_NEEDS = frozenset({"sources", "lexicons", "targets", "answers"})
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,7 @@ class ScorerSpec:
     """A registered scorer: how to build it and what it needs.
 
     ``factory(**params)`` returns the scorer callable. ``needs`` names the
-    context it requires (``"sources"``, ``"lexicons"``).
+    context it requires (``"sources"``, ``"lexicons"``, ``"targets"``, ``"answers"``).
     """
 
     name: str
@@ -129,6 +138,8 @@ def score_table(
     names: Sequence[str] | None = None,
     *,
     lexicons: Sequence[Sequence[str]] | None = None,
+    targets: Sequence[str] | None = None,
+    answers: Sequence[Sequence[str] | None] | None = None,
     params: Mapping[str, Mapping] | None = None,
 ) -> pd.DataFrame:
     """Run several scorers; one column per name, one row per text.
@@ -137,7 +148,8 @@ def score_table(
     ``source_overlap`` when ``sources`` are given. ``params`` maps a scorer
     name to its constructor parameters. Each scorer gets only the context it
     ``needs``: ``sources`` for ``source_overlap``, ``lexicons`` for
-    ``source_lexicon``. A scorer whose needs are missing raises, naming the
+    ``source_lexicon``, ``targets`` for ``target_overlap``, ``answers`` for
+    ``answer``. A scorer whose needs are missing raises, naming the
     scorer.
     """
     if names is None:
@@ -150,7 +162,7 @@ def score_table(
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate scorer names in {list(names)}")
     texts = list(texts)
-    context = {"sources": sources, "lexicons": lexicons}
+    context = {"sources": sources, "lexicons": lexicons, "targets": targets, "answers": answers}
     cols: dict[str, list[float]] = {}
     for name in names:
         spec = SCORERS.get(name)
@@ -179,6 +191,8 @@ for _cls in (
     StrictScorer,
     SourceOverlapScorer,
     CollapseScorer,
+    TargetOverlapScorer,
+    AnswerScorer,
 ):
     register_scorer(_cls.name, _cls)
 del _cls

@@ -31,6 +31,7 @@ named ``<bank>.<part>.yaml``. Two banks ship:
           - id: L3_01         # <group>_<NN>, two or more digits, unique in the bank
             text: ...
             markers: [...]    # optional marker lexicon (required if requires_markers)
+            answer: "391"     # optional known answer: one string or a list of accepted ones
             meta: {...}       # optional free-form mapping
 
 A violation raises :class:`BankError` naming the file, the entry (its id and
@@ -76,6 +77,9 @@ class Prompt:
 
     ``level`` is the recursion level (1-5) for ``L*`` groups, else None.
     ``markers`` is the prompt's marker lexicon (stories sources), else None.
+    ``answers`` are the accepted short answers of a prompt with a known
+    answer (the research bank's math and factual prompts; the ``answer``
+    scorer looks for them in a continuation), else None.
     ``meta`` holds the entry's free-form metadata plus ``pillar``.
     """
 
@@ -85,6 +89,7 @@ class Prompt:
     level: int | None = None
     markers: tuple[str, ...] | None = None
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    answers: tuple[str, ...] | None = None
 
     @property
     def n_words(self) -> int:
@@ -118,6 +123,7 @@ class _EntrySpec(_Strict):
     id: str
     text: str = Field(min_length=1)
     markers: list[str] | None = None
+    answer: str | list[str] | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -226,6 +232,12 @@ def _check_group(path: Path, raw: Any, name: str, g: _GroupSpec) -> None:
             raise BankError(path, label, "text", f"{n} words, group {name} allows at most {g.max_words}")
         if g.requires_markers and not e.markers:
             raise BankError(path, label, "markers", f"group {name} requires a non-empty marker list")
+        if e.answer is not None:
+            accepted = [e.answer] if isinstance(e.answer, str) else e.answer
+            if not accepted or any(not a.strip() or a != a.strip() for a in accepted):
+                raise BankError(
+                    path, label, "answer", "give one non-empty answer or a non-empty list of them, without outer spaces"
+                )
         if e.markers is not None:
             if any(not m.strip() or m != m.strip() for m in e.markers):
                 raise BankError(path, label, "markers", "markers must be non-empty, without outer spaces")
@@ -392,8 +404,9 @@ def load_bank(name_or_path: str | Path = "research") -> PromptBank:
                     raise BankError(path, _entry_label(raw, gname, i), "id", f"duplicate id, also in {seen[e.id].name}")
                 seen[e.id] = path
                 markers = tuple(e.markers) if e.markers is not None else None
+                answers = None if e.answer is None else (e.answer,) if isinstance(e.answer, str) else tuple(e.answer)
                 meta = copy.deepcopy(e.meta)  # parsed once and shared: each bank gets its own
-                prompts.append(Prompt(e.id, gname, e.text, level, markers, {"pillar": g.pillar, **meta}))
+                prompts.append(Prompt(e.id, gname, e.text, level, markers, {"pillar": g.pillar, **meta}, answers))
     for g in groups.values():
         if g.length_variant_of and g.length_variant_of not in groups:
             raise BankError(g.file, f"group {g.name}", "length_variant_of", f"no group {g.length_variant_of!r}")
