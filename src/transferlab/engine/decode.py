@@ -62,6 +62,11 @@ class DecodeState:
     finished: torch.Tensor  # [B] bool
     mass: dict = field(default_factory=dict)  # name -> [B, max_new] float64
     masks: dict = field(default_factory=dict)  # name -> [B, V] bool
+    # teacher forcing (``generate(forced=...)``): [B, max_new] the token each row takes at each step, -1 = its
+    # sampler's; a forced row ends after its ``forced_len`` [B] tokens (unforced rows: max_new)
+    forced: torch.Tensor | None = None
+    forced_len: torch.Tensor | None = None
+    logprob: torch.Tensor | None = None  # [B, max_new] float64: log p(token taken) under the untempered logits
 
 
 def mode() -> str:
@@ -134,11 +139,26 @@ def _sample_into(sampler, state: DecodeState, logits, step, stop_at_eos, eos, fi
         val = torch.where(finished, torch.full_like(val, float("nan")), val)
         _put(state.mass[name], step, val)
     token = sampler.sample(logits, state.keys, step)
+    if state.forced is not None:
+        wanted = _column(state.forced, step)
+        token = torch.where(wanted >= 0, wanted, token)
     token = torch.where(finished, torch.full_like(token, fill), token)
+    if state.logprob is not None:
+        lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, token[:, None]).squeeze(-1).double()
+        _put(state.logprob, step, torch.where(finished, torch.full_like(lp, float("nan")), lp))
     _put(state.generated, step, token)
     if stop_at_eos and eos is not None:
         finished |= token == eos
+    if state.forced_len is not None:
+        finished |= state.forced_len <= step + 1  # a forced row ends with its last forced token
     return token
+
+
+def _column(table: torch.Tensor, step) -> torch.Tensor:
+    """``table[:, step]`` for an int step or a 0-dim device tensor (read inside a CUDA graph)."""
+    if isinstance(step, torch.Tensor):
+        return table.index_select(1, step.view(1)).squeeze(1)
+    return table[:, step]
 
 
 def _put(table: torch.Tensor, step, column: torch.Tensor) -> None:

@@ -17,6 +17,15 @@ Each batch goes through four steps (:mod:`.steps`), corrected flavour (default):
    such forward, i.e. on new tokens 0 .. n-2 (the last sampled token is never
    fed) (:mod:`.decode`).
 
+**Teacher forcing.** ``forced=[tokens or None, ...]`` runs the same four
+steps, but an example with forced tokens takes them instead of sampling and
+ends after the last one: its prompt-phase interventions, KV splices and
+decode-phase interventions act exactly as in a free generation, and
+``Generation.token_logprobs`` holds the log-probability the intervened model
+gave each forced token. It scores a given continuation under a plan (the
+experiments' ``target_answer_logprob``); a forced decode of a generation's own
+sampled tokens reproduces that generation's ``token_logprobs``.
+
 The seed flavour reproduces the seed's code: it replaces steps 2-3 and
 patches the seed's way; :mod:`.seed` holds every difference.
 
@@ -50,7 +59,7 @@ class Generation:
 
     texts: list[str]
     token_ids: list[list[int]]
-    finish_reasons: list[str]  # "eos" or "length"
+    finish_reasons: list[str]  # "eos", "length", or "forced" (a teacher-forced example: see ``forced``)
     audit: pd.DataFrame
     example_ids: list
     prompt_lengths: list[int]
@@ -59,6 +68,9 @@ class Generation:
     # per example, the loop and attention kernel that decoded it (``"graph/ragged"``, ``"eager/sdpa"``, ...:
     # :func:`transferlab.engine.decode.run`); bf16 rounding differs between them, float32 tokens do not
     decode_paths: list[str] = field(default_factory=list)
+    # per example (with ``record_logprobs`` or ``forced``): the natural log-probability of each of its tokens
+    # under the (intervened) model's untempered next-token distribution; float64, one entry per token_ids entry
+    token_logprobs: list[np.ndarray] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -86,6 +98,8 @@ def generate(
     streams: list | None = None,
     record_logits: dict | None = None,
     progress: bool = False,
+    forced: list | None = None,
+    record_logprobs: bool = False,
 ) -> Generation:
     """Generate continuations of ``targets`` under ``plan`` (see module docstring).
 
@@ -100,6 +114,10 @@ def generate(
     per example); ``Generation.logmass[name]`` then holds, per example and
     step, the log-probability mass the tempered next-token distribution puts
     on those ids (NaN after the example ended).
+    ``forced``: one token-id list (or None: sampled as usual) per target; those
+    examples take their tokens instead of sampling and stop after them (finish
+    reason ``"forced"``; see the module docstring). ``record_logprobs`` (implied by
+    ``forced``) fills ``Generation.token_logprobs``.
     """
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {FLAVOURS}; got {flavour!r}")
@@ -114,11 +132,13 @@ def generate(
         src_ids = [encode(model.tokenizer, [s])[0] if s is not None else None for s in ex.sources]
     check_generation(model, tgt_ids, src_ids, plans, max_new_tokens, flavour, ex.targets)  # refused, not truncated
     per_row_sets = _logit_sets(record_logits, n, model)
+    forced = _forced_tokens(forced, n, max_new_tokens, model)
     order = sorted(range(n), key=lambda i: (len(tgt_ids[i]), len(src_ids[i] or ())))
     bs = batch_size or auto_batch_size(model, n, tokens_per_example(tgt_ids, src_ids, max_new_tokens))
     out_tokens: list = [None] * n
     out_reason: list = [None] * n
     out_path: list = [""] * n
+    out_lp: list = [None] * n
     out_mass = {name: np.full((n, max_new_tokens), np.nan) for name in per_row_sets}
     audit: list[dict] = []
     how = Decoding(sampler, max_new_tokens, stop_at_eos, flavour)
@@ -126,9 +146,11 @@ def generate(
     bar = _progress(progress, len(chunks))
     for chunk in chunks:
         rows = BatchRows.of(chunk, tgt_ids, src_ids, plans, keys)
-        out = generate_batch(model, rows, how, per_row_sets, ex.precomputed)
+        out = generate_batch(model, rows, how, per_row_sets, ex.precomputed, forced, record_logprobs)
         for b, i in enumerate(chunk):
             out_tokens[i], out_reason[i], out_path[i] = out.tokens[b], out.reasons[b], out.decode_path
+            if out.logprobs is not None:
+                out_lp[i] = out.logprobs[b]
             for name in out_mass:
                 out_mass[name][i] = out.mass[name][b]
         with stage("audit"):
@@ -142,7 +164,34 @@ def generate(
     with stage("audit"):
         table = audit_table(audit)
     lengths = [len(t) for t in tgt_ids]
-    return Generation(texts, out_tokens, out_reason, table, list(ids), lengths, flavour, out_mass, out_path)
+    lps = out_lp if forced is not None or record_logprobs else []
+    return Generation(texts, out_tokens, out_reason, table, list(ids), lengths, flavour, out_mass, out_path, lps)
+
+
+def _forced_tokens(forced, n: int, max_new: int, model) -> list | None:
+    """``forced`` checked: one token-id list (non-empty, ids in the vocabulary, at most ``max_new``) or None per
+    target."""
+    if forced is None:
+        return None
+    forced = list(forced)
+    if len(forced) != n:
+        raise ValueError(f"forced: got {len(forced)} token lists for {n} targets; give one (or None) per target")
+    vocab = int(model.hf.config.vocab_size)
+    out = []
+    for i, toks in enumerate(forced):
+        if toks is None:
+            out.append(None)
+            continue
+        toks = [int(t) for t in toks]
+        if not toks:
+            raise ValueError(f"forced[{i}] is empty; give None for an example that samples")
+        if len(toks) > max_new:
+            raise ValueError(f"forced[{i}] has {len(toks)} tokens, more than max_new_tokens={max_new}")
+        bad = [t for t in toks if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"forced[{i}]: token ids {bad[:5]} outside the vocabulary (0..{vocab - 1})")
+        out.append(toks)
+    return out
 
 
 def _progress(enabled: bool, total: int):

@@ -56,10 +56,15 @@ class BatchOutput:
     mass: dict[str, np.ndarray]  # name -> [real rows, max_new]
     audit: list  # [(plan index, intervention, hook point text, Counters, rows)]
     decode_path: str = ""  # the loop and attention kernel that decoded the batch (decode.run)
+    logprobs: list[np.ndarray] | None = None  # per real row, log p of each returned token (when recorded)
 
 
-def generate_batch(model, rows: BatchRows, how: Decoding, logit_sets: dict, precomputed=None) -> BatchOutput:
-    """Generate for one batch of rows (``logit_sets``: name -> one id list per example)."""
+def generate_batch(
+    model, rows: BatchRows, how: Decoding, logit_sets: dict, precomputed=None, forced=None, logprobs: bool = False
+) -> BatchOutput:
+    """Generate for one batch of rows (``logit_sets``: name -> one id list per example; ``forced``: one token
+    list or None per example, the tokens its row takes instead of sampling; ``logprobs``: record the
+    log-probability of every token taken). Shadow rows are never forced."""
     device, tok = model.device, model.tokenizer
     batch = left_pad(rows.targets, pad_id_of(tok), tok.bos_token_id, device=device)
     keys = rows.keys.to(device)
@@ -105,13 +110,36 @@ def generate_batch(model, rows: BatchRows, how: Decoding, logit_sets: dict, prec
             mass=mass,
             masks=masks,
         )
+        if forced is not None:
+            state.forced, state.forced_len = _forced(forced, rows, how.max_new, device)
+        if logprobs or forced is not None:
+            state.logprob = torch.full((len(rows), how.max_new), float("nan"), dtype=torch.float64, device=device)
         logits = cache = None
         with stage("decode"):
             path = decode.run(model.hf, ctx, how.sampler, state, how.max_new, how.stop_at_eos, eos, fill)
             generated = state.generated[: rows.n_real].cpu().tolist()
     tokens, reasons = _cut_at_eos(generated, eos if how.stop_at_eos else None)
+    if forced is not None:  # a forced row stops after its forced tokens: cut there (an EOS among them is kept)
+        for b, i in enumerate(rows.examples[: rows.n_real]):
+            if forced[i] is not None:
+                tokens[b], reasons[b] = generated[b][: len(forced[i])], "forced"
     masses = {n: m[: rows.n_real].cpu().numpy() for n, m in mass.items()}
-    return BatchOutput(tokens, reasons, masses, bound.audit, path)
+    lps = None
+    if state.logprob is not None:
+        table = state.logprob[: rows.n_real].cpu().numpy()
+        lps = [table[b, : len(t)] for b, t in enumerate(tokens)]
+    return BatchOutput(tokens, reasons, masses, bound.audit, path, lps)
+
+
+def _forced(forced: list, rows: BatchRows, max_new: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, max_new]`` forced token per row and step (-1: sampled) and ``[B]`` forced lengths (max_new: none)."""
+    table = torch.full((len(rows), max_new), -1, dtype=torch.long)
+    length = torch.full((len(rows),), max_new, dtype=torch.long)
+    for b, i in enumerate(rows.examples[: rows.n_real]):
+        if forced[i] is not None:
+            table[b, : len(forced[i])] = torch.tensor(forced[i], dtype=torch.long)
+            length[b] = len(forced[i])
+    return table.to(device), length.to(device)
 
 
 def prefix(model, batch, rows: BatchRows, bound, source_kv, ctx):
