@@ -43,6 +43,7 @@ FLOORS = {
     "cli": 7,
     "cli_prompts": 7,
     "cli_models": 7,
+    "cli_steer": 7,
 }
 
 

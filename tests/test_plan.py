@@ -210,7 +210,7 @@ def test_toml_table_parses_into_the_plan():
         ("v_proj@1:qh", InterventionError, "needs at least one head"),
         ("noise", InterventionError, "expected noise:SITE@LAYER"),
         ("noise:v_proj@1:h1", InterventionError, "noise does not take heads"),
-        ("steer:resid_post@1", InterventionError, "carries a vector"),
+        ("steer:resid_post@1", InterventionError, "is a site, not a steering vector file"),
         ("v_proj@1:w0", InterventionError, "window must be >= 1"),
         ("v_proj@1:f1.5", InterventionError, r"fraction must lie in \(0, 1\]"),
         ("v_proj@1:f0", InterventionError, r"fraction must lie in \(0, 1\]"),

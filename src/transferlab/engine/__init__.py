@@ -31,6 +31,7 @@ from .apply import Applied, apply
 from .capture import Activations, capture
 from .generation import Generation, generate
 from .sizing import auto_batch_size
+from .steering import build_steering, build_steering_from_bank
 
 
 def prepare(model, *, fuse: bool = False, fast_attention: bool = False):
@@ -68,4 +69,15 @@ class _Runtime:
 
 install_runtime(_Runtime())
 
-__all__ = ["Activations", "Applied", "Generation", "apply", "auto_batch_size", "capture", "generate", "prepare"]
+__all__ = [
+    "Activations",
+    "Applied",
+    "Generation",
+    "apply",
+    "auto_batch_size",
+    "build_steering",
+    "build_steering_from_bank",
+    "capture",
+    "generate",
+    "prepare",
+]

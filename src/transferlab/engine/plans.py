@@ -19,7 +19,8 @@ from ..interventions.audit import Counters
 from ..interventions.binding import BoundActivation, SourceBatch
 from ..interventions.context import StepContext
 from ..interventions.plan import Plan
-from ..interventions.types import Intervention, KVSplice
+from ..interventions.steering import steer_problem
+from ..interventions.types import Intervention, InterventionError, KVSplice
 from ..sites import HookPoint
 from .batching import Batch
 
@@ -42,6 +43,9 @@ def _identity(inter: Intervention) -> str:
 def _resolve(model, inter: Intervention) -> Intervention:
     if isinstance(inter, KVSplice):
         return inter  # layers resolved when spliced
+    problem = steer_problem(inter, model)  # a steering vector built on another model: refused, never added
+    if problem:
+        raise InterventionError(problem)
     return replace(inter, layer=model.layer(inter.layer))
 
 

@@ -19,7 +19,7 @@ path instead of hours into it:
 
 from __future__ import annotations
 
-from ..interventions import InterventionError, KVSplice
+from ..interventions import InterventionError, KVSplice, steer_problem
 from ..interventions.splice import splice_layers
 from ..sites import ACTIVATION_SITES, SiteError
 from .config import ConfigError, ExperimentConfig
@@ -89,8 +89,11 @@ def preflight(config: ExperimentConfig) -> list:
 class ModelShape:
     """What :func:`check_plans` needs of a model, read from its config or file without loading weights."""
 
-    def __init__(self, name: str, n_layers: int, n_heads: int, n_kv_heads: int, context, tokenizer_loader=None):
+    def __init__(
+        self, name: str, n_layers: int, n_heads: int, n_kv_heads: int, context, tokenizer_loader=None, hidden_size=None
+    ):
         self.name, self.n_layers, self.n_heads, self.n_kv_heads = name, n_layers, n_heads, n_kv_heads
+        self.hidden_size = hidden_size  # None where unknown
         self.context = context
         self._loader, self._tokenizer = tokenizer_loader, None
 
@@ -118,7 +121,16 @@ def _from_hf_config(name: str, cfg, tokenizer_loader=None) -> ModelShape:
 
     n_heads = int(cfg.num_attention_heads)
     n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
-    return ModelShape(name, int(cfg.num_hidden_layers), n_heads, n_kv, context_length(cfg), tokenizer_loader)
+    hidden = getattr(cfg, "hidden_size", None)
+    return ModelShape(
+        name,
+        int(cfg.num_hidden_layers),
+        n_heads,
+        n_kv,
+        context_length(cfg),
+        tokenizer_loader,
+        int(hidden) if hidden is not None else None,
+    )
 
 
 def model_shape(spec: str) -> ModelShape | None:
@@ -149,7 +161,7 @@ def model_shape(spec: str) -> ModelShape | None:
             meta = summary.metadata
             return ModelShape(
                 spec, sizes["n_layers"], sizes["n_heads"], sizes["n_kv_heads"], sizes["context"],
-                lambda: _build_tokenizer(meta),
+                lambda: _build_tokenizer(meta), sizes["hidden"],
             )  # fmt: skip
         from transformers import AutoConfig, AutoTokenizer
 
@@ -262,6 +274,9 @@ def check_plans(config: ExperimentConfig, model, model_name: str, conditions, pa
                     continue
                 model.layer(inter.layer)
                 _check_heads(model, inter)
+                problem = steer_problem(inter, model)
+                if problem:
+                    raise InterventionError(problem)
                 window = getattr(inter, "window", None)
                 if tokens and window is not None and settings["flavour"] == "corrected":
                     reads_source = inter.needs_source and cond.source == "pair"

@@ -28,6 +28,7 @@ width of the batch, not of an activation).
 
 from .audit import never_fired
 from .plan import Plan, as_plan, format_intervention, parse_intervention, parse_plan
+from .steering import SteeringVectors, load_steering, save_steering, steer_problem
 from .types import (
     Ablate,
     HeadPatch,
@@ -55,5 +56,9 @@ __all__ = [
     "Noise",
     "Patch",
     "Steer",
+    "SteeringVectors",
+    "load_steering",
+    "save_steering",
+    "steer_problem",
     "intervention_from_dict",
 ]

@@ -335,7 +335,7 @@ class AblateOperator(Operator):
 
 @operates(Steer)
 class SteerOperator(Operator):
-    """``alpha * vector`` added at every real target position."""
+    """``alpha * vector`` added at every real target position (BOS excluded)."""
 
     def prompt_pairs(self, span: Span) -> list[tuple[int, int]]:
         return _every_token(span)
@@ -355,4 +355,6 @@ class SteerOperator(Operator):
         return written, tables.own["vector"].expand(*x.shape)
 
     def combine(self, x, value):
+        if self.inter.alpha == 0:
+            return x  # nothing added: the activation stays bitwise as it was (x + 0 * v would turn -0.0 into +0.0)
         return x + self.inter.alpha * value

@@ -26,17 +26,26 @@ item                                    meaning
 ``ablate:SITE@LAYER[:zero|mean]``       Ablate (``hI,J``/``qhI,J`` heads, a phase)
 ``noise:SITE@LAYER[:opts]``             Noise, norm-matched unless ``raw``;
                                         ``seedN``, ``sdX``, and the Patch opts
+``steer:PATH[@LAYER][:aX][:PHASE]``     Steer: ``X`` times the steering vector saved
+                                        at PATH (``transferlab steer build``) added
+                                        at every position; LAYER picks one of the
+                                        file's layers (index or depth fraction;
+                                        optional when it holds one). PATH may not
+                                        contain ``:`` or ``+``
 =====================================  =============================================
 
-``Steer`` carries a vector and exists only in the dict/TOML form.
+An inline ``Steer(vector=...)`` exists only in the dict/TOML and Python forms.
+A plan reads each file-form ``Steer``'s file when it is built
+(:func:`~transferlab.interventions.steering.resolve_steer`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..sites import SiteError
+from ..sites import ACTIVATION_SITES, SiteError
 from .types import (
     ALIGNS,
     DECODE_VALUES,
@@ -51,8 +60,10 @@ from .types import (
     KVSplice,
     Noise,
     Patch,
+    Steer,
     intervention_from_dict,
 )
+from .steering import resolve_steer
 
 
 @dataclass(frozen=True)
@@ -62,10 +73,10 @@ class Plan:
     interventions: tuple[Intervention, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
-        object.__setattr__(self, "interventions", tuple(self.interventions))
         for item in self.interventions:
             if not isinstance(item, Intervention):
                 raise InterventionError(f"a plan holds interventions, got {type(item).__name__}")
+        object.__setattr__(self, "interventions", tuple(resolve_steer(i) for i in self.interventions))
         splices = [i for i in self.interventions if isinstance(i, KVSplice)]
         if any(s.align == "prepend" for s in splices) and len(splices) > 1:
             raise InterventionError("a prepend KVSplice cannot be combined with another KVSplice")
@@ -233,9 +244,7 @@ def parse_intervention(text: str) -> Intervention:
                 raise InterventionError(f"{where}: noise does not take heads")
             return Noise(**kw)
         if head == "steer":
-            raise InterventionError(
-                "steer carries a vector: build Steer(...) in Python or TOML, not in the mini-language"
-            )
+            return _parse_steer(opts, where)
         site, layer = _site_layer(head, where)
         kw = {"site": site, "layer": layer, **_parse_patch_opts(opts, where)}
         return HeadPatch(**kw) if "heads" in kw else Patch(**kw)
@@ -243,6 +252,37 @@ def parse_intervention(text: str) -> Intervention:
         raise
     except (TypeError, ValueError) as exc:  # a number that is not one: "pa-b", "fx", "seedx", "kv:1,x"
         raise InterventionError(f"{where}: malformed option ({exc})") from None
+
+
+def _parse_steer(opts: list[str], where: str) -> Steer:
+    """``steer:PATH[@LAYER][:aX][:PHASE]`` (the vector is read when the plan is built)."""
+    if not opts or not opts[0]:
+        raise InterventionError(
+            f"{where}: expected steer:PATH[@LAYER][:aALPHA] with PATH a saved steering vector "
+            "(transferlab steer build); an inline vector exists only as Steer(vector=...) in Python or TOML"
+        )
+    path, layer = opts[0], None
+    head, sep, tail = path.rpartition("@")
+    if sep and head:
+        try:
+            path, layer = head, _num(tail)
+        except ValueError:
+            pass  # an '@' inside the file name
+    if path in ACTIVATION_SITES and not Path(path).exists():
+        raise InterventionError(
+            f"{where}: {path!r} is a site, not a steering vector file: the mini-language's steer reads a saved "
+            "vector (steer:PATH[@LAYER][:aALPHA], built by transferlab steer build); an inline vector exists "
+            "only as Steer(vector=...) in Python or TOML"
+        )
+    kw: dict = {"file": path, "layer": layer}
+    for opt in opts[1:]:
+        if opt in PHASES:
+            kw["phase"] = opt
+        elif opt.startswith("a"):
+            kw["alpha"] = float(opt[1:])
+        else:
+            raise InterventionError(f"{where}: unknown steer option {opt!r} (options: aALPHA, prompt|decode|both)")
+    return Steer(**kw)
 
 
 def parse_plan(text: str) -> Plan:

@@ -359,27 +359,73 @@ class Noise(Patch):
 
 @dataclass(frozen=True)
 class Steer(Intervention):
-    """Add ``alpha * vector`` to the activation at a hook point (every real position, both phases)."""
+    """Add ``alpha * vector`` to the activation at a hook point (every real position but BOS, both phases).
+
+    The vector is given inline (``vector=...``; ``site`` defaults to
+    ``resid_post``, ``layer`` to -1) or read from a steering-vector file
+    (``file=PATH``, :mod:`transferlab.interventions.steering`): the file names
+    the site, and ``layer`` picks one of its layers (None: its only one). A
+    file-form ``Steer`` holds only the reference until a :class:`~.plan.Plan`
+    is built from it, which reads the file and fills ``site``, ``layer`` (an
+    index), ``vector`` and ``built_on`` (the spec and fingerprint of the model
+    the vector was built on, checked against the model it is used on). In the
+    mini-language: ``steer:PATH[@LAYER][:aALPHA][:prompt|decode|both]``.
+    ``alpha = 0`` leaves every activation bitwise unchanged (nothing is added).
+    """
 
     kind: ClassVar[str] = "steer"
     needs_source: ClassVar[bool] = False
-    site: str = "resid_post"
-    layer: Any = -1
+    site: str | None = None
+    layer: Any = None
     vector: tuple[float, ...] = field(default=())
     alpha: float = 1.0
     phase: str = "both"
+    file: str | None = None
+    built_on: dict | None = field(default=None, compare=False, hash=False)
 
     def __post_init__(self):
-        _check_site(self.site)
         _check(self.phase, PHASES, "Steer.phase")
         object.__setattr__(self, "vector", tuple(float(v) for v in self.vector))
+        if not math.isfinite(self.alpha):
+            raise InterventionError(f"Steer's alpha must be a finite number; got {self.alpha}")
+        if self.file is not None:
+            object.__setattr__(self, "file", str(self.file))
+            if self.site is not None:
+                _check_site(self.site)
+            return  # a reference: the plan reads the file
+        object.__setattr__(self, "site", "resid_post" if self.site is None else self.site)
+        object.__setattr__(self, "layer", -1 if self.layer is None else self.layer)
+        _check_site(self.site)
         if not self.vector:
-            raise InterventionError("Steer needs a non-empty vector")
-        if not all(math.isfinite(v) for v in self.vector) or not math.isfinite(self.alpha):
+            raise InterventionError("Steer needs a non-empty vector (or file=PATH of a saved steering vector)")
+        if not all(math.isfinite(v) for v in self.vector):
             raise InterventionError("Steer's vector and alpha must be finite numbers")
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the vector is here (inline, or read from its file)."""
+        return bool(self.vector)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.file is None:
+            out = super().to_dict()
+            out.pop("file")
+            out.pop("built_on")
+            return out
+        out = {"kind": self.kind, "file": self.file, "alpha": self.alpha, "phase": self.phase}
+        if self.layer is not None:
+            out["layer"] = self.layer
+        return out
+
     def describe(self) -> str:
-        return f"steer:{self.site}@{_fmt_num(self.layer)}({len(self.vector)}-dim, alpha {self.alpha})"
+        if self.file is None:
+            return f"steer:{self.site}@{_fmt_num(self.layer)}({len(self.vector)}-dim, alpha {self.alpha})"
+        out = [f"steer:{self.file}" + ("" if self.layer is None else f"@{_fmt_num(self.layer)}")]
+        if self.alpha != 1.0:
+            out.append(f"a{self.alpha!r}")
+        if self.phase != "both":
+            out.append(self.phase)
+        return ":".join(out)
 
 
 KINDS: dict[str, type[Intervention]] = {cls.kind: cls for cls in (KVSplice, Patch, HeadPatch, Ablate, Noise, Steer)}
