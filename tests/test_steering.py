@@ -132,9 +132,10 @@ def test_coefficient_zero_changes_nothing_bitwise(vector_file, tiny_models):
         zero = model.hf(**applied.inputs).logits
     assert torch.equal(zero.view(torch.int32), plain.view(torch.int32))  # bitwise, signed zeros included
     kw = dict(greedy=True, max_new_tokens=6, stop_at_eos=False)
-    assert model.generate(PROMPTS, plan=f"steer:{vector_file}@1:a0", **kw).token_ids == model.generate(
-        PROMPTS, **kw
-    ).token_ids
+    assert (
+        model.generate(PROMPTS, plan=f"steer:{vector_file}@1:a0", **kw).token_ids
+        == model.generate(PROMPTS, **kw).token_ids
+    )
     with tl.apply(model, f"steer:{vector_file}@1:a4", PROMPTS) as applied:
         steered = model.hf(**applied.inputs).logits
     assert not torch.equal(steered, plain)  # the vector does act: zero's equality is not vacuous
@@ -225,3 +226,13 @@ def test_cli_build_and_refusal_exit_2(tmp_path):
     assert "built on stories260K, not on tiny" in " ".join(res.output.split())
     bad = CliRunner().invoke(app, ["steer", "build", "--bank", "stories", "--out", str(out), "--position", "first"])
     assert bad.exit_code == 2 and "--position must be one of mean, last" in " ".join(bad.output.split())
+
+
+def test_coefficient_zero_keeps_signed_zeros():
+    """x + 0 * v turns -0.0 into +0.0; a zero coefficient adds nothing at all."""
+    from transferlab.interventions.operators import operator_for
+
+    op = operator_for(Steer(vector=(1.0, -2.0, 3.0), alpha=0.0))
+    x = torch.tensor([[[-0.0, 1.5, -0.0]]])
+    out = op.combine(x, torch.tensor([1.0, -2.0, 3.0]).expand(1, 1, 3))
+    assert torch.equal(out.view(torch.int32), x.view(torch.int32))

@@ -40,8 +40,9 @@ def build(
     bank: Annotated[str, typer.Option("--bank", "-b", help="Prompt bank name or path.")] = "research",
     positive: Annotated[
         str | None,
-        typer.Option(help="Groups with the behavior, comma-separated (default: the recursion pillar; stories: "
-                     "story_source)."),
+        typer.Option(
+            help="Groups with the behavior, comma-separated (default: the recursion pillar; stories: story_source)."
+        ),
     ] = None,  # fmt: skip
     negative: Annotated[
         str | None,
@@ -103,7 +104,8 @@ def build(
         f"{prompt_format} format"
     )
     for index in vectors.layers:
-        console.print(f"  layer {index}: norm {meta['norms'][str(index)]:.4g}   plan: steer:{escape(str(path))}@{index}:a4")
+        norm = meta["norms"][str(index)]
+        console.print(f"  layer {index}: norm {norm:.4g}   plan: steer:{escape(str(path))}@{index}:a4")
 
 
 @steer_app.command("show")

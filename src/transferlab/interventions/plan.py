@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..sites import ACTIVATION_SITES, SiteError
+from .steering import resolve_steer
 from .types import (
     ALIGNS,
     DECODE_VALUES,
@@ -63,7 +64,6 @@ from .types import (
     Steer,
     intervention_from_dict,
 )
-from .steering import resolve_steer
 
 
 @dataclass(frozen=True)
