@@ -7,6 +7,7 @@ import math
 
 import pytest
 from conftest import PROMPT, STORY, STORY2
+from helpers import flat
 from typer.testing import CliRunner
 
 from transferlab.cli import app
@@ -65,7 +66,7 @@ def test_rv_json_is_strict_json_with_null_for_short_prompts(runner):
 
 def test_rv_table_on_tiny_mistral(runner):
     out = _ok(runner.invoke(app, ["rv", "--model", "tiny:mistral", STORY, PROMPT]))
-    assert "R_V on tiny:mistral (v_proj@3 / v_proj@1, window 16)" in out
+    assert "R_V on tiny:mistral (v_proj@3 / v_proj@1, window 16, raw format)" in flat(out)
     assert "ok" in out and "short" in out and "nan" in out
 
 

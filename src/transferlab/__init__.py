@@ -20,6 +20,8 @@ _WHERE = {  # public name -> the module that defines it
     "Applied": ".engine",
     "apply": ".engine",
     "Activations": ".engine",
+    "PromptActivations": ".engine",
+    "load_activations": ".engine",
     "capture": ".engine",
     "build_steering": ".engine",
     "build_steering_from_bank": ".engine",

@@ -63,6 +63,7 @@ def run_engine(model, sources, targets, max_new_tokens=150, batch_size=None, con
         stop_at_eos=False,
         batch_size=batch_size,
         example_ids=ids,
+        prompt_format="raw",  # the seed's W300 workload: plain text
     )
     _sync(model.device)
     wall = time.perf_counter() - t0

@@ -15,6 +15,11 @@ from rich.text import Text
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Activation-patching behavior-transfer experiments.")
 console = Console()
 
+FORMAT_HELP = (
+    "Prompt format: raw (the text as the tokenizer encodes it) or chat (the user turn of the model's chat "
+    "template). Default: chat when the model has a chat template, else raw."
+)
+
 MODEL_HELP = (
     "Model: 'stories260K' (embedded, default), 'tiny:<family>', 'random:<shape>' (token-id prompts), "
     "a .gguf file, a local HF directory or a hub id."
@@ -25,6 +30,30 @@ def _fail(exc: Exception) -> None:
     # every message may quote user text (a prompt, a plan, a path): never read it as rich markup
     console.print(f"[bold red]error:[/] {escape(str(exc))}")
     raise typer.Exit(2)
+
+
+def _format(m, prompt_format: Optional[str]) -> str:
+    """The prompt format a command runs in: the one asked for, else the library's default rule."""
+    from .engine.batching import resolve_format
+
+    try:
+        fmt = resolve_format(m.tokenizer, prompt_format)
+        if fmt == "chat" and not getattr(m.tokenizer, "chat_template", None):
+            raise ValueError(f"--format chat needs the model's chat template, and {m.name} has none; use --format raw")
+    except ValueError as exc:
+        _fail(exc)
+    return fmt
+
+
+def note_ended_at_once(gen, what: list[str], fmt: str, console=console) -> int:
+    """Say which continuations ended at EOS at once (0 new tokens); returns how many."""
+    count = 0
+    for name, empty in zip(what, gen.ended_at_once):
+        if empty:
+            count += 1
+            hint = " (the prompt was raw text: try --format chat)" if fmt == "raw" else ""
+            console.print(f"[yellow]note:[/] {escape(name)} ended at EOS at once: 0 new tokens{hint}")
+    return count
 
 
 def _load(model: str, dtype: Optional[str] = None, device: Optional[str] = None):
@@ -68,13 +97,17 @@ def rv_cmd(
     formula: str = typer.Option("squared", help="PR formula: squared (seed code) or unsquared."),
     short: str = typer.Option("nan", help="Prompts shorter than the window: error, nan or shrink."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
+    prompt_format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
 ) -> None:
     """Print R_V = PR(late)/PR(early) of v_proj for each prompt."""
     from .metrics import rv
 
     m = _load(model)
+    fmt = _format(m, prompt_format)
     try:
-        df = rv(m, list(prompts), early=early, late=late, window=window, formula=formula, short=short)
+        df = rv(
+            m, list(prompts), early=early, late=late, window=window, formula=formula, short=short, prompt_format=fmt
+        )
     except ValueError as exc:
         _fail(exc)
     if as_json:  # strict JSON: NaN (short prompts) becomes null
@@ -85,7 +118,7 @@ def rv_cmd(
         console.print_json(json.dumps(records, allow_nan=False))
         return
     layers = f"v_proj@{df.layer_late.iloc[0]} / v_proj@{df.layer_early.iloc[0]}"
-    table = Table(title=f"R_V on {escape(m.name)} ({layers}, window {window})")
+    table = Table(title=f"R_V on {escape(m.name)} ({layers}, window {window}, {fmt} format)")
     for col in ("prompt", "n_tokens", "pr_early", "pr_late", "rv", "status"):
         table.add_column(col)
     for r in df.itertuples():
@@ -191,6 +224,7 @@ def transfer(
     greedy: bool = typer.Option(False, help="Greedy decoding instead of sampling."),
     dtype: Optional[str] = typer.Option(None),
     device: Optional[str] = typer.Option(None),
+    prompt_format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
 ) -> None:
     """Generate the target's own continuation and the transferred one, side by side, with the audit."""
     from .interventions import InterventionError, parse_plan
@@ -201,7 +235,15 @@ def transfer(
     except (InterventionError, SiteError) as exc:
         _fail(exc)
     m = _load(model, dtype, device)
-    kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, greedy=greedy, seed=seed, flavour=flavour)
+    fmt = _format(m, prompt_format)
+    kw = dict(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        greedy=greedy,
+        seed=seed,
+        flavour=flavour,
+        prompt_format=fmt,
+    )
     try:
         own = m.generate([target], **kw)
         moved = m.generate([target], sources=[source], plan=parsed, **kw)
@@ -209,6 +251,7 @@ def transfer(
         _fail(exc)
     console.print(
         f"[bold]plan[/]: {escape(str(parsed))}   [bold]flavour[/]: {escape(flavour)}   [bold]model[/]: {escape(m.name)}"
+        f"   [bold]format[/]: {fmt}"
     )
     side = Table(show_lines=True)
     side.add_column("target's own continuation")
@@ -217,6 +260,8 @@ def transfer(
         Text.assemble(target + " ", (own.texts[0], "cyan")), Text.assemble(target + " ", (moved.texts[0], "magenta"))
     )
     console.print(side)
+    note_ended_at_once(own, ["the target's own continuation"], fmt)
+    note_ended_at_once(moved, ["the transferred continuation"], fmt)
     console.print(audit_table_view(moved.audit))
     warn_never_fired(moved.audit)
     if flavour == "seed" and len(parsed):
@@ -225,6 +270,58 @@ def transfer(
             "first decode step (the seed's loop) while the target's own run does not (the seed's "
             "baselines used model.generate): the two differ in more than the plan.[/]"
         )
+
+
+@app.command("generate")
+def generate_cmd(
+    prompts: List[str] = typer.Argument(..., help="Prompts to continue."),
+    plan: str = typer.Option("", "--plan", "-p", help="Plan in the mini-language (default: none)."),
+    source: Optional[str] = typer.Option(None, "--source", "-s", help="Source prompt, if the plan reads one."),
+    model: str = typer.Option("stories260K", "--model", "-m", help=MODEL_HELP),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    max_new_tokens: int = typer.Option(60, "--max-new-tokens", "-n"),
+    temperature: float = typer.Option(0.8),
+    greedy: bool = typer.Option(False, help="Greedy decoding instead of sampling."),
+    dtype: Optional[str] = typer.Option(None),
+    device: Optional[str] = typer.Option(None),
+    prompt_format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+) -> None:
+    """Continue each prompt (under a plan, if given) and print the continuations, with the audit."""
+    from .interventions import InterventionError, parse_plan
+    from .sites import SiteError
+
+    try:
+        parsed = parse_plan(plan)
+    except (InterventionError, SiteError) as exc:
+        _fail(exc)
+    m = _load(model, dtype, device)
+    fmt = _format(m, prompt_format)
+    try:
+        gen = m.generate(
+            list(prompts),
+            sources=source,
+            plan=parsed,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            greedy=greedy,
+            seed=seed,
+            prompt_format=fmt,
+        )
+    except (InterventionError, SiteError, ValueError) as exc:
+        _fail(exc)
+    console.print(
+        f"[bold]plan[/]: {escape(str(parsed) or 'none')}   [bold]model[/]: {escape(m.name)}   [bold]format[/]: {fmt}"
+    )
+    table = Table(show_lines=True)
+    for col in ("prompt", "continuation", "new tokens", "stopped"):
+        table.add_column(col)
+    for p, text, ids, why in zip(prompts, gen.texts, gen.token_ids, gen.finish_reasons):
+        table.add_row(Text(p), Text(text, style="cyan"), str(len(ids)), why)
+    console.print(table)
+    note_ended_at_once(gen, [f"prompt {i}" for i in range(len(prompts))], fmt)
+    if len(parsed):
+        console.print(audit_table_view(gen.audit))
+        warn_never_fired(gen.audit)
 
 
 @app.command()

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from ..models.model import install_runtime
 from .apply import Applied, apply
-from .capture import Activations, capture
+from .capture import Activations, PromptActivations, capture, load_activations
 from .generation import Generation, generate
 from .sizing import auto_batch_size
 from .steering import build_steering, build_steering_from_bank
@@ -73,11 +73,13 @@ __all__ = [
     "Activations",
     "Applied",
     "Generation",
+    "PromptActivations",
     "apply",
     "auto_batch_size",
     "build_steering",
     "build_steering_from_bank",
     "capture",
     "generate",
+    "load_activations",
     "prepare",
 ]

@@ -50,7 +50,7 @@ from ..interventions.audit import audit_rows, audit_table, never_fired
 from ..interventions.context import StepContext
 from ..interventions.types import InterventionError, KVSplice
 from .arguments import examples
-from .batching import Batch, encode, left_pad, pad_id_of
+from .batching import Batch, encode, left_pad, pad_id_of, resolve_format
 from .plans import BoundPlans, bind, distinct_interventions, source_points
 from .rows import BatchRows
 from .sources import batch_sources
@@ -137,6 +137,7 @@ def apply(
     seed: int = 0,
     example_ids: list | None = None,
     streams: list | None = None,
+    prompt_format: str | None = None,
 ) -> Iterator[Applied]:
     """Install ``plan``'s activation interventions, bound to ``targets``, on ``model`` inside a ``with`` block.
 
@@ -162,8 +163,9 @@ def apply(
                     "(generate's shadow rows). Use generate(...), or another decode value (last, mean, cycle)."
                 )
     tok, device = model.tokenizer, model.device
-    tgt_ids = encode(tok, ex.targets)
-    src_ids = [encode(tok, [s])[0] if s is not None else None for s in ex.sources]
+    fmt = resolve_format(tok, prompt_format)
+    tgt_ids = encode(tok, ex.targets, fmt)
+    src_ids = [encode(tok, [s], fmt)[0] if s is not None else None for s in ex.sources]
     rows = BatchRows.of(list(range(len(ex))), tgt_ids, src_ids, ex.plans, ex.keys(seed))
     batch = left_pad(rows.targets, pad_id_of(tok), tok.bos_token_id, device=device)
     entries = distinct_interventions(model, rows.plans)

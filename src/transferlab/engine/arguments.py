@@ -51,7 +51,7 @@ def examples(model, targets, plan, sources, flavour: str, example_ids=None, stre
     plans = plans_per_example(plan, n)
     precomputed = None
     if isinstance(sources, Activations):
-        precomputed = check_precomputed(model, sources, n)
+        precomputed = check_precomputed(model, sources, n, flavour)
         sources = list(sources.prompts)
     srcs = per_example(sources, n, "sources")
     check_plans_and_sources(plans, srcs, flavour)

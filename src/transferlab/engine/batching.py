@@ -10,6 +10,15 @@ then encoded without adding special tokens again (a template that writes its
 own BOS gets exactly one). A model without a template (Gemma-3-270M, a base
 model) is refused in chat format. Token-id prompts are used as given.
 
+**Which format, by default.** A config names its format (``prompts.format``,
+``raw`` unless set). Everywhere else -- ``generate``, ``apply``, ``capture``,
+``metrics.rv`` and the ``transfer``/``generate``/``rv`` commands -- the format
+is an argument (``prompt_format=`` / ``--format``) whose default is
+:func:`default_format`: ``chat`` when the model's tokenizer has a chat template
+(an instruct model answers a user turn; fed raw text, SmolLM2-135M-Instruct
+often ends at EOS at once), ``raw`` when it has none. :func:`resolve_format`
+applies that rule; :func:`encode` itself never guesses.
+
 **Positions and windows count the tokens the model sees**, template tokens
 included. A window counts back from the last token, so in chat format it
 first covers the generation prompt -- 6 tokens on SmolLM2: ``<|im_end|>``,
@@ -80,6 +89,23 @@ def pad_id_of(tokenizer) -> int:
 
 
 PROMPT_FORMATS = ("raw", "chat")
+
+
+def default_format(tokenizer) -> str:
+    """``"chat"`` when ``tokenizer`` has a chat template, else ``"raw"`` (see the module docstring)."""
+    return "chat" if getattr(tokenizer, "chat_template", None) else "raw"
+
+
+def resolve_format(tokenizer, prompt_format: str | None) -> str:
+    """``prompt_format`` checked, or the default rule's choice when it is None (or ``"auto"``)."""
+    if prompt_format is None or prompt_format == "auto":
+        return default_format(tokenizer)
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(
+            f"prompt_format must be one of {PROMPT_FORMATS} (or None: chat when the model has a "
+            f"chat template); got {prompt_format!r}"
+        )
+    return prompt_format
 
 
 def chat_text(tokenizer, prompt: str) -> str:

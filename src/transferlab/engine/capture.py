@@ -10,12 +10,13 @@ positions they were computed at.
 Which tokens are kept follows the BOS rule of :mod:`transferlab.engine.batching`:
 without a window, every real token (BOS included); with ``window=W``, the last
 ``min(W, n_tokens)`` tokens, never BOS. ``Activations.positions[i]`` gives the
-absolute positions kept for prompt ``i``.
+absolute positions kept for prompt ``i``. Text prompts are encoded in
+``prompt_format`` (default: chat when the model has a chat template, see
+:mod:`transferlab.engine.batching`). Indexing, saving and loading the result:
+:mod:`transferlab.engine.activations`.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import torch
 
@@ -23,51 +24,10 @@ from ..hooks import hooked
 from ..models.cache import get_kv, last_logits_kwargs, n_cache_layers, output_cache
 from ..models.context import check_fits, context_length
 from ..sites import HookPoint, parse_hook_point
-from .batching import Batch, encode, left_pad, pad_id_of
+from .activations import Activations, PromptActivations, load_activations
+from .batching import Batch, encode, left_pad, pad_id_of, resolve_format
 
-
-@dataclass
-class Activations:
-    """Activations of a list of prompts at some hook points (and optionally the KV cache)."""
-
-    prompts: list[str]
-    token_ids: list[list[int]]
-    has_bos: list[bool]
-    positions: list[torch.Tensor]
-    points: dict[str, list[torch.Tensor]] = field(default_factory=dict)
-    kv: list[list[tuple[torch.Tensor, torch.Tensor]]] | None = None
-    n_layers: int = 0
-    window: int | None = None
-    tokenizer_fingerprint: str | None = None  # which vocabulary produced token_ids
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def __getitem__(self, key: str | HookPoint) -> list[torch.Tensor]:
-        point = str(parse_hook_point(key, self.n_layers)) if self.n_layers else str(key)
-        if point not in self.points:
-            raise KeyError(f"{key!r} was not captured; captured: {', '.join(self.points) or 'none'}")
-        return self.points[point]
-
-    def n_tokens(self, i: int) -> int:
-        """Tokens of prompt ``i`` without BOS (the length windows are measured against)."""
-        return len(self.token_ids[i]) - int(self.has_bos[i])
-
-    def cpu(self) -> "Activations":
-        kv = None
-        if self.kv is not None:
-            kv = [[(k.cpu(), v.cpu()) for k, v in per] for per in self.kv]
-        return Activations(
-            self.prompts,
-            self.token_ids,
-            self.has_bos,
-            [p.cpu() for p in self.positions],
-            {k: [t.cpu() for t in v] for k, v in self.points.items()},
-            kv,
-            self.n_layers,
-            self.window,
-            self.tokenizer_fingerprint,
-        )
+__all__ = ["Activations", "PromptActivations", "capture", "forward_capture", "load_activations", "kept_slice"]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -126,8 +86,13 @@ def capture(
     sites: list[str | HookPoint] = ("v_proj@-1",),
     window: int | None = None,
     batch_size: int | None = None,
+    prompt_format: str | None = None,
 ) -> Activations:
-    """Capture activations at ``sites`` for ``prompts`` (see module docstring)."""
+    """Capture activations at ``sites`` for ``prompts`` (see module docstring).
+
+    ``prompt_format``: ``raw`` or ``chat``; None takes chat when the model has a chat template
+    (:func:`~transferlab.engine.batching.default_format`). Token-id prompts are used as given.
+    """
     if isinstance(prompts, str):
         prompts = [prompts]
     if isinstance(sites, (str, HookPoint)):  # one hook point, not a sequence of characters
@@ -138,7 +103,8 @@ def capture(
     want_kv = any(str(s).strip() == "kv" for s in sites)
     points = [parse_hook_point(s, n_layers) for s in sites if str(s).strip() != "kv"]
     points = list(dict.fromkeys(points))
-    ids = encode(model.tokenizer, prompts)
+    fmt = resolve_format(model.tokenizer, prompt_format)
+    ids = encode(model.tokenizer, prompts, fmt)
     check_fits(context_length(model), [len(i) for i in ids], text_of=lambda i: prompts[i])  # refused, not truncated
     bs = batch_size or model.default_batch_size
     pad, bos = pad_id_of(model.tokenizer), model.tokenizer.bos_token_id
@@ -152,6 +118,7 @@ def capture(
         n_layers,
         window,
         tokenizer_fingerprint(model.tokenizer),
+        fmt,
     )
     for start in range(0, len(ids), bs):
         chunk = ids[start : start + bs]

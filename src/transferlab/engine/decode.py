@@ -67,6 +67,7 @@ class DecodeState:
     forced: torch.Tensor | None = None
     forced_len: torch.Tensor | None = None
     logprob: torch.Tensor | None = None  # [B, max_new] float64: log p(token taken) under the untempered logits
+    logits_out: torch.Tensor | None = None  # [B, max_new, V] float32: each new token's logits (return_logits)
 
 
 def mode() -> str:
@@ -138,6 +139,11 @@ def _sample_into(sampler, state: DecodeState, logits, step, stop_at_eos, eos, fi
         val = torch.logsumexp(lp.masked_fill(~m, float("-inf")), dim=-1).double()
         val = torch.where(finished, torch.full_like(val, float("nan")), val)
         _put(state.mass[name], step, val)
+    if state.logits_out is not None:
+        if isinstance(step, torch.Tensor):
+            state.logits_out.index_copy_(1, step.view(1), logits[:, None].float())
+        else:
+            state.logits_out[:, step] = logits.float()
     token = sampler.sample(logits, state.keys, step)
     if state.forced is not None:
         wanted = _column(state.forced, step)

@@ -39,12 +39,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..interventions.audit import audit_rows, audit_table, never_fired
 from ..models.context import check_generation
 from ..timings import stage
 from .arguments import examples
-from .batching import encode
+from .batching import encode, resolve_format
 from .rows import BatchRows
 from .sampling import Sampler
 from .sizing import auto_batch_size, tokens_per_example
@@ -71,9 +72,19 @@ class Generation:
     # per example (with ``record_logprobs`` or ``forced``): the natural log-probability of each of its tokens
     # under the (intervened) model's untempered next-token distribution; float64, one entry per token_ids entry
     token_logprobs: list[np.ndarray] = field(default_factory=list)
+    prompt_format: str = "raw"  # how text prompts were encoded: "raw" or "chat" (the model's template)
+    # return_logits=True: per example, ``[new tokens drawn, V]`` float32 logits each new token was drawn from
+    # (the EOS that ended a row included: one row more than its token_ids then); None otherwise
+    logits: list[torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @property
+    def ended_at_once(self) -> list[bool]:
+        """Per example: whether the first new token was EOS (an empty continuation; in raw format an instruct
+        model often does this: try ``prompt_format="chat"``)."""
+        return [r == "eos" and not t for r, t in zip(self.finish_reasons, self.token_ids)]
 
     def never_fired(self) -> pd.DataFrame:
         return never_fired(self.audit)
@@ -100,6 +111,8 @@ def generate(
     progress: bool = False,
     forced: list | None = None,
     record_logprobs: bool = False,
+    prompt_format: str | None = None,
+    return_logits: bool = False,
 ) -> Generation:
     """Generate continuations of ``targets`` under ``plan`` (see module docstring).
 
@@ -118,6 +131,14 @@ def generate(
     examples take their tokens instead of sampling and stop after them (finish
     reason ``"forced"``; see the module docstring). ``record_logprobs`` (implied by
     ``forced``) fills ``Generation.token_logprobs``.
+
+    ``prompt_format``: how text prompts (targets and sources) become tokens,
+    ``raw`` or ``chat`` (the user turn of the model's chat template); None
+    takes chat when the model has a chat template, raw otherwise
+    (:func:`~transferlab.engine.batching.default_format`). Token-id prompts are
+    used as given. ``return_logits``: keep the logits every new token was drawn
+    from (``Generation.logits``; ``max_new_tokens x vocabulary`` floats per
+    example, so mind the memory on long runs).
     """
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {FLAVOURS}; got {flavour!r}")
@@ -127,9 +148,10 @@ def generate(
     n, ids, plans = len(ex), ex.ids, ex.plans
     keys = ex.keys(seed)
     sampler = Sampler(temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy)
+    fmt = resolve_format(model.tokenizer, prompt_format)
     with stage("tokenize"):
-        tgt_ids = encode(model.tokenizer, ex.targets)
-        src_ids = [encode(model.tokenizer, [s])[0] if s is not None else None for s in ex.sources]
+        tgt_ids = encode(model.tokenizer, ex.targets, fmt)
+        src_ids = [encode(model.tokenizer, [s], fmt)[0] if s is not None else None for s in ex.sources]
     check_generation(model, tgt_ids, src_ids, plans, max_new_tokens, flavour, ex.targets)  # refused, not truncated
     per_row_sets = _logit_sets(record_logits, n, model)
     forced = _forced_tokens(forced, n, max_new_tokens, model)
@@ -140,8 +162,9 @@ def generate(
     out_path: list = [""] * n
     out_lp: list = [None] * n
     out_mass = {name: np.full((n, max_new_tokens), np.nan) for name in per_row_sets}
+    out_logits: list = [None] * n
     audit: list[dict] = []
-    how = Decoding(sampler, max_new_tokens, stop_at_eos, flavour)
+    how = Decoding(sampler, max_new_tokens, stop_at_eos, flavour, return_logits)
     chunks = [order[i : i + bs] for i in range(0, n, bs)]
     bar = _progress(progress, len(chunks))
     for chunk in chunks:
@@ -153,6 +176,9 @@ def generate(
                 out_lp[i] = out.logprobs[b]
             for name in out_mass:
                 out_mass[name][i] = out.mass[name][b]
+            if out.logits is not None:
+                drawn = len(out.tokens[b]) + int(out.reasons[b] == "eos")
+                out_logits[i] = out.logits[b, :drawn].clone()
         with stage("audit"):
             audit.extend(audit_rows(ids, chunk, out.audit))
         if bar is not None:
@@ -165,7 +191,20 @@ def generate(
         table = audit_table(audit)
     lengths = [len(t) for t in tgt_ids]
     lps = out_lp if forced is not None or record_logprobs else []
-    return Generation(texts, out_tokens, out_reason, table, list(ids), lengths, flavour, out_mass, out_path, lps)
+    return Generation(
+        texts,
+        out_tokens,
+        out_reason,
+        table,
+        list(ids),
+        lengths,
+        flavour,
+        out_mass,
+        out_path,
+        lps,
+        fmt,
+        out_logits if return_logits else None,
+    )
 
 
 def _forced_tokens(forced, n: int, max_new: int, model) -> list | None:

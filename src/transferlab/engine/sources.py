@@ -115,8 +115,9 @@ def _capture_bucketed(model, seqs, points, want_kv, buckets: int | None = None):
     return sb, store, ks, vs
 
 
-def check_precomputed(model, acts: Activations, n: int) -> Activations:
-    """Sources given as captured :class:`Activations`: one per target, same vocabulary, no window."""
+def check_precomputed(model, acts: Activations, n: int, flavour: str = "corrected") -> Activations:
+    """Sources given as captured :class:`Activations`: one per target, same vocabulary. A capture taken with
+    a window serves where the plan reads only its window (checked per intervention when it is bound)."""
     if len(acts) != n:
         raise ValueError(f"sources: {len(acts)} captured prompts for {n} targets; capture one source per target")
     mine = tokenizer_fingerprint(model.tokenizer)
@@ -126,8 +127,11 @@ def check_precomputed(model, acts: Activations, n: int) -> Activations:
             f"({acts.tokenizer_fingerprint}) differs from this model's ({mine}); positions and token ids "
             "would not line up. Capture the sources with the same model (or tokenizer) you generate with."
         )
-    if acts.window is not None:
-        raise InterventionError(f"sources were captured with window={acts.window}; capture them without a window")
+    if acts.window is not None and flavour == "seed":
+        raise InterventionError(
+            f"sources were captured with window={acts.window}; the seed flavour patches whole calls' columns, "
+            "so capture them without a window"
+        )
     if acts.n_layers and acts.n_layers != model.n_layers:
         raise InterventionError(f"sources come from a model with {acts.n_layers} layers; this one has {model.n_layers}")
     return acts
@@ -153,17 +157,24 @@ def precomputed_sources(model, acts: Activations, examples, n_shadow: int, point
             x = acts.points[name][i]
             t[b, positions - x.shape[0] :] = x.to(device)
         store[name] = t
+    first = [int(acts.positions[i][0]) if len(acts.positions[i]) else 0 for i in rows] + [0] * n_shadow
     batch = SourceBatch(
         store,
         lengths,
         [acts.has_bos[i] for i in rows] + [False] * n_shadow,
         [True] * len(rows) + [False] * n_shadow,
         [None] * len(lengths),
+        first if acts.window is not None else None,
     )
     if not want_kv:
         return batch, None
     if acts.kv is None:
         raise InterventionError("the plan splices the KV cache, but the given sources were captured without 'kv'")
+    if acts.window is not None:
+        raise InterventionError(
+            f"the plan splices the KV cache, which reads the sources' whole caches, but they were captured with "
+            f"window={acts.window}; capture them without a window"
+        )
     n_layers = len(acts.kv[rows[0]])
     ks, vs = [], []
     for layer in range(n_layers):

@@ -45,6 +45,7 @@ class Decoding:
     max_new: int
     stop_at_eos: bool
     flavour: str  # "corrected" or "seed"
+    logits: bool = False  # keep every new token's logits (generate's return_logits)
 
 
 @dataclass
@@ -57,6 +58,7 @@ class BatchOutput:
     audit: list  # [(plan index, intervention, hook point text, Counters, rows)]
     decode_path: str = ""  # the loop and attention kernel that decoded the batch (decode.run)
     logprobs: list[np.ndarray] | None = None  # per real row, log p of each returned token (when recorded)
+    logits: torch.Tensor | None = None  # [real rows, max_new, V] float32 on the host (Decoding.logits)
 
 
 def generate_batch(
@@ -109,6 +111,11 @@ def generate_batch(
             finished=torch.zeros(len(rows), dtype=torch.bool, device=device),
             mass=mass,
             masks=masks,
+            logits_out=(
+                torch.zeros(len(rows), how.max_new, logits.shape[-1], dtype=torch.float32, device=device)
+                if how.logits
+                else None
+            ),
         )
         if forced is not None:
             state.forced, state.forced_len = _forced(forced, rows, how.max_new, device)
@@ -128,7 +135,8 @@ def generate_batch(
     if state.logprob is not None:
         table = state.logprob[: rows.n_real].cpu().numpy()
         lps = [table[b, : len(t)] for b, t in enumerate(tokens)]
-    return BatchOutput(tokens, reasons, masses, bound.audit, path, lps)
+    kept = state.logits_out[: rows.n_real].cpu() if state.logits_out is not None else None
+    return BatchOutput(tokens, reasons, masses, bound.audit, path, lps, kept)
 
 
 def _forced(forced: list, rows: BatchRows, max_new: int, device) -> tuple[torch.Tensor, torch.Tensor]:

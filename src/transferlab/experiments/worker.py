@@ -237,6 +237,7 @@ class Worker:
             streams=streams,
             batch_size=len(batch.units),
             record_logits=record,
+            prompt_format="raw",  # _formatted applied the config's format already (chat: token ids)
             **batch.settings,
         )
         with stage("scoring"):
@@ -319,6 +320,7 @@ class Worker:
             site=s.site,
             formula=s.formula,
             short=s.short,
+            prompt_format="raw",  # _formatted applied the config's format already
         )
         return {
             pid: {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}

@@ -42,6 +42,9 @@ class SourceBatch:
     has_bos: list[bool]
     has_source: list[bool]
     texts: list[str | None]
+    # the first source position each row holds (sources captured with a window hold only their last tokens;
+    # columns before it are zeros that no intervention may read); None: every position
+    first: list[int] | None = None
 
 
 def _channel_mask(model, inter, width: int, device) -> torch.Tensor | None:
@@ -172,13 +175,16 @@ class BoundActivation:
                 if sources is None or not sources.has_source[b]:
                     raise InterventionError(f"{where} needs a source prompt, but none was given for this example")
                 ls, bs = sources.lengths[b], int(sources.has_bos[b])
+                first = sources.first[b] if sources.first is not None else 0
             else:
-                ls, bs = lt, bt
-            span = Span(lt, bt, ls, bs, source_columns, needs, where)
+                ls, bs, first = lt, bt, 0
+            span = Span(lt, bt, ls, bs, source_columns, needs, where, first)
             spans.append(span)
             if self.seed_patcher:
                 continue  # the seed's patcher picks its columns per call (see PatchOperator.seed_values)
             pairs = self.op.prompt_pairs(span)
+            if pairs and self.acts_prompt and self.op.reads_paired_columns:
+                span.check_held([ps for _, ps in pairs], "its prompt phase")
             if pairs:
                 pt, ps = np.asarray(pairs, dtype=np.int64).T
                 index[b, pt] = span.column(ps)

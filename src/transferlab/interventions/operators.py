@@ -70,6 +70,7 @@ class Span:
     source_columns: int  # S: positions of the left-padded source tensor (0 without one)
     reads_source: bool
     where: str  # "<description> (example b)", for error messages
+    source_first: int = 0  # the first source position the sources hold (a windowed capture: its window's first)
 
     @property
     def target_tokens(self) -> int:
@@ -79,6 +80,17 @@ class Span:
     @property
     def source_tokens(self) -> int:
         return self.source_len - self.source_bos
+
+    def check_held(self, positions, what: str) -> None:
+        """Refuse to read source positions that sources captured with a window do not hold."""
+        if not self.reads_source or not positions or min(positions) >= self.source_first:
+            return
+        need = self.source_len - min(positions)
+        raise InterventionError(
+            f"{self.where}: {what} reads source position {min(positions)}, but the sources were captured with a "
+            f"window holding positions {self.source_first}..{self.source_len - 1} only; capture them with "
+            f"window >= {need} (or without a window)"
+        )
 
     def column(self, p: int) -> int:
         """Column of the left-padded source tensor holding source position ``p``."""
@@ -102,6 +114,7 @@ class Operator:
     """
 
     follows_seed_patcher: ClassVar[bool] = False  # seed flavour: the seed's "last W columns of each call" patcher
+    reads_paired_columns: ClassVar[bool] = False  # prompt phase: writes the source column paired with each position
 
     def __init__(self, inter: Intervention):
         self.inter = inter
@@ -145,6 +158,7 @@ class PatchOperator(Operator):
     """
 
     follows_seed_patcher = True
+    reads_paired_columns = True
 
     def phases(self, flavour: str) -> tuple[bool, bool]:
         if flavour == "seed":  # the seed registered its patcher after prefill: "both" means decode only
@@ -201,6 +215,10 @@ class PatchOperator(Operator):
         if src is None:
             return {"decode_table": None, "cycle_len": cycle_len}
         # one row of source columns per example: the window (or all its tokens) the decode value draws from
+        if self.inter.decode in ("mean", "cycle") and self.phases(flavour)[1]:
+            for s in spans:
+                if s is not None:
+                    s.check_held(self.source_positions(s), f"its decode value ({self.inter.decode})")
         cols_of = [[s.column(p) for p in self.source_positions(s)] if s is not None else [] for s in spans]
         width = src.shape[-1]
         last = src[:, src.shape[1] - 1]
@@ -316,6 +334,7 @@ class AblateOperator(Operator):
         means = torch.zeros(len(spans), bound.width, dtype=dtype, device=bound.device)
         for b, span in enumerate(spans):
             if span is not None:
+                span.check_held([span.source_bos], "its mean over the source's tokens")
                 means[b] = src[b, span.column(span.source_bos) :].float().mean(0).to(dtype)
         return {"mean": means}
 

@@ -72,8 +72,13 @@ def rv(
     short: str = "error",
     center: bool = False,
     batch_size: int | None = None,
+    prompt_format: str | None = None,
 ) -> pd.DataFrame:
-    """R_V per prompt: one batched forward per batch, both layers captured at once."""
+    """R_V per prompt: one batched forward per batch, both layers captured at once.
+
+    ``prompt_format``: ``raw`` or ``chat``; None takes chat when the model has a chat template
+    (:func:`transferlab.engine.batching.default_format`). Token-id prompts are used as given.
+    """
     if short not in SHORT_POLICIES:
         raise ValueError(f"short must be one of {SHORT_POLICIES}, got {short!r}")
     if window < 2:
@@ -81,7 +86,13 @@ def rv(
     if isinstance(prompts, str):
         prompts = [prompts]
     le, ll = default_rv_layers(model.adapter.n_layers, early, late)
-    acts = model.capture(prompts, sites=[f"{site}@{le}", f"{site}@{ll}"], window=window, batch_size=batch_size)
+    acts = model.capture(
+        prompts,
+        sites=[f"{site}@{le}", f"{site}@{ll}"],
+        window=window,
+        batch_size=batch_size,
+        prompt_format=prompt_format,
+    )
     rows = []
     for i, prompt in enumerate(prompts):
         n = acts.n_tokens(i)

@@ -74,9 +74,11 @@ class Model:
     def hook_point(self, text: str | HookPoint) -> HookPoint:
         return parse_hook_point(text, self.adapter.n_layers)
 
-    def capture(self, prompts, sites=("v_proj@-1",), window=None, batch_size=None):
+    def capture(self, prompts, sites=("v_proj@-1",), window=None, batch_size=None, prompt_format=None):
         """See :func:`transferlab.engine.capture.capture`."""
-        return runtime().capture(self, prompts, sites=sites, window=window, batch_size=batch_size)
+        return runtime().capture(
+            self, prompts, sites=sites, window=window, batch_size=batch_size, prompt_format=prompt_format
+        )
 
     def generate(self, targets, **kwargs):
         """See :func:`transferlab.engine.generation.generate`."""
