@@ -260,7 +260,10 @@ def test_tiny_adapter_sites_resolve_to_the_right_modules(tiny):
     for layer in range(a.n_layers):
         block = tiny.hf.model.layers[layer]
         attn = block.self_attn
-        handles = {site: a.handle(HookPoint(site, layer)) for site in ACTIVATION_SITES}
+        moe = not hasattr(getattr(block, "mlp", None), "down_proj")  # no mlp_hidden on a mixture of experts
+        handles = {
+            site: a.handle(HookPoint(site, layer)) for site in ACTIVATION_SITES if not (moe and site == "mlp_hidden")
+        }
         if a.fused_qkv:
             qkv = attn.qkv_proj
             assert qkv.out_features == 64 + 2 * 32
@@ -274,6 +277,9 @@ def test_tiny_adapter_sites_resolve_to_the_right_modules(tiny):
             assert attn.k_proj.out_features == attn.v_proj.out_features == 32
             assert attn.q_proj.out_features == 64
         assert handles["attn_out"].module is attn.o_proj
+        assert (handles["z"].module, handles["z"].where) == (attn.o_proj, "input")
+        if not moe:
+            assert (handles["mlp_hidden"].module, handles["mlp_hidden"].where) == (block.mlp.down_proj, "input")
         assert (handles["resid_pre"].module, handles["resid_pre"].where) == (block, "input")
         assert (handles["resid_post"].module, handles["resid_post"].where) == (block, "output")
         mlp = getattr(block, "mlp", None) or getattr(block, "block_sparse_moe")
@@ -281,7 +287,8 @@ def test_tiny_adapter_sites_resolve_to_the_right_modules(tiny):
 
 
 def test_tiny_capture_shapes(tiny):
-    points = [f"{s}@{layer}" for s in ACTIVATION_SITES for layer in (0, -1)]
+    moe = tiny.adapter.family == "mixtral"  # no mlp_hidden on a mixture of experts
+    points = [f"{s}@{layer}" for s in ACTIVATION_SITES for layer in (0, -1) if not (moe and s == "mlp_hidden")]
     acts = tiny.capture([PROMPT], sites=points)
     n = len(acts.token_ids[0])
     for p in points:

@@ -82,7 +82,17 @@ def test_bool_is_not_a_layer():
 
 
 def test_site_vocabulary():
-    assert ACTIVATION_SITES == ("q_proj", "k_proj", "v_proj", "attn_out", "resid_pre", "resid_post", "mlp_out")
+    assert ACTIVATION_SITES == (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "z",
+        "attn_out",
+        "resid_pre",
+        "resid_post",
+        "mlp_out",
+        "mlp_hidden",
+    )
     assert SITES == ACTIVATION_SITES + ("kv",)
 
 

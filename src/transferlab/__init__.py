@@ -29,6 +29,8 @@ _WHERE = {  # public name -> the module that defines it
     "save_steering": ".interventions",
     "Ablate": ".interventions",
     "HeadPatch": ".interventions",
+    "Hook": ".interventions",
+    "HookCall": ".interventions",
     "KVSplice": ".interventions",
     "Noise": ".interventions",
     "Patch": ".interventions",

@@ -68,7 +68,7 @@ def _load(model: str, dtype: Optional[str] = None, device: Optional[str] = None)
 @app.command()
 def info(model: str = typer.Option("stories260K", "--model", "-m", help=MODEL_HELP)) -> None:
     """Print a model's architecture and the sites transferlab can hook."""
-    from .sites import ACTIVATION_SITES
+    from .sites import ACTIVATION_SITES, SiteError
 
     m = _load(model)
     table = Table(title=escape(m.name), show_header=False)
@@ -80,7 +80,11 @@ def info(model: str = typer.Option("stories260K", "--model", "-m", help=MODEL_HE
     sites.add_column("width")
     sites.add_column("module (layer 0)")
     for site in ACTIVATION_SITES:
-        h = m.adapter.handle(m.hook_point(f"{site}@0"))
+        try:
+            h = m.adapter.handle(m.hook_point(f"{site}@0"))
+        except SiteError:  # a site this architecture lacks (mlp_hidden on a mixture-of-experts block)
+            sites.add_row(site, "-", "not on this model")
+            continue
         where = type(h.module).__name__ + (f"[{h.start}:{h.stop}]" if h.start is not None else "") + f" ({h.where})"
         sites.add_row(site, str(m.adapter.width(site)), where)
     sites.add_row("kv", f"{m.adapter.n_kv_heads} heads x {m.adapter.head_dim}", "cache (keys after RoPE)")

@@ -8,10 +8,17 @@ site        meaning (shape per token)
 q_proj      output of the query projection (n_heads * head_dim)
 k_proj      output of the key projection, before RoPE (n_kv_heads * head_dim)
 v_proj      output of the value projection (n_kv_heads * head_dim; no RoPE)
+z           the attention heads' outputs, concatenated, before o_proj (its input;
+            n_heads * head_dim): head h is channels h*head_dim .. (h+1)*head_dim-1
+            (TransformerLens's ``hook_z``); patches and ablations take query
+            heads (``z@3:h5``)
 attn_out    output of the attention output projection o_proj (hidden_size)
 resid_pre   the residual stream entering the layer (hidden_size)
 resid_post  the residual stream leaving the layer (hidden_size)
 mlp_out     output of the layer's MLP / mixture-of-experts block (hidden_size)
+mlp_hidden  the MLP's hidden activations, the input of down_proj (intermediate_size;
+            ``act(gate) * up`` in gated MLPs: one channel per neuron); not on
+            mixture-of-experts blocks
 kv          the layer's key/value cache (keys after RoPE), for splicing
 ==========  ==================================================================
 
@@ -26,7 +33,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-ACTIVATION_SITES = ("q_proj", "k_proj", "v_proj", "attn_out", "resid_pre", "resid_post", "mlp_out")
+ACTIVATION_SITES = ("q_proj", "k_proj", "v_proj", "z", "attn_out", "resid_pre", "resid_post", "mlp_out", "mlp_hidden")
+HEAD_SITES = ("q_proj", "k_proj", "v_proj", "z")  # sites split into attention heads (z and q_proj: query heads)
 SITES = ACTIVATION_SITES + ("kv",)
 
 

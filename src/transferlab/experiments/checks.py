@@ -208,7 +208,7 @@ def _check_heads(model, inter) -> None:
     if not heads:
         return
     ad = model.adapter
-    query = inter.site == "q_proj" or getattr(inter, "head_kind", "kv") == "query"
+    query = inter.site in ("q_proj", "z") or getattr(inter, "head_kind", "kv") == "query"
     n, what = (ad.n_heads, "query") if query else (ad.n_kv_heads, "key/value")
     bad = [h for h in heads if not 0 <= h < n]
     if bad:

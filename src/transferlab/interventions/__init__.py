@@ -32,6 +32,8 @@ from .steering import SteeringVectors, load_steering, save_steering, steer_probl
 from .types import (
     Ablate,
     HeadPatch,
+    Hook,
+    HookCall,
     Intervention,
     InterventionError,
     KVSplice,
@@ -50,6 +52,8 @@ __all__ = [
     "parse_plan",
     "Ablate",
     "HeadPatch",
+    "Hook",
+    "HookCall",
     "Intervention",
     "InterventionError",
     "KVSplice",

@@ -54,7 +54,7 @@ def _channel_mask(model, inter, width: int, device) -> torch.Tensor | None:
         return None
     ad = model.adapter
     kind = getattr(inter, "head_kind", "kv")
-    if inter.site == "q_proj":
+    if inter.site in ("q_proj", "z"):  # query heads, whatever head_kind says
         n = ad.n_heads
         kv_heads = list(heads)
     else:
@@ -71,7 +71,7 @@ def _channel_mask(model, inter, width: int, device) -> torch.Tensor | None:
             kv_heads = list(heads)
     for h in kv_heads:
         if not 0 <= h < n:
-            what = "query" if inter.site == "q_proj" else "key/value"
+            what = "query" if inter.site in ("q_proj", "z") else "key/value"
             raise InterventionError(
                 f"{what} head {h} does not exist at {inter.site}: the model has {n} {what} heads (0..{n - 1})"
             )

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .. import rng
-from .types import Ablate, Intervention, InterventionError, Noise, Patch, Steer
+from .types import Ablate, Hook, HookCall, Intervention, InterventionError, Noise, Patch, Steer
 
 SEED_WINDOW = 16  # the seed's hard-coded window_size
 
@@ -377,3 +377,51 @@ class SteerOperator(Operator):
         if self.inter.alpha == 0:
             return x  # nothing added: the activation stays bitwise as it was (x + 0 * v would turn -0.0 into +0.0)
         return x + self.inter.alpha * value
+
+
+@operates(Hook)
+class HookOperator(Operator):
+    """The user's function (:class:`~.types.Hook`) at every real target position but BOS, both phases."""
+
+    def prompt_pairs(self, span: Span) -> list[tuple[int, int]]:
+        return _every_token(span)
+
+    def _run(self, x, ctx, mask):
+        call = HookCall(ctx.phase, ctx.step, ctx.positions.to(x.device), mask)
+        fn = self.inter.fn
+        if not hasattr(self, "_with_call"):
+            self._with_call = _takes_call(fn)
+        out = fn(x, call) if self._with_call else fn(x)
+        if out is None:
+            return x
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise InterventionError(
+                f"{self.inter.describe()}: the function must return a tensor of the activation's shape "
+                f"{tuple(x.shape)} (or None); it returned {got}"
+            )
+        return out
+
+    def prompt_value(self, x, tables, ctx, idx):
+        mask = (idx >= 0) & ctx.valid.to(x.device) & tables.rows[:, None]
+        return self._run(x, ctx, mask)
+
+    def decode_value(self, x, tables, ctx, written):
+        return written, self._run(x, ctx, written)
+
+    def combine(self, x, value):
+        return value.to(x.dtype)
+
+
+def _takes_call(fn) -> bool:
+    """Whether ``fn`` accepts a second positional argument (the :class:`~.types.HookCall`)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: give it the activation only
+        return False
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2

@@ -48,7 +48,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..sites import ACTIVATION_SITES, SiteError
+from ..sites import ACTIVATION_SITES, HEAD_SITES, SiteError
 
 PHASES = ("prompt", "decode", "both")
 MODES = ("replace", "add", "mix")
@@ -255,7 +255,7 @@ class HeadPatch(Patch):
     ``head_kind="query"`` numbers query heads: on ``k_proj``/``v_proj`` a query
     head selects the key/value head its group reads (GQA: query head h reads
     kv head ``h // (n_heads // n_kv_heads)``), which every query head of that
-    group shares. On ``q_proj`` heads are always query heads.
+    group shares. On ``q_proj`` and ``z`` (the heads' outputs before o_proj) heads are always query heads.
     """
 
     kind: ClassVar[str] = "head_patch"
@@ -265,8 +265,8 @@ class HeadPatch(Patch):
     def __post_init__(self):
         super().__post_init__()
         object.__setattr__(self, "heads", tuple(int(h) for h in self.heads))
-        if self.site not in ("q_proj", "k_proj", "v_proj"):
-            raise InterventionError(f"HeadPatch acts on q_proj, k_proj or v_proj; got {self.site!r}")
+        if self.site not in HEAD_SITES:
+            raise InterventionError(f"HeadPatch acts on {', '.join(HEAD_SITES)}; got {self.site!r}")
         if not self.heads:
             raise InterventionError("HeadPatch needs at least one head")
         _check(self.head_kind, ("kv", "query"), "HeadPatch.head_kind")
@@ -301,8 +301,8 @@ class Ablate(Intervention):
         _check(self.phase, PHASES, "Ablate.phase")
         if self.heads is not None:
             object.__setattr__(self, "heads", tuple(int(h) for h in self.heads))
-            if self.site not in ("q_proj", "k_proj", "v_proj"):
-                raise InterventionError(f"Ablate(heads=...) acts on q_proj, k_proj or v_proj; got {self.site!r}")
+            if self.site not in HEAD_SITES:
+                raise InterventionError(f"Ablate(heads=...) acts on {', '.join(HEAD_SITES)}; got {self.site!r}")
 
     @property
     def needs_source(self) -> bool:  # type: ignore[override]
@@ -426,6 +426,72 @@ class Steer(Intervention):
         if self.phase != "both":
             out.append(self.phase)
         return ":".join(out)
+
+
+@dataclass(frozen=True, eq=False)
+class Hook(Intervention):
+    """Your own function on the activation at a hook point, run inside the audited machinery.
+
+    ``fn(x)`` or ``fn(x, call)`` receives the activation ``x`` ``[B, T, D]`` of
+    one forward call and returns the new activation (same shape) or None
+    (unchanged). ``call`` (a :class:`HookCall`) says which phase and decode
+    step this is, the absolute target positions of ``x``'s columns, and
+    ``mask`` ``[B, T]``: the positions whose result is kept -- real tokens
+    (never padding, never BOS) of the rows whose plan holds the hook, as for
+    every built-in intervention. Elsewhere the output is discarded, so a
+    function that treats each position (or each row) on its own gives a
+    left-padded batch the same result as each prompt alone; one that mixes
+    rows or reads padding does not. Runs in ``generate``, ``apply`` and
+    experiments built in Python; the audit counts the forwards and positions
+    it ran at (``change_norm`` says how much it changed). ``phase``: prompt,
+    decode or both. ``name`` labels it in the audit and the plan's text
+    (default: the function's name).
+
+    On CUDA, ``generate``'s decode loop may replay the step as a CUDA graph:
+    the function's tensor operations are recorded once and replayed, host-side
+    logic (``print``, ``.item()``, Python branches on values) runs at capture
+    only; set ``TRANSFERLAB_DECODE=eager`` for a function that needs it.
+
+    A hook holds a Python function: it has no dict/TOML form and is never read
+    back from a results table (its row records the description only).
+    """
+
+    kind: ClassVar[str] = "hook"
+    needs_source: ClassVar[bool] = False
+    site: str = "resid_post"
+    layer: Any = -1
+    fn: Any = None
+    phase: str = "both"
+    name: str | None = None
+
+    def __post_init__(self):
+        _check_site(self.site)
+        _check(self.phase, PHASES, "Hook.phase")
+        if not callable(self.fn):
+            raise InterventionError(f"Hook needs a function fn(x) or fn(x, call); got {type(self.fn).__name__}")
+        if self.name is None:
+            object.__setattr__(self, "name", getattr(self.fn, "__name__", type(self.fn).__name__))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["fn"] = f"{self.name}@{id(self.fn):x}"  # which function object (a hook is never rebuilt from a dict)
+        return out
+
+    def describe(self) -> str:
+        out = [f"fn:{self.name}", f"{self.site}@{_fmt_num(self.layer)}"]
+        if self.phase != "both":
+            out.append(self.phase)
+        return ":".join(out)
+
+
+@dataclass(frozen=True)
+class HookCall:
+    """What a :class:`Hook`'s function is told about the forward call it edits."""
+
+    phase: str  # "prompt" or "decode"
+    step: Any  # decode step (new token index fed), 0 at the prompt phase; a 0-dim tensor in graph-captured loops
+    positions: Any  # [B, T] absolute target positions of x's columns
+    mask: Any  # [B, T] True where the function's output is kept
 
 
 KINDS: dict[str, type[Intervention]] = {cls.kind: cls for cls in (KVSplice, Patch, HeadPatch, Ablate, Noise, Steer)}

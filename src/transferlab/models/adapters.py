@@ -57,15 +57,30 @@ class Adapter:
             return self.q_width
         if site in ("k_proj", "v_proj"):
             return self.kv_width
+        if site == "z":
+            return self.q_width
+        if site == "mlp_hidden":
+            return self._down_proj(0).in_features
         return self.hidden_size
+
+    def _down_proj(self, layer: int) -> nn.Module:
+        """The MLP's down projection at ``layer`` (its input is the ``mlp_hidden`` site)."""
+        mlp = getattr(self.layers[layer], "mlp", None)
+        down = getattr(mlp, "down_proj", None) if mlp is not None else None
+        if down is None:
+            raise SiteError(
+                f"{self.family}: layer {layer} has no MLP down_proj (a mixture-of-experts block?), so no "
+                "mlp_hidden site; use mlp_out"
+            )
+        return down
 
     def heads(self, site: str) -> int:
         """How many heads a site is split into (query heads for q_proj, kv heads for k/v)."""
-        if site == "q_proj" or site == "attn_out_heads":
+        if site in ("q_proj", "z"):
             return self.n_heads
         if site in ("k_proj", "v_proj"):
             return self.n_kv_heads
-        raise SiteError(f"site {site!r} has no heads; head-level sites are q_proj, k_proj, v_proj")
+        raise SiteError(f"site {site!r} has no heads; head-level sites are q_proj, k_proj, v_proj, z")
 
     def handle(self, point: HookPoint) -> SiteHandle:
         site, layer = point.site, point.layer
@@ -80,8 +95,12 @@ class Adapter:
                 bounds = {"q_proj": (0, q), "k_proj": (q, q + kv), "v_proj": (q + kv, q + 2 * kv)}
                 return SiteHandle(attn.qkv_proj, "output", *bounds[site])
             return SiteHandle(getattr(attn, site), "output")
+        if site == "z":
+            return SiteHandle(attn.o_proj, "input")
         if site == "attn_out":
             return SiteHandle(attn.o_proj, "output")
+        if site == "mlp_hidden":
+            return SiteHandle(self._down_proj(layer), "input")
         if site == "resid_pre":
             return SiteHandle(block, "input")
         if site == "resid_post":
