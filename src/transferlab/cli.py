@@ -533,8 +533,9 @@ def _print_outcome(run_dir: Path, warnings: list[str]) -> None:
 
 
 def _print_headline(run_dir: Path) -> None:
-    """The run's headline from its summary.json: each condition's primary score and source_overlap, then the
-    paired deltas of the primary score (vs the reference, and the primary condition vs each control)."""
+    """The run's headline from its summary.json: each condition's primary score and source_overlap (and its
+    target-fidelity scores, where the run has them), then the paired deltas of the primary score (vs the
+    reference, and the primary condition vs each control)."""
     path = run_dir / "summary.json"
     if not path.exists():  # --no-report
         return
@@ -547,14 +548,19 @@ def _print_headline(run_dir: Path) -> None:
 
     for model in models:
         means = {(r["condition"], r["score"]): r for r in s["conditions_table"] if r["model"] == model}
-        table = Table(title=escape(f"{model}: {score} (95% cluster CI) and source_overlap"))
-        for col in ("condition", score, "95% CI", "source_overlap"):
+        fidelity = list(s.get("fidelity_scores") or [])
+        title = f"{model}: {score} (95% cluster CI) and source_overlap" + (", target fidelity" if fidelity else "")
+        table = Table(title=escape(title))
+        for col in ("condition", score, "95% CI", "source_overlap", *fidelity):
             table.add_column(escape(col))
         for cond in s["conditions"]:
-            r, o = means.get((cond, score)), means.get((cond, "source_overlap"))
+            r = means.get((cond, score))
             if r is not None:
                 ci = f"[{num(r['ci_low'])}, {num(r['ci_high'])}]"
-                table.add_row(escape(cond), num(r["mean"]), escape(ci), num(o["mean"]) if o else "–")
+                more = [
+                    num(means[(cond, c)]["mean"]) if (cond, c) in means else "–" for c in ("source_overlap", *fidelity)
+                ]
+                table.add_row(escape(cond), num(r["mean"]), escape(ci), *more)
         console.print(table)
         deltas = Table(title=escape(f"{model}: paired Δ {score}"))
         for col in ("comparison", "Δ mean", "95% cluster CI", "Holm p"):

@@ -61,6 +61,9 @@ def preflight(config: ExperimentConfig) -> list:
         if name not in SCORERS:
             problems.append(("scoring.scorers", f"unknown scorer {name!r}; registered: {', '.join(sorted(SCORERS))}"))
     columns = set(config.scoring.scorers) | ({"logit_markers"} if config.scoring.logit else set())
+    if config.scoring.target_logprob:
+        columns.add("target_answer_logprob")
+        problems.extend(_reference_problems(config))
     for i, sweep in enumerate(config.sweeps):
         if sweep.kind == "minimal_layers" and sweep.score not in columns:
             problems.append(
@@ -84,6 +87,24 @@ def preflight(config: ExperimentConfig) -> list:
     if problems:
         raise ConfigError(problems, "config")
     return pairs
+
+
+def _reference_problems(config: ExperimentConfig) -> list[tuple[str, str]]:
+    """``target_answer_logprob`` scores the reference condition's continuation: it must be the target alone."""
+    ref = next((c for c in config.conditions if c.name == config.reference), None)
+    if ref is None:  # the schema reports a missing reference
+        return []
+    if ref.prompt != "target" or len(ref.parsed_plan()):
+        return [
+            (
+                "scoring.target_logprob",
+                f"target_answer_logprob scores the reference condition's continuation as the target's own answer, "
+                f"but reference {ref.name!r} is not the target alone (plan {str(ref.parsed_plan()) or 'empty'!r}, "
+                f"prompt {ref.prompt!r}); make the reference a condition with an empty plan and prompt = 'target', "
+                "or set scoring.target_logprob = false",
+            )
+        ]
+    return []
 
 
 class ModelShape:

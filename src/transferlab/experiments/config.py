@@ -184,6 +184,13 @@ class Scoring(_Strict):
     scorers: list[str] = Field(default_factory=lambda: ["seed_v1", "strict", "source_overlap", "collapse"])
     logit: bool = True
     logit_top_k: int = Field(20, ge=1)
+    target_logprob: bool = Field(
+        False,
+        description="score target_answer_logprob: the mean log-probability the intervened model gives the first "
+        "target_logprob_k tokens of the reference condition's continuation of the same pair and seed (teacher "
+        "forced; the reference must be the target alone)",
+    )
+    target_logprob_k: int = Field(8, ge=1, description="tokens of the reference's continuation that it scores")
 
 
 class RVSettings(_Strict):

@@ -324,7 +324,11 @@ def finalize(run_dir: Path, console=None) -> dict:
         sweep_info = store.get("minimal_layers")
     finally:
         store.close()
-    scores = [c for c in results.columns if c in set(config["scoring"]["scorers"]) | {"logit_markers"}]
+    scores = [
+        c
+        for c in results.columns
+        if c in set(config["scoring"]["scorers"]) | {"logit_markers", "target_answer_logprob"}
+    ]
     with stage("imports"):
         from ..report import build_summary, write_report
 

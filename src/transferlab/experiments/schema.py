@@ -31,6 +31,22 @@ decode_path         the decode loop and attention kernel that made the tokens,
 <score columns>     one float column per scorer, named after it
                     (``seed_v1``, ``strict``, ``source_overlap``, ``collapse``,
                     ``source_lexicon``, ``logit_markers``, ...)
+target_overlap      (scorer, target fidelity) share of the pair's target
+                    prompt's content words the text uses, 0-1 (the mirror of
+                    ``source_overlap``; also for ``source_direct`` rows)
+answer              (scorer, target fidelity) 1.0 if the text contains an
+                    accepted answer of the pair's target (the bank's
+                    ``answer`` field), 0.0 if not, NaN for targets without one
+target_answer_logprob  (``scoring.target_logprob``, target fidelity) mean
+                    natural log-probability, under this row's condition (its
+                    prompt, source and plan: KV splices, prompt- and
+                    decode-phase interventions), of the first
+                    ``scoring.target_logprob_k`` tokens of the reference
+                    condition's continuation of the same (model, seed, pair),
+                    teacher forced (untempered distribution; fewer tokens where
+                    the reference stopped earlier, NaN where it made none). The
+                    reference row scores its own tokens under the plain model.
+                    After the scorer columns and ``logit_markers``.
 rv_source           R_V of the source prompt (NaN if short; see rv_status)
 rv_target           R_V of the target prompt
 n_interventions     interventions in the condition's plan
@@ -71,4 +87,4 @@ def unit_key(model: str, seed: int, pair_id: int, condition: str) -> str:
 # The version of the code's results: bump it in any change after which a config, bank and model that gave
 # some rows would give different ones (sampling, scoring, intervention numerics, pairing, row columns).
 # A run records it; ``--resume`` refuses a run recorded under another, since the table would mix the two.
-RESULTS_VERSION = 2  # 2: the decode_path column
+RESULTS_VERSION = 3  # 2: the decode_path column; 3: target fidelity (target_overlap, answer, target_answer_logprob)

@@ -123,6 +123,17 @@ class _Context:
         return list(markers) if markers else list(SEED_MARKERS)
 
 
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What a batch's rows were generated from, per row: the prompt fed (text or token ids), the formatted source
+    (or None), the plan and the random stream; a teacher-forced rescoring feeds the same."""
+
+    prompts: list
+    sources: list
+    plans: list
+    streams: list
+
+
 class Worker:
     """Executes :class:`UnitBatch` es and :class:`ModelRequest` s; see the module docstring."""
 
@@ -133,6 +144,7 @@ class Worker:
         self.model = None
         self._top_cache: dict = {}  # (prompt, k) -> own top-k next-token ids, for the loaded model
         self._marker_cache: dict = {}  # lexicon -> marker token ids, for the loaded model's tokenizer
+        self._answers: dict = {}  # reference unit key -> its generated token ids (the target's own answer)
 
     # -- state ------------------------------------------------------------------
     def context(self, config: dict) -> _Context:
@@ -147,6 +159,7 @@ class Worker:
         key = _config_key(config) + f"|{where}"
         if key != self._ctx_key:
             self._ctx, self._ctx_key = _Context(validate_config(config, "config.json")), key
+            self._answers = {}  # another config: other pairs under the same unit keys
         return self._ctx
 
     def load(self, config: ExperimentConfig, name: str):
@@ -160,7 +173,7 @@ class Worker:
             from ..models import load_model
 
             self.model, self._model_key = None, None  # free the old weights before loading new ones
-            self._top_cache, self._marker_cache = {}, {}  # token ids belong to one tokenizer
+            self._top_cache, self._marker_cache, self._answers = {}, {}, {}  # token ids belong to one tokenizer
             with stage("model_load"):
                 self.model = load_model(
                     spec.spec,
@@ -219,6 +232,7 @@ class Worker:
             plans.append(plan)
             lexicons.append(ctx.lexicon(pair.source_id))
         prompts = self._formatted(model, cfg, targets)  # what the model sees, once for generation and logit scoring
+        formatted_sources = self._formatted(model, cfg, sources)
         record = None
         if cfg.scoring.logit:
             record = {
@@ -230,7 +244,7 @@ class Worker:
         streams = [f"{batch.model}|{batch.seed}|{u.pair_id}" for u in batch.units]
         gen = model.generate(
             prompts,
-            sources=self._formatted(model, cfg, sources),
+            sources=formatted_sources,
             plan=plans,
             seed=batch.seed,
             example_ids=batch.keys,
@@ -242,10 +256,19 @@ class Worker:
         )
         with stage("scoring"):
             scores = score_table(
-                gen.texts, [pairs[u.pair_id].source_text for u in batch.units], cfg.scoring.scorers, lexicons=lexicons
+                gen.texts,
+                [pairs[u.pair_id].source_text for u in batch.units],
+                cfg.scoring.scorers,
+                lexicons=lexicons,
+                targets=[pairs[u.pair_id].target_text for u in batch.units],
+                answers=[bank.get(pairs[u.pair_id].target_id).answers for u in batch.units],
             )
             if cfg.scoring.logit:
                 scores["logit_markers"] = logit_mass_score(gen.logmass)
+        if cfg.scoring.target_logprob:
+            with stage("target_logprob"):
+                forced = GenerationRequest(prompts, formatted_sources, plans, streams)
+                scores["target_answer_logprob"] = self._target_logprob(model, ctx, batch, gen, forced)
         with stage("rows"):
             return self._rows(batch, gen, scores, plans, roles, pairs, bank)
 
@@ -288,6 +311,67 @@ class Worker:
             )
             rows.append(row)
         return rows
+
+    # -- target fidelity ----------------------------------------------------------
+    def _target_logprob(self, model, ctx: _Context, batch: UnitBatch, gen, rows: "GenerationRequest") -> np.ndarray:
+        """Per unit, ``target_answer_logprob``: the mean log-probability its condition's model (the unit's own
+        prompt, plan and source: KV splices, prompt- and decode-phase interventions) gives the first ``k`` tokens
+        of the reference condition's continuation of the same (model, seed, pair), teacher forced by the engine
+        (``generate(forced=...)``). Fewer tokens where the reference stopped earlier; NaN where it generated none.
+        The reference row scores its own tokens under the plain model."""
+        from .schema import unit_key
+
+        cfg = ctx.config
+        k = cfg.scoring.target_logprob_k
+        answers = self._reference_answers(model, ctx, batch, gen)
+        forced = [answers[unit_key(batch.model, batch.seed, u.pair_id, cfg.reference)][:k] for u in batch.units]
+        todo = [b for b, f in enumerate(forced) if f]
+        out = np.full(len(batch.units), np.nan)
+        if not todo:
+            return out
+        settings = {**batch.settings, "max_new_tokens": max(len(forced[b]) for b in todo)}
+        scored = model.generate(
+            [rows.prompts[b] for b in todo],
+            sources=[rows.sources[b] for b in todo],
+            plan=[rows.plans[b] for b in todo],
+            seed=batch.seed,
+            example_ids=[batch.units[b].key for b in todo],
+            streams=[rows.streams[b] for b in todo],
+            batch_size=len(todo),
+            forced=[forced[b] for b in todo],
+            **settings,
+        )
+        for b, lp in zip(todo, scored.token_logprobs):
+            out[b] = float(np.mean(lp))
+        return out
+
+    def _reference_answers(self, model, ctx: _Context, batch: UnitBatch, gen) -> dict[str, list[int]]:
+        """The reference condition's tokens for every pair of ``batch``, by the reference unit's key: from this
+        batch where its reference units ran here, from an earlier batch of this worker, else generated now (a
+        unit's tokens depend on the unit alone, so they are the tokens its own row has or will have)."""
+        from .schema import unit_key
+        from .units import generation_settings
+
+        cfg, pairs = ctx.config, ctx.pairs
+        for b, u in enumerate(batch.units):
+            if u.condition == cfg.reference:
+                self._answers[u.key] = list(gen.token_ids[b])
+        wanted = {unit_key(batch.model, batch.seed, u.pair_id, cfg.reference): u.pair_id for u in batch.units}
+        missing = {key: pair for key, pair in wanted.items() if key not in self._answers}
+        if missing:
+            ref = next(c for c in cfg.conditions if c.name == cfg.reference)
+            keys, ids = list(missing), list(missing.values())
+            made = model.generate(
+                self._formatted(model, cfg, [pairs[p].target_text for p in ids]),
+                plan=ref.parsed_plan(),
+                seed=batch.seed,
+                example_ids=keys,
+                streams=[f"{batch.model}|{batch.seed}|{p}" for p in ids],
+                batch_size=len(ids),
+                **generation_settings(cfg, ref),
+            )
+            self._answers.update(zip(keys, (list(t) for t in made.token_ids)))
+        return {key: self._answers[key] for key in wanted}
 
     # -- helpers ----------------------------------------------------------------
     def _batch_size(self, model, ctx: _Context, n_conditions: int) -> int:

@@ -90,7 +90,8 @@ def data_warnings(results, all_scores, conds, audit, deltas, skipped, plans, sel
                         "count": total,
                         "by_condition": {c: k for c, k, _ in hit},
                         "message": f"score {s} is NaN in {total}/{len(sub)} rows ({where}); "
-                        "excluded from its statistics and counted as n_nan",
+                        "excluded from its statistics and counted as n_nan"
+                        + ("; answer is NaN by design where the target has no known answer" if s == "answer" else ""),
                     }
                 )
     if len(deltas):

@@ -10,6 +10,9 @@ import numpy as np
 import pandas as pd
 
 OVERLAP = "source_overlap"
+#: Target-fidelity scores: whether the target's task survives (not the source's behavior arriving). They are
+#: never the primary score; the report shows them beside it (:mod:`.fidelity`).
+FIDELITY = ("target_overlap", "answer", "target_answer_logprob")
 PAIR_UNIT = ["pair_id", "seed"]
 CLUSTER = "source_id"
 PRIMARY_P = "p_perm_cluster"

@@ -32,6 +32,9 @@ SCORE_UNITS = {
     "source_overlap": "fraction of source words, 0–1",
     "collapse": "fraction collapsed, 0–1",
     "logit_markers": "mean log-odds, nats",
+    "target_overlap": "fraction of target words, 0–1",
+    "answer": "fraction answered, 0–1",
+    "target_answer_logprob": "mean log-prob of the reference's tokens, nats",
 }
 RV_LABEL = "R_V = PR(late) / PR(early)  (ratio)"
 
@@ -323,12 +326,91 @@ def plot_seeds(summary: dict, out_dir: Path) -> Path | None:
     return _save(fig, Path(out_dir), "seeds")
 
 
+def plot_fidelity(results: pd.DataFrame, summary: dict, out_dir: Path) -> Path | None:
+    """Source score vs target fidelity: a panel per (model, fidelity score), the primary score on y.
+
+    One faint point per row (pair × seed) and, per condition, its mean with 95% cluster-bootstrap CIs on both
+    axes (from the summary's ``fidelity`` table). A transfer worth the name sits high (the source's behavior)
+    and as far right as the reference (the target's task kept); the source prompt itself sits high and left.
+    """
+    fidelity = [f for f in summary.get("fidelity_scores") or [] if f in results.columns]
+    rows = summary.get("fidelity") or []
+    score = summary["primary_score"]
+    if not fidelity or not rows or score not in results.columns:
+        return None
+    models = summary["models"]
+    colors = condition_colors(summary["conditions"], summary["reference"], summary.get("primary"))
+    fig = Figure(figsize=(4.4 * len(fidelity) + 1.8, 4.0 * len(models)), layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.subplots(len(models), len(fidelity), squeeze=False, sharey="row")
+    rng = np.random.default_rng(0)
+    means = {(r["model"], r["condition"]): r for r in rows}
+    for mi, model in enumerate(models):
+        sub = results[results["model"] == model]
+        for fi, f in enumerate(fidelity):
+            ax = grid[mi][fi]
+            for c in summary["conditions"]:
+                part = sub[sub["condition"] == c]
+                ok = part[[f, score]].astype(float).dropna()
+                if len(ok):
+                    jitter = 0.01 if f == "answer" else 0.0  # 0/1 values: spread the dots a little
+                    ax.scatter(
+                        ok[f] + rng.uniform(-jitter, jitter, len(ok)),
+                        ok[score],
+                        s=6,
+                        color=colors[c],
+                        alpha=0.25,
+                        lw=0,
+                    )
+                r = means.get((model, c))
+                if r is None or r[f"{f}_mean"] is None or r["primary_mean"] is None:
+                    continue
+                x, y = r[f"{f}_mean"], r["primary_mean"]
+                xerr = _err(x, r[f"{f}_ci_low"], r[f"{f}_ci_high"])
+                yerr = _err(y, r["primary_ci_low"], r["primary_ci_high"])
+                ax.errorbar(
+                    x,
+                    y,
+                    xerr=xerr,
+                    yerr=yerr,
+                    fmt="o",
+                    ms=8,
+                    mec="black",
+                    mew=0.8,
+                    color=colors[c],
+                    capsize=3,
+                    lw=1.4,
+                    label=c if fi == len(fidelity) - 1 else None,
+                    zorder=5,
+                )
+            ax.set_xlabel(score_label(f))
+            ax.grid(alpha=0.3)
+            if len(models) > 1 or fi == 0:
+                ax.set_title(model if len(models) > 1 else "", fontsize=10)
+        grid[mi][0].set_ylabel(score_label(score))
+        grid[mi][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False, title="condition")
+    _suptitle(
+        fig,
+        f"Source behavior ({score}) vs target fidelity, per condition: one faint point per (pair, seed); "
+        "large points: condition means with 95% cluster CIs",
+    )
+    return _save(fig, Path(out_dir), "fidelity")
+
+
+def _err(center: float, lo, hi):
+    """An errorbar's ``[[below], [above]]`` from a CI, or None without one."""
+    if lo is None or hi is None:
+        return None
+    return [[max(0.0, center - lo)], [max(0.0, hi - center)]]
+
+
 def make_figures(results: pd.DataFrame, summary: dict, out_dir: Path) -> dict[str, Path]:
     """Every figure that applies, as {name: path}, in report order."""
     out_dir = Path(out_dir)
     made = {
         "condition_means": plot_condition_means(summary, out_dir),
         "pair_deltas": plot_pair_deltas(results, summary, out_dir),
+        "fidelity": plot_fidelity(results, summary, out_dir),
         "layer_sweep": plot_layer_sweep(summary, out_dir),
         "rv_groups": plot_rv_groups(summary, out_dir),
         "seeds": plot_seeds(summary, out_dir),

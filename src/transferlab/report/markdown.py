@@ -5,8 +5,9 @@ The first section is the **warnings**: every intervention that never fired
 more than its plan (sampler, flavour, per-condition overrides), and whatever
 else the data show to be off. Then the condition table, the paired deltas,
 the transfer-vs-control comparisons, the source-overlap diagnostic, the
-audit, R_V by prompt group, the per-seed table, the sweep table and the
-figures. Tables are plain GitHub markdown written by :func:`md_table`.
+target fidelity (the source's behavior beside the target's task), the audit,
+R_V by prompt group, the per-seed table, the sweep table and the figures.
+Tables are plain GitHub markdown written by :func:`md_table`.
 """
 
 from __future__ import annotations
@@ -283,6 +284,55 @@ def _overlap_section(summary: dict) -> list[str]:
     return out
 
 
+FIDELITY_MEANING = {
+    "target_overlap": "share of the target prompt's content words the continuation uses",
+    "answer": "share of continuations containing the target's known answer (targets with one)",
+    "target_answer_logprob": "mean log-prob of the reference's own first tokens under the condition (nats)",
+}
+
+
+def _fidelity_section(summary: dict) -> list[str]:
+    rows = summary.get("fidelity") or []
+    fidelity = summary.get("fidelity_scores") or []
+    if not rows or not fidelity:
+        return []
+    score, ref = summary["primary_score"], summary["reference"]
+    meanings = "; ".join(f"`{f}`: {FIDELITY_MEANING.get(f, f)}" for f in fidelity)
+    out = [
+        "## Target fidelity",
+        "",
+        f"The source's behavior (`{score}`, the primary score) beside the target's task, per condition: mean "
+        f"[95% cluster CI] (n), and Δ = condition − {ref} in each fidelity score. A transfer worth the name "
+        f"raises `{score}` while its fidelity stays near {ref}'s; a condition that scores like the source and "
+        f"keeps nothing of the target is the source answering, not a behavior moved into the target's task. "
+        f"{meanings}.",
+        "",
+    ]
+    roles = summary.get("prompt_roles", {})
+    for model in summary["models"]:
+        table = []
+        for r in _by_model(rows, model):
+            row = {
+                "condition": r["condition"] + (" (source prompt)" if roles.get(r["condition"]) == "source" else ""),
+                "primary": _mean_ci(r, "primary"),
+            }
+            for f in fidelity:
+                row[f] = _mean_ci(r, f)
+                row[f"{f}_d"] = fmt(r[f"{f}_vs_reference"]) if r["condition"] != ref else DASH
+            table.append(row)
+        cols = ["condition", "primary"] + [c for f in fidelity for c in (f, f"{f}_d")]
+        heads = ["condition", score] + [h for f in fidelity for h in (f, f"Δ {f}")]
+        out += _model_heading(summary, model)
+        out += [md_table(table, cols, heads), ""]
+    return out
+
+
+def _mean_ci(row: dict, key: str) -> str:
+    if row[f"{key}_mean"] is None:
+        return DASH
+    return f"{fmt(row[f'{key}_mean'])} {_ci(row[f'{key}_ci_low'], row[f'{key}_ci_high'])} (n={row[f'{key}_n']})"
+
+
 def _audit_section(summary: dict) -> list[str]:
     rows = summary.get("audit") or []
     out = [
@@ -474,6 +524,7 @@ def _figures_section(figures: dict[str, Path], run_dir: Path) -> list[str]:
     captions = {
         "condition_means": "Mean of the primary score per condition, 95% cluster-bootstrap CI",
         "pair_deltas": "Per-unit deltas vs the reference, by condition",
+        "fidelity": "Source behavior (primary score) vs target fidelity, per condition",
         "layer_sweep": "Mean delta per condition and score (colour: d_z)",
         "rv_groups": "R_V by prompt group",
         "seeds": "Per-seed condition means",
@@ -552,6 +603,7 @@ def render_markdown(
     lines += _delta_section(summary, "vs_reference")
     lines += _delta_section(summary, "vs_control")
     lines += _overlap_section(summary)
+    lines += _fidelity_section(summary)
     lines += _audit_section(summary)
     lines += _rv_section(summary)
     lines += _seed_section(summary)

@@ -18,6 +18,10 @@ seed) and computes everything the report shows, with the statistics of
   never fired in; never-fired ones first;
 - ``overlap``: each behavior score beside the ``source_overlap`` diagnostic
   (a score that rises only with the source's echoed words is not transfer);
+- ``fidelity``: per condition, the primary score beside the target-fidelity
+  scores (``target_overlap``, ``answer``, ``target_answer_logprob``): does
+  the target's task survive? (``fidelity_scores`` lists those present; they
+  are never the primary score);
 - ``rv_groups``: R_V per prompt group, over distinct prompts (a prompt
   reused by many pairs counts once), NaN prompts counted in ``n_nan``;
 - ``seeds``: per-seed means, and the SD of those means across seeds;
@@ -37,6 +41,7 @@ from .alerts import data_warnings
 from .audit import audit_summary
 from .common import (
     CLUSTER,
+    FIDELITY,
     OVERLAP,
     PAIR_UNIT,
     PRIMARY_P,
@@ -49,6 +54,7 @@ from .common import (
 )
 from .conditions import condition_table
 from .deltas import paired_deltas
+from .fidelity import fidelity_scores, fidelity_table
 from .overlap import overlap_table
 from .rv import rv_prompt_table, rv_summary
 from .seeds import seed_tables
@@ -96,7 +102,7 @@ def build_summary(
     elif controls is None:
         controls = [c for c in conds if c not in (reference, primary)]
     controls_of = [(primary, c) for c in controls]
-    behavior = [s for s in scores if s != OVERLAP]
+    behavior = [s for s in scores if s != OVERLAP and s not in FIDELITY]
     all_scores = scores + ([OVERLAP] if OVERLAP in results.columns and OVERLAP not in scores else [])
 
     ctab = condition_table(results, all_scores, conds, n_boot, seed)
@@ -122,11 +128,14 @@ def build_summary(
         sweep_out = {**(dict(sweep) if isinstance(sweep, dict) else {"path": sweep}), "table": table}
 
     models = order(results["model"])
+    primary_score = behavior[0] if behavior else scores[0]
+    fidelity = fidelity_scores(all_scores)
     out = {
         "scores": scores,
         "behavior_scores": behavior,
         "described_scores": all_scores,
-        "primary_score": behavior[0] if behavior else scores[0],
+        "primary_score": primary_score,
+        "fidelity_scores": fidelity,
         "reference": reference,
         "primary": primary,
         "controls": list(controls),
@@ -158,6 +167,7 @@ def build_summary(
         "deltas": records(deltas) if len(deltas) else [],
         "audit": records(audit),
         "overlap": overlap_table(results, behavior, conds),
+        "fidelity": fidelity_table(ctab, primary_score, fidelity, reference),
         "rv_groups": rv_summary(rv),
         "seeds_table": per_seed,
         "seed_spread": seed_spread,
