@@ -107,3 +107,37 @@ def test_a_reference_that_is_not_the_target_alone_is_refused(tmp_path):
         run_experiment(cfg, progress=False, report=False)
     assert any(path == "scoring.target_logprob" and "'kv_only'" in msg for path, msg in err.value.problems)
     assert not any(tmp_path.iterdir())  # refused before a run directory exists
+
+
+def test_raw_format_stays_raw_on_a_model_with_a_chat_template(tmp_path, monkeypatch):
+    """The forced rescoring feeds the rows' prompts as they were fed: a raw-format run on a model whose tokenizer
+    has a chat template scores the baseline's tokens after the raw prompt, not after its chat turn."""
+    import copy
+    import dataclasses
+
+    import transferlab.models as models
+
+    model = build_tiny("llama")
+    tok = copy.deepcopy(model.tokenizer)
+    tok.chat_template = "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    chat = dataclasses.replace(model, tokenizer=tok)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: chat)
+    cfg = load_config("stories", [f"output_dir={tmp_path}", *SETTINGS, "prompts.n=2", "seeds=[0]"])
+    df = _results(run_experiment(cfg, progress=False, report=False))
+    bank = load_bank("stories")
+    base = df[df.condition == "baseline"]
+    gen = chat.generate(
+        [bank.get(i).text for i in base.target_id],
+        seed=0,
+        streams=[f"tiny:llama|0|{p}" for p in base.pair_id],
+        max_new_tokens=cfg.generation.max_new_tokens,
+        temperature=cfg.generation.temperature,
+        prompt_format="raw",
+    )
+    assert gen.texts == base.text.tolist()
+    for text, tokens, value in zip(base.target_id, gen.token_ids, base.target_answer_logprob):
+        ids, cont = encode(tok, [bank.get(text).text], "raw")[0], tokens[:K]
+        with torch.inference_mode():
+            logits = chat.hf(input_ids=torch.tensor([ids + cont])).logits[0].double()
+        lp = torch.log_softmax(logits, -1)[len(ids) - 1 : -1].gather(-1, torch.tensor(cont)[:, None])
+        assert value == pytest.approx(lp.mean().item(), rel=1e-5, abs=1e-5)

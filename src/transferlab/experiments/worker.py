@@ -339,6 +339,7 @@ class Worker:
             streams=[rows.streams[b] for b in todo],
             batch_size=len(todo),
             forced=[forced[b] for b in todo],
+            prompt_format="raw",  # the rows' prompts and sources as fed (chat: token ids already)
             **settings,
         )
         for b, lp in zip(todo, scored.token_logprobs):
@@ -368,6 +369,7 @@ class Worker:
                 example_ids=keys,
                 streams=[f"{batch.model}|{batch.seed}|{p}" for p in ids],
                 batch_size=len(ids),
+                prompt_format="raw",  # _formatted applied the config's format already
                 **generation_settings(cfg, ref),
             )
             self._answers.update(zip(keys, (list(t) for t in made.token_ids)))
