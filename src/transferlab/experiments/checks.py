@@ -32,7 +32,8 @@ def _message(exc: BaseException) -> str:
 def preflight(config: ExperimentConfig) -> list:
     """Raise :class:`ConfigError` listing every problem found without a model; return the pairs."""
     from ..metrics.scorers import SCORERS
-    from ..prompts import load_bank, make_pairs
+    from ..prompts import load_bank
+    from .pairs import config_pairs
 
     problems: list[tuple[str, str]] = []
     p = config.prompts
@@ -51,12 +52,14 @@ def preflight(config: ExperimentConfig) -> list:
                 problems.append((f"prompts.{key}", _message(exc)))
         if len(pools) == 2:
             try:
-                pairs = make_pairs(
-                    pools["sources"], pools["targets"], p.n, p.pair_seed, reuse=p.reuse, length_match=p.length_match
-                )
+                pairs = config_pairs(config, bank).pairs
             except ValueError as exc:
-                hint = "" if p.reuse else " (or set prompts.reuse = true)"
-                problems.append(("prompts.n", f"{exc}; lower prompts.n{hint}"))
+                if p.length_tolerance is not None:
+                    hint = " (prompts.n, prompts.length_tolerance" + ("" if p.reuse else ", prompts.reuse") + ")"
+                    problems.append(("prompts.length_tolerance", f"{exc}{hint}"))
+                else:
+                    hint = "" if p.reuse else " (or set prompts.reuse = true)"
+                    problems.append(("prompts.n", f"{exc}; lower prompts.n{hint}"))
     for name in config.scoring.scorers:
         if name not in SCORERS:
             problems.append(("scoring.scorers", f"unknown scorer {name!r}; registered: {', '.join(sorted(SCORERS))}"))

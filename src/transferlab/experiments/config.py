@@ -132,11 +132,27 @@ class Prompts(_Strict):
     pair_seed: int = 0
     reuse: bool = True
     length_match: bool = False
+    length_tolerance: int | None = Field(
+        None,
+        ge=0,
+        description="pair only a source and a target whose token lengths differ by at most this many tokens "
+        "(counted with the model's tokenizer in the run's format; every model's, for several); None: any lengths. "
+        "Fewer qualifying pairs than n is refused, never silently shrunk (transferlab.experiments.pairs)",
+    )
     format: Literal["raw", "chat"] = Field(
         "raw",
         description="'raw': prompts as plain text (the seed's); 'chat': each prompt as the user turn of the "
         "model's chat template, generation prompt added (see transferlab.engine.batching)",
     )
+
+    @model_validator(mode="after")
+    def _one_length_rule(self):
+        if self.length_match and self.length_tolerance is not None:
+            raise ValueError(
+                "give length_match (rank-matching of the pairs drawn) or length_tolerance (only pairs within "
+                "the tolerance), not both"
+            )
+        return self
 
 
 class Generation(_Strict):

@@ -30,13 +30,14 @@ import pandas as pd
 from rich.markup import escape
 
 from ..interventions import never_fired
-from ..prompts import load_bank, make_pairs
+from ..prompts import load_bank
 from ..timings import stage
 from .checks import preflight
 from .config import ConfigError, ExperimentConfig, run_name_problem, validate_config
 from .executors import Executor, InProcessExecutor, make_executor
 from .lock import RunLock
 from .metadata import engine_setting_changes, environment, ledger_append, now, write_json
+from .pairs import config_pairs
 from .progress import progress_text, run_progress
 from .resume import (
     FINGERPRINT,
@@ -112,17 +113,17 @@ class Runner:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.store = RunStore(self.run_dir / "store.sqlite")
         self.batches_done = 0
+        self.pairing_info: dict | None = None  # set by pairs() for a length-matched draw
         self._config_dict = config.to_dict()  # what every batch carries to its worker
         self.config_json = self._config_dict  # config.json as written (a resume sets what it read)
 
     # -- prompts -----------------------------------------------------------
     def pairs(self):
-        p = self.config.prompts
         with stage("prompts"):
-            self.bank = load_bank(p.bank)
-            sources = self.bank.select(p.sources)
-            targets = self.bank.select(p.targets)
-            return make_pairs(sources, targets, p.n, p.pair_seed, reuse=p.reuse, length_match=p.length_match)
+            self.bank = load_bank(self.config.prompts.bank)
+            pairing = config_pairs(self.config, self.bank)
+            self.pairing_info = pairing.info
+            return pairing.pairs
 
     # -- the model, seen from the driver -----------------------------------------
     def prepare(self, name: str, pairs) -> tuple[ModelFacts, dict[str, dict]]:
@@ -543,6 +544,8 @@ def _drive_batches(
     try:
         runner.run()
         metadata["bank"] = {"name": config.prompts.bank, "version": runner.bank.version}
+        if runner.pairing_info is not None:  # a length-matched draw: how many pairs qualified
+            metadata["pairing"] = runner.pairing_info
         metadata["models"] = _model_metadata(runner, config)
         metadata["fingerprint"] = {
             k: v for k, v in (runner.store.get(FINGERPRINT) or {}).items() if k != "config"

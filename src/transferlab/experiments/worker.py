@@ -102,19 +102,12 @@ class _Context:
     """A config's prompts: the bank and the pairs, rebuilt deterministically from the config."""
 
     def __init__(self, config: ExperimentConfig):
-        from ..prompts import load_bank, make_pairs
+        from ..prompts import load_bank
+        from .pairs import config_pairs
 
-        p = config.prompts
         self.config = config
-        self.bank = load_bank(p.bank)
-        self.pairs = make_pairs(
-            self.bank.select(p.sources),
-            self.bank.select(p.targets),
-            p.n,
-            p.pair_seed,
-            reuse=p.reuse,
-            length_match=p.length_match,
-        )
+        self.bank = load_bank(config.prompts.bank)
+        self.pairs = config_pairs(config, self.bank).pairs
 
     def lexicon(self, prompt_id: str) -> list[str]:
         from ..metrics.seed_v1 import SEED_MARKERS

@@ -16,7 +16,14 @@ from transferlab.prompts.bank import (
     bank_version,
     load_bank,
 )
-from transferlab.prompts.pairing import Pair, make_pairs, max_pairs_without_reuse, pairs_table
+from transferlab.prompts.pairing import (
+    MatchedPairing,
+    Pair,
+    make_length_matched_pairs,
+    make_pairs,
+    max_pairs_without_reuse,
+    pairs_table,
+)
 
 __all__ = [
     "PILLARS",
@@ -30,6 +37,8 @@ __all__ = [
     "bank_version",
     "load_bank",
     "make_pairs",
+    "make_length_matched_pairs",
+    "MatchedPairing",
     "max_pairs_without_reuse",
     "pairs_table",
 ]

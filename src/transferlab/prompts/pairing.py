@@ -28,6 +28,10 @@
   It matches lengths *within the prompts drawn*; it does not choose
   which prompts are drawn. Length is ``tokenizer_len(text)``, default the
   whitespace word count; pass e.g. ``lambda s: len(tok(s).input_ids)``.
+
+:func:`make_length_matched_pairs` instead draws only pairs whose lengths
+differ by at most a tolerance (e.g. ±2 tokens of the run's tokenizer), and
+says how many combinations qualified (:class:`MatchedPairing`).
 """
 
 from __future__ import annotations
@@ -193,3 +197,117 @@ def pairs_table(pairs: Sequence[Pair]) -> pd.DataFrame:
     return pd.DataFrame(
         [p.to_dict() for p in pairs], columns=["pair_id", "source_id", "target_id", "source_text", "target_text"]
     )
+
+
+@dataclass(frozen=True)
+class MatchedPairing:
+    """Pairs drawn under a length tolerance, and how many could have been.
+
+    ``qualifying``: distinct (source, target) combinations whose lengths are
+    within the tolerance (self-pairs excluded); ``without_reuse``: the most
+    pairs of them with no prompt used twice (a maximum matching).
+    """
+
+    pairs: list[Pair]
+    tolerance: int
+    qualifying: int
+    without_reuse: int
+    n_sources: int
+    n_targets: int
+
+    def describe(self) -> dict:
+        return {
+            "length_tolerance": self.tolerance,
+            "qualifying_combinations": self.qualifying,
+            "max_pairs_without_reuse": self.without_reuse,
+            "pairs": len(self.pairs),
+            "sources": self.n_sources,
+            "targets": self.n_targets,
+        }
+
+
+def _max_matching(order: list[int], adjacency: dict[int, list[int]]) -> dict[int, int]:
+    """A maximum matching source -> target (Kuhn's augmenting paths), trying sources in ``order`` and each
+    source's targets in its list's order (the caller shuffles both: the matching is then a seeded draw)."""
+    owner: dict[int, int] = {}  # target -> source
+
+    def augment(s: int, seen: set[int]) -> bool:
+        for t in adjacency[s]:
+            if t in seen:
+                continue
+            seen.add(t)
+            if t not in owner or augment(owner[t], seen):
+                owner[t] = s
+                return True
+        return False
+
+    for s in order:
+        augment(s, set())
+    return {s: t for t, s in owner.items()}
+
+
+def make_length_matched_pairs(
+    sources: Sequence[Prompt],
+    targets: Sequence[Prompt],
+    n: int,
+    seed: int,
+    tolerance: int,
+    lengths: Callable[[str], int | Sequence[int]],
+    reuse: bool = False,
+) -> MatchedPairing:
+    """``n`` seeded pairs whose source and target lengths differ by at most ``tolerance``.
+
+    ``lengths(text)`` gives a prompt's length -- an int, or one int per
+    tokenizer (a run of several models): a pair qualifies when it is within
+    the tolerance under every one. Pairs are drawn in rounds: each round is a
+    seeded maximum matching of the qualifying combinations not used yet, so a
+    round uses every prompt at most once; the first round alone serves
+    ``reuse=False``. Rules: no qualifying combination is a ``ValueError``;
+    fewer qualifying pairs than ``n`` (without reuse: the maximum matching;
+    with it: the distinct combinations) is a ``ValueError`` that says how
+    many qualify -- a run never silently uses fewer pairs than it asked for.
+    """
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if not isinstance(tolerance, (int, np.integer)) or tolerance < 0:
+        raise ValueError(f"the length tolerance must be a whole number of tokens >= 0, got {tolerance!r}")
+    src = _check_pool(sources, "source")
+    tgt = _check_pool(targets, "target")
+    s_len = np.array([np.atleast_1d(lengths(p.text)) for p in src])
+    t_len = np.array([np.atleast_1d(lengths(p.text)) for p in tgt])
+    close = (np.abs(s_len[:, None, :] - t_len[None, :, :]) <= tolerance).all(-1)
+    close &= np.array([[s.id != t.id for t in tgt] for s in src], dtype=bool).reshape(close.shape)
+    qualifying = int(close.sum())
+    if qualifying == 0:
+        raise ValueError(
+            f"no (source, target) pair has lengths within ±{tolerance} tokens: sources are "
+            f"{int(s_len.min())}-{int(s_len.max())} tokens, targets {int(t_len.min())}-{int(t_len.max())}; "
+            "widen the tolerance or pair groups of similar length"
+        )
+    rng = np.random.default_rng(seed)
+    remaining = close.copy()
+    rounds: list[tuple[int, int]] = []
+    without_reuse = None
+    while len(rounds) < n and remaining.any():
+        order = rng.permutation(len(src)).tolist()
+        adjacency = {s: rng.permutation(np.flatnonzero(remaining[s])).tolist() for s in range(len(src))}
+        matched = _max_matching(order, adjacency)
+        if without_reuse is None:
+            without_reuse = len(matched)
+            if not reuse and n > without_reuse:
+                raise ValueError(
+                    f"only {without_reuse} pairs within ±{tolerance} tokens can be drawn without reusing a prompt "
+                    f"({qualifying} qualifying combinations of {len(src)} sources x {len(tgt)} targets); ask for "
+                    f"at most {without_reuse} pairs, widen the tolerance, or allow reuse"
+                )
+        for s in order:
+            if s in matched:
+                rounds.append((s, matched[s]))
+                remaining[s, matched[s]] = False
+    if len(rounds) < n:
+        raise ValueError(
+            f"only {qualifying} distinct (source, target) combinations are within ±{tolerance} tokens "
+            f"({len(src)} sources x {len(tgt)} targets); ask for at most {qualifying} pairs or widen the tolerance"
+        )
+    pairs = [Pair(i, src[s].id, tgt[t].id, src[s].text, tgt[t].text) for i, (s, t) in enumerate(rounds[:n])]
+    return MatchedPairing(pairs, int(tolerance), qualifying, int(without_reuse), len(src), len(tgt))

@@ -536,6 +536,16 @@ def _figures_section(figures: dict[str, Path], run_dir: Path) -> list[str]:
     return out
 
 
+def pairing_text(p: dict) -> str:
+    """One line on a length-matched draw (``metadata.json``'s ``pairing``): the tolerance and what qualified."""
+    tokenizers = ", ".join(p.get("measured_with") or []) or "the model's"
+    return (
+        f"within ±{p['length_tolerance']} tokens ({tokenizers} tokenizer, {p.get('format', 'raw')} format): "
+        f"{p['qualifying_combinations']} of {p['sources']} x {p['targets']} (source, target) combinations "
+        f"qualify, at most {p['max_pairs_without_reuse']} pairs without reusing a prompt; {p['pairs']} pairs drawn"
+    )
+
+
 def render_markdown(
     summary: dict,
     results: pd.DataFrame,
@@ -568,6 +578,8 @@ def render_markdown(
         "rows": summary["n_rows"],
         "primary score": summary["primary_score"],
     }
+    if metadata.get("pairing"):
+        info["length-matched pairs"] = pairing_text(metadata["pairing"])
     for k in ("created", "git", "commit", "device", "dtype", "flavour", "duration_s", "transferlab"):
         if k in metadata:
             info[k] = metadata[k]
