@@ -12,6 +12,7 @@ from scipy.optimize import linear_sum_assignment
 from typer.testing import CliRunner
 
 from transferlab.experiments import ConfigError, load_config, run_experiment
+from transferlab.experiments.checks import model_tokenizer
 from transferlab.experiments.pairs import config_pairs, token_lengths
 from transferlab.prompts import Prompt, load_bank, make_length_matched_pairs
 
@@ -93,7 +94,7 @@ RESEARCH = [
 def test_config_pairs_count_tokens_with_the_models_tokenizer():
     cfg = load_config("stories", [*RESEARCH, "prompts.n=10", "prompts.length_tolerance=1", "prompts.reuse=false"])
     bank = load_bank("research")
-    pairing = config_pairs(cfg, bank)
+    pairing = config_pairs(cfg, bank, model_tokenizer)
     from transferlab.models import load_model
 
     tok = load_model("stories260K").tokenizer
@@ -102,7 +103,7 @@ def test_config_pairs_count_tokens_with_the_models_tokenizer():
     info = pairing.info
     assert info["length_tolerance"] == 1 and info["pairs"] == 10 and info["measured_with"] == ["stories260K"]
     src, tgt = bank.select(["L3", "L4", "L5"]), bank.select(["math_long", "factual_long"])
-    lengths = token_lengths(cfg, [p.text for p in src + tgt])
+    lengths = token_lengths(cfg, [p.text for p in src + tgt], model_tokenizer)
     want = sum(abs(lengths[s.text][0] - lengths[t.text][0]) <= 1 for s in src for t in tgt)
     assert info["qualifying_combinations"] == want
 
@@ -162,7 +163,7 @@ def test_a_run_records_how_many_qualified(tmp_path):
     rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
     bank = load_bank("research")
     text = {r[k]: bank.get(r[k]).text for r in rows for k in ("source_id", "target_id")}
-    lengths = token_lengths(cfg, list(text.values()))
+    lengths = token_lengths(cfg, list(text.values()), model_tokenizer)
     assert len(rows) == 8 and all(
         abs(lengths[text[r["source_id"]]][0] - lengths[text[r["target_id"]]][0]) <= 2 for r in rows
     )

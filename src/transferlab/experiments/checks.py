@@ -52,7 +52,7 @@ def preflight(config: ExperimentConfig) -> list:
                 problems.append((f"prompts.{key}", _message(exc)))
         if len(pools) == 2:
             try:
-                pairs = config_pairs(config, bank).pairs
+                pairs = config_pairs(config, bank, model_tokenizer).pairs
             except ValueError as exc:
                 if p.length_tolerance is not None:
                     hint = " (prompts.n, prompts.length_tolerance" + ("" if p.reuse else ", prompts.reuse") + ")"
@@ -193,6 +193,12 @@ def model_shape(spec: str) -> ModelShape | None:
         return _from_hf_config(spec, cfg, lambda: AutoTokenizer.from_pretrained(spec, local_files_only=True))
     except Exception:  # unknown offline, a bad spec: the model load reports it properly
         return None
+
+
+def model_tokenizer(spec: str):
+    """A model spec's tokenizer, read without loading weights (None where that is not possible here)."""
+    shape = model_shape(spec)
+    return shape.tokenizer if shape is not None else None
 
 
 def model_depth(spec: str) -> int | None:

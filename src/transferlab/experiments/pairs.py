@@ -14,6 +14,7 @@ run directory exists, with how many qualify; the run records the counts
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..prompts import PromptBank, make_length_matched_pairs, make_pairs
@@ -31,12 +32,9 @@ class Pairing:
 _TOKENIZERS: dict[str, object] = {}
 
 
-def _tokenizer(spec: str):
-    from .checks import model_shape
-
+def _tokenizer(spec: str, tokenizer_of: Callable[[str], object]):
     if spec not in _TOKENIZERS:
-        shape = model_shape(spec)
-        tok = shape.tokenizer if shape is not None else None
+        tok = tokenizer_of(spec)
         if tok is None:
             raise ValueError(
                 f"prompts.length_tolerance counts tokens with the model's tokenizer, and {spec}'s cannot be read "
@@ -46,26 +44,30 @@ def _tokenizer(spec: str):
     return _TOKENIZERS[spec]
 
 
-def token_lengths(config: ExperimentConfig, texts: list[str]) -> dict[str, tuple[int, ...]]:
-    """Tokens of each text in the run's format, one count per model of the config."""
+def token_lengths(
+    config: ExperimentConfig, texts: list[str], tokenizer_of: Callable[[str], object]
+) -> dict[str, tuple[int, ...]]:
+    """Tokens of each text in the run's format, one count per model of the config (``tokenizer_of(spec)``: the
+    model's tokenizer, read without its weights, or None)."""
     from ..engine.batching import encode
 
     fmt = config.prompts.format
     distinct = sorted(set(texts))
     per_model = []
     for spec in config.model_specs():
-        ids = encode(_tokenizer(spec.spec), distinct, fmt)
+        ids = encode(_tokenizer(spec.spec, tokenizer_of), distinct, fmt)
         per_model.append([len(i) for i in ids])
     return {t: tuple(counts[k] for counts in per_model) for k, t in enumerate(distinct)}
 
 
-def config_pairs(config: ExperimentConfig, bank: PromptBank) -> Pairing:
-    """The config's pairs drawn from ``bank`` (see the module docstring); ``ValueError`` when they cannot be."""
+def config_pairs(config: ExperimentConfig, bank: PromptBank, tokenizer_of: Callable[[str], object]) -> Pairing:
+    """The config's pairs drawn from ``bank`` (see the module docstring); ``ValueError`` when they cannot be.
+    ``tokenizer_of``: a model spec's tokenizer without its weights (:func:`~.checks.model_tokenizer`)."""
     p = config.prompts
     sources, targets = bank.select(p.sources), bank.select(p.targets)
     if p.length_tolerance is None:
         return Pairing(make_pairs(sources, targets, p.n, p.pair_seed, reuse=p.reuse, length_match=p.length_match))
-    lengths = token_lengths(config, [x.text for x in (*sources, *targets)])
+    lengths = token_lengths(config, [x.text for x in (*sources, *targets)], tokenizer_of)
     matched = make_length_matched_pairs(
         sources, targets, p.n, p.pair_seed, p.length_tolerance, lengths.__getitem__, reuse=p.reuse
     )

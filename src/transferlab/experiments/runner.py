@@ -32,7 +32,7 @@ from rich.markup import escape
 from ..interventions import never_fired
 from ..prompts import load_bank
 from ..timings import stage
-from .checks import preflight
+from .checks import model_tokenizer, preflight
 from .config import ConfigError, ExperimentConfig, run_name_problem, validate_config
 from .executors import Executor, InProcessExecutor, make_executor
 from .lock import RunLock
@@ -121,7 +121,7 @@ class Runner:
     def pairs(self):
         with stage("prompts"):
             self.bank = load_bank(self.config.prompts.bank)
-            pairing = config_pairs(self.config, self.bank)
+            pairing = config_pairs(self.config, self.bank, model_tokenizer)
             self.pairing_info = pairing.info
             return pairing.pairs
 

@@ -103,11 +103,12 @@ class _Context:
 
     def __init__(self, config: ExperimentConfig):
         from ..prompts import load_bank
+        from .checks import model_tokenizer
         from .pairs import config_pairs
 
         self.config = config
         self.bank = load_bank(config.prompts.bank)
-        self.pairs = config_pairs(config, self.bank).pairs
+        self.pairs = config_pairs(config, self.bank, model_tokenizer).pairs
 
     def lexicon(self, prompt_id: str) -> list[str]:
         from ..metrics.seed_v1 import SEED_MARKERS
