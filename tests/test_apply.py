@@ -180,9 +180,9 @@ def test_autograd_flows_through_the_edits_and_not_into_the_audit(tiny_models):
 def test_what_apply_cannot_do_is_refused(tiny_models):
     model = tiny_models("llama")
     before = hook_snapshot(model.hf)
-    with pytest.raises(InterventionError, match="KV splice.*only generate's prompt phase"):
-        with tl.apply(model, "kv:all + v_proj@1", TARGETS, sources=SOURCES):
-            pass
+    with pytest.raises(InterventionError, match="starts from the spliced cache: use applied.forward"):
+        with torch.inference_mode(), tl.apply(model, "kv:all + v_proj@1", TARGETS, sources=SOURCES) as applied:
+            model.hf(**applied.inputs)  # a splice plan's prompt forward from an empty cache
     with pytest.raises(InterventionError, match="lockstep decode patch"):
         with tl.apply(model, "v_proj@1:lockstep", TARGETS, sources=SOURCES):
             pass
