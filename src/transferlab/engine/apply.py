@@ -6,7 +6,7 @@
         logits = applied.forward().logits[:, -1]                 # the prompts, spliced and patched
         out = applied.generate(max_new_tokens=20, num_beams=4)  # hf.generate from the same state
         with torch.no_grad():                                   # or drive the model yourself:
-            out = model.hf(**applied.last_inputs, past_key_values=applied.cache())
+            out = model.hf(**applied.prompt_inputs())           # = last_inputs on a fresh applied.cache()
     applied.audit                                               # one row per (example, intervention)
 
 Inside the block the plan's interventions sit on the model's hook points,
@@ -144,14 +144,19 @@ class Applied:
             "position_ids": b.position_ids[:, -1:] + self._offset[:, None],
         }
 
+    def prompt_inputs(self) -> dict:
+        """The keywords of a prompt forward, ``model.hf(**applied.prompt_inputs())``: :attr:`inputs`, or with a
+        KV splice :attr:`last_inputs` and a fresh copy of the spliced cache (under the keyword this
+        transformers release takes: ``cache`` or ``past_key_values``)."""
+        if self._cache is None:
+            return self.inputs
+        return {**self.last_inputs, **cache_kwargs(self._model.hf, self.cache())}
+
     def forward(self, **kwargs):
         """The prompt forward (``model.hf``'s output): the whole batch, or with a KV splice the last prompt
         token on a fresh copy of the spliced cache (whose logits are then ``[B, 1, V]``). ``kwargs`` go to the
         model (``use_cache=True``, ``output_hidden_states=True``, ...)."""
-        hf = self._model.hf
-        if self._cache is None:
-            return hf(**self.inputs, **kwargs)
-        return hf(**self.last_inputs, **cache_kwargs(hf, self.cache()), **kwargs)
+        return self._model.hf(**self.prompt_inputs(), **kwargs)
 
     def generate(self, **kwargs):
         """``model.hf.generate`` on the prompts, its prompt forward starting from the spliced cache where the
