@@ -86,7 +86,10 @@ def preflight(config: ExperimentConfig) -> list:
                 resolve_device(spec.device)
             except DeviceError as exc:
                 problems.append((f"models.{i}.device" if config.models else "model.device", str(exc)))
-    problems.extend(_model_problems(config, pairs))
+    files = [(f"sweeps.{i}.file", s.steer_problem()) for i, s in enumerate(config.sweeps) if s.kind == "steer_dose"]
+    problems.extend((path, msg) for path, msg in files if msg)
+    if not any(msg for _, msg in files):  # the sweep's conditions need its file
+        problems.extend(_model_problems(config, pairs))
     if problems:
         raise ConfigError(problems, "config")
     return pairs

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..interventions import InterventionError, Plan, as_plan
+from ..interventions import InterventionError, Plan, as_plan, load_steering
 from ..sites import SiteError
 
 
@@ -221,15 +221,44 @@ class RVSettings(_Strict):
 
 class Sweep(_Strict):
     """Generated conditions. ``kv_single_layer``: one KV splice per layer (and window);
-    ``minimal_layers``: greedy backward elimination of KV-splice layers."""
+    ``minimal_layers``: greedy backward elimination of KV-splice layers; ``steer_dose``: a steering vector
+    (``file``) at each of ``layers`` (of the file's; "all": every one) times each of ``coefficients``, one
+    condition ``steer@LAYER:aCOEF`` each (plan ``steer:FILE@LAYER:aCOEF``): a dose-response."""
 
-    kind: Literal["kv_single_layer", "minimal_layers"]
+    kind: Literal["kv_single_layer", "minimal_layers", "steer_dose"]
     layers: str | list[int | float] = "all"
     windows: list[int | None] = Field(default_factory=lambda: [None])
     extra_plan: str = ""
     keep_share: float = Field(0.8, gt=0, le=1)
     score: str = "source_lexicon"
     n_search: int | None = Field(None, ge=2)
+    file: str | None = Field(None, description="steer_dose: the steering vector file (transferlab steer build)")
+    coefficients: list[float] = Field(
+        default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0], min_length=1, description="steer_dose: the coefficients"
+    )
+
+    @model_validator(mode="after")
+    def _steer_dose_ok(self):
+        if self.kind != "steer_dose":
+            return self
+        if self.file is None:
+            raise ValueError(
+                "a steer_dose sweep needs file = the steering vector file "
+                "(build it: transferlab steer build --out FILE)"
+            )
+        if isinstance(self.layers, str) and self.layers != "all":
+            raise ValueError(f"layers must be 'all' or a list of layers of the file; got {self.layers!r}")
+        return self  # the file itself is read by the preflight (a preset names a file built later)
+
+    def steer_problem(self) -> str | None:
+        """Why a steer_dose sweep's file cannot serve it (missing, not a vector, a layer it lacks); None if fine."""
+        try:
+            vectors = load_steering(self.file)
+            for layer in [] if self.layers == "all" else self.layers:
+                vectors.layer(layer, self.file)
+        except InterventionError as exc:
+            return str(exc)
+        return None
 
 
 class ExperimentConfig(_Strict):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..interventions import KVSplice, as_plan
+from ..interventions import KVSplice, as_plan, load_steering
 from ..sites import resolve_layer
 from .config import Condition, ExperimentConfig, GenerationOverride
 from .schema import unit_key
@@ -53,11 +53,30 @@ def kv_single_layer_conditions(sweep, n_layers: int) -> list[Condition]:
     return out
 
 
+def steer_dose_conditions(sweep) -> list[Condition]:
+    """One condition per (layer, coefficient): the sweep's steering vector at that layer times that coefficient.
+    Layers as the sweep writes them (or the file's indices for "all"), so names do not depend on the model."""
+    layers = load_steering(sweep.file).layers if sweep.layers == "all" else list(sweep.layers)
+    out = []
+    for layer in layers:
+        for coef in sweep.coefficients:
+            out.append(
+                Condition(
+                    name=f"steer@{layer}:a{coef:g}",
+                    plan=f"steer:{sweep.file}@{layer}:a{float(coef)!r}",
+                    description=f"steering vector at layer {layer} times {coef:g}",
+                )
+            )
+    return out
+
+
 def expand_conditions(config: ExperimentConfig, n_layers: int) -> list[Condition]:
     conds = list(config.conditions)
     for sweep in config.sweeps:
         if sweep.kind == "kv_single_layer":
             conds.extend(kv_single_layer_conditions(sweep, n_layers))
+        elif sweep.kind == "steer_dose":
+            conds.extend(steer_dose_conditions(sweep))
     return conds
 
 

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from ..stats import paired_table
 from .common import CLUSTER, PAIR_UNIT
+from .dose import plot_dose_response
 
 DPI = 150
 SCORE_UNITS = {
@@ -412,6 +413,7 @@ def make_figures(results: pd.DataFrame, summary: dict, out_dir: Path) -> dict[st
         "pair_deltas": plot_pair_deltas(results, summary, out_dir),
         "fidelity": plot_fidelity(results, summary, out_dir),
         "layer_sweep": plot_layer_sweep(summary, out_dir),
+        "dose_response": plot_dose_response(summary, out_dir),
         "rv_groups": plot_rv_groups(summary, out_dir),
         "seeds": plot_seeds(summary, out_dir),
     }

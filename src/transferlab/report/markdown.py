@@ -23,6 +23,7 @@ import pandas as pd
 from ..timings import stage
 from .alerts import generation_warnings
 from .common import jsonable
+from .dose import dose_section
 from .figures import make_figures
 
 DASH = "–"
@@ -620,6 +621,7 @@ def render_markdown(
     lines += _rv_section(summary)
     lines += _seed_section(summary)
     lines += _sweep_section(summary)
+    lines += dose_section(summary)
     if figures and run_dir is not None:
         lines += _figures_section(figures, run_dir)
     return "\n".join(lines).rstrip() + "\n"
