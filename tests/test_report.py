@@ -10,7 +10,7 @@ import pytest
 from scipy import stats as sps
 
 from transferlab.report import ReportError, build_summary, md_table, write_report
-from transferlab.stats import compare_all, holm, paired_compare
+from transferlab.stats import holm, order_ci, paired_compare
 
 PLANS = {
     "baseline": "",
@@ -168,9 +168,19 @@ def test_paired_deltas_match_scipy(table, summary):
     assert r["p_t"] == pytest.approx(tt.pvalue)
     assert r["p_wilcoxon"] == pytest.approx(sps.wilcoxon(d).pvalue)
     direct = paired_compare(
-        table, "transfer", "baseline", "seed_v1", pair_col=["pair_id", "seed"], cluster_col="source_id", seed=0, **FAST
+        table,
+        "transfer",
+        "baseline",
+        "seed_v1",
+        pair_col=["pair_id", "seed"],
+        cluster_col="source_id",
+        target_col="target_id",
+        group_col="pair_id",
+        seed=0,
+        **FAST,
     ).iloc[0]
-    for k in ("ci_low", "ci_high", "ci_iid_low", "ci_iid_high", "p_perm", "p_perm_cluster"):
+    assert r["design"] == "two-way" and r["n_targets"] == 20 and r["n_pairs"] == 60
+    for k in ("ci_low", "ci_high", "ci_iid_low", "ci_iid_high", "p_boot", "p_perm", "p_perm_cluster"):
         assert r[k] == pytest.approx(direct[k])
     # the NaN strict score is counted, not silently dropped
     r = _rows(summary, "deltas", family="vs_reference", condition="noise", score="strict")[0]
@@ -186,21 +196,71 @@ def test_controls_are_primary_minus_each_other_condition(table, summary):
     assert r["condition"] == "transfer" and r["mean_diff"] == pytest.approx((wide.transfer - wide.wrong_layer).mean())
 
 
-def test_holm_is_applied_across_all_rows(table, summary):
+def test_without_a_family_every_row_is_exploratory_and_unadjusted(summary):
     rows = summary["deltas"]
-    assert len(rows) == (6 + 5) * len(SCORES) == summary["stats"]["holm_family_size"]
-    for col in ("p_t", "p_wilcoxon", "p_perm", "p_perm_cluster"):
-        raw = np.array([np.nan if r[col] is None else r[col] for r in rows])
-        adj = holm(raw)
-        got = np.array([np.nan if r[f"{col}_holm"] is None else r[f"{col}_holm"] for r in rows])
-        np.testing.assert_allclose(got, adj, equal_nan=True)
-    assert [r["p_holm"] for r in rows] == [r["p_perm_cluster_holm"] for r in rows]
-    # a family of the vs-reference rows alone would adjust less: the report's family is larger
-    alone = compare_all(
-        table, [(c, "baseline") for c in summary["conditions"][1:]], SCORES, pair_col=["pair_id", "seed"], **FAST
-    )
-    ref_rows = [r for r in rows if r["family"] == "vs_reference"]
-    assert any(r["p_t_holm"] > a for r, a in zip(ref_rows, alone["p_t_holm"]))
+    assert len(rows) == (6 + 5) * len(SCORES)
+    assert {r["role"] for r in rows} == {"exploratory"} and all(r["p_holm"] is None for r in rows)
+    assert summary["stats"]["family"] is None
+
+
+ANALYSIS = {
+    "primary": "seed_v1",
+    "confirmatory": ["transfer - baseline", "transfer - noise", "kv_only - patch_only"],
+    "equivalence": [{"contrast": "transfer - kv_only", "margin": 0.5}, {"contrast": "noise - baseline", "margin": 0.3}],
+}
+
+
+@pytest.fixture(scope="module")
+def family_summary(table):
+    return build_summary(table, SCORES, analysis=ANALYSIS, n_boot=1999, n_perm=999)
+
+
+def test_holm_runs_within_the_family_only(table, family_summary):
+    rows = family_summary["deltas"]
+    fam = [r for r in rows if r["role"] != "exploratory"]
+    assert len(fam) == 5 == family_summary["stats"]["family"]["size"]
+    assert {(r["condition"], r["reference"], r["role"]) for r in fam} == {
+        ("transfer", "baseline", "confirmatory"),
+        ("transfer", "noise", "confirmatory"),
+        ("kv_only", "patch_only", "confirmatory"),
+        ("transfer", "kv_only", "equivalence"),
+        ("noise", "baseline", "equivalence"),
+    }
+    assert all(r["score"] == "seed_v1" for r in fam)
+    p = [r["p_boot"] if r["role"] == "confirmatory" else r["p_tost"] for r in fam]
+    np.testing.assert_allclose([r["p_holm"] for r in fam], holm(p))
+    assert all(r["p_holm"] is None for r in rows if r["role"] == "exploratory")
+    # a contrast that is no section's row gets its own, on the primary score only
+    extra = [r for r in rows if r["family"] == "claim"]
+    assert [(r["condition"], r["reference"], r["score"]) for r in extra] == [("kv_only", "patch_only", "seed_v1")]
+    # the same claim computed directly: the equivalence row's TOST p and interval
+    r = next(r for r in fam if r["reference"] == "kv_only")
+    direct, draws = paired_compare(
+        table, "transfer", "kv_only", "seed_v1", pair_col=["pair_id", "seed"], target_col="target_id",
+        group_col="pair_id", margin=0.5, n_boot=1999, n_perm=999, return_draws=True,
+    )  # fmt: skip
+    assert r["p_tost"] == pytest.approx(direct["p_tost"].iloc[0])
+    lo, hi = order_ci(draws, 1 - 2 * r["holm_level"])
+    assert (r["ci_family_low"], r["ci_family_high"]) == pytest.approx((lo, hi))
+
+
+def test_family_intervals_and_verdicts_agree_with_holm_p(family_summary):
+    for r in family_summary["deltas"]:
+        if r["role"] == "confirmatory":
+            excludes = not r["ci_family_low"] <= 0 <= r["ci_family_high"]
+            assert excludes == (r["p_holm"] <= 0.05) == (r["verdict"] == "different")
+        elif r["role"] == "equivalence":
+            inside = -r["margin"] < r["ci_family_low"] and r["ci_family_high"] < r["margin"]
+            assert inside == (r["p_holm"] <= 0.05) == (r["verdict"] == "equivalent")
+            assert r["ci_family_level"] == pytest.approx(1 - 2 * r["holm_level"])
+    verdicts = {(r["condition"], r["reference"]): r["verdict"] for r in family_summary["deltas"] if r["verdict"]}
+    assert verdicts[("transfer", "baseline")] == "different"
+    assert verdicts[("transfer", "kv_only")] in ("equivalent", "inconclusive")
+
+
+def test_a_claim_with_an_unscored_primary_is_a_clear_error(table):
+    with pytest.raises(ReportError, match="primary score 'nosuch'"):
+        build_summary(table, SCORES, analysis={**ANALYSIS, "primary": "nosuch"}, **FAST)
 
 
 def test_audit_counts_and_never_fired_first(summary):

@@ -535,7 +535,10 @@ def _print_outcome(run_dir: Path, warnings: list[str]) -> None:
 def _print_headline(run_dir: Path) -> None:
     """The run's headline from its summary.json: each condition's primary score and source_overlap (and its
     target-fidelity scores, where the run has them), then the paired deltas of the primary score (vs the
-    reference, and the primary condition vs each control)."""
+    reference, the primary condition vs each control, the family's other claims), each labelled confirmatory,
+    equivalence or exploratory."""
+    from .report.deltas_md import headline_rows
+
     path = run_dir / "summary.json"
     if not path.exists():  # --no-report
         return
@@ -549,7 +552,7 @@ def _print_headline(run_dir: Path) -> None:
     for model in models:
         means = {(r["condition"], r["score"]): r for r in s["conditions_table"] if r["model"] == model}
         fidelity = list(s.get("fidelity_scores") or [])
-        title = f"{model}: {score} (95% cluster CI) and source_overlap" + (", target fidelity" if fidelity else "")
+        title = f"{model}: {score} (95% bootstrap CI) and source_overlap" + (", target fidelity" if fidelity else "")
         table = Table(title=escape(title))
         for col in ("condition", score, "95% CI", "source_overlap", *fidelity):
             table.add_column(escape(col))
@@ -562,14 +565,12 @@ def _print_headline(run_dir: Path) -> None:
                 ]
                 table.add_row(escape(cond), num(r["mean"]), escape(ci), *more)
         console.print(table)
-        deltas = Table(title=escape(f"{model}: paired Δ {score}"))
-        for col in ("comparison", "Δ mean", "95% cluster CI", "Holm p"):
+        deltas = Table(title=escape(f"{model}: paired Δ {score} (Holm within the confirmatory family only)"))
+        heads = ("comparison", "role", "Δ mean", "interval (level)", "p (unadjusted)", "Holm p", "verdict")
+        for col in heads:
             deltas.add_column(col)
-        for d in s["deltas"]:
-            if d["model"] == model and d["score"] == score:
-                ci = f"[{num(d['ci_low'])}, {num(d['ci_high'])}]"
-                name = f"{d['condition']} − {d['reference']}"
-                deltas.add_row(escape(name), num(d["mean_diff"]), escape(ci), num(d.get("p_holm")))
+        for d in headline_rows(s, model, score):
+            deltas.add_row(*(escape(d[k]) for k in ("comparison", "role", "delta", "ci", "p", "holm", "verdict")))
         console.print(deltas)
 
 

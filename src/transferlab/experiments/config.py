@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..interventions import InterventionError, Plan, as_plan, load_steering
 from ..sites import SiteError
+from ..stats.family import ContrastError, parse_contrast
 
 
 class ConfigError(ValueError):
@@ -261,6 +262,94 @@ class Sweep(_Strict):
         return None
 
 
+#: score columns a run writes beside its scorers' (when ``scoring.logit`` is on)
+LOGIT_SCORES = ("logit_markers",)
+
+_NO_MARGIN = (
+    "claims equivalence without a margin: a 'no effect' claim is a test against the largest difference you "
+    "would still call no effect, chosen before the run; write {{contrast = {contrast!r}, margin = <that "
+    "difference, in units of the primary score>}} and say in a comment how you chose it"
+)
+
+
+class EquivalenceClaim(_Strict):
+    """A claim that ``contrast`` ("A - B") does not differ by more than ``margin`` on the primary score."""
+
+    contrast: str
+    margin: float = Field(gt=0, description="the largest difference still called no effect (primary score units)")
+
+    @field_validator("contrast")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        try:
+            parse_contrast(value)
+        except ContrastError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
+class Analysis(_Strict):
+    """The confirmatory family, named before the run: the primary score, the contrasts claimed to differ
+    (Holm within these and the equivalence claims only) and the contrasts claimed not to differ by more than a
+    margin (TOST). Every other comparison of the report is exploratory, with unadjusted p."""
+
+    primary: str | None = Field(None, description="the score every confirmatory and equivalence claim is about")
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    confirmatory: list[str] = Field(default_factory=list, description='contrasts "A - B" claimed to differ')
+    equivalence: list[EquivalenceClaim] = Field(default_factory=list)
+
+    @field_validator("confirmatory")
+    @classmethod
+    def _contrasts_parse(cls, value: list[str]) -> list[str]:
+        for c in value:
+            try:
+                parse_contrast(c)
+            except ContrastError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _margins_given(cls, data):
+        """An equivalence claim without a margin is refused with the fix, before the field's own check."""
+        if not isinstance(data, dict) or not isinstance(data.get("equivalence"), list):
+            return data
+        problems = []
+        for i, e in enumerate(data["equivalence"]):
+            contrast = e if isinstance(e, str) else e.get("contrast") if isinstance(e, dict) else None
+            if isinstance(e, str) or (isinstance(e, dict) and e.get("margin") is None):
+                problems.append((f"analysis.equivalence.{i}", f"{contrast!r} " + _NO_MARGIN.format(contrast=contrast)))
+        if problems:
+            raise _Problems(problems)
+        return data
+
+    def claims(self) -> list[tuple[str, tuple[str, str]]]:
+        """(key path, (condition, reference)) of every claim."""
+        out = [(f"analysis.confirmatory.{i}", parse_contrast(c)) for i, c in enumerate(self.confirmatory)]
+        return out + [(f"analysis.equivalence.{i}", parse_contrast(e.contrast)) for i, e in enumerate(self.equivalence)]
+
+
+def _analysis_problems(config: ExperimentConfig, names: list[str]) -> list[tuple[str, str]]:
+    """The family against the rest of the config: its conditions exist, its score is scored, no claim twice."""
+    a = config.analysis
+    claims = a.claims()
+    out = []
+    if claims and not a.primary:
+        out.append(("analysis.primary", 'the claims need a primary score: add primary = "<one of scoring.scorers>"'))
+    scored = list(config.scoring.scorers) + (list(LOGIT_SCORES) if config.scoring.logit else [])
+    if a.primary and a.primary not in scored:
+        out.append(("analysis.primary", f"score {a.primary!r} is not scored by this run (scores: {', '.join(scored)})"))
+    seen: dict[tuple[str, str], str] = {}
+    for path, pair in claims:
+        out += [
+            (path, f"condition {c!r} is not among the conditions ({', '.join(names)})") for c in pair if c not in names
+        ]
+        if pair in seen:
+            out.append((path, f"the contrast '{pair[0]} - {pair[1]}' is already claimed at {seen[pair]}"))
+        seen.setdefault(pair, path)
+    return out
+
+
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     description: str = ""
@@ -294,6 +383,7 @@ class ExperimentConfig(_Strict):
         description="extra paired comparisons [condition, reference] beside every condition vs the reference "
         "(e.g. the seed's transfer vs the seed's own baseline)",
     )
+    analysis: Analysis = Field(default_factory=Analysis)
 
     @field_validator("name")
     @classmethod
@@ -313,6 +403,7 @@ class ExperimentConfig(_Strict):
                 for c in pair
                 if c not in names
             ]
+        problems += _analysis_problems(self, names)
         if problems:
             raise _Problems(problems)
         if self.primary is not None and self.primary not in names:

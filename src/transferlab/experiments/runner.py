@@ -349,6 +349,7 @@ def finalize(run_dir: Path, console=None) -> dict:
             sweep=sweep_info,
             comparisons=comparisons,
             self_sourced=[c["name"] for c in config.get("conditions", []) if c.get("source") == "target"],
+            analysis=config.get("analysis"),
         )
     summary["scores"] = scores
     progress = run_progress(run_dir)

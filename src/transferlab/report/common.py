@@ -15,7 +15,8 @@ OVERLAP = "source_overlap"
 FIDELITY = ("target_overlap", "answer", "target_answer_logprob")
 PAIR_UNIT = ["pair_id", "seed"]
 CLUSTER = "source_id"
-PRIMARY_P = "p_perm_cluster"
+TARGET = "target_id"
+PRIMARY_P = "p_boot"
 GEN_KEYS = ("flavour", "temperature", "top_p", "top_k", "greedy", "max_new_tokens", "stop_at_eos", "sampler")
 _GEN_SECTIONS = ("generation", "sampling", "sampler")
 

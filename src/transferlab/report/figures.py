@@ -86,7 +86,7 @@ def _xticks(ax, labels: Sequence[str]) -> None:
 
 
 def plot_condition_means(summary: dict, out_dir: Path) -> Path | None:
-    """Mean of the primary score per condition with its 95% cluster-bootstrap CI, a panel per model."""
+    """Mean of the primary score per condition with its 95% bootstrap CI, a panel per model."""
     score = summary["primary_score"]
     rows = [r for r in summary["conditions_table"] if r["score"] == score and r["mean"] is not None]
     if not rows:
@@ -170,7 +170,7 @@ def plot_pair_deltas(results: pd.DataFrame, summary: dict, out_dir: Path) -> Pat
                     capsize=5,
                     lw=1.8,
                     zorder=5,
-                    label="mean Δ, 95% cluster CI" if i == 0 else None,
+                    label="mean Δ, 95% bootstrap CI" if i == 0 else None,
                 )
         ax.axhline(0, color="black", lw=0.9)
         _xticks(ax, mine)
@@ -241,7 +241,7 @@ def plot_layer_sweep(summary: dict, out_dir: Path) -> Path | None:
     cb = fig.colorbar(im, ax=ax, shrink=0.9)
     cb.set_label("d_z = mean Δ / SD(Δ)  (unitless)")
     kind = (summary.get("sweep") or {}).get("kind", "conditions")
-    ax.set_title(f"{kind}: mean Δ vs {summary['reference']} [95% cluster CI]; colour = d_z", fontsize=10)
+    ax.set_title(f"{kind}: mean Δ vs {summary['reference']} [95% bootstrap CI]; colour = d_z", fontsize=10)
     return _save(fig, Path(out_dir), "layer_sweep")
 
 

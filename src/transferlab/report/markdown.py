@@ -13,81 +13,21 @@ Tables are plain GitHub markdown written by :func:`md_table`.
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from ..timings import stage
 from .alerts import generation_warnings
 from .common import jsonable
+from .deltas_md import delta_section, family_section
 from .dose import dose_section
 from .figures import make_figures
+from .mdtable import DASH, fmt, fmt_p, md_table
+from .mdtable import ci_text as _ci
+from .mdtable import pm as _pm
 
-DASH = "–"
-
-
-def fmt(x: Any, digits: int = 3) -> str:
-    """A number for a table: ``–`` for missing, small/large floats in scientific form."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return DASH
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, float):
-        if x == 0:
-            return "0"
-        if abs(x) < 10**-digits or abs(x) >= 1e5:
-            return f"{x:.{digits - 1}e}"
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
-def fmt_p(p: Any) -> str:
-    if p is None or (isinstance(p, float) and math.isnan(p)):
-        return DASH
-    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
-
-
-def _cell(v: Any) -> str:
-    return str(v).replace("|", "\\|").replace("\n", " ")
-
-
-def md_table(
-    rows: Sequence[dict] | pd.DataFrame,
-    columns: Sequence[str],
-    headers: Sequence[str] | None = None,
-    align: Sequence[str] | None = None,
-) -> str:
-    """A GitHub markdown table of ``rows`` (dicts or a DataFrame) over ``columns``.
-
-    Cells are written with ``str`` (format them first); ``|`` is escaped.
-    ``align`` per column: ``l`` or ``r`` (default: left for the first, right
-    for the others).
-    """
-    if isinstance(rows, pd.DataFrame):
-        rows = rows.to_dict(orient="records")
-    headers = list(headers or columns)
-    align = list(align or (["l"] + ["r"] * (len(columns) - 1)))
-    out = [
-        "| " + " | ".join(_cell(h) for h in headers) + " |",
-        "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|",
-    ]
-    for r in rows:
-        out.append("| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |")
-    return "\n".join(out)
-
-
-def _pm(mean, sd) -> str:
-    return f"{fmt(mean)} ± {fmt(sd)}" if mean is not None else DASH
-
-
-def _ci(lo, hi) -> str:
-    return f"[{fmt(lo)}, {fmt(hi)}]" if lo is not None and hi is not None else DASH
-
+__all__ = ["DASH", "fmt", "fmt_p", "md_table", "render_markdown", "write_report"]
 
 _LOUD = ("raw_noise", "no_audit", "no_effect", "mixed_decode_paths")  # bold, after the generation warnings
 
@@ -129,7 +69,8 @@ def _condition_section(summary: dict) -> list[str]:
         "## Conditions",
         "",
         f"Mean ± SD (ddof={summary['stats']['ddof']}) over (pair, seed) rows, with n non-missing "
-        "(and missing, if any); the primary score's 95% CI resamples source prompts (cluster bootstrap). "
+        "(and missing, if any); the primary score's 95% CI is a bootstrap of the mean: two-way over sources x "
+        "targets when either repeats, over pairs (their seeds together) when neither does. "
         "`source_overlap` (share of the source's content words echoed) is the echo diagnostic.",
         "",
     ]
@@ -154,97 +95,7 @@ def _condition_section(summary: dict) -> list[str]:
             row["ci"] = _ci(p["ci_low"], p["ci_high"]) if p else DASH
             table.append(row)
         out += _model_heading(summary, model)
-        out += [md_table(table, ["condition", *scores, "ci"], ["condition", *scores, f"{primary} 95% cluster CI"]), ""]
-    return out
-
-
-DELTA_COLS = [
-    "score",
-    "condition",
-    "delta",
-    "ci",
-    "ci_iid",
-    "p_t",
-    "p_wilcoxon",
-    "p_perm",
-    "p_perm_cluster",
-    "p_holm",
-    "d_z",
-    "n",
-    "n_nan",
-]
-
-
-def _delta_rows(rows: list[dict], vs: bool) -> list[dict]:
-    out = []
-    for r in rows:
-        name = f"{r['condition']} − {r['reference']}" if vs else r["condition"]
-        out.append(
-            {
-                "score": r["score"],
-                "condition": name,
-                "delta": fmt(r["mean_diff"]),
-                "ci": _ci(r["ci_low"], r["ci_high"]),
-                "ci_iid": _ci(r["ci_iid_low"], r["ci_iid_high"]),
-                "p_t": fmt_p(r["p_t"]),
-                "p_wilcoxon": fmt_p(r["p_wilcoxon"]),
-                "p_perm": fmt_p(r["p_perm"]),
-                "p_perm_cluster": fmt_p(r["p_perm_cluster"]),
-                "p_holm": fmt_p(r["p_holm"]),
-                "d_z": fmt(r["d_z"]),
-                "n": r["n"],
-                "n_nan": f"{r['n_nan']}" + (f" (+{r['n_unmatched']} unmatched)" if r["n_unmatched"] else ""),
-            }
-        )
-    return out
-
-
-def _delta_section(summary: dict, family: str) -> list[str]:
-    rows = [r for r in summary["deltas"] if r["family"] == family]
-    st = summary["stats"]
-    if family == "vs_reference":
-        title = f"## Paired deltas vs {summary['reference']}"
-        intro = (
-            f"Δ = condition − {summary['reference']}, paired on (pair_id, seed). 95% CIs: cluster bootstrap "
-            f"over source prompts ({st['n_boot']} draws) and, beside it, iid over pairs. p: paired t, Wilcoxon "
-            f"signed-rank, sign-flip permutation (pairs, and whole source-prompt clusters). Holm p adjusts "
-            f"`{st['primary_p']}` across all {st['holm_family_size']} comparisons of this report (both tables, "
-            "every model and score). d_z = mean Δ / SD(Δ), ddof=1. "
-            f"Permutation p values are resolution-limited (p ≥ 1/({st['n_perm']}+1)), so Holm p cannot fall "
-            f"below {st['holm_family_size']}/({st['n_perm']}+1) = {st['holm_family_size'] / (st['n_perm'] + 1):.2g} "
-            "here; p_t and p_wilcoxon show finer evidence (without the clustering)."
-        )
-    else:
-        if not rows:
-            return []
-        title = f"## {summary['primary']} vs each control"
-        intro = (
-            f"Δ = {summary['primary']} − control on the same (pair_id, seed) units; same statistics and the "
-            "same Holm family as above."
-        )
-    out = [title, "", intro, ""]
-    if not rows:
-        return out + ["No comparisons.", ""]
-    headers = [
-        "score",
-        "comparison",
-        "Δ mean",
-        "95% cluster CI",
-        "95% iid CI",
-        "p_t",
-        "p_wilcoxon",
-        "p_perm",
-        "p_perm_cluster",
-        "Holm p",
-        "d_z",
-        "n",
-        "n_nan",
-    ]
-    for model in summary["models"]:
-        mine = _by_model(rows, model)
-        if mine:
-            out += _model_heading(summary, model)
-            out += [md_table(_delta_rows(mine, True), DELTA_COLS, headers, ["l", "l"] + ["r"] * 11), ""]
+        out += [md_table(table, ["condition", *scores, "ci"], ["condition", *scores, f"{primary} 95% CI"]), ""]
     return out
 
 
@@ -500,20 +351,20 @@ def _sweep_section(summary: dict) -> list[str]:
             "delta": fmt(r["mean_diff"]),
             "ci": _ci(r["ci_low"], r["ci_high"]),
             "d_z": fmt(r["d_z"]),
-            "p_holm": fmt_p(r["p_holm"]),
+            "p": fmt_p(r["p_boot"]),
             "n": r["n"],
         }
         for r in sweep.get("table", [])
     ]
-    cols = (["model"] if multi else []) + ["condition", "plan", "score", "delta", "ci", "d_z", "p_holm", "n"]
+    cols = (["model"] if multi else []) + ["condition", "plan", "score", "delta", "ci", "d_z", "p", "n"]
     heads = (["model"] if multi else []) + [
         "condition",
         "plan",
         "score",
         f"Δ vs {summary['reference']}",
-        "95% cluster CI",
+        "95% CI",
         "d_z",
-        "Holm p",
+        "p (exploratory, unadjusted)",
         "n",
     ]
     return out + [md_table(table, cols, heads, ["l"] * (len(cols) - 5) + ["r"] * 5), ""]
@@ -523,7 +374,7 @@ def _figures_section(figures: dict[str, Path], run_dir: Path) -> list[str]:
     if not figures:
         return []
     captions = {
-        "condition_means": "Mean of the primary score per condition, 95% cluster-bootstrap CI",
+        "condition_means": "Mean of the primary score per condition, 95% bootstrap CI (the deltas' clustering)",
         "pair_deltas": "Per-unit deltas vs the reference, by condition",
         "fidelity": "Source behavior (primary score) vs target fidelity, per condition",
         "layer_sweep": "Mean delta per condition and score (colour: d_z)",
@@ -613,8 +464,10 @@ def render_markdown(
             "",
         ]
     lines += _condition_section(summary)
-    lines += _delta_section(summary, "vs_reference")
-    lines += _delta_section(summary, "vs_control")
+    lines += family_section(summary)
+    lines += delta_section(summary, "vs_reference")
+    lines += delta_section(summary, "vs_control")
+    lines += delta_section(summary, "claim")
     lines += _overlap_section(summary)
     lines += _fidelity_section(summary)
     lines += _audit_section(summary)

@@ -6,14 +6,19 @@ seed) and computes everything the report shows, with the statistics of
 :mod:`transferlab.stats` (nothing is re-derived here):
 
 - ``conditions``: per (model, condition, score) the mean, the SD (ddof=1),
-  ``n`` (non-NaN) and ``n_nan``, and a cluster-bootstrap 95% CI of the mean
-  (source prompts resampled);
+  ``n`` (non-NaN) and ``n_nan``, and a bootstrap 95% CI of the mean
+  (two-way over sources x targets when either repeats);
 - ``deltas``: paired comparisons, per model. The paired unit is
-  ``(pair_id, seed)``; clusters are ``source_id``. ``family`` is
-  ``vs_reference`` (each condition minus the reference) or ``vs_control``
-  (the primary condition minus each control). Every ``*_holm`` column is
-  Holm-adjusted across **all** rows of the table (every model, family and
-  score); ``p_holm`` is the adjusted ``p_perm_cluster``;
+  ``(pair_id, seed)``; the bootstrap is two-way over ``source_id`` x
+  ``target_id`` when either repeats, over pairs (seeds together) when
+  neither does (``clustering`` says which, row by row). ``family`` is the
+  section: ``vs_reference`` (each condition minus the reference),
+  ``vs_control`` (the primary condition minus each control) or ``claim``
+  (a contrast the config's ``[analysis]`` names that neither covers).
+  ``role`` is ``confirmatory``/``equivalence`` for the claims of the
+  confirmatory family (:mod:`.confirmatory`: Holm within them only,
+  ``p_holm``, intervals at Holm's level, TOST verdicts) and
+  ``exploratory`` for every other row (unadjusted p, no ``p_holm``);
 - ``audit``: per (model, condition, intervention) how many examples it
   never fired in; never-fired ones first;
 - ``overlap``: each behavior score beside the ``source_overlap`` diagnostic
@@ -36,7 +41,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..stats import DDOF
+from ..stats import DDOF, Family, boot_p_floor, perm_p_floor
 from .alerts import data_warnings
 from .audit import audit_summary
 from .common import (
@@ -74,6 +79,7 @@ def build_summary(
     n_boot: int = 2000,
     seed: int = 0,
     n_perm: int = 9999,
+    analysis: dict | None = None,
 ) -> dict:
     """Every number of the report, as a JSON-serialisable dict (see module docstring).
 
@@ -83,7 +89,8 @@ def build_summary(
     ``reference``. ``primary``: the condition compared with each of
     ``controls``; default ``"transfer"`` if present, and by default the
     controls are every other non-reference condition. ``self_sourced``: conditions whose source is the target
-    itself (no "changed nothing" warning for them: that is their point).
+    itself (no "changed nothing" warning for them: that is their point). ``analysis``: the config's
+    ``[analysis]`` table (the confirmatory family); without one every comparison is exploratory.
     """
     scores = list(scores)
     check_results(results, scores, reference)
@@ -103,10 +110,13 @@ def build_summary(
         controls = [c for c in conds if c not in (reference, primary)]
     controls_of = [(primary, c) for c in controls]
     behavior = [s for s in scores if s != OVERLAP and s not in FIDELITY]
+    family = Family.from_analysis(analysis)
+    if family is not None and family.primary not in results.columns:
+        raise ReportError(f"the confirmatory family's primary score {family.primary!r} is not in the results")
     all_scores = scores + ([OVERLAP] if OVERLAP in results.columns and OVERLAP not in scores else [])
 
     ctab = condition_table(results, all_scores, conds, n_boot, seed)
-    deltas, skipped = paired_deltas(results, scores, comparisons, controls_of, n_boot, n_perm, seed)
+    deltas, skipped = paired_deltas(results, scores, comparisons, controls_of, n_boot, n_perm, seed, family)
     audit = audit_summary(results, conds)
     rv = rv_prompt_table(results, rv_groups)
     per_seed, seed_spread = seed_tables(results, all_scores, conds)
@@ -121,14 +131,14 @@ def build_summary(
     sweep_out = None
     if sweep is not None:
         ref_rows = deltas[deltas["family"] == "vs_reference"] if len(deltas) else deltas
-        keep = ["model", "condition", "score", "n", "mean_diff", "ci_low", "ci_high", "d_z", "p_holm"]
+        keep = ["model", "condition", "score", "n", "mean_diff", "ci_low", "ci_high", "d_z", "p_boot", "role"]
         table = records(ref_rows[keep]) if len(ref_rows) else []
         for row in table:
             row["plan"] = plans.get((row["model"], row["condition"]))
         sweep_out = {**(dict(sweep) if isinstance(sweep, dict) else {"path": sweep}), "table": table}
 
     models = order(results["model"])
-    primary_score = behavior[0] if behavior else scores[0]
+    primary_score = family.primary if family else (behavior[0] if behavior else scores[0])
     fidelity = fidelity_scores(all_scores)
     out = {
         "scores": scores,
@@ -159,9 +169,9 @@ def build_summary(
             "seed": seed,
             "level": 0.95,
             "primary_p": PRIMARY_P,
-            "holm_family_size": int(deltas[PRIMARY_P].notna().sum()) if len(deltas) else 0,
-            "holm": "Holm step-down across every row of 'deltas' (all models, families and scores), "
-            "separately for each p column",
+            "p_boot_floor": boot_p_floor(n_boot),
+            "p_perm_floor": perm_p_floor(10**6, n_perm),
+            "family": _family_summary(family, deltas),
         },
         "conditions_table": records(ctab),
         "deltas": records(deltas) if len(deltas) else [],
@@ -175,3 +185,19 @@ def build_summary(
         "warnings": data_warnings(results, all_scores, conds, audit, deltas, skipped, plans, set(self_sourced)),
     }
     return jsonable(out)
+
+
+def _family_summary(family: Family | None, deltas) -> dict | None:
+    """The confirmatory family as declared, and how many of its claims the report could compute."""
+    if family is None:
+        return None
+    size = int((deltas["role"] != "exploratory").sum()) if len(deltas) else 0
+    return {
+        "primary": family.primary,
+        "alpha": family.alpha,
+        "claims": [
+            {"contrast": f"{c.condition} - {c.reference}", "role": c.role, "margin": c.margin} for c in family.claims
+        ],
+        "size": size,
+        "holm": "Holm step-down over the family's rows only (its claims x models); exploratory rows unadjusted",
+    }

@@ -6,6 +6,7 @@
 - :mod:`.inference`: intervals and p-values read from one set of draws, consistent with each other,
   and the floors of resampled p-values;
 - :mod:`.multiplicity`: Holm's step-down and the level it tested each hypothesis at;
+- :mod:`.family`: the confirmatory family a preset names (primary score, contrasts, margins);
 - :mod:`.equivalence`: "no effect" as a TOST against a stated margin, and its verdict;
 - :mod:`.describe`: per-group means, SDs and counts.
 
@@ -17,6 +18,7 @@ from .bootstrap import Design, bootstrap_mean_ci, choose_design, design_draws, o
 from .common import DDOF, P_COLUMNS
 from .describe import describe_scores
 from .equivalence import DIFFERENT, EQUIVALENT, INCONCLUSIVE, tost_t, verdict, verdict_text
+from .family import Claim, ContrastError, Family, parse_contrast
 from .inference import boot_p, boot_p_floor, order_ci, perm_p_floor, rule_of_three, tost_p
 from .multiplicity import holm, holm_levels
 from .paired import compare_all, paired_compare, paired_table
@@ -27,7 +29,10 @@ __all__ = [
     "EQUIVALENT",
     "INCONCLUSIVE",
     "P_COLUMNS",
+    "Claim",
+    "ContrastError",
     "Design",
+    "Family",
     "boot_p",
     "boot_p_floor",
     "bootstrap_mean_ci",
@@ -41,6 +46,7 @@ __all__ = [
     "order_ci",
     "paired_compare",
     "paired_table",
+    "parse_contrast",
     "perm_p_floor",
     "rule_of_three",
     "tost_p",
