@@ -211,11 +211,20 @@ ANALYSIS = {
 
 
 @pytest.fixture(scope="module")
-def family_summary(table):
-    return build_summary(table, SCORES, analysis=ANALYSIS, n_boot=1999, n_perm=999)
+def family_table(table):
+    """The synthetic table with noise's seed_v1 equal to the baseline's in every unit (a difference of 0)."""
+    t = table.copy()
+    t.loc[t.condition == "noise", "seed_v1"] = t.loc[t.condition == "baseline", "seed_v1"].to_numpy()
+    return t
 
 
-def test_holm_runs_within_the_family_only(table, family_summary):
+@pytest.fixture(scope="module")
+def family_summary(family_table):
+    return build_summary(family_table, SCORES, analysis=ANALYSIS, n_boot=1999, n_perm=999)
+
+
+def test_holm_runs_within_the_family_only(family_table, family_summary):
+    table = family_table
     rows = family_summary["deltas"]
     fam = [r for r in rows if r["role"] != "exploratory"]
     assert len(fam) == 5 == family_summary["stats"]["family"]["size"]
@@ -256,6 +265,38 @@ def test_family_intervals_and_verdicts_agree_with_holm_p(family_summary):
     verdicts = {(r["condition"], r["reference"]): r["verdict"] for r in family_summary["deltas"] if r["verdict"]}
     assert verdicts[("transfer", "baseline")] == "different"
     assert verdicts[("transfer", "kv_only")] in ("equivalent", "inconclusive")
+
+
+def test_all_zero_differences_show_the_rule_of_three_and_count_in_the_family(family_summary, tmp_path):
+    r = next(r for r in family_summary["deltas"] if (r["condition"], r["score"]) == ("noise", "seed_v1"))
+    assert r["all_zero"] and r["p_boot"] == 1.0 and r["zero_upper"] == pytest.approx(3 / 60)
+    assert r["role"] == "equivalence" and r["verdict"] == "equivalent" and r["p_holm"] is not None
+    text = write_report(tmp_path, pd.DataFrame(), family_summary, config={"name": "x"}).read_text()
+    line = next(x for x in text.splitlines() if x.startswith("| noise − baseline (±0.3)"))
+    assert "0 in all 60 pairs; share that differ ≤ 3/60 = 0.050 (95%)" in line and "[0, 0]" not in line
+
+
+def test_report_and_console_label_roles_and_floors(family_summary, tmp_path):
+    from transferlab.report.deltas_md import headline_rows
+
+    text = " ".join(write_report(tmp_path, pd.DataFrame(), family_summary, config={"name": "x"}).read_text().split())
+    assert "## Confirmatory family" in text and "Holm's step-down runs over these rows only" in text
+    assert "2/(B+1) = 0.001" in text and "≤ 0.001" in text  # the bootstrap p's floor, said and shown
+    rows = {r["comparison"]: r for r in headline_rows(family_summary, "stories260K", "seed_v1")}
+    fam = {(r["condition"], r["reference"]): r for r in family_summary["deltas"] if r["score"] == "seed_v1"}
+    assert (
+        rows["transfer − baseline"]["role"] == "confirmatory" and rows["transfer − baseline"]["verdict"] == "different"
+    )
+    assert rows["transfer − baseline"]["holm"] == f"{fam[('transfer', 'baseline')]['p_holm']:.3f}"
+    level = fam[("transfer", "baseline")]["ci_family_level"]
+    assert rows["transfer − baseline"]["ci"].endswith(f"({100 * level:.1f}%)")
+    assert rows["wrong_layer − baseline"]["role"] == "exploratory" and rows["wrong_layer − baseline"]["holm"] == "–"
+    assert rows["wrong_layer − baseline"]["ci"].endswith("(95.0%)")
+
+
+def test_without_a_family_the_report_says_so(summary, tmp_path):
+    text = " ".join(write_report(tmp_path, pd.DataFrame(), summary, config={"name": "x"}).read_text().split())
+    assert "declares no confirmatory family" in text and "every comparison below is exploratory" in text
 
 
 def test_a_claim_with_an_unscored_primary_is_a_clear_error(table):

@@ -76,6 +76,15 @@ def preflight(config: ExperimentConfig) -> list:
                     f"add it to scoring.scorers (scores: {', '.join(sorted(columns))})",
                 )
             )
+    primary = config.analysis.primary
+    if primary is not None and primary not in columns:
+        problems.append(
+            (
+                "analysis.primary",
+                f"score {primary!r} is not computed in this run; add it to scoring.scorers or name another "
+                f"(--set analysis.primary=...; scores: {', '.join(sorted(columns))})",
+            )
+        )
     if config.rv.enabled and config.rv.site not in ACTIVATION_SITES:
         problems.append(("rv.site", f"unknown site {config.rv.site!r}; R_V reads one of {', '.join(ACTIVATION_SITES)}"))
     from ..models.devices import DeviceError, resolve_device

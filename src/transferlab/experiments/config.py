@@ -262,9 +262,6 @@ class Sweep(_Strict):
         return None
 
 
-#: score columns a run writes beside its scorers' (when ``scoring.logit`` is on)
-LOGIT_SCORES = ("logit_markers",)
-
 _NO_MARGIN = (
     "claims equivalence without a margin: a 'no effect' claim is a test against the largest difference you "
     "would still call no effect, chosen before the run; write {{contrast = {contrast!r}, margin = <that "
@@ -330,15 +327,13 @@ class Analysis(_Strict):
 
 
 def _analysis_problems(config: ExperimentConfig, names: list[str]) -> list[tuple[str, str]]:
-    """The family against the rest of the config: its conditions exist, its score is scored, no claim twice."""
+    """The family against the conditions: they exist, a claim has a primary score, no claim twice (whether the
+    run computes the primary score is checked with the scorers, in ``checks.preflight``)."""
     a = config.analysis
     claims = a.claims()
     out = []
     if claims and not a.primary:
         out.append(("analysis.primary", 'the claims need a primary score: add primary = "<one of scoring.scorers>"'))
-    scored = list(config.scoring.scorers) + (list(LOGIT_SCORES) if config.scoring.logit else [])
-    if a.primary and a.primary not in scored:
-        out.append(("analysis.primary", f"score {a.primary!r} is not scored by this run (scores: {', '.join(scored)})"))
     seen: dict[tuple[str, str], str] = {}
     for path, pair in claims:
         out += [
