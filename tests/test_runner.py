@@ -158,7 +158,7 @@ def test_batch_size_does_not_change_any_unit(demo, tmp_path):
 
 # -- the presets, small ----------------------------------------------------------
 
-N300 = ["model=tiny:mistral", "prompts.n=6", "generation.max_new_tokens=4", "rv.window=8"]
+N300 = ["model=tiny:mistral", "seeds=[42]", "prompts.n=6", "generation.max_new_tokens=4", "rv.window=8"]
 
 
 def test_seed_n300_patch_never_fires(tmp_path):
@@ -250,7 +250,7 @@ def test_seeds_x10_reduced(tmp_path):
 def test_cross_model_on_tiny_models(tmp_path):
     models = 'models=[{spec="tiny:llama"},{spec="tiny:qwen2"}]'
     cfg, run_dir, df = run_small(
-        "cross_model", tmp_path, models, "prompts.n=4", "generation.max_new_tokens=4", "rv.window=8"
+        "cross_model", tmp_path, models, "seeds=[42]", "prompts.n=4", "generation.max_new_tokens=4", "rv.window=8"
     )
     assert sorted(df.model.unique()) == ["tiny:llama", "tiny:qwen2"]
     assert len(df) == 2 * 4 * len(cfg.conditions) and df["unit"].is_unique
@@ -300,6 +300,7 @@ def test_cross_model_per_index_override(tmp_path):
         "models.0.spec=tiny:llama",
         "models.1.spec=tiny:phi3",
         "models.2.spec=tiny:gemma2",
+        "seeds=[42]",
         "prompts.n=2",
         "generation.max_new_tokens=2",
         "rv.enabled=false",
@@ -392,7 +393,7 @@ def test_a_self_patch_that_changes_nothing_is_no_warning(tmp_path):
     from transferlab.report import build_summary
 
     cfg, run_dir, table = run_small(
-        "corrected_n300", tmp_path, "model=tiny:llama", "prompts.n=4", "generation.max_new_tokens=3"
+        "corrected_n300", tmp_path, "model=tiny:llama", "seeds=[42]", "prompts.n=4", "generation.max_new_tokens=3"
     )
     summary = finalize(run_dir)
     kinds = {(w["kind"], w.get("condition")) for w in summary["warnings"]}

@@ -537,7 +537,7 @@ def _print_headline(run_dir: Path) -> None:
     target-fidelity scores, where the run has them), then the paired deltas of the primary score (vs the
     reference, the primary condition vs each control, the family's other claims), each labelled confirmatory,
     equivalence or exploratory."""
-    from .report.deltas_md import headline_rows
+    from .report.deltas_md import family_line, headline_rows
 
     path = run_dir / "summary.json"
     if not path.exists():  # --no-report
@@ -572,6 +572,8 @@ def _print_headline(run_dir: Path) -> None:
         for d in headline_rows(s, model, score):
             deltas.add_row(*(escape(d[k]) for k in ("comparison", "role", "delta", "ci", "p", "holm", "verdict")))
         console.print(deltas)
+    if models:
+        console.print(escape(family_line(s)))
 
 
 @app.command()

@@ -326,6 +326,9 @@ class Analysis(_Strict):
         return out + [(f"analysis.equivalence.{i}", parse_contrast(e.contrast)) for i, e in enumerate(self.equivalence)]
 
 
+_DROP = "change the claim, or run without the preset's family: --set 'analysis={}'"
+
+
 def _analysis_problems(config: ExperimentConfig, names: list[str]) -> list[tuple[str, str]]:
     """The family against the conditions: they exist, a claim has a primary score, no claim twice (whether the
     run computes the primary score is checked with the scorers, in ``checks.preflight``)."""
@@ -337,7 +340,9 @@ def _analysis_problems(config: ExperimentConfig, names: list[str]) -> list[tuple
     seen: dict[tuple[str, str], str] = {}
     for path, pair in claims:
         out += [
-            (path, f"condition {c!r} is not among the conditions ({', '.join(names)})") for c in pair if c not in names
+            (path, f"condition {c!r} is not among the conditions ({', '.join(names)}); {_DROP}")
+            for c in pair
+            if c not in names
         ]
         if pair in seen:
             out.append((path, f"the contrast '{pair[0]} - {pair[1]}' is already claimed at {seen[pair]}"))

@@ -209,3 +209,14 @@ def headline_rows(summary: dict, model: str, score: str) -> list[dict]:
             }
         )
     return out
+
+
+def family_line(summary: dict) -> str:
+    """One sentence on the run's confirmatory family, for the command line."""
+    fam = summary["stats"].get("family")
+    if not fam:
+        return "No confirmatory family declared ([analysis]): every comparison is exploratory, p unadjusted."
+    return (
+        f"Confirmatory family: {len(fam['claims'])} claims on {fam['primary']} ({fam['size']} rows), Holm within "
+        "them only; every other row exploratory, p unadjusted. Intervals: a claim's at its Holm level, others 95%."
+    )
