@@ -175,3 +175,44 @@ def test_mlp_hidden_on_a_mixture_of_experts_block_is_refused(tiny_models):
 
     with pytest.raises(SiteError, match="no mlp_hidden site; use mlp_out"):
         tiny_models("mixtral").capture([PROMPT], sites=["mlp_hidden@0"])
+
+
+def test_the_fn_plan_form_runs_an_importable_function_as_a_hook(tiny_models):
+    model = tiny_models("llama")
+    text = "fn:torch.nn.functional.relu:mlp_hidden@1:prompt"
+    plan = tl.Plan.parse(text)
+    assert str(plan) == text and isinstance(plan.interventions[0], tl.Hook)
+    by_text = model.generate(TARGETS, plan=text, **KW)
+    by_python = model.generate(TARGETS, plan=tl.Hook("mlp_hidden", 1, torch.nn.functional.relu, phase="prompt"), **KW)
+    _same_bitwise(by_text, by_python)
+    assert (by_text.audit.change_norm > 0).all() and (by_text.audit.fired_decode == 0).all()
+    assert by_text.audit.description.tolist() == [text] * 3
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("fn:nowhere.nothing:resid_post@1", "cannot import 'nowhere.nothing'"),
+        ("fn:math.pi:resid_post@1", "math.pi is not a function"),
+        ("fn:torch.relu", "expected fn:MODULE.FUNCTION:SITE@LAYER"),
+        ("fn:torch.relu:resid_post@1:twice", "unknown fn option 'twice'"),
+    ],
+)
+def test_a_malformed_fn_item_is_refused(text, message):
+    with pytest.raises(InterventionError, match=message):
+        tl.Plan.parse(text)
+
+
+def test_a_hook_may_change_its_argument_in_place(tiny_models):
+    """The function gets a copy: changing it in place and returning None is changing it and returning it,
+    and the audit measures the change against the activation before."""
+    model = tiny_models("llama")
+
+    def doubled_in_place(x):
+        x.mul_(2.0)
+
+    in_place = model.generate(TARGETS, plan=tl.Hook("resid_post", 0, doubled_in_place), **KW)
+    returned = model.generate(TARGETS, plan=tl.Hook("resid_post", 0, lambda x: x * 2.0), **KW)
+    _same_bitwise(in_place, returned)
+    assert (in_place.audit.change_norm > 0).all()
+    assert in_place.audit.change_norm.tolist() == returned.audit.change_norm.tolist()

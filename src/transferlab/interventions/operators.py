@@ -391,9 +391,10 @@ class HookOperator(Operator):
         fn = self.inter.fn
         if not hasattr(self, "_with_call"):
             self._with_call = _takes_call(fn)
-        out = fn(x, call) if self._with_call else fn(x)
+        mine = x.clone()  # the function may change its argument in place; x itself is the audit's "before"
+        out = fn(mine, call) if self._with_call else fn(mine)
         if out is None:
-            return x
+            out = mine
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise InterventionError(
@@ -414,7 +415,8 @@ class HookOperator(Operator):
 
 
 def _takes_call(fn) -> bool:
-    """Whether ``fn`` accepts a second positional argument (the :class:`~.types.HookCall`)."""
+    """Whether ``fn`` takes a :class:`~.types.HookCall`: a second positional parameter without a default (or
+    ``*args``). ``torch.relu``-like functions whose second parameter has a default get the activation only."""
     import inspect
 
     try:
@@ -424,4 +426,4 @@ def _takes_call(fn) -> bool:
     if any(p.kind is p.VAR_POSITIONAL for p in params):
         return True
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 2
+    return len(positional) >= 2 and positional[1].default is positional[1].empty

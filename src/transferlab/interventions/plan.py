@@ -26,6 +26,9 @@ item                                    meaning
 ``ablate:SITE@LAYER[:zero|mean]``       Ablate (``hI,J``/``qhI,J`` heads, a phase)
 ``noise:SITE@LAYER[:opts]``             Noise, norm-matched unless ``raw``;
                                         ``seedN``, ``sdX``, and the Patch opts
+``fn:MODULE.FUNC:SITE@LAYER[:PHASE]``   Hook: the importable function FUNC run on
+                                        the site's activation (``tl.Hook`` in
+                                        Python takes any function)
 ``steer:PATH[@LAYER][:aX][:PHASE]``     Steer: ``X`` times the steering vector saved
                                         at PATH (``transferlab steer build``) added
                                         at every position; LAYER picks one of the
@@ -56,6 +59,7 @@ from .types import (
     ROPES,
     Ablate,
     HeadPatch,
+    Hook,
     Intervention,
     InterventionError,
     KVSplice,
@@ -245,6 +249,8 @@ def parse_intervention(text: str) -> Intervention:
             return Noise(**kw)
         if head == "steer":
             return _parse_steer(opts, where)
+        if head == "fn":
+            return _parse_fn(opts, where)
         site, layer = _site_layer(head, where)
         kw = {"site": site, "layer": layer, **_parse_patch_opts(opts, where)}
         return HeadPatch(**kw) if "heads" in kw else Patch(**kw)
@@ -283,6 +289,47 @@ def _parse_steer(opts: list[str], where: str) -> Steer:
         else:
             raise InterventionError(f"{where}: unknown steer option {opt!r} (options: aALPHA, prompt|decode|both)")
     return Steer(**kw)
+
+
+def _parse_fn(opts: list[str], where: str) -> Hook:
+    """``fn:PACKAGE.MODULE.FUNCTION:SITE@LAYER[:PHASE]``: a :class:`Hook` running an importable function."""
+    if len(opts) < 2 or not opts[0]:
+        raise InterventionError(
+            f"{where}: expected fn:MODULE.FUNCTION:SITE@LAYER[:prompt|decode|both] (a function your code can "
+            "import, e.g. fn:mylab.hooks.zero_neuron:mlp_hidden@12); in Python pass tl.Hook(site, layer, fn)"
+        )
+    path = opts[0]
+    site, layer = _site_layer(opts[1], where)
+    kw: dict = {"site": site, "layer": layer, "fn": _import_function(path, where), "name": path}
+    for opt in opts[2:]:
+        if opt not in PHASES:
+            raise InterventionError(f"{where}: unknown fn option {opt!r} (options: prompt|decode|both)")
+        kw["phase"] = opt
+    return Hook(**kw)
+
+
+def _import_function(path: str, where: str):
+    """The object at dotted ``path`` (``package.module.function`` or ``module.Class.method``)."""
+    import importlib
+
+    parts = path.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for name in parts[cut:]:
+                obj = getattr(obj, name)
+        except AttributeError:
+            break
+        if callable(obj):
+            return obj
+        raise InterventionError(f"{where}: {path} is not a function")
+    raise InterventionError(
+        f"{where}: cannot import {path!r}; give the dotted path of a function on the Python path "
+        "(package.module.function)"
+    )
 
 
 def parse_plan(text: str) -> Plan:

@@ -432,9 +432,11 @@ class Steer(Intervention):
 class Hook(Intervention):
     """Your own function on the activation at a hook point, run inside the audited machinery.
 
-    ``fn(x)`` or ``fn(x, call)`` receives the activation ``x`` ``[B, T, D]`` of
-    one forward call and returns the new activation (same shape) or None
-    (unchanged). ``call`` (a :class:`HookCall`) says which phase and decode
+    ``fn(x)`` or ``fn(x, call)`` receives (a copy of) the activation ``x``
+    ``[B, T, D]`` of one forward call and returns the new activation (same
+    shape), or None to keep its argument as it left it (changed in place, or
+    not). ``call`` is passed when the function's second positional parameter
+    has no default. ``call`` (a :class:`HookCall`) says which phase and decode
     step this is, the absolute target positions of ``x``'s columns, and
     ``mask`` ``[B, T]``: the positions whose result is kept -- real tokens
     (never padding, never BOS) of the rows whose plan holds the hook, as for
