@@ -533,10 +533,10 @@ def _print_outcome(run_dir: Path, warnings: list[str]) -> None:
 
 
 def _print_headline(run_dir: Path) -> None:
-    """The run's headline from its summary.json: each condition's primary score and source_overlap (and its
-    target-fidelity scores, where the run has them), then the paired deltas of the primary score (vs the
-    reference, the primary condition vs each control, the family's other claims), each labelled confirmatory,
-    equivalence or exploratory."""
+    """The run's headline from its summary.json: each condition's primary score and source_overlap, its
+    target-fidelity scores (where the run has them, a table of their own), then the paired deltas of the primary
+    score (vs the reference, the primary condition vs each control, the family's other claims), each labelled
+    confirmatory, equivalence or exploratory."""
     from .report.deltas_md import family_line, headline_rows
 
     path = run_dir / "summary.json"
@@ -551,20 +551,25 @@ def _print_headline(run_dir: Path) -> None:
 
     for model in models:
         means = {(r["condition"], r["score"]): r for r in s["conditions_table"] if r["model"] == model}
-        fidelity = list(s.get("fidelity_scores") or [])
-        title = f"{model}: {score} (95% bootstrap CI) and source_overlap" + (", target fidelity" if fidelity else "")
-        table = Table(title=escape(title))
-        for col in ("condition", score, "95% CI", "source_overlap", *fidelity):
+        table = Table(title=escape(f"{model}: {score} (95% bootstrap CI) and source_overlap"))
+        for col in ("condition", score, "95% CI", "source_overlap"):
             table.add_column(escape(col))
         for cond in s["conditions"]:
-            r = means.get((cond, score))
+            r, o = means.get((cond, score)), means.get((cond, "source_overlap"))
             if r is not None:
                 ci = f"[{num(r['ci_low'])}, {num(r['ci_high'])}]"
-                more = [
-                    num(means[(cond, c)]["mean"]) if (cond, c) in means else "–" for c in ("source_overlap", *fidelity)
-                ]
-                table.add_row(escape(cond), num(r["mean"]), escape(ci), *more)
+                table.add_row(escape(cond), num(r["mean"]), escape(ci), num(o["mean"]) if o else "–")
         console.print(table)
+        fidelity = list(s.get("fidelity_scores") or [])
+        if fidelity:  # does the target's task survive? (a table of its own: narrow terminals)
+            kept = Table(title=escape(f"{model}: target fidelity (mean)"))
+            for col in ("condition", *fidelity):
+                kept.add_column(escape(col))
+            for cond in s["conditions"]:
+                if (cond, score) in means:
+                    row = [num(means[(cond, f)]["mean"]) if (cond, f) in means else "–" for f in fidelity]
+                    kept.add_row(escape(cond), *row)
+            console.print(kept)
         deltas = Table(title=escape(f"{model}: paired Δ {score} (Holm within the confirmatory family only)"))
         heads = ("comparison", "role", "Δ mean", "interval (level)", "p (unadjusted)", "Holm p", "verdict")
         for col in heads:

@@ -27,6 +27,7 @@ from .dose import plot_dose_response
 DPI = 150
 SCORE_UNITS = {
     "seed_v1": "markers, 0–26",
+    "seed_v1_markers": "markers, 0–21",
     "lexicon": "markers",
     "source_lexicon": "fraction of source lexicon, 0–1",
     "strict": "0–1",
