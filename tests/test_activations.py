@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import LONG, PROMPT, STORY, STORY2
@@ -26,7 +27,7 @@ def test_indexing_by_prompt_and_by_hook_point_agree(acts, tiny_models):
         assert one["resid_post@-1"] is acts[last][i]  # layers resolve as in plans
         assert acts[i, "v_proj@1"] is acts["v_proj@1"][i]
         assert one["kv"] is acts.kv[i]
-    assert acts[-1].prompt == STORY
+    assert acts[-1].prompt == STORY and acts[np.int64(1)].prompt == LONG and acts[torch.tensor(2)].prompt == STORY
     assert acts.keys() == ["v_proj@1", last, "kv"] and set(acts[0].keys()) == set(acts.keys())
     with pytest.raises(IndexError, match="prompt 3 does not exist: 3 prompt"):
         acts[3]

@@ -23,6 +23,7 @@ and tensors.
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,7 +216,7 @@ class Activations:
 def _is_index(key) -> bool:
     if isinstance(key, bool):
         return False
-    if isinstance(key, int):
+    if isinstance(key, numbers.Integral):  # int, numpy integers
         return True
     return isinstance(key, torch.Tensor) and key.dim() == 0 and not key.is_floating_point()
 
