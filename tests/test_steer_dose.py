@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -72,6 +73,9 @@ def test_dose_response_run_on_stories(tmp_path, vector):
         assert p["source_lexicon_mean"] == means[(p["condition"], "source_lexicon")]
         assert p["target_overlap_mean"] == means[(p["condition"], "target_overlap")]
     assert (run_dir / "figures" / "dose_response.png").stat().st_size > 0
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    recorded = meta["steering_vectors"][str(vector)]
+    assert recorded["sha256"] == hashlib.sha256(vector.read_bytes()).hexdigest() and recorded["layers"] == [2, 4]
     report = (run_dir / "report.md").read_text()
     assert "## Steering dose-response" in report and "dose_response.png" in report
     table = report.split("## Steering dose-response")[1].split("\n## ")[0]

@@ -49,7 +49,7 @@ from .resume import (
     refuse,
 )
 from .store import RunDirError, RunStore
-from .units import WorkUnit, expand_conditions, generation_settings, plan_units
+from .units import WorkUnit, expand_conditions, generation_settings, plan_units, steering_files
 from .worker import ModelFacts, ModelRequest, UnitBatch
 
 
@@ -547,6 +547,9 @@ def _drive_batches(
         metadata["bank"] = {"name": config.prompts.bank, "version": runner.bank.version}
         if runner.pairing_info is not None:  # a length-matched draw: how many pairs qualified
             metadata["pairing"] = runner.pairing_info
+        steering = steering_files(config)
+        if steering:  # which vectors the steer: plans read (a resume does not compare them: check the sha256)
+            metadata["steering_vectors"] = steering
         metadata["models"] = _model_metadata(runner, config)
         metadata["fingerprint"] = {
             k: v for k, v in (runner.store.get(FINGERPRINT) or {}).items() if k != "config"

@@ -8,9 +8,11 @@ order, in any process.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
-from ..interventions import KVSplice, as_plan, load_steering
+from ..interventions import KVSplice, Steer, as_plan, load_steering
 from ..sites import resolve_layer
 from .config import Condition, ExperimentConfig, GenerationOverride
 from .schema import unit_key
@@ -67,6 +69,24 @@ def steer_dose_conditions(sweep) -> list[Condition]:
                     description=f"steering vector at layer {layer} times {coef:g}",
                 )
             )
+    return out
+
+
+def steering_files(config: ExperimentConfig) -> dict[str, dict]:
+    """The steering-vector files a config reads (its conditions' ``steer:`` plans and ``steer_dose`` sweeps):
+    per path its sha256, site, layers and the model it was built on, for the run's metadata."""
+    paths = [s.file for s in config.sweeps if s.kind == "steer_dose" and s.file]
+    for cond in config.conditions:
+        paths += [i.file for i in cond.parsed_plan() if isinstance(i, Steer) and i.file]
+    out = {}
+    for path in dict.fromkeys(paths):
+        vectors = load_steering(path)
+        out[path] = {
+            "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+            "site": vectors.site,
+            "layers": vectors.layers,
+            "built_on": vectors.meta.get("model", {}).get("spec"),
+        }
     return out
 
 
