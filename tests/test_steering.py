@@ -70,6 +70,11 @@ def test_message_span_excludes_the_chat_template(tiny_models):
         assert tok.decode(ids[start:stop]).strip() == prompt
         raw, a, b = message_span(tok, prompt, "raw")
         assert (a, b) == (1, len(raw)) and raw[0] == tok.bos_token_id
+        model = tiny_models("llama")  # the default format follows the engine's: chat where there is a template
+        chat = build_steering(model, POSITIVE, NEGATIVE, layers=[1], position="last")
+        plain = build_steering(model, POSITIVE, NEGATIVE, layers=[1], position="last", prompt_format="raw")
+        assert (chat.meta["prompt_format"], plain.meta["prompt_format"]) == ("chat", "raw")
+        assert not torch.allclose(chat.vectors[1], plain.vectors[1])
     finally:
         tok.chat_template = old
 

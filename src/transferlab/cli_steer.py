@@ -50,7 +50,9 @@ def build(
     ] = None,
     site: Annotated[str, typer.Option(help="Activation site.")] = "resid_post",
     layers: Annotated[str, typer.Option(help="Layers, comma-separated: indices or depth fractions.")] = "0.5",
-    prompt_format: Annotated[str, typer.Option("--format", help="raw or chat (as the run that uses it).")] = "raw",
+    prompt_format: Annotated[
+        str, typer.Option("--format", help="raw, chat or auto (chat where the model has a chat template).")
+    ] = "auto",
     position: Annotated[
         str, typer.Option(help="mean (over the message's tokens, template excluded) or last (the last token).")
     ] = "mean",
@@ -68,8 +70,8 @@ def build(
         _fail(f"unknown site {site!r}; sites: {', '.join(ACTIVATION_SITES)}")
     if position not in POSITIONS:
         _fail(f"--position must be one of {', '.join(POSITIONS)}; got {position!r}")
-    if prompt_format not in ("raw", "chat"):
-        _fail(f"--format must be raw or chat; got {prompt_format!r}")
+    if prompt_format not in ("raw", "chat", "auto"):
+        _fail(f"--format must be raw, chat or auto; got {prompt_format!r}")
     try:
         wanted = [_layer(x) for x in _split(layers) or []]
     except ValueError:
@@ -87,7 +89,7 @@ def build(
             _split(negative),
             site=site,
             layers=wanted,
-            prompt_format=prompt_format,
+            prompt_format=None if prompt_format == "auto" else prompt_format,
             position=position,
         )
         path = save_steering(out, vectors)
@@ -101,7 +103,7 @@ def build(
         f"{escape(str(path))}: {escape(vectors.site)} at layers {vectors.layers} of {escape(m.name)} "
         f"(width {vectors.width}), {meta['n_positive']} positive {escape(','.join(meta['positive_groups']))} - "
         f"{meta['n_negative']} negative {escape(','.join(meta['negative_groups']))}, {position} over tokens, "
-        f"{prompt_format} format"
+        f"{meta['prompt_format']} format"
     )
     for index in vectors.layers:
         norm = meta["norms"][str(index)]

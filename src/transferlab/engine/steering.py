@@ -18,6 +18,10 @@ recursive prompts, against the baseline groups). How a prompt is reduced is
   prompt's last token, the position from which the reply starts (CAA reads
   the answer position).
 
+``prompt_format`` (``raw`` or ``chat``) should be the format of the runs that
+use the vector; None takes the engine's default (chat where the model's
+tokenizer has a chat template: :func:`~.batching.default_format`).
+
 Activations are captured in left-padded batches (:func:`~.capture.capture`:
 a prompt's activations do not depend on its batch), reduced and averaged in
 float32. :func:`build_steering` returns
@@ -39,7 +43,7 @@ from ..interventions.steering import SteeringVectors
 from ..models.fingerprint import model_fingerprint
 from ..prompts import load_bank
 from ..sites import parse_hook_point
-from .batching import PROMPT_FORMATS, chat_text, encode
+from .batching import chat_text, encode, resolve_format
 from .capture import capture
 
 POSITIONS = ("mean", "last")
@@ -102,7 +106,7 @@ def prompt_vectors(
     prompts: Sequence[str],
     site: str,
     layers: Sequence[int | float],
-    prompt_format: str = "raw",
+    prompt_format: str | None = None,
     position: str = "mean",
     batch_size: int | None = None,
 ) -> dict[int, torch.Tensor]:
@@ -110,8 +114,7 @@ def prompt_vectors(
     docstring) at ``site`` of each layer."""
     if position not in POSITIONS:
         raise ValueError(f"position must be one of {', '.join(POSITIONS)}; got {position!r}")
-    if prompt_format not in PROMPT_FORMATS:
-        raise ValueError(f"prompt format must be one of {', '.join(PROMPT_FORMATS)}; got {prompt_format!r}")
+    prompt_format = resolve_format(model.tokenizer, prompt_format)
     if not prompts:
         raise ValueError("no prompts to build a steering vector from")
     n_layers = model.n_layers
@@ -135,7 +138,7 @@ def build_steering(
     *,
     site: str = "resid_post",
     layers: Sequence[int | float] = (0.5,),
-    prompt_format: str = "raw",
+    prompt_format: str | None = None,
     position: str = "mean",
     batch_size: int | None = None,
     meta: dict | None = None,
@@ -151,6 +154,7 @@ def build_steering(
         raise ValueError(
             f"a steering vector needs prompts in both groups; got {len(positive)} positive, {len(negative)} negative"
         )
+    prompt_format = resolve_format(model.tokenizer, prompt_format)  # None: chat where the model has a template
     pos = prompt_vectors(model, positive, site, layers, prompt_format, position, batch_size)
     neg = prompt_vectors(model, negative, site, layers, prompt_format, position, batch_size)
     vectors = {i: pos[i].mean(0) - neg[i].mean(0) for i in pos}
