@@ -498,7 +498,8 @@ def _run(config, set_, resume, no_report, executor, address, workers, gpus_per_w
             for msg in layer_collisions(cfg):
                 console.print(f"[yellow]note: {escape(msg)}[/]")
             console.print(
-                f"[bold]{escape(cfg.name)}[/]: {len(cfg.conditions)} conditions x {cfg.prompts.n} pairs x "
+                f"[bold]{escape(cfg.name)}[/]: {len(cfg.conditions)} conditions{' + sweeps' if cfg.sweeps else ''} "
+                f"x {cfg.prompts.n} pairs x "
                 f"{len(cfg.seeds)} seed(s) on {escape(', '.join(m.spec for m in cfg.model_specs()))}"
             )
         options = dict(address=address, workers=workers, gpus_per_worker=gpus_per_worker)
