@@ -52,7 +52,10 @@ with ``save_pretrained``. Two small corrections are applied on top:
 Before anything is loaded, the file's header is read here (a few dozen lines
 of the GGUF spec, because ``gguf.GGUFReader`` spends ~25 s parsing a 262k
 vocabulary) and anything that is not ``llama``, ``qwen2`` or ``gemma3``, or
-holds a tensor type outside :data:`SUPPORTED_TENSOR_TYPES`, is refused with one
+holds a tensor type outside :data:`SUPPORTED_TENSOR_TYPES`, lacks what its
+vocabulary needs (a ``gpt2`` one without merges, a ``llama`` one without
+scores), or declares a model larger than its tensors hold (a crafted header
+would have transformers allocate the declared size first), is refused with one
 line naming the file and the problem.
 """
 
@@ -94,6 +97,8 @@ class GGUFSummary:
     """Scalar and string values; arrays are recorded as their length (``int``)."""
     tensor_types: dict[str, str] = field(repr=False)
     """``{tensor name: ggml type name}``, in file order."""
+    scan: object = field(default=None, repr=False)
+    """The bounds-checked scan itself (:class:`.gguf_check.GGUFSummary`: tensor shapes and extents)."""
 
 
 def read_summary(path: str | os.PathLike) -> GGUFSummary:
@@ -110,7 +115,7 @@ def read_summary(path: str | os.PathLike) -> GGUFSummary:
     if not isinstance(arch, str):
         raise ConversionError(f"{scan.path}: GGUF metadata has no general.architecture")
     types = {name: t.type_name for name, t in scan.tensors.items()}
-    return GGUFSummary(scan.path, scan.version, arch, scan.header, types)
+    return GGUFSummary(scan.path, scan.version, arch, scan.header, types, scan)
 
 
 def check_convertible(path: str | os.PathLike) -> GGUFSummary:
@@ -130,8 +135,23 @@ def check_convertible(path: str | os.PathLike) -> GGUFSummary:
         raise ConversionError(
             f"{summary.path}: unsupported tensor type(s) {what}; supported: {', '.join(sorted(SUPPORTED_TENSOR_TYPES))}"
         )
-    if summary.metadata.get("tokenizer.ggml.model") is None:
+    vocabulary = summary.metadata.get("tokenizer.ggml.model")
+    if vocabulary is None:
         raise ConversionError(f"{summary.path}: no tokenizer in the GGUF metadata (tokenizer.ggml.model missing)")
+    # what each vocabulary kind needs to become a tokenizer (arrays are recorded as their length)
+    needs = {"gpt2": ("tokens", "merges"), "llama": ("tokens", "scores")}.get(vocabulary, ("tokens",))
+    for part in needs:
+        if not summary.metadata.get(f"tokenizer.ggml.{part}"):
+            raise ConversionError(
+                f"{summary.path}: its {vocabulary!r} vocabulary has no tokenizer.ggml.{part} (missing or empty), "
+                "so no tokenizer can be built from it"
+            )
+    from .gguf_check import GGUFError, check_declared_size
+
+    try:  # the model's declared size against the tensors present: before transformers builds a model that big
+        check_declared_size(summary.scan)
+    except GGUFError as exc:
+        raise ConversionError(str(exc)) from None
     return summary
 
 

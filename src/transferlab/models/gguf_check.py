@@ -14,7 +14,10 @@ a hidden size of 16384 beside 64-wide tensors (which made the loader build an
   (metadata, tensor shapes and types, the reader);
 - :func:`check_llama` (the llama architecture, quantised or not): the
   hyperparameters the metadata declares against the shapes of the tensors
-  actually present, before a model of that size is built.
+  actually present, before a model of that size is built;
+- :func:`check_declared_size` (the converter's architectures, from the scan
+  alone): the weights the metadata's sizes imply against the values the
+  tensors hold, before a converter builds a model of the declared size.
 
 Either raises :class:`GGUFError` with one line naming the file and what is
 wrong with it.
@@ -261,6 +264,12 @@ def check_gguf(path: str | Path, *, open_reader: bool = True) -> GGUFSummary:
                     f"but the file ends at byte {size} (truncated?)"
                 )
             tensors[name] = TensorInfo(name, shape, type_name, type_id, start, n_bytes)
+        claimed = sum(t.n_bytes for t in tensors.values())
+        if claimed > size - data_offset:  # tensors that overlap: each lies in the file, together they claim more
+            raise s.fail(
+                f"its {len(tensors)} tensors claim {claimed} bytes together, more than the {size - data_offset} "
+                "bytes of tensor data in the file (overlapping tensors)"
+            )
     summary = GGUFSummary(path, size, version, alignment, data_offset, {}, tensors, header=header)
     if open_reader:
         from gguf import GGUFReader
@@ -293,6 +302,57 @@ def _positive_int(summary: GGUFSummary, key: str, required: bool = True, limit: 
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
         raise GGUFError(f"{summary.path}: metadata {key} = {value!r} is not a whole number in 1..{limit}")
     return int(value)
+
+
+def _declared(summary: GGUFSummary, key: str, required: bool = True, limit: int = 1 << 24) -> int | None:
+    """A size the header declares (from the scan, no reader needed), checked to be a whole number in range."""
+    value = summary.header.get(key)
+    if value is None:
+        if required:
+            raise GGUFError(
+                f"{summary.path}: metadata key {key} is missing (a model built without it would take its "
+                "library's default size, unrelated to the tensors in the file)"
+            )
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise GGUFError(f"{summary.path}: metadata {key} = {value!r} is not a whole number in 1..{limit}")
+    return int(value)
+
+
+def check_declared_size(summary: GGUFSummary) -> int:
+    """The number of weights the metadata's sizes imply, checked against the values the file's tensors hold.
+
+    A converter builds the model its metadata declares (hidden size, layers,
+    feed-forward width, heads, vocabulary) before it reads a tensor; a 100 KB
+    file declaring a 200-billion-weight model would have it allocate 800 GB.
+    The count here is a lower bound for the dense architectures converted
+    (llama, qwen2, gemma3: embeddings, four attention and three feed-forward
+    matrices per layer; norms and biases left out), and every weight of the
+    built model comes from a tensor of the file, so a file whose tensors hold
+    fewer values than that bound cannot describe its model: refused with
+    :class:`GGUFError` before anything is allocated. Returns the bound.
+    """
+    arch = summary.header.get("general.architecture")
+    hidden = _declared(summary, f"{arch}.embedding_length")
+    layers = _declared(summary, f"{arch}.block_count", limit=4096)
+    ffn = _declared(summary, f"{arch}.feed_forward_length")
+    heads = _declared(summary, f"{arch}.attention.head_count", limit=4096)
+    kv = _declared(summary, f"{arch}.attention.head_count_kv", required=False, limit=4096) or heads
+    key_len = _declared(summary, f"{arch}.attention.key_length", required=False) or max(1, hidden // heads)
+    value_len = _declared(summary, f"{arch}.attention.value_length", required=False) or key_len
+    tokens = summary.header.get("tokenizer.ggml.tokens")  # the scan records an array as its length
+    vocab = max(tokens if isinstance(tokens, int) else 0, _declared(summary, f"{arch}.vocab_size", False) or 0)
+    per_layer = hidden * (heads * key_len + kv * key_len + kv * value_len + heads * value_len) + 3 * hidden * ffn
+    declared = vocab * hidden + layers * per_layer
+    present = sum(t.n_elements for t in summary.tensors.values())
+    if declared > present:
+        raise GGUFError(
+            f"{summary.path}: the metadata declares a model of at least {declared:,} weights "
+            f"({declared * 4 / 1e9:,.1f} GB in float32: hidden size {hidden}, {layers} layers, feed-forward {ffn}, "
+            f"{heads} heads, vocabulary {vocab}) but the file's tensors hold {present:,} values; the metadata "
+            "does not describe the tensors in the file"
+        )
+    return declared
 
 
 LLAMA_LAYER_TENSORS = (
@@ -387,4 +447,4 @@ def check_llama(summary: GGUFSummary, extra_ok: tuple[str, ...] = ()) -> dict[st
     )
 
 
-__all__ = ["GGUFError", "GGUFSummary", "TensorInfo", "check_gguf", "check_llama"]
+__all__ = ["GGUFError", "GGUFSummary", "TensorInfo", "check_declared_size", "check_gguf", "check_llama"]
