@@ -28,6 +28,8 @@ FLOORS = {
     "rng": 0,
     "timings": 0,
     "decode_paths": 0,
+    "engine_settings": 0,
+    "atomic": 0,
     "bench_results": 0,
     "stats": 0,
     "prompts": 0,

@@ -17,6 +17,9 @@ import platform
 import subprocess
 from pathlib import Path
 
+from .. import engine_settings
+from ..atomic import write_text
+
 
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -40,13 +43,7 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-ENGINE_SETTINGS = (  # environment variables that choose the engine's kernels: in bf16 they move rounding
-    "TRANSFERLAB_DECODE",
-    "TRANSFERLAB_DECODE_ATTENTION",
-    "TRANSFERLAB_FUSE",
-    "TRANSFERLAB_KERNELS",
-    "TRANSFERLAB_SDPA_BACKEND",
-)
+ENGINE_SETTINGS = engine_settings.NAMES  # environment variables that choose the engine's kernels (bf16 rounding)
 
 
 def engine_settings() -> dict:
@@ -92,13 +89,18 @@ def environment() -> dict:
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+    """``data`` as JSON in place of whatever is at ``path`` (a link there is replaced, never written through)."""
+    write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def ledger_path(output_dir: str | Path) -> Path:
     return Path(output_dir) / "index.jsonl"
+
+
+def ledger_dir(run_dir: str | Path) -> Path:
+    """Where a run's ledger lives: beside the run, in its parent folder (the config's ``output_dir`` when the run
+    started), wherever the command that resumes or reports it runs from."""
+    return Path(run_dir).resolve().parent
 
 
 def ledger_append(output_dir: str | Path, entry: dict) -> None:
@@ -109,7 +111,8 @@ def ledger_append(output_dir: str | Path, entry: dict) -> None:
 
 
 def ledger(output_dir: str | Path, problems: list[str] | None = None) -> list[dict]:
-    """Latest ledger entry per run directory, oldest first.
+    """Latest ledger entry per run directory, oldest first; each entry's ``run_dir`` is absolute (an older ledger's
+    relative one is read as the run of that name beside the ledger, where every run it lists lives).
 
     A line that is not a JSON entry (a write cut short by a full disk or a
     crash, an edit) is skipped, and said so in ``problems`` if given: one bad
@@ -130,5 +133,7 @@ def ledger(output_dir: str | Path, problems: list[str] | None = None) -> list[di
             if problems is not None:
                 problems.append(f"{path} line {i} is not a ledger entry (cut short or edited); skipped: {line[:60]!r}")
             continue
+        if not Path(e["run_dir"]).is_absolute():
+            e["run_dir"] = str(path.parent.resolve() / Path(e["run_dir"]).name)
         latest[e["run_dir"]] = {**latest.get(e["run_dir"], {}), **e}
     return list(latest.values())
