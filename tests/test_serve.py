@@ -87,8 +87,12 @@ def test_a_live_server_is_not_replaced_but_a_stale_socket_is(server, tmp_path):
     with pytest.raises(ServerError, match="already listens"):
         Server(server).bind()
     assert ping(server)  # the probe (connect, then leave without a word) did not hurt the server
+    import socket
+
     stale = tmp_path / "stale.sock"
-    stale.write_text("")  # left by a killed server
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(stale))  # a socket file whose server is gone (closed without removing it, as a kill leaves it)
+    dead.close()
     sock = Server(stale).bind()
     sock.close()
 
@@ -160,7 +164,8 @@ def test_a_stopping_server_leaves_a_successors_socket_alone(tmp_path):
 
 def test_a_killed_run_resumes_through_the_server_into_one_ledger_entry(workload, server, tmp_path):
     """A run stopped after one batch (as a killed one is) finishes through the server with every unit once, and
-    the ledger lists it once, complete (the resume path goes as the user gave it, relative to their directory)."""
+    the ledger lists it once, complete (the resume path goes as the user gave it, relative to their directory; the
+    ledger keeps it absolute)."""
     from transferlab.experiments import load_config, run_experiment
     from transferlab.experiments.metadata import ledger
 
@@ -179,4 +184,224 @@ def test_a_killed_run_resumes_through_the_server_into_one_ledger_entry(workload,
     latest = {}
     for entry in ledger("runs"):
         latest[entry["run_dir"]] = entry["status"]
-    assert latest == {str(relative): "complete"}
+    assert latest == {str((tmp_path / relative).resolve()): "complete"}  # one entry, absolute
+
+
+# --------------------------------------------------------------------------- issue 24: hostile clients and paths
+
+
+def test_serve_never_removes_what_is_not_its_own_stale_socket(tmp_path):
+    """A file, a directory or a link at --socket is left as it is, with a clear error (the probe: `serve --socket
+    FILE` deleted the file); a path longer than a socket can hold is named, not a traceback."""
+    import os
+
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    for path in (target, folder, link):
+        res = CliRunner().invoke(app, ["serve", "--socket", str(path)])
+        out = " ".join(res.output.split())
+        assert res.exit_code == 2 and "not a socket" in out and "Traceback" not in res.output, res.output
+    assert target.read_text() == "keep me" and folder.is_dir() and link.is_symlink()
+    long = tmp_path / ("d" * 60) / ("s" * 60 + ".sock")
+    res = CliRunner().invoke(app, ["serve", "--socket", str(long)])
+    assert res.exit_code == 2 and "at most 107" in " ".join(res.output.split()), res.output
+    res = _run("demo", "--server", "--socket", long)
+    assert res.exit_code == 2 and "at most 107" in " ".join(res.output.split()), res.output
+    assert not os.path.exists(long.parent)
+
+
+def _raw(path, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``data`` as it is and read until the server closes the connection or a line ends."""
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(str(path))
+    try:
+        s.sendall(data)
+        out = b""
+        while not out.endswith(b"\n"):
+            chunk = s.recv(1 << 16)
+            if not chunk:
+                break
+            out += chunk
+        return out
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize(
+    "body", [b"[1, 2]", b'"x"', b"null", b"3", b'{"op": 5}', b"{not json", b'{"op": "run", "set": "x"}']
+)
+def test_a_malformed_request_is_answered_and_the_server_lives_on(server, body):
+    answer = json.loads(_raw(server, body + b"\n"))
+    assert answer["ok"] is False and answer["error"]
+    assert ping(server)
+
+
+@pytest.fixture
+def strict_server(tmp_path):
+    """A server that gives a client 1 s for its request and takes at most 64 KiB."""
+    sock = tmp_path / "t.sock"
+    srv = Server(sock, read_timeout=1.0, max_request=1 << 16)
+    ready = threading.Event()
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"ready": ready.set}, daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    yield sock
+    request({"op": "stop"}, sock, timeout=30)
+    thread.join(30)
+    assert not thread.is_alive()
+
+
+def test_half_a_request_or_none_blocks_no_other_client(strict_server):
+    """Two clients hold connections (one sent half a request, one nothing): a third is answered at once, and each
+    of the two gets its own timeout answer."""
+    import socket
+
+    half, idle = (socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2))
+    for s in (half, idle):
+        s.settimeout(10)
+        s.connect(str(strict_server))
+    half.sendall(b'{"op": "pi')
+    try:
+        assert request({"op": "ping"}, strict_server, timeout=0.9)["ok"]  # before either one's 1 s is up
+        for s in (half, idle):
+            answer = json.loads(s.recv(1 << 16))
+            assert answer["ok"] is False and "within 1 s" in answer["error"]
+    finally:
+        half.close()
+        idle.close()
+    assert ping(strict_server)
+
+
+def test_an_oversized_request_is_refused_unread(strict_server):
+    """4 MiB without a line end against a 64 KiB limit: the server stops reading past the limit, answers (or
+    drops) that client, and serves the next."""
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(str(strict_server))
+    sent, answer = 0, b""
+    try:
+        while sent < 4 << 20:
+            sent += s.send(b"x" * (1 << 16))
+    except OSError:
+        pass  # the server closed its end: it stopped reading
+    try:
+        answer = s.recv(1 << 16)
+    except OSError:
+        pass
+    s.close()
+    assert sent < 4 << 20 or b"larger than 65536 bytes" in answer
+    assert ping(strict_server)
+
+
+def test_the_read_limit_itself():
+    """``_read_line`` keeps at most the limit (plus one chunk) in memory, and a whole line under it comes back."""
+    import socket
+
+    from transferlab.serve import _read_line
+
+    a, b = socket.socketpair()
+
+    def write():
+        try:
+            a.sendall(b"y" * (1 << 20))
+        except OSError:
+            pass  # the reader stopped and closed: what the limit is for
+        a.close()
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    with pytest.raises(ServerError, match="larger than 1000 bytes"):
+        _read_line(b, limit=1000, timeout=5)
+    b.close()
+    writer.join(10)
+    a, b = socket.socketpair()
+    a.sendall(b'{"op": "ping"}\nrest')
+    assert _read_line(b, limit=1000, timeout=5) == b'{"op": "ping"}'
+    a.close()
+    b.close()
+
+
+def test_the_clients_engine_settings_are_the_runs(workload, server, tmp_path, monkeypatch):
+    """The client sends its engine switches; the server refuses a bad one as the local command does (exit 2, no
+    run directory) and leaves its own environment as it was."""
+    import os
+
+    import transferlab.serve as serve_mod
+
+    sent = {}
+    real = serve_mod.request
+
+    def spy(payload, *a, **k):
+        sent.update(payload)
+        return real(payload, *a, **k)
+
+    monkeypatch.setattr(serve_mod, "request", spy)
+    monkeypatch.setenv("TRANSFERLAB_DECODE", "bogus")
+    res = _run(workload, "--server", "--socket", server)
+    assert sent["engine"] == {"TRANSFERLAB_DECODE": "bogus"}
+    assert res.exit_code == 2 and "TRANSFERLAB_DECODE" in res.output and "bogus" in res.output
+    monkeypatch.delenv("TRANSFERLAB_DECODE")
+    answer = real(
+        {"op": "run", "cwd": str(tmp_path), "config": str(workload), "set": [], "engine": {"TRANSFERLAB_KERNELS": "x"}},
+        server,
+    )
+    assert answer["ok"] is False and "TRANSFERLAB_KERNELS" in answer["error"]
+    assert "TRANSFERLAB_KERNELS" not in os.environ and "TRANSFERLAB_DECODE" not in os.environ
+    assert not (tmp_path / "runs").exists()  # refused before any run directory
+
+
+def test_the_server_says_where_the_run_is_before_it_ends(workload, server, tmp_path):
+    """A run request is answered first with the run's directory (what a client needs if the server dies), then
+    with the outcome."""
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(300)
+    s.connect(str(server))
+    req = {"op": "run", "cwd": str(tmp_path), "config": str(workload), "set": [], "no_report": True}
+    s.sendall(json.dumps(req).encode() + b"\n")
+    reader = s.makefile("rb")
+    first, second = json.loads(reader.readline()), json.loads(reader.readline())
+    s.close()
+    assert first["event"] == "started" and second["ok"] is True and first["run_dir"] == second["run_dir"]
+
+
+def test_a_server_that_dies_mid_run_leaves_the_resume_command(tmp_path):
+    """A server killed during a run closes the connection: the client names the run's directory (if the server had
+    said it) and the command that finishes it, exit 2."""
+    import socket
+
+    def fake_server(path, lines: list[bytes]):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(str(path))
+        s.listen(1)
+
+        def serve():
+            conn, _ = s.accept()
+            conn.recv(1 << 16)
+            for line in lines:
+                conn.sendall(line)
+            conn.close()  # dies
+            s.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    path = tmp_path / "dies.sock"
+    fake_server(path, [b'{"event": "started", "run_dir": "/data/runs/demo-1"}\n'])
+    res = _run("demo", "--server", "--socket", path)
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and "transferlab run --resume /data/runs/demo-1" in out, res.output
+    path2 = tmp_path / "dies2.sock"
+    fake_server(path2, [])
+    res = _run("demo", "--server", "--socket", path2)
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and "transferlab run --resume DIR" in out and "without a word" not in out
