@@ -132,7 +132,7 @@ def test_ledger_and_runs_command(full_run, tmp_path, monkeypatch):
     # is listed as failed
     import transferlab.experiments.checks as checks
 
-    monkeypatch.setattr(checks, "model_shape", lambda spec: None)
+    monkeypatch.setattr(checks, "model_shape", lambda spec, strict=False: None)
     res = CliRunner().invoke(
         app, ["run", "stories", "--no-report", *sets(out_dir, "model=tiny:llama", "conditions.1.plan=v_proj@1:w999")]
     )

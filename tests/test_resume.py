@@ -193,12 +193,19 @@ def test_resume_not_a_run_dir(tmp_path):
 
 
 def test_a_resume_under_other_engine_settings_says_so(tmp_path, monkeypatch):
-    """A resume whose engine switches differ from the run's start (its rows may round otherwise in bf16) is told,
-    naming each switch; the same settings say nothing."""
+    """A bf16 resume whose engine switches differ from the run's start (its rows may round otherwise) is told,
+    naming each switch; the same settings say nothing, and so does a float32 run (its tokens cannot differ)."""
     monkeypatch.delenv("TRANSFERLAB_DECODE", raising=False)
-    run_dir = run_experiment(
-        load_config("stories", overrides(tmp_path, 32)), progress=False, report=False, max_batches=1
+    plain = run_experiment(
+        load_config("stories", overrides(tmp_path / "f32", 32)), progress=False, report=False, max_batches=1
     )
+    monkeypatch.setenv("TRANSFERLAB_DECODE", "eager")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # float32: nothing to say
+        run_experiment(resume=plain, progress=False, report=False, max_batches=1)
+    monkeypatch.delenv("TRANSFERLAB_DECODE")
+    sets = [*overrides(tmp_path, 32), "model.dtype=bfloat16"]
+    run_dir = run_experiment(load_config("stories", sets), progress=False, report=False, max_batches=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # same settings: nothing to say
         run_experiment(resume=run_dir, progress=False, report=False, max_batches=1)

@@ -392,6 +392,7 @@ def _run_on_server(config, set_, resume, no_report, socket_path, timings) -> Non
     import os
     import time
 
+    from .engine_settings import current
     from .serve import ServerError, request
     from .timings import process_age
 
@@ -403,6 +404,7 @@ def _run_on_server(config, set_, resume, no_report, socket_path, timings) -> Non
         "set": list(set_),
         "no_report": no_report,
         "timings": bool(timings),
+        "engine": current(),  # this shell's engine switches: the server's run uses them, as a local run would
     }
     if resume:
         payload["resume"] = resume  # as given: the server works in this directory, and the ledger keys runs by it
@@ -441,12 +443,12 @@ def serve(
     path = Path(socket_path) if socket_path else default_socket()
     if stop:
         try:
-            request({"op": "stop"}, path, timeout=30)
-        except TimeoutError:  # busy with a run: the request waits in its queue
-            console.print(f"the server at {escape(str(path))} is busy; it stops when its current run ends")
-            return
+            answer = request({"op": "stop"}, path, timeout=30)
         except (ServerError, OSError) as exc:
             _fail(exc)
+        if answer.get("busy"):
+            console.print(f"the server at {escape(str(path))} is busy; it stops when its current run ends")
+            return
         console.print(f"stopped the server at {escape(str(path))}")
         return
     import transferlab.experiments  # noqa: F401  (the imports a run needs, before the first client waits on them)
@@ -651,7 +653,7 @@ def runs(output_dir: str = typer.Option("runs", help="Where runs are written."))
     table = Table(title=f"runs in {escape(output_dir)}")
     for c in ("run_dir", "name", "status", "time", "rows"):
         table.add_column(c, overflow="fold")  # never cut a path or a time with an ellipsis
-    base = Path(output_dir)
+    base = Path(output_dir).resolve()  # the ledger's paths are absolute
     for e in entries:
         run_dir = Path(e["run_dir"])
         shown = run_dir.name if run_dir.parent == base else str(run_dir)

@@ -115,9 +115,54 @@ def chat_text(tokenizer, prompt: str) -> str:
             "prompt_format='chat' needs the model's chat template, and this tokenizer has none; "
             "use prompt_format='raw' (or a model that ships a template)"
         )
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    return within_time(
+        TEMPLATE_SECONDS,
+        "the model's chat template",
+        tokenizer.apply_chat_template,
+        [{"role": "user", "content": prompt}],
+        add_generation_prompt=True,
+        tokenize=False,
     )
+
+
+TEMPLATE_SECONDS = 10.0
+"""How long one chat template may take to render one prompt (a real one takes well under a millisecond)."""
+
+
+class TemplateTimeError(ValueError):
+    """A chat template (the model's own metadata: code we did not write) that did not finish in time."""
+
+
+def within_time(seconds: float, what: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, stopped with :class:`TemplateTimeError` once it has run ``seconds``.
+
+    A chat template comes with the model's files and is a program (Jinja): one
+    that loops 1e10 times would hang every run in chat format. Jinja's sandbox
+    caps a single ``range`` but not loops inside loops, so the render is
+    watched from the inside: a trace function (this thread only, for this call
+    only; any tracer already set, a debugger's or coverage's, is put back
+    after) checks the clock at each line of the compiled template and raises
+    once time is up, which ends the render where it stands.
+    """
+    import sys
+    import time
+
+    deadline = time.monotonic() + seconds
+
+    def tracer(frame, event, arg):
+        if time.monotonic() > deadline:
+            raise TemplateTimeError(
+                f"{what} did not finish within {seconds:g} s (a loop that runs too long?); fix the template, or use "
+                "the raw prompt format"
+            )
+        return tracer
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        sys.settrace(previous)
 
 
 def encode(tokenizer, prompts: list[str], prompt_format: str = "raw") -> list[list[int]]:

@@ -6,10 +6,12 @@ path instead of hours into it:
 
 - :func:`preflight` (no model loaded; before the run directory exists): the
   bank and its groups, whether ``prompts.n`` pairs can be drawn, the scorer
-  names, the R_V site, the devices, and :func:`check_plans` against each
+  names, the R_V site, the devices, the engine switches in the environment,
+  each model spec (:func:`transferlab.models.loading.check_spec`; a catalog
+  model not pulled yet is pulled here), and :func:`check_plans` against each
   model's shape read without weights (:func:`model_shape`: the tiny and
-  random shapes, a GGUF's checked metadata and vocabulary, a local or cached
-  Hugging Face config and tokenizer).
+  random shapes, a GGUF's checked metadata and vocabulary, a pulled catalog
+  model's, a local or cached Hugging Face config and tokenizer).
 - :func:`check_plans` (again right after a model is loaded, for models whose
   shape was not readable before): every condition's plan against that model —
   layers in range, heads that exist, windows no longer than the shortest
@@ -95,6 +97,9 @@ def preflight(config: ExperimentConfig) -> list:
                 resolve_device(spec.device)
             except DeviceError as exc:
                 problems.append((f"models.{i}.device" if config.models else "model.device", str(exc)))
+    from .. import engine_settings
+
+    problems.extend(engine_settings.problems())  # the environment's engine switches, as the engine reads them
     files = [(f"sweeps.{i}.file", s.steer_problem()) for i, s in enumerate(config.sweeps) if s.kind == "steer_dose"]
     problems.extend((path, msg) for path, msg in files if msg)
     if not any(msg for _, msg in files):  # the sweep's conditions need its file
@@ -169,12 +174,32 @@ def _from_hf_config(name: str, cfg, tokenizer_loader=None) -> ModelShape:
     )
 
 
-def model_shape(spec: str) -> ModelShape | None:
+def model_shape(spec: str, strict: bool = False) -> ModelShape | None:
     """The shape of a model spec (layers, heads, context, a tokenizer), read without loading weights;
-    None where that is not possible here (a hub id not in the cache, a bad spec: the load reports it)."""
+    None where that is not possible here (a hub id not in the cache, a catalog model not pulled yet, a bad spec:
+    the load reports it). ``strict``: a GGUF file or a pulled model that cannot be read raises instead."""
     from pathlib import Path
 
+    from ..models.catalog import names as catalog_names
+    from ..models.convert import ConversionError
+    from ..models.gguf_check import GGUFError
+    from ..models.loading import ModelLoadError
+    from ..models.pull import PullError
+
     try:
+        if spec in catalog_names():  # a pulled catalog model: its cached Hugging Face directory
+            from ..models.pull import cached_path
+
+            where = cached_path(spec)
+            if where is None:
+                return None
+            spec_dir = str(where)
+            from transformers import AutoConfig, AutoTokenizer
+
+            cfg = AutoConfig.from_pretrained(spec_dir, local_files_only=True)
+            return _from_hf_config(
+                spec, cfg, lambda: AutoTokenizer.from_pretrained(spec_dir, local_files_only=True)
+            )  # fmt: skip
         if spec.startswith("tiny:"):
             from ..models.embedded import embedded_tokenizer
             from ..models.tiny import tiny_config
@@ -187,6 +212,19 @@ def model_shape(spec: str) -> ModelShape | None:
 
             kw = SHAPES[spec[7:].split(":")[0]]
             return _from_hf_config(spec, SimpleNamespace(**kw), lambda: IdTokenizer(kw["vocab_size"]))
+        if spec.lower().endswith(".gguf") and spec != "stories260K":
+            from ..models.loading import _needs_conversion
+
+            if _needs_conversion(Path(spec)):  # converted once into the cache (the load does the same): its config
+                from ..models.pull import convert_local
+
+                directory = str(convert_local(spec))
+                from transformers import AutoConfig, AutoTokenizer
+
+                cfg = AutoConfig.from_pretrained(directory, local_files_only=True)
+                return _from_hf_config(
+                    spec, cfg, lambda: AutoTokenizer.from_pretrained(directory, local_files_only=True)
+                )  # fmt: skip
         if spec == "stories260K" or spec.lower().endswith(".gguf"):
             from ..models.embedded import embedded_path
             from ..models.gguf import _build_tokenizer
@@ -203,6 +241,10 @@ def model_shape(spec: str) -> ModelShape | None:
 
         cfg = AutoConfig.from_pretrained(spec, local_files_only=True)
         return _from_hf_config(spec, cfg, lambda: AutoTokenizer.from_pretrained(spec, local_files_only=True))
+    except (GGUFError, ModelLoadError, ConversionError, PullError):
+        if strict:
+            raise
+        return None
     except Exception:  # unknown offline, a bad spec: the model load reports it properly
         return None
 
@@ -223,12 +265,22 @@ def _model_problems(config: ExperimentConfig, pairs) -> list[tuple[str, str]]:
     """Every condition's plan (layers, heads, windows, context) and the R_V layers, with key paths, checked
     against each model whose shape is known without loading it: a plan that cannot run on the model
     stops the run before its directory exists, not after the model is loaded into it."""
+    from ..models.gguf_check import GGUFError
+    from ..models.loading import ModelLoadError, check_spec
+    from ..models.pull import PullError
     from ..sites import resolve_layer
     from .units import expand_conditions
 
     out = []
-    for spec in config.model_specs():
-        shape = model_shape(spec.spec)
+    for i, spec in enumerate(config.model_specs()):
+        where = f"models.{i}" if config.models else "model"
+        try:
+            check_spec(spec.spec)  # a spec that cannot load: refused here, not in a run directory marked failed
+            _pull_if_missing(spec.spec)
+            shape = model_shape(spec.spec, strict=True)
+        except (ModelLoadError, GGUFError, ValueError, PullError) as exc:
+            out.append((where, str(exc)))
+            continue
         if shape is None:
             continue
         on = f"{spec.spec}: "
@@ -243,6 +295,25 @@ def _model_problems(config: ExperimentConfig, pairs) -> list[tuple[str, str]]:
                 except SiteError as exc:
                     out.append((f"rv.{key}", f"{on}{exc}"))
     return out
+
+
+def _pull_if_missing(spec: str) -> None:
+    """A catalog model not in the cache yet is pulled now, before the run directory exists: a pull that fails
+    (no index, a bad checksum) is a refusal, and its shape can be checked against the plans."""
+    from ..models.catalog import names as catalog_names
+
+    if spec not in catalog_names():
+        return
+    from ..models.catalog import UnknownModelError
+    from ..models.convert import ConversionError
+    from ..models.loading import ModelLoadError
+    from ..models.pull import PullError, cached_path, pull
+
+    if cached_path(spec) is None:
+        try:
+            pull(spec)
+        except (PullError, UnknownModelError, ConversionError) as exc:
+            raise ModelLoadError(str(exc)) from exc
 
 
 def _check_heads(model, inter) -> None:
@@ -279,6 +350,7 @@ def check_plans(config: ExperimentConfig, model, model_name: str, conditions, pa
     ``model`` is a loaded :class:`~transferlab.models.Model` or a :class:`ModelShape` read without
     weights; checks that need a tokenizer are skipped where it has none, or without pairs.
     """
+    from ..engine.batching import TemplateTimeError
     from ..models.context import ContextError, check_fits, context_length
     from .units import generation_settings
 
@@ -297,9 +369,14 @@ def check_plans(config: ExperimentConfig, model, model_name: str, conditions, pa
             f"the config's prompts on {model_name}",
         )
     tokens = model.tokenizer is not None and bool(pairs)
-    counts, no_bos = (
-        _token_counts(model, [t for p in pairs for t in (p.source_text, p.target_text)], fmt) if tokens else ({}, {})
-    )
+    try:
+        counts, no_bos = (
+            _token_counts(model, [t for p in pairs for t in (p.source_text, p.target_text)], fmt)
+            if tokens
+            else ({}, {})
+        )
+    except TemplateTimeError as exc:  # the model's own template: refused here, before the run directory
+        raise ConfigError([("prompts.format", f"{model_name}: {exc}")], f"the config's prompts on {model_name}")
     context = getattr(model, "context", None) if not hasattr(model, "hf") else context_length(model)
 
     def fewest(role: str) -> int:  # tokens without BOS of the shortest prompt in that role

