@@ -1206,7 +1206,9 @@ def test_a_chat_template_that_loops_1e10_times_is_stopped(monkeypatch):
     from transferlab.engine import batching
     from transferlab.models.embedded import embedded_tokenizer
 
-    tok = embedded_tokenizer()
+    import copy
+
+    tok = copy.deepcopy(embedded_tokenizer())  # the shared one stays without a template
     tok.chat_template = LOOPING_TEMPLATE
     monkeypatch.setattr(batching, "TEMPLATE_SECONDS", 0.5)
     before = sys.gettrace()
@@ -1229,3 +1231,81 @@ def test_a_looping_chat_template_in_a_gguf_is_refused_before_the_run(tmp_path, m
     res = cli("run", "stories", *[a for s in sets for a in ("--set", s)], code=2)
     assert "did not finish within 0.5 s" in flat(res.output) and "prompts.format" in res.output
     _no_run_directory(out)
+
+
+# --------------------------------------------------------------------------- the walk: no raw traceback anywhere
+
+_WALK = r"""
+import json, os, sys, traceback
+import transferlab.engine.batching as batching
+from transferlab.cli import app
+
+batching.TEMPLATE_SECONDS = 0.5
+results = []
+for name, env, args in json.loads(sys.argv[1]):
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    print(f"=== {name}", flush=True)
+    try:
+        code = app(args=args, prog_name="transferlab", standalone_mode=False)
+    except SystemExit as exc:
+        code = exc.code
+    except BaseException:
+        traceback.print_exc()
+        code = "exception"
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    results.append((name, code))
+print("RESULTS " + json.dumps(results))
+"""
+
+
+def test_the_probes_walk_without_a_traceback(tmp_path):
+    """Every probe of the round that a command line can meet, in one fresh process (the command line as a user
+    runs it, with the probes' crafted files): each is refused with exit 2 and nothing prints a traceback."""
+    import json
+    import subprocess
+    import sys
+
+    big, nomerge, loop = tmp_path / "big.gguf", tmp_path / "nomerge.gguf", tmp_path / "loop.gguf"
+    write_converter_gguf(big, declared=dict(hidden=65536, layers=2000, ffn=262144))
+    write_converter_gguf(nomerge, merges=False)
+    write_converter_gguf(loop, chat_template=LOOPING_TEMPLATE)
+    afile = tmp_path / "afile"
+    afile.write_text("precious")
+    (tmp_path / "adir").mkdir()
+    cache = {"TRANSFERLAB_CACHE": str(tmp_path / "cache")}
+    out = str(tmp_path / "runs")
+    run = ["run", "stories", "--set", f"output_dir={out}", "--set", "prompts.n=2", "--set", "rv.enabled=false"]
+    probes = [
+        ("825 GB GGUF", cache, ["info", "-m", str(big)]),
+        ("gpt2 without merges", cache, ["info", "-m", str(nomerge)]),
+        ("looping chat template", cache, [*run, "--set", f"model={loop}", "--set", "prompts.format=chat"]),
+        ("cache is a file", {"TRANSFERLAB_CACHE": str(afile)}, ["info", "-m", str(nomerge.with_name("x.gguf"))]),
+        ("pull into a file", {"TRANSFERLAB_CACHE": str(afile)}, ["models", "pull", "smollm2-135m-instruct"]),
+        ("serve over a file", {}, ["serve", "--socket", str(afile)]),
+        ("serve over a directory", {}, ["serve", "--socket", str(tmp_path / "adir")]),
+        ("serve at a long path", {}, ["serve", "--socket", str(tmp_path / ("x" * 120))]),
+        ("client at a long path", {}, ["run", "demo", "--server", "--socket", str(tmp_path / ("x" * 120))]),
+        ("bogus decode", {"TRANSFERLAB_DECODE": "bogus"}, run),
+        ("bad plan", {}, [*run, "--set", "conditions.1.plan=v_proj@99"]),
+        ("chat without a template", {}, [*run, "--set", "prompts.format=chat"]),
+        ("model that cannot load", {}, [*run, "--set", "model=/nonexistent/model"]),
+        ("output_dir under a file", {}, [*run, "--set", f"output_dir={afile / 'runs'}"]),
+    ]
+    write_converter_gguf(nomerge.with_name("x.gguf"))
+    res = subprocess.run(
+        [sys.executable, "-c", _WALK, json.dumps(probes)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "COLUMNS": "80"},
+    )
+    output = res.stdout + res.stderr
+    assert "Traceback" not in output, output[-4000:]
+    results = dict(json.loads(output.split("RESULTS ", 1)[1].splitlines()[0]))
+    assert results == {name: 2 for name, _, _ in probes}, output[-4000:]
+    assert afile.read_text() == "precious" and not (tmp_path / "runs").exists()
