@@ -1200,13 +1200,12 @@ LOOPING_TEMPLATE = (
 def test_a_chat_template_that_loops_1e10_times_is_stopped(monkeypatch):
     """Jinja's sandbox caps one range at 100,000; two nested make 1e10 iterations. The render is stopped at the
     time limit with a clear error, and a tracer set before is put back."""
+    import copy
     import sys
     import time
 
     from transferlab.engine import batching
     from transferlab.models.embedded import embedded_tokenizer
-
-    import copy
 
     tok = copy.deepcopy(embedded_tokenizer())  # the shared one stays without a template
     tok.chat_template = LOOPING_TEMPLATE
