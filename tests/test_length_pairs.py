@@ -179,3 +179,22 @@ def test_the_matching_is_maximum_whatever_the_seed():
             ("s_00", "t_00"),
             ("s_01", "t_01"),
         }
+
+
+def test_a_pulled_catalog_models_tokenizer_is_read_without_its_weights():
+    from transferlab.models.pull import cached_path
+
+    if cached_path("smollm2-135m-instruct") is None:
+        pytest.skip("smollm2-135m-instruct is not pulled here")
+    cfg = load_config("demo", ["prompts.n=4", "prompts.length_tolerance=2", "prompts.reuse=false"])
+    pairing = config_pairs(cfg, load_bank("research"), model_tokenizer)
+    assert pairing.info["measured_with"] == ["smollm2-135m-instruct"] and pairing.info["format"] == "chat"
+    tok = model_tokenizer("smollm2-135m-instruct")
+
+    def chat_len(text):  # the user turn of the model's own template, generation prompt added
+        rendered = tok.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+        )
+        return len(tok(rendered, add_special_tokens=False)["input_ids"])
+
+    assert all(abs(chat_len(p.source_text) - chat_len(p.target_text)) <= 2 for p in pairing.pairs)

@@ -250,9 +250,26 @@ def model_shape(spec: str, strict: bool = False) -> ModelShape | None:
 
 
 def model_tokenizer(spec: str):
-    """A model spec's tokenizer, read without loading weights (None where that is not possible here)."""
+    """A model spec's tokenizer, read without loading weights (None where that is not possible here): the
+    shape's, or a pulled catalog model's from its cache directory."""
     shape = model_shape(spec)
-    return shape.tokenizer if shape is not None else None
+    if shape is not None:
+        return shape.tokenizer
+    from ..models.catalog import names
+
+    if spec not in names():
+        return None
+    from ..models.pull import cached_path
+
+    path = cached_path(spec)
+    if path is None:
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception:  # not readable here: the caller says what to do
+        return None
 
 
 def model_depth(spec: str) -> int | None:
