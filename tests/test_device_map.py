@@ -26,7 +26,7 @@ from transferlab.engine import plans as engine_plans
 from transferlab.interventions import KVSplice, Plan, Steer
 from transferlab.interventions.audit import Counters
 from transferlab.interventions.binding import BoundActivation
-from transferlab.interventions.splice import SourceKV, apply_prepend, apply_splice
+from transferlab.interventions.splice import SourceKV, apply_lengthening, apply_splice
 from transferlab.models import ModelLoadError
 from transferlab.models.tiny import build_tiny
 
@@ -151,7 +151,7 @@ def test_splice_writes_each_cache_layer_on_its_own_device(align):
         )
         counters = Counters(B, devices[-1])
         if align == "prepend":
-            apply_prepend(None, cache, splice, rows, source, [P, P], counters)
+            apply_lengthening(None, cache, [(splice, rows, counters)], source, [P, P])
         else:
             apply_splice(None, cache, splice, rows, source, [P, P], "corrected", counters)
         return cache, counters

@@ -268,6 +268,16 @@ def transfer(
     note_ended_at_once(moved, ["the transferred continuation"], fmt)
     console.print(audit_table_view(moved.audit))
     warn_never_fired(moved.audit)
+    kept, kept_any = moved.target_kept()
+    console.print(
+        f"[bold]target survival[/]: target_kept {kept[0]:.2f} (share of the target's message tokens whose keys "
+        f"and values the plan left in every layer), target_kept_any {kept_any[0]:.2f} (in at least one layer)"
+    )
+    if kept[0] < 0.5:
+        console.print(
+            "[bold red]WARNING: the plan leaves less than half of the target's message in place: the "
+            "continuation answers what replaced it (a replacement, not a transfer into the target).[/]"
+        )
     if flavour == "seed" and len(parsed):
         console.print(
             "[bold red]WARNING: flavour 'seed': the transferred run re-feeds the last prompt token as its "

@@ -29,6 +29,13 @@ such a window too: in chat format it measures the geometry over the
 template's closing tokens and the message's end, which is where the model
 reads from when it starts answering.
 
+**The message.** A prompt's *message* is the user's own text: in raw format
+every token but BOS, in chat format the tokens that overlap the user turn's
+text (not the system prompt, role markers or generation prompt; SmolLM2's
+default template puts 24 tokens before it). :func:`message_spans` gives each
+prompt's ``(start, stop)``; target survival counts only these tokens, and an
+``insert`` splice places the source's message before the target's.
+
 **The BOS rule.** A prompt's first token is its BOS when it is the tokenizer's
 ``bos_token`` -- whether the tokenizer added it (Llama, Mistral, Gemma and the
 embedded stories260K do) or a chat template wrote it (SmolLM2's tokenizer adds
@@ -189,6 +196,44 @@ def encode(tokenizer, prompts: list[str], prompt_format: str = "raw") -> list[li
         if len(ids) == 0:
             raise ValueError(f"prompt {p!r} encodes to zero tokens")
         out.append(list(ids))
+    return out
+
+
+def message_spans(tokenizer, prompts: list, prompt_format: str = "raw") -> list[tuple[int, int]]:
+    """``(start, stop)`` per prompt: the token positions of the user's own message, the rest being BOS and,
+    in chat format, the template's tokens (system prompt, role markers, generation prompt).
+
+    The span covers every token whose characters overlap the message's text in the formatted prompt (a
+    token that merges the message's first character with a template character counts as the message's).
+    A prompt given as token ids is all message but its BOS. Tokenizers without character offsets (slow
+    ones) give every token but BOS in raw format and are refused in chat format.
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    out = []
+    for p in prompts:
+        if isinstance(p, (list, tuple)):
+            out.append((int(bool(p) and p[0] == bos), len(p)))
+            continue
+        if prompt_format == "chat":
+            text = chat_text(tokenizer, p)
+            start = text.rfind(p)  # the user turn is the template's last message
+            kw = {"add_special_tokens": False}
+        else:
+            text, start, kw = p, 0, {}
+        if not getattr(tokenizer, "is_fast", False):
+            if prompt_format == "chat":
+                raise ValueError("message spans in chat format need a fast tokenizer (character offsets)")
+            ids = tokenizer(p)["input_ids"]
+            out.append((int(bool(ids) and ids[0] == bos), len(ids)))
+            continue
+        enc = tokenizer(text, return_offsets_mapping=True, **kw)
+        stop = start + len(p)
+        inside = [j for j, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < stop and b > start]
+        if start < 0 or not inside:
+            raise ValueError(f"prompt {p[:40]!r}: its message was not found among its formatted tokens")
+        out.append((inside[0], inside[-1] + 1))
     return out
 
 

@@ -42,10 +42,11 @@ import pandas as pd
 import torch
 
 from ..interventions.audit import audit_rows, audit_table, never_fired
+from ..interventions.survival import kept_shares
 from ..models.context import check_generation
 from ..timings import stage
 from .arguments import examples
-from .batching import encode, resolve_format
+from .batching import encode, message_spans, resolve_format
 from .rows import BatchRows
 from .sampling import Sampler
 from .sizing import auto_batch_size, tokens_per_example
@@ -76,6 +77,10 @@ class Generation:
     # return_logits=True: per example, ``[new tokens drawn, V]`` float32 logits each new token was drawn from
     # (the EOS that ended a row included: one row more than its token_ids then); None otherwise
     logits: list[torch.Tensor] | None = None
+    # target survival (:mod:`transferlab.interventions.survival`): per example, ``[layers, prompt tokens]`` True
+    # where the slot kept the target's own key and value, and the example's message span (start, stop)
+    kept: list[np.ndarray] = field(default_factory=list)
+    target_spans: list[tuple[int, int]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -85,6 +90,12 @@ class Generation:
         """Per example: whether the first new token was EOS (an empty continuation; in raw format an instruct
         model often does this: try ``prompt_format="chat"``)."""
         return [r == "eos" and not t for r, t in zip(self.finish_reasons, self.token_ids)]
+
+    def target_kept(self) -> tuple[list[float], list[float]]:
+        """``(target_kept, target_kept_any)`` per example: the share of its message tokens whose slots kept the
+        target's own keys and values in every layer / in at least one."""
+        shares = [kept_shares(k, span) for k, span in zip(self.kept, self.target_spans)]
+        return [a for a, _ in shares], [b for _, b in shares]
 
     def never_fired(self) -> pd.DataFrame:
         return never_fired(self.audit)
@@ -113,6 +124,8 @@ def generate(
     record_logprobs: bool = False,
     prompt_format: str | None = None,
     return_logits: bool = False,
+    target_spans: list | None = None,
+    source_spans: list | None = None,
 ) -> Generation:
     """Generate continuations of ``targets`` under ``plan`` (see module docstring).
 
@@ -139,6 +152,13 @@ def generate(
     used as given. ``return_logits``: keep the logits every new token was drawn
     from (``Generation.logits``; ``max_new_tokens x vocabulary`` floats per
     example, so mind the memory on long runs).
+
+    ``target_spans``/``source_spans`` give, per example, the ``(start, stop)``
+    token positions of each prompt's own message (the rest: BOS and chat
+    template tokens; :func:`~transferlab.engine.batching.message_spans`);
+    default: the message of each text prompt in its format, every token after
+    BOS of a token-id prompt. They decide what ``target_kept`` counts and
+    where an ``insert`` splice puts the source's message.
     """
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {FLAVOURS}; got {flavour!r}")
@@ -153,6 +173,8 @@ def generate(
         tgt_ids = encode(model.tokenizer, ex.targets, fmt)
         src_ids = [encode(model.tokenizer, [s], fmt)[0] if s is not None else None for s in ex.sources]
     check_generation(model, tgt_ids, src_ids, plans, max_new_tokens, flavour, ex.targets)  # refused, not truncated
+    tgt_spans = _spans(model, target_spans, ex.targets, tgt_ids, fmt, "target_spans")
+    src_spans = _spans(model, source_spans, ex.sources, [s or [] for s in src_ids], fmt, "source_spans")
     per_row_sets = _logit_sets(record_logits, n, model)
     forced = _forced_tokens(forced, n, max_new_tokens, model)
     order = sorted(range(n), key=lambda i: (len(tgt_ids[i]), len(src_ids[i] or ())))
@@ -161,6 +183,7 @@ def generate(
     out_reason: list = [None] * n
     out_path: list = [""] * n
     out_lp: list = [None] * n
+    out_kept: list = [None] * n
     out_mass = {name: np.full((n, max_new_tokens), np.nan) for name in per_row_sets}
     out_logits: list = [None] * n
     audit: list[dict] = []
@@ -168,12 +191,13 @@ def generate(
     chunks = [order[i : i + bs] for i in range(0, n, bs)]
     bar = _progress(progress, len(chunks))
     for chunk in chunks:
-        rows = BatchRows.of(chunk, tgt_ids, src_ids, plans, keys)
+        rows = BatchRows.of(chunk, tgt_ids, src_ids, plans, keys, tgt_spans, src_spans)
         out = generate_batch(model, rows, how, per_row_sets, ex.precomputed, forced, record_logprobs)
         for b, i in enumerate(chunk):
             out_tokens[i], out_reason[i], out_path[i] = out.tokens[b], out.reasons[b], out.decode_path
             if out.logprobs is not None:
                 out_lp[i] = out.logprobs[b]
+            out_kept[i] = out.kept[b]
             for name in out_mass:
                 out_mass[name][i] = out.mass[name][b]
             if out.logits is not None:
@@ -204,6 +228,8 @@ def generate(
         lps,
         fmt,
         out_logits if return_logits else None,
+        out_kept,
+        tgt_spans,
     )
 
 
@@ -231,6 +257,21 @@ def _forced_tokens(forced, n: int, max_new: int, model) -> list | None:
             raise ValueError(f"forced[{i}]: token ids {bad[:5]} outside the vocabulary (0..{vocab - 1})")
         out.append(toks)
     return out
+
+
+def _spans(model, given, prompts: list, ids: list[list[int]], fmt: str, what: str) -> list[tuple[int, int]]:
+    """Message spans: as given (checked against the prompts' lengths), else the message as ``fmt`` defines it
+    for text prompts (:func:`~transferlab.engine.batching.message_spans`) and every token after BOS for
+    token-id prompts."""
+    if given is None:
+        return message_spans(model.tokenizer, [[] if p is None else p for p in prompts], fmt)
+    given = [tuple(int(x) for x in s) for s in given]
+    if len(given) != len(ids):
+        raise ValueError(f"{what}: got {len(given)} for {len(ids)} prompts; give one (start, stop) per prompt")
+    for i, ((a, b), t) in enumerate(zip(given, ids)):
+        if t and not 0 <= a <= b <= len(t):
+            raise ValueError(f"{what}[{i}] = ({a}, {b}) is not a span of a {len(t)}-token prompt")
+    return given
 
 
 def _progress(enabled: bool, total: int):

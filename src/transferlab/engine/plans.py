@@ -101,6 +101,7 @@ class BoundPlans:
     hooks: list = field(default_factory=list)  # [(SiteHandle, BoundActivation)] for ``hooked``
     splices: list[tuple[KVSplice, torch.Tensor, Counters]] = field(default_factory=list)  # (splice, rows, counters)
     audit: list = field(default_factory=list)  # [(plan index, intervention, hook point text, Counters, rows)]
+    self_rows: list[bool] = field(default_factory=list)  # rows whose source is their own target
 
     @property
     def acts_at_prompt(self) -> bool:
@@ -117,10 +118,15 @@ def bind(
     partner: torch.Tensor,
     ctx: StepContext,
     flavour: str,
+    self_rows: list[bool] | None = None,
 ) -> BoundPlans:
-    """Bind every entry to the batch: a hook function per activation intervention, counters per splice."""
+    """Bind every entry to the batch: a hook function per activation intervention, counters per splice.
+
+    ``self_rows[b]``: row b's source is its own target (the same token ids); such rows read their source
+    from their own forward (:mod:`~transferlab.interventions.splice`, the patch operators' prompt values).
+    """
     device = model.device
-    out = BoundPlans()
+    out = BoundPlans(self_rows=list(self_rows) if self_rows is not None else [False] * len(batch.lengths))
     for e in entries:
         if _acts(e):
             point = HookPoint(e.inter.site, e.inter.layer)
@@ -136,6 +142,7 @@ def bind(
                 keys,
                 flavour,
                 partner=partner.to(device),
+                self_rows=out.self_rows,
             )
             out.activations.append(bound)
             out.hooks.append((model.adapter.handle(point), bound))

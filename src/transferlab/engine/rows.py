@@ -28,9 +28,18 @@ class BatchRows:
     plans: list[Plan]
     partner: torch.Tensor  # [B] the shadow row of each real row; -1 = none
     keys: torch.Tensor  # [B] sampling and noise stream keys
+    target_spans: list[tuple[int, int]] | None = None  # each row's message tokens (start, stop) in its target
+    source_spans: list[tuple[int, int]] | None = None  # ... and in its source ((0, 0) where none)
+
+    @property
+    def self_source(self) -> list[bool]:
+        """Per row: its source is its own target (the same token ids), as in a self-patch control."""
+        return [s is not None and list(s) == list(t) for t, s in zip(self.targets, self.sources)]
 
     @classmethod
-    def of(cls, chunk: list[int], tgt_ids, src_ids, plans, keys: torch.Tensor) -> "BatchRows":
+    def of(
+        cls, chunk: list[int], tgt_ids, src_ids, plans, keys: torch.Tensor, tgt_spans=None, src_spans=None
+    ) -> "BatchRows":
         """The rows for examples ``chunk``: one per example, then one shadow row per lockstep plan."""
         lock = [b for b, i in enumerate(chunk) if any(getattr(x, "decode", None) == "lockstep" for x in plans[i])]
         n_real = len(chunk)
@@ -46,6 +55,10 @@ class BatchRows:
             plans=[plans[i] for i in chunk] + [Plan()] * len(lock),
             partner=partner,
             keys=torch.cat([keys[chunk], keys[shadowed]]),
+            target_spans=None
+            if tgt_spans is None
+            else [tgt_spans[i] for i in chunk] + [src_spans[i] for i in shadowed],
+            source_spans=None if src_spans is None else [src_spans[i] for i in chunk] + [(0, 0)] * len(lock),
         )
 
     def __len__(self) -> int:

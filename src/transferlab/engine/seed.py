@@ -51,7 +51,7 @@ def check_seed_plan(plan: Plan) -> None:
                 )
 
 
-def seed_prompt(model, batch, plans: list[Plan], bound, source_kv, ctx):
+def seed_prompt(model, batch, plans: list[Plan], bound, source_kv, ctx, survival=None):
     """Steps 2-3, the seed's way; returns ``(logits [B, V], cache, attention mask, next model position)``."""
     hf = model.hf
     ids, attn, pos = batch.input_ids, batch.attention_mask, batch.position_ids
@@ -62,7 +62,7 @@ def seed_prompt(model, batch, plans: list[Plan], bound, source_kv, ctx):
     cache = output_cache(out)
     logits = out.logits[:, -1]
     for splice, rows, counters in bound.splices:
-        apply_splice(model, cache, splice, rows, source_kv, batch.lengths, "seed", counters)
+        apply_splice(model, cache, splice, rows, source_kv, batch.lengths, "seed", counters, bound.self_rows, survival)
     next_pos = lengths.clone()
     refeed = torch.tensor([len(p) > 0 for p in plans], device=model.device)
     if bool(refeed.any()):

@@ -24,8 +24,11 @@ import numpy as np
 import torch
 
 from ..hooks import hooked
+from ..interventions.binding import mark_prompt_writes
 from ..interventions.context import StepContext
-from ..interventions.splice import apply_prepend, apply_splice
+from ..interventions.splice import apply_lengthening, apply_splice
+from ..interventions.survival import Survival
+from ..interventions.types import LENGTHENING
 from ..models.cache import cache_kwargs, get_kv, last_logits_kwargs, n_cache_layers, output_cache, set_kv
 from ..timings import stage
 from . import decode
@@ -59,6 +62,7 @@ class BatchOutput:
     decode_path: str = ""  # the loop and attention kernel that decoded the batch (decode.run)
     logprobs: list[np.ndarray] | None = None  # per real row, log p of each returned token (when recorded)
     logits: torch.Tensor | None = None  # [real rows, max_new, V] float32 on the host (Decoding.logits)
+    kept: list = None  # per real row, [layers, target tokens] True where the slot kept the target's own KV
 
 
 def generate_batch(
@@ -78,7 +82,9 @@ def generate_batch(
         with stage("source_capture"):
             sources, source_kv = batch_sources(model, rows, points, want_kv, precomputed)
     ctx = StepContext()
-    bound = bind(model, entries, batch, sources, keys, rows.partner, ctx, how.flavour)
+    own = rows.self_source
+    bound = bind(model, entries, batch, sources, keys, rows.partner, ctx, how.flavour, self_rows=own)
+    survival = Survival(batch.lengths, model.n_layers)
     masks = _logit_masks(logit_sets, rows.examples, int(model.hf.config.vocab_size), device)
     mass = {
         name: torch.full((len(rows), how.max_new), float("nan"), dtype=torch.float64, device=device) for name in masks
@@ -88,14 +94,16 @@ def generate_batch(
     with torch.inference_mode(), hooked(bound.hooks):
         if how.flavour == "seed":
             with stage("seed_prompt"):
-                prompt = seed_prompt(model, batch, rows.plans, bound, source_kv, ctx)
+                prompt = seed_prompt(model, batch, rows.plans, bound, source_kv, ctx, survival)
         else:
             # 2. the prefixes, with prompt-phase interventions; KV splices into the prefix cache
-            cache, attn_prefix, offset = prefix(model, batch, rows, bound, prefix_kv(source_kv), ctx)
+            cache, attn_prefix, offset = prefix(model, batch, rows, bound, prefix_kv(source_kv), ctx, survival)
             # 3. the last prompt token on top: its logits give new token 0
             with stage("last_token"):
                 prompt = last_token(model, batch, cache, attn_prefix, offset, ctx)
             cache = None
+        for b in bound.activations:  # what prompt-phase patches overwrote (both flavours)
+            mark_prompt_writes(b, survival, own)
         source_kv = sources = None  # spliced already; free the source caches before decoding
         # 4. decode: one new token per forward, decode-phase interventions at every one
         logits, cache, attn, next_pos = prompt
@@ -135,8 +143,9 @@ def generate_batch(
     if state.logprob is not None:
         table = state.logprob[: rows.n_real].cpu().numpy()
         lps = [table[b, : len(t)] for b, t in enumerate(tokens)]
-    kept = state.logits_out[: rows.n_real].cpu() if state.logits_out is not None else None
-    return BatchOutput(tokens, reasons, masses, bound.audit, path, lps, kept)
+    logits = state.logits_out[: rows.n_real].cpu() if state.logits_out is not None else None
+    survived = [survival.kept(b) for b in range(rows.n_real)]
+    return BatchOutput(tokens, reasons, masses, bound.audit, path, lps, logits, survived)
 
 
 def _forced(forced: list, rows: BatchRows, max_new: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,7 +159,7 @@ def _forced(forced: list, rows: BatchRows, max_new: int, device) -> tuple[torch.
     return table.to(device), length.to(device)
 
 
-def prefix(model, batch, rows: BatchRows, bound, source_kv, ctx):
+def prefix(model, batch, rows: BatchRows, bound, source_kv, ctx, survival=None):
     """Step 2: the prefix cache of every row, spliced; returns ``(cache, its attention mask, position offset)``.
 
     A 1-token target has an empty prefix: nothing to splice into (audited as
@@ -170,11 +179,27 @@ def prefix(model, batch, rows: BatchRows, bound, source_kv, ctx):
             )
         prefix_len = [n - 1 for n in batch.lengths]
         with stage("splice"):
+            grow = []  # prepend and insert: one rebuild of the cache for all of them, after the others
             for splice, held, counters in bound.splices:
-                if splice.align == "prepend":
-                    attn_prefix, offset = apply_prepend(model, cache, splice, held, source_kv, prefix_len, counters)
-                else:
-                    apply_splice(model, cache, splice, held, source_kv, prefix_len, "corrected", counters)
+                if splice.align in LENGTHENING:
+                    grow.append((splice, held, counters))
+                    continue
+                apply_splice(
+                    model,
+                    cache,
+                    splice,
+                    held,
+                    source_kv,
+                    prefix_len,
+                    "corrected",
+                    counters,
+                    self_rows=bound.self_rows,
+                    survival=survival,
+                )
+            if grow:
+                attn_prefix, offset = apply_lengthening(
+                    model, cache, grow, source_kv, prefix_len, rows.target_spans, rows.source_spans
+                )
     return cache, attn_prefix, offset
 
 

@@ -28,6 +28,18 @@ decode_path         the decode loop and attention kernel that made the tokens,
                     not depend on it, bf16 rounding does. Rows of one batch
                     share a path; a pair's conditions may be in different
                     batches.
+target_kept         target survival: the share of the target prompt's message
+                    tokens (BOS and chat-template tokens excluded) whose
+                    keys and values the plan left the target's own in every
+                    layer (:mod:`transferlab.interventions.survival` says what
+                    overwrites a slot: KV splices, prompt-phase k/v_proj
+                    writes, residual replacements; prepend and insert keep
+                    every slot; a self-sourced splice writes the target's own
+                    slots back). 1.0 for a plan that edits no keys/values;
+                    below 0.5 the report warns: the condition replaces the
+                    target rather than transferring into it
+target_kept_any     the share whose keys and values survive in at least one
+                    layer (a layer-band splice keeps them in the others)
 <score columns>     one float column per scorer, named after it
                     (``seed_v1``, ``strict``, ``source_overlap``, ``collapse``,
                     ``source_lexicon``, ``logit_markers``, ...)
@@ -76,6 +88,8 @@ BASE_COLUMNS = [
     "n_new_tokens",
     "finish_reason",
     "decode_path",
+    "target_kept",
+    "target_kept_any",
 ]
 TAIL_COLUMNS = ["rv_source", "rv_target", "n_interventions", "n_never_fired", "audit"]
 
@@ -87,4 +101,6 @@ def unit_key(model: str, seed: int, pair_id: int, condition: str) -> str:
 # The version of the code's results: bump it in any change after which a config, bank and model that gave
 # some rows would give different ones (sampling, scoring, intervention numerics, pairing, row columns).
 # A run records it; ``--resume`` refuses a run recorded under another, since the table would mix the two.
-RESULTS_VERSION = 3  # 2: the decode_path column; 3: target fidelity (target_overlap, answer, target_answer_logprob)
+# 2: the decode_path column; 3: target fidelity (target_overlap, answer, target_answer_logprob) and target
+# survival (target_kept, target_kept_any; self-splices exact), one bump for both (issue 21)
+RESULTS_VERSION = 3

@@ -126,6 +126,8 @@ class GenerationRequest:
     sources: list
     plans: list
     streams: list
+    target_spans: list | None = None  # the prompts' message spans (where an insert splice puts the source's)
+    source_spans: list | None = None
 
 
 class Worker:
@@ -227,6 +229,7 @@ class Worker:
             lexicons.append(ctx.lexicon(pair.source_id))
         prompts = self._formatted(model, cfg, targets)  # what the model sees, once for generation and logit scoring
         formatted_sources = self._formatted(model, cfg, sources)
+        target_spans, source_spans = self._spans(model, cfg, targets), self._spans(model, cfg, sources)
         record = None
         if cfg.scoring.logit:
             record = {
@@ -239,6 +242,8 @@ class Worker:
         gen = model.generate(
             prompts,
             sources=formatted_sources,
+            target_spans=target_spans,
+            source_spans=source_spans,
             plan=plans,
             seed=batch.seed,
             example_ids=batch.keys,
@@ -261,7 +266,7 @@ class Worker:
                 scores["logit_markers"] = logit_mass_score(gen.logmass)
         if cfg.scoring.target_logprob:
             with stage("target_logprob"):
-                forced = GenerationRequest(prompts, formatted_sources, plans, streams)
+                forced = GenerationRequest(prompts, formatted_sources, plans, streams, target_spans, source_spans)
                 scores["target_answer_logprob"] = self._target_logprob(model, ctx, batch, gen, forced)
         with stage("rows"):
             return self._rows(batch, gen, scores, plans, roles, pairs, bank)
@@ -272,6 +277,7 @@ class Worker:
         for r in gen.audit.to_dict(orient="records") if len(gen.audit) else []:
             audit_by_example.setdefault(r.pop("example"), []).append(r)
         score_rows = scores.to_dict(orient="records")
+        kept, kept_any = gen.target_kept()
         rows = []
         for b, u in enumerate(batch.units):
             pair = pairs[u.pair_id]
@@ -294,6 +300,8 @@ class Worker:
                 n_new_tokens=len(gen.token_ids[b]),
                 finish_reason=gen.finish_reasons[b],
                 decode_path=gen.decode_paths[b],
+                target_kept=kept[b],
+                target_kept_any=kept_any[b],
             )
             row.update({k: float(v) for k, v in score_rows[b].items()})
             row.update(
@@ -333,6 +341,8 @@ class Worker:
             streams=[rows.streams[b] for b in todo],
             batch_size=len(todo),
             forced=[forced[b] for b in todo],
+            target_spans=None if rows.target_spans is None else [rows.target_spans[b] for b in todo],
+            source_spans=None if rows.source_spans is None else [rows.source_spans[b] for b in todo],
             prompt_format="raw",  # the rows' prompts and sources as fed (chat: token ids already)
             **settings,
         )
@@ -419,6 +429,16 @@ class Worker:
         distinct = sorted({t for t in texts if t is not None})
         ids = dict(zip(distinct, encode(model.tokenizer, distinct, config.prompts.format)))
         return [None if t is None else ids[t] for t in texts]
+
+    @staticmethod
+    def _spans(model, config, texts: list) -> list[tuple[int, int]]:
+        """Each prompt's message span (:func:`~transferlab.engine.batching.message_spans`) in the config's
+        format, each distinct text once; ``(0, 0)`` for a ``None`` entry."""
+        from ..engine.batching import message_spans
+
+        distinct = sorted({t for t in texts if t is not None})
+        spans = dict(zip(distinct, message_spans(model.tokenizer, distinct, config.prompts.format)))
+        return [(0, 0) if t is None else spans[t] for t in texts]
 
     def _marker_ids(self, model, lexicon: list[str]) -> list[int]:
         """Marker token ids of a lexicon, once per model: it decodes the whole vocabulary."""

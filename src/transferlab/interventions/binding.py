@@ -30,6 +30,7 @@ from ..sites import HookPoint
 from .audit import Counters
 from .context import StepContext
 from .operators import Span, operator_for
+from .survival import Survival, kv_layers_written
 from .types import InterventionError
 
 
@@ -104,6 +105,7 @@ class Tables:
     src: torch.Tensor | None = None  # [B, S, D] the sources at this hook point
     partner: torch.Tensor | None = None  # [B] lockstep: the row where this row's source runs; -1 = none
     channels: torch.Tensor | None = None  # [D] the heads' channels (None: all)
+    self_rows: torch.Tensor | None = None  # [B] rows whose source is the target itself (None: none)
     own: dict | None = None  # the operator's own: decode table, mean, vector, ...
 
     def to(self, device: torch.device) -> "Tables":
@@ -130,6 +132,7 @@ class BoundActivation:
         keys: torch.Tensor,
         flavour: str,
         partner: torch.Tensor | None = None,
+        self_rows: list[bool] | None = None,
     ):
         self.inter, self.point, self.ctx = inter, point, ctx
         self.op = operator_for(inter)
@@ -153,8 +156,13 @@ class BoundActivation:
             src=src,
             partner=partner.to(device) if partner is not None else None,
             channels=channels,
+            self_rows=torch.tensor(self_rows, device=device) if self_rows is not None and any(self_rows) else None,
         )
         self.tables.own = self.op.own_tables(self, spans, flavour)
+        # target survival: the prompt positions this intervention wrote, where that overwrites keys/values
+        self.kv_layers = kv_layers_written(inter, point.layer, model.n_layers) if self.acts_prompt else range(0)
+        self._prompt_hits: dict[torch.device, torch.Tensor] = {}  # activation device -> [B, T] writes per position
+        self._prompt_width = max(target_lengths)
 
     def _prompt_map(self, in_rows, target_lengths, target_bos, sources, src):
         """Each example's :class:`Span` (None where its plan does not hold this intervention), and ``index
@@ -227,9 +235,31 @@ class BoundActivation:
         if channels is not None:
             new = torch.where(channels, new, x)
         new = torch.where(written[..., None], new, x)
+        if len(self.kv_layers) and self.ctx.phase == "prompt":  # on the activation's device: no host sync
+            hits = self._prompt_hits.get(x.device)
+            if hits is None:
+                hits = torch.zeros(written.shape[0], self._prompt_width, dtype=torch.long, device=x.device)
+            pos = self.ctx.positions.to(x.device).clamp(0, self._prompt_width - 1)
+            self._prompt_hits[x.device] = hits.scatter_add(1, pos, written.long())  # out of place: any grad mode
         home = self.counters.device
         if x.device == home:
             self.counters.record(self.ctx.phase, written, x, new)
         else:  # a hook whose module's device was unknown at binding (offloaded weights)
             self.counters.record(self.ctx.phase, written.to(home), x.to(home), new.to(home))
         return new
+
+
+def mark_prompt_writes(bound: BoundActivation, survival: Survival, self_rows: list[bool]) -> None:
+    """Fold the prompt positions ``bound`` wrote into ``survival`` (the layers whose keys/values that overwrote).
+
+    A self row (source = target) under a replacing patch wrote its own activation back
+    (:meth:`~.operators.PatchOperator.prompt_value`): its slots are kept.
+    """
+    if not bound._prompt_hits:
+        return
+    identity = type(bound.inter).__name__ in ("Patch", "HeadPatch") and bound.inter.mode == "replace"
+    hits = sum(h.cpu() for h in bound._prompt_hits.values()).numpy()
+    for b in range(min(len(hits), len(survival.lengths))):
+        if identity and self_rows[b]:
+            continue
+        survival.mark(b, bound.kv_layers, np.flatnonzero(hits[b] > 0))

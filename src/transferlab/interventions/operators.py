@@ -248,6 +248,10 @@ class PatchOperator(Operator):
             return self.finish(None, x, tables, ctx)
         batch, positions, width = x.shape
         value = tables.src.gather(1, idx.clamp(min=0)[..., None].expand(batch, positions, width))
+        if tables.self_rows is not None:
+            # a row whose source is its own prompt reads every position from itself (the position map of equal
+            # prompts is the identity): its own forward's activation, not a capture's rounding of it
+            value = torch.where(tables.self_rows.to(x.device)[:, None, None], x, value.to(x.dtype))
         return self.finish(value, x, tables, ctx)
 
     def decode_value(self, x, tables, ctx, written):

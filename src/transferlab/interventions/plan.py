@@ -12,10 +12,15 @@ options.
 =====================================  =============================================
 item                                    meaning
 =====================================  =============================================
-``kv[:LAYERS][:ALIGN][:ROPE][:wN]``    KVSplice. LAYERS ``all`` (default) or
-                                        ``18,25,27`` (indices or depth fractions);
-                                        ALIGN ``right``/``left``/``prepend`` or
-                                        ``pA-B`` (range); ROPE ``reposition``/``keep``
+``kv[:LAYERS][:ALIGN][:ROPE][:wN]``    KVSplice. LAYERS ``all`` (default),
+                                        ``early``/``middle``/``late`` (thirds),
+                                        ``18,25,27`` (indices or depth fractions)
+                                        or ``4-8`` (layers 4..7);
+                                        ALIGN ``right``/``left``/``prepend``/
+                                        ``insert`` or ``pA-B`` (range); ROPE
+                                        ``reposition``/``keep``; ``wN`` the last
+                                        N slots (right; insert: of the source's
+                                        message) or the first N (left)
 ``SITE@LAYER[:opts]``                   Patch. opts: ``wN`` window, ``fX`` fraction,
                                         ``pA-B`` positions, ``prompt``/``decode``/
                                         ``both``, ``replace``/``add``/``mix``, ``aX``
@@ -44,6 +49,7 @@ A plan reads each file-form ``Steer``'s file when it is built
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -52,8 +58,10 @@ from ..sites import ACTIVATION_SITES, SiteError
 from .steering import resolve_steer
 from .types import (
     ALIGNS,
+    BANDS,
     DECODE_VALUES,
     FIRSTS,
+    LENGTHENING,
     MODES,
     PHASES,
     ROPES,
@@ -82,8 +90,9 @@ class Plan:
                 raise InterventionError(f"a plan holds interventions, got {type(item).__name__}")
         object.__setattr__(self, "interventions", tuple(resolve_steer(i) for i in self.interventions))
         splices = [i for i in self.interventions if isinstance(i, KVSplice)]
-        if any(s.align == "prepend" for s in splices) and len(splices) > 1:
-            raise InterventionError("a prepend KVSplice cannot be combined with another KVSplice")
+        grow = [s.align for s in splices if s.align in LENGTHENING]
+        if grow and len(splices) > 1:
+            raise InterventionError(f"a {grow[0]} KVSplice cannot be combined with another KVSplice")
 
     def __iter__(self) -> Iterator[Intervention]:
         return iter(self.interventions)
@@ -197,8 +206,13 @@ def parse_intervention(text: str) -> Intervention:
         if head == "kv":
             kw: dict = {}
             for opt in opts:
-                if opt == "all":
-                    kw["layers"] = "all"
+                if opt == "all" or opt in BANDS:
+                    kw["layers"] = opt
+                elif re.fullmatch(r"\d+-\d+", opt):  # A-B: layers A..B-1
+                    a, b = (int(x) for x in opt.split("-", 1))
+                    if b <= a:
+                        raise InterventionError(f"{where}: layer range {opt!r} is empty (A-B means A..B-1)")
+                    kw["layers"] = tuple(range(a, b))
                 elif opt and (opt[0].isdigit() or opt[0] in "-."):
                     kw["layers"] = tuple(_num(x) for x in opt.split(",") if x)
                 elif opt in ALIGNS:

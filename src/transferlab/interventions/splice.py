@@ -19,12 +19,28 @@ Alignment (corrected): ``right`` -- the last n = min(P, S) slots of the target
 prefix (P slots) get the source prefix's last n (S slots); ``left`` -- the
 first n; ``range`` -- the same slots ``[a, b)`` of both; ``prepend`` -- the
 whole source prefix goes before the target prefix, whose keys move S slots
-later. ``window=W`` caps n at W. ``first="keep"`` (the default) leaves both
+later; ``insert`` -- the source's message slots go just before the target's
+message, the target's head (BOS, template) stays and its message moves later
+(:func:`apply_lengthening` says how it differs from prepend). ``window=W``
+caps n at W (right: the source prefix's last W tokens; insert: the source
+message's last W). Right, left and range splices may be restricted to some
+layers (a list, or a third of the depth: :func:`splice_layers`); prepend and
+insert lengthen every layer's cache. ``first="keep"`` (the default) leaves both
 prefixes' first slots (BOS or a template's first token: the attention sink)
 out of a right or left splice: n = min(P, S) - 1, and a left splice starts at
 slot 1; ``first="splice"`` (plan text ``splicefirst``) lets it reach them.
 With ``rope="reposition"`` every moved key is
-re-rotated by (landing position - source position) (:mod:`.rope`).
+re-rotated by (landing position - source position) (:mod:`.rope`); a key that
+lands where it was (a zero shift) is left as it is, not rotated by zero.
+
+Self-splices (the self-patch control: the source is the target itself, the
+same token ids) read the source's slots from the target's own cache, not from
+the source's capture: a capture runs the prompt in another batch, whose shape
+(padding to another source's length, another batch size) makes bf16 kernels
+round differently -- on an H100 in bf16 the captured cache of the same prompt
+differed by change norms up to 12.8 and changed 3 of 6 greedy continuations
+(``benchmarks/self_splice_gpu.py``). Read from the target, the slot written is
+the slot read: bitwise the target's own, in every dtype and on every decode path.
 
 On a model split over devices each layer's cache lives on its layer's device;
 source keys/values and the slot maps are moved to the device of the cache
@@ -42,7 +58,8 @@ from ..models.cache import get_kv, n_cache_layers, set_kv
 from ..sites import resolve_layer
 from .audit import Counters
 from .rope import inverse_frequencies, rotate_keys
-from .types import InterventionError, KVSplice
+from .survival import Survival
+from .types import BANDS, InterventionError, KVSplice
 
 
 @dataclass
@@ -101,8 +118,16 @@ class _PerDevice:
 
 
 def splice_layers(splice: KVSplice, n_layers: int) -> list[int]:
+    """The cache layers a splice writes: all, a third of the depth (``floor(3 l / n_layers)`` = 0, 1, 2 for
+    early, middle, late), or the listed ones."""
     if splice.layers == "all":
         return list(range(n_layers))
+    if splice.layers in BANDS:
+        band = BANDS.index(splice.layers)
+        out = [layer for layer in range(n_layers) if (3 * layer) // n_layers == band]
+        if not out:
+            raise InterventionError(f"{splice.describe()}: a model with {n_layers} layers has no {splice.layers} third")
+        return out
     out = sorted({resolve_layer(x, n_layers) for x in splice.layers})
     return out
 
@@ -169,18 +194,34 @@ def apply_splice(
     tgt_len: list[int],
     flavour: str,
     counters: Counters,
+    self_rows: list[bool] | None = None,
+    survival: Survival | None = None,
 ) -> None:
-    """Overwrite slots of ``cache`` in place (right/left/range alignment)."""
+    """Overwrite slots of ``cache`` in place (right/left/range alignment).
+
+    ``self_rows[b]``: row b's source is its target itself (the same token ids). Such a row reads the
+    source's slots from its own cache, not from the source's capture: the slot a self-splice writes is the
+    one it reads (the same prompt, the same alignment), so it keeps its keys and values bitwise, whatever
+    the dtype or the kernels (a second forward in another batch shape rounds differently in bf16). Its
+    slots therefore count as kept in ``survival``; other rows mark the slots they overwrite.
+    """
     layers = splice_layers(splice, n_cache_layers(cache))
     _check_whole_prompt_cached(cache, source, layers)
     k0, _ = get_kv(cache, layers[0])
     tgt_w = k0.shape[2]
-    index, delta, count = _slot_maps(splice, flavour, rows.tolist(), tgt_len, source.lengths, tgt_w, source.end)
+    in_rows = rows.tolist()
+    index, delta, count = _slot_maps(splice, flavour, in_rows, tgt_len, source.lengths, tgt_w, source.end)
+    own = np.asarray(self_rows if self_rows is not None else [False] * len(in_rows), dtype=bool)
+    if survival is not None:
+        for b in np.flatnonzero((count.numpy() > 0) & ~own):
+            cols = np.flatnonzero(index[b].numpy() >= 0)
+            survival.mark(int(b), layers, cols - (tgt_w - tgt_len[b]))  # cache column -> target position
     device = counters.device  # the audit's device (the model's); each layer's cache may be elsewhere
     rows = rows.to(device)
-    # only the rows whose plan holds this splice are read, rewritten and audited
+    # only the rows whose plan holds this splice are read, rewritten and audited; a self row's slots stay
     sel = torch.from_numpy(np.flatnonzero(count.numpy() > 0))
-    maps = _PerDevice(index=index[sel], delta=delta[sel], sel=sel)
+    write = torch.from_numpy(~own)[sel]
+    maps = _PerDevice(index=torch.where(write[:, None], index[sel], -1), delta=delta[sel], sel=sel)
     reposition = flavour != "seed" and splice.rope == "reposition"
     # each layer's own frequencies (Gemma-3's local and global bases differ), checked before any write
     inv = {layer: inverse_frequencies(model, layer) for layer in layers} if reposition else None
@@ -190,8 +231,9 @@ def apply_splice(
         local = maps.on(k.device)
         nk, nv = source.gather_slots(layer, local["index"], k.device, batch_rows=local["sel"])
         nk, nv = nk.to(k.dtype), nv.to(v.dtype)
-        if reposition:
-            nk = rotate_keys(nk, local["delta"][:, None, None], inv[layer])
+        if reposition:  # a zero shift is no rotation at all (not a rotation by 0 with its round-off)
+            d = local["delta"]
+            nk = torch.where((d != 0)[:, None, None, None], rotate_keys(nk, d[:, None, None], inv[layer]), nk)
         m = (local["index"] >= 0)[:, None, :, None]
         old_k, old_v = k.index_select(0, local["sel"]), v.index_select(0, local["sel"])
         new_k, new_v = torch.where(m, nk, old_k), torch.where(m, nv, old_v)
@@ -206,46 +248,102 @@ def apply_splice(
     counters.sq_change += sq * rows.double()
 
 
-def apply_prepend(
-    model, cache, splice: KVSplice, rows: torch.Tensor, source: SourceKV, tgt_len: list[int], counters: Counters
+def apply_lengthening(
+    model,
+    cache,
+    splices: list,
+    source: SourceKV,
+    tgt_len: list[int],
+    tgt_spans: list[tuple[int, int]] | None = None,
+    src_spans: list[tuple[int, int]] | None = None,
 ):
-    """Rebuild the cache as [source prefix | target prefix] per row.
+    """Apply every ``prepend`` and ``insert`` splice of a batch in one rebuild of the cache.
 
-    Returns ``(attention mask [B, slots], position offset per row)``: rows not
-    in the splice keep their own cache (offset 0).
+    ``splices``: ``[(KVSplice, rows [B] bool, Counters)]``; a row holds at most one of them (a plan with a
+    prepend or insert holds no other splice), rows in none keep their own cache. ``tgt_len``: the target
+    prefix lengths (P slots); ``tgt_spans``/``src_spans``: each prompt's message ``(start, stop)`` in
+    absolute positions (:func:`~transferlab.engine.batching.message_spans`; an insert needs them).
+
+    **prepend**: ``[source prefix | target prefix]``, the target's keys re-rotated S slots later.
+
+    **insert**: ``[target head | source message | target message and tail]``: the inserted slots are the
+    source's message tokens within the source prefix (its last ``window`` when given), keys re-rotated
+    from their source positions to the positions they land at; the target's slots from its message start
+    on move ``n`` later (keys re-rotated by ``n``); its head (BOS, template) stays where it was, bitwise.
+
+    How they differ: prepend puts the source's *whole* prefix (its BOS, system prompt, template, message
+    and the template's tail up to its last token) before the target's *whole* prefix, so the target's BOS
+    and template sit in the middle at shifted positions and the source's generation prompt precedes the
+    target's turn; insert keeps one head, the target's, at its own positions, and adds only the source's
+    message. Both keep every target slot (``target_kept`` = 1).
+
+    Returns ``(attention mask [B, slots], position offset = slots added per row)``.
     """
+    B = len(tgt_len)
+    pieces = [[("t", 0, P, 0)] for P in tgt_len]  # rows in no splice: their own prefix
+    rotate = [False] * B
+    owner = [-1] * B  # which splice of ``splices`` each row's slots were added by
+    for e, (splice, rows, _) in enumerate(splices):
+        for b in np.flatnonzero(rows.cpu().numpy()):
+            P, S = tgt_len[b], source.lengths[b]
+            if splice.align == "prepend":
+                # [source 0..S-1 at its own positions | target 0..P-1 moved S later]
+                pieces[b] = [("s", 0, S, 0), ("t", 0, P, S)]
+            else:
+                if tgt_spans is None or src_spans is None:
+                    raise InterventionError(f"{splice.describe()}: an insert needs the prompts' message spans")
+                m0 = min(tgt_spans[b][0], P)
+                s1 = min(src_spans[b][1], S)  # the source's last token is not in its prefix cache
+                s0 = min(src_spans[b][0], s1)
+                if splice.window is not None:
+                    s0 = max(s0, s1 - splice.window)
+                pieces[b] = [("t", 0, m0, 0), ("s", s0, s1, m0 - s0), ("t", m0, P, s1 - s0)]
+            rotate[b], owner[b] = splice.rope == "reposition", e
+    return _rebuild(model, cache, source, tgt_len, pieces, rotate, owner, [c for _, _, c in splices])
+
+
+def _rebuild(model, cache, source: SourceKV, tgt_len: list[int], pieces, rotate, owner, counters_of):
+    """Rebuild every layer's cache from per-row ``pieces``: ``(who, a, b, shift)`` lays the slots of positions
+    ``a..b-1`` of the source prefix (``"s"``) or the target prefix (``"t"``) next, their keys rotated ``shift``
+    positions further where ``rotate[b]`` (``rope='reposition'``). Rows are left-padded to the longest; the
+    inserted source slots are audited, in the counters of the splice that owns the row (``owner[b]``, -1:
+    none). Returns ``(attention mask, position offset = slots added per row)``."""
     n_layers = n_cache_layers(cache)
     _check_whole_prompt_cached(cache, source, list(range(n_layers)))
     k0, _ = get_kv(cache, 0)
-    device = counters.device  # the model's (inputs, mask, audit); each layer's cache may be elsewhere
+    device = counters_of[0].device  # the model's (inputs, mask, audit); each layer's cache may be elsewhere
     tgt_w = k0.shape[2]
     B = len(tgt_len)
-    in_rows = rows.tolist()
-    new_len = [tgt_len[b] + (source.lengths[b] if in_rows[b] else 0) for b in range(B)]
+    new_len = [sum(b - a for _, a, b, _ in row) for row in pieces]
     W = max(new_len)
     Ws = source.keys[0].shape[2]
     # index into the concatenation [source (Ws cols) | target (tgt_w cols)]
     index = torch.zeros(B, W, dtype=torch.long)
     shift = torch.zeros(B, W, dtype=torch.long)
     mask = torch.zeros(B, W, dtype=torch.long)
-    offset = torch.zeros(B, dtype=torch.long)
-    for b in range(B):
-        P = tgt_len[b]
-        S = source.lengths[b] if in_rows[b] else 0
-        start = W - P - S
-        for j in range(S):
-            index[b, start + j] = source.end - S + j
-        for j in range(P):
-            index[b, start + S + j] = Ws + tgt_w - P + j
-            shift[b, start + S + j] = S
-        mask[b, start:] = 1
-        offset[b] = S
     inserted = torch.zeros(B, W, dtype=torch.bool)
-    for b in range(B):
-        S = source.lengths[b] if in_rows[b] else 0
-        inserted[b, W - tgt_len[b] - S : W - tgt_len[b]] = True
+    offset = torch.zeros(B, dtype=torch.long)
+    added = torch.zeros(B, dtype=torch.long)
+    for r, row in enumerate(pieces):
+        col = W - new_len[r]
+        mask[r, col:] = 1
+        offset[r] = new_len[r] - tgt_len[r]
+        for who, a, b, sh in row:
+            n = b - a
+            if n <= 0:
+                continue
+            if who == "s":
+                base = source.end - source.lengths[r]  # column of source position 0
+                inserted[r, col : col + n] = True
+                added[r] += n
+            else:
+                base = Ws + tgt_w - tgt_len[r]
+            index[r, col : col + n] = torch.arange(base + a, base + b)
+            shift[r, col : col + n] = sh
+            col += n
+    shift *= torch.tensor(rotate, dtype=torch.long)[:, None]  # rope='keep': no rotation at all
     maps = _PerDevice(index=index, shift=shift, inserted=inserted)
-    reposition = splice.rope == "reposition"
+    reposition = any(rotate)
     inv = {layer: inverse_frequencies(model, layer) for layer in range(n_layers)} if reposition else None
     sq = torch.zeros(B, dtype=torch.float64, device=device)
     for layer in range(n_layers):
@@ -257,9 +355,10 @@ def apply_prepend(
         H, hd = k.shape[1], k.shape[3]
         g = local["index"][:, None, :, None].expand(-1, H, -1, hd)
         nk, nv = cat_k.gather(2, g), cat_v.gather(2, g)
-        if reposition:
-            nk = rotate_keys(nk, local["shift"][:, None, :], inv[layer])
-        # the change a prepend makes: the source keys/values it inserts
+        if reposition:  # slots that stay where they were keep their keys bitwise (no rotation by 0)
+            sh = local["shift"]
+            nk = torch.where((sh != 0)[:, None, :, None], rotate_keys(nk, sh[:, None, :], inv[layer]), nk)
+        # the change a rebuild makes: the source keys/values it inserts
         ins = local["inserted"][:, None, :, None]
         sq += ((nk.float() ** 2) * ins).sum(dim=(1, 2, 3)).double().to(device)
         sq += ((nv.float() ** 2) * ins).sum(dim=(1, 2, 3)).double().to(device)
@@ -267,8 +366,10 @@ def apply_prepend(
         lay = cache.layers[layer] if hasattr(cache, "layers") else None
         if lay is not None and hasattr(lay, "cumulative_length"):
             lay.cumulative_length = W
-    slots = torch.tensor([source.lengths[b] if in_rows[b] else 0 for b in range(B)], device=device)
-    counters.fired_prompt += (slots > 0).long()
-    counters.positions += slots
-    counters.sq_change += sq
+    for e, counters in enumerate(counters_of):
+        mine = torch.tensor([o == e for o in owner], device=device)
+        got = torch.where(mine, added.to(device), 0)
+        counters.fired_prompt += (got > 0).long()
+        counters.positions += got
+        counters.sq_change += torch.where(mine, sq, 0.0)
     return mask.to(device), offset.to(device)

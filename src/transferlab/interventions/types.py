@@ -53,7 +53,9 @@ from ..sites import ACTIVATION_SITES, HEAD_SITES, SiteError
 PHASES = ("prompt", "decode", "both")
 MODES = ("replace", "add", "mix")
 DECODE_VALUES = ("last", "mean", "cycle", "lockstep")
-ALIGNS = ("right", "left", "prepend", "range")
+ALIGNS = ("right", "left", "prepend", "range", "insert")
+LENGTHENING = ("prepend", "insert")  # KVSplice alignments that add slots to the cache (every layer at once)
+BANDS = ("early", "middle", "late")  # KVSplice layer bands: thirds of the depth
 ROPES = ("reposition", "keep")
 FIRSTS = ("keep", "splice")  # KVSplice.first, default first: what happens to the first slot (the attention sink)
 
@@ -83,7 +85,7 @@ def _pair(value):
 
 
 def _layers_text(layers) -> str:
-    return "all" if layers == "all" else ",".join(str(x) for x in layers)
+    return layers if layers == "all" or layers in BANDS else ",".join(str(x) for x in layers)
 
 
 def _heads_text(head_kind: str, heads) -> str:
@@ -141,9 +143,20 @@ class KVSplice(Intervention):
 
     ``align``: ``right`` (the seed's rule: the last n = min(T_target, T_source)
     slots), ``left`` (the first n slots), ``range`` (slots ``positions=(a, b)``
-    of both), or ``prepend`` (the whole source cache placed before the
-    target's, which then follows at shifted positions). ``window=W`` limits a
-    right/left splice to W slots. ``rope``: ``reposition`` re-rotates keys to
+    of both), ``prepend`` (the whole source cache placed before the
+    target's, which then follows at shifted positions), or ``insert`` (the
+    source's *message* slots placed just before the target's message: the
+    target keeps every slot, its template head in place, its message and what
+    follows moved later; see :mod:`.splice` for how it differs from
+    ``prepend``). ``window=W`` limits a right/left splice to W slots, and an
+    insert to the source message's last W slots (right with ``wK`` is the
+    splice of the last k source prefix tokens).
+
+    ``layers``: ``"all"``, a band of the depth (``"early"``, ``"middle"``,
+    ``"late"``: layers ``l`` with ``floor(3 l / n_layers)`` = 0, 1, 2), or a
+    tuple of layers (indices, negative indices or depth fractions; the plan
+    text ``A-B`` gives the indices A..B-1). ``prepend`` and ``insert`` change
+    the cache's length, so they act on every layer. ``rope``: ``reposition`` re-rotates keys to
     the positions they land at (exact for rotary embeddings whose angle is
     position x frequency: default, linear, llama3, yarn); ``keep`` leaves them
     rotated for their source positions, as the seed did.
@@ -177,23 +190,30 @@ class KVSplice(Intervention):
         _check(self.align, ALIGNS, "KVSplice.align")
         _check(self.rope, ROPES, "KVSplice.rope")
         _check(self.first, FIRSTS, "KVSplice.first")
-        if self.first == "splice" and self.align in ("range", "prepend"):
+        if self.first == "splice" and self.align in ("range",) + LENGTHENING:
             raise InterventionError(
                 f"KVSplice.first='splice' applies to right and left splices; align={self.align!r} "
-                "places its slots itself (a range names them; a prepend keeps the target whole)"
+                "places its slots itself (a range names them; a prepend or insert keeps the target whole)"
+            )
+        if isinstance(self.layers, str) and self.layers not in ("all",) + BANDS:
+            raise InterventionError(
+                f"KVSplice.layers must be 'all', a band ({', '.join(BANDS)}) or a list of layers; got {self.layers!r}"
             )
         object.__setattr__(self, "positions", _pair(self.positions))
         if isinstance(self.layers, list):
             object.__setattr__(self, "layers", tuple(self.layers))
         if self.align == "range" and self.positions is None:
             raise InterventionError("KVSplice(align='range') needs positions=(start, stop)")
-        if self.align == "prepend" and self.layers != "all":
-            raise InterventionError("KVSplice(align='prepend') lengthens the cache, so it needs layers='all'")
+        if self.align in LENGTHENING and self.layers != "all":
+            raise InterventionError(
+                f"KVSplice(align={self.align!r}) lengthens the cache, so it needs layers='all' "
+                "(a layer band or layer list applies to right, left and range splices)"
+            )
         if self.window is not None and self.window < 1:
             raise InterventionError(f"KVSplice.window must be >= 1; got {self.window}")
         if self.window is not None and self.align in ("range", "prepend"):
             raise InterventionError(
-                f"KVSplice.window limits a right or left splice; align={self.align!r} does not use it "
+                f"KVSplice.window limits a right, left or insert splice; align={self.align!r} does not use it "
                 "(give the slots with positions=(a, b) for a range)"
             )
 

@@ -1,9 +1,11 @@
 """report.md: the summary as a document a person reads top to bottom.
 
-The first section is the **warnings**: every intervention that never fired
+The first section is the **warnings**: first every condition that leaves
+less than half of the targets' message in place (``target_kept`` < 0.5: a
+replacement, not a transfer), then every intervention that never fired
 (in bold, with counts), every condition that differs from the reference in
 more than its plan (sampler, flavour, per-condition overrides), and whatever
-else the data show to be off. Then the condition table, the paired deltas,
+else the data show to be off. Then the condition table, target survival, the paired deltas,
 the transfer-vs-control comparisons, the source-overlap diagnostic, the
 target fidelity (the source's behavior beside the target's task), the audit,
 R_V by prompt group, the per-seed table, the sweep table and the figures.
@@ -36,7 +38,12 @@ _LOUD = ("raw_noise", "no_audit", "no_effect", "mixed_decode_paths")  # bold, af
 def _warnings(summary: dict, config: dict | None, results: pd.DataFrame) -> list[str]:
     models = summary["models"]
     warns = summary.get("warnings", [])
-    lines = [f"- **WARNING: {w['message']}**" for w in warns if w["kind"] == "incomplete"]
+    lines = []
+    for w in warns:  # first: conditions that replaced the target rather than transferred into it
+        if w["kind"] == "target_erased":
+            model = f" (model {w['model']})" if len(models) > 1 else ""
+            lines.append(f"- **WARNING: {w['message']}{model}**")
+    lines += [f"- **WARNING: {w['message']}**" for w in warns if w["kind"] == "incomplete"]
     for w in warns:
         if w["kind"] == "never_fired":
             where = f" (hook point `{w['hook_point']}`" + (f", model {w['model']})" if len(models) > 1 else ")")
@@ -50,7 +57,7 @@ def _warnings(summary: dict, config: dict | None, results: pd.DataFrame) -> list
         if w["kind"] in _LOUD:
             lines.append(f"- **WARNING: {w['message']}**")
     for w in warns:
-        if w["kind"] not in ("incomplete", "never_fired", *_LOUD):
+        if w["kind"] not in ("incomplete", "never_fired", "target_erased", *_LOUD):
             model = f" (model {w['model']})" if len(models) > 1 and "model" in w else ""
             lines.append(f"- {w['message']}{model}")
     return lines
@@ -97,6 +104,132 @@ def _condition_section(summary: dict) -> list[str]:
             table.append(row)
         out += _model_heading(summary, model)
         out += [md_table(table, ["condition", *scores, "ci"], ["condition", *scores, f"{primary} 95% CI"]), ""]
+    return out
+
+
+def _survival_section(summary: dict) -> list[str]:
+    table = summary.get("survival") or []
+    if not table:
+        return []
+    out = [
+        "## Target survival",
+        "",
+        "The share of the targets' message tokens (BOS and chat-template tokens excluded) whose keys and values "
+        "each condition left the target's own: in every layer (`target_kept`, mean and minimum over rows) and in "
+        "at least one (`target_kept_any`). Below one half the condition replaces the target rather than "
+        "transferring into it.",
+        "",
+    ]
+    for model in summary["models"]:
+        rows = [
+            {
+                "condition": r["condition"],
+                "kept": fmt(r["target_kept"]),
+                "min": fmt(r["target_kept_min"]),
+                "any": fmt(r["target_kept_any"]),
+                "below": f"{r['below_half']}/{r['n']}",
+            }
+            for r in _by_model(table, model)
+        ]
+        out += _model_heading(summary, model)
+        out += [
+            md_table(
+                rows,
+                ["condition", "kept", "min", "any", "below"],
+                ["condition", "target_kept", "min", "target_kept_any", "rows below half"],
+            ),
+            "",
+        ]
+    return out
+
+
+DELTA_COLS = [
+    "score",
+    "condition",
+    "delta",
+    "ci",
+    "ci_iid",
+    "p_t",
+    "p_wilcoxon",
+    "p_perm",
+    "p_perm_cluster",
+    "p_holm",
+    "d_z",
+    "n",
+    "n_nan",
+]
+
+
+def _delta_rows(rows: list[dict], vs: bool) -> list[dict]:
+    out = []
+    for r in rows:
+        name = f"{r['condition']} − {r['reference']}" if vs else r["condition"]
+        out.append(
+            {
+                "score": r["score"],
+                "condition": name,
+                "delta": fmt(r["mean_diff"]),
+                "ci": _ci(r["ci_low"], r["ci_high"]),
+                "ci_iid": _ci(r["ci_iid_low"], r["ci_iid_high"]),
+                "p_t": fmt_p(r["p_t"]),
+                "p_wilcoxon": fmt_p(r["p_wilcoxon"]),
+                "p_perm": fmt_p(r["p_perm"]),
+                "p_perm_cluster": fmt_p(r["p_perm_cluster"]),
+                "p_holm": fmt_p(r["p_holm"]),
+                "d_z": fmt(r["d_z"]),
+                "n": r["n"],
+                "n_nan": f"{r['n_nan']}" + (f" (+{r['n_unmatched']} unmatched)" if r["n_unmatched"] else ""),
+            }
+        )
+    return out
+
+
+def _delta_section(summary: dict, family: str) -> list[str]:
+    rows = [r for r in summary["deltas"] if r["family"] == family]
+    st = summary["stats"]
+    if family == "vs_reference":
+        title = f"## Paired deltas vs {summary['reference']}"
+        intro = (
+            f"Δ = condition − {summary['reference']}, paired on (pair_id, seed). 95% CIs: cluster bootstrap "
+            f"over source prompts ({st['n_boot']} draws) and, beside it, iid over pairs. p: paired t, Wilcoxon "
+            f"signed-rank, sign-flip permutation (pairs, and whole source-prompt clusters). Holm p adjusts "
+            f"`{st['primary_p']}` across all {st['holm_family_size']} comparisons of this report (both tables, "
+            "every model and score). d_z = mean Δ / SD(Δ), ddof=1. "
+            f"Permutation p values are resolution-limited (p ≥ 1/({st['n_perm']}+1)), so Holm p cannot fall "
+            f"below {st['holm_family_size']}/({st['n_perm']}+1) = {st['holm_family_size'] / (st['n_perm'] + 1):.2g} "
+            "here; p_t and p_wilcoxon show finer evidence (without the clustering)."
+        )
+    else:
+        if not rows:
+            return []
+        title = f"## {summary['primary']} vs each control"
+        intro = (
+            f"Δ = {summary['primary']} − control on the same (pair_id, seed) units; same statistics and the "
+            "same Holm family as above."
+        )
+    out = [title, "", intro, ""]
+    if not rows:
+        return out + ["No comparisons.", ""]
+    headers = [
+        "score",
+        "comparison",
+        "Δ mean",
+        "95% cluster CI",
+        "95% iid CI",
+        "p_t",
+        "p_wilcoxon",
+        "p_perm",
+        "p_perm_cluster",
+        "Holm p",
+        "d_z",
+        "n",
+        "n_nan",
+    ]
+    for model in summary["models"]:
+        mine = _by_model(rows, model)
+        if mine:
+            out += _model_heading(summary, model)
+            out += [md_table(_delta_rows(mine, True), DELTA_COLS, headers, ["l", "l"] + ["r"] * 11), ""]
     return out
 
 
@@ -465,6 +598,7 @@ def render_markdown(
             "",
         ]
     lines += _condition_section(summary)
+    lines += _survival_section(summary)
     lines += family_section(summary)
     lines += delta_section(summary, "vs_reference")
     lines += delta_section(summary, "vs_control")

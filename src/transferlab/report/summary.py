@@ -29,6 +29,8 @@ seed) and computes everything the report shows, with the statistics of
   are never the primary score);
 - ``rv_groups``: R_V per prompt group, over distinct prompts (a prompt
   reused by many pairs counts once), NaN prompts counted in ``n_nan``;
+- ``survival``: per (model, condition) how much of the targets' message
+  keeps its own keys and values (``target_kept``, :mod:`.survival`);
 - ``seeds``: per-seed means, and the SD of those means across seeds;
 - ``sweep``: the layer-combination table, when the run is a sweep;
 - ``warnings``: what the data themselves show to be wrong or suspicious.
@@ -63,6 +65,7 @@ from .fidelity import fidelity_scores, fidelity_table
 from .overlap import overlap_table
 from .rv import rv_prompt_table, rv_summary
 from .seeds import seed_tables
+from .survival import survival_table, survival_warnings
 
 
 def build_summary(
@@ -120,6 +123,7 @@ def build_summary(
     audit = audit_summary(results, conds)
     rv = rv_prompt_table(results, rv_groups)
     per_seed, seed_spread = seed_tables(results, all_scores, conds)
+    survival = survival_table(results, conds)
     plans = {}
     if "plan" in results.columns:
         plans = {k: v for k, v in results.groupby(["model", "condition"], sort=False)["plan"].first().items()}
@@ -178,11 +182,13 @@ def build_summary(
         "audit": records(audit),
         "overlap": overlap_table(results, behavior, conds),
         "fidelity": fidelity_table(ctab, primary_score, fidelity, reference),
+        "survival": survival,
         "rv_groups": rv_summary(rv),
         "seeds_table": per_seed,
         "seed_spread": seed_spread,
         "sweep": sweep_out,
-        "warnings": data_warnings(results, all_scores, conds, audit, deltas, skipped, plans, set(self_sourced)),
+        "warnings": survival_warnings(survival)
+        + data_warnings(results, all_scores, conds, audit, deltas, skipped, plans, set(self_sourced)),
     }
     return jsonable(out)
 
