@@ -437,7 +437,7 @@ def check_plans(config: ExperimentConfig, model, model_name: str, conditions, pa
 
 def _check_context(config, cond, plan, settings, pairs, counts, context, check_fits) -> None:
     """The generation's context rule (see :mod:`transferlab.models.context`) over every pair of ``cond``."""
-    prepend = any(getattr(i, "align", None) == "prepend" for i in plan)
+    prepend = any(getattr(i, "align", None) in ("prepend", "insert") for i in plan)  # insert: at most the source
     extra_fixed = settings["max_new_tokens"] + (1 if settings["flavour"] == "seed" else 0)
     seen, lengths, extras, labels = set(), [], [], []
     for p in pairs:

@@ -11,7 +11,8 @@ wherever prompts enter:
 - **generate**: a target's tokens, plus ``max_new_tokens``, plus one in the
   ``seed`` flavour (its last prompt token is fed twice), plus the source's
   tokens where a ``kv:prepend`` splice puts the source's cache before the
-  target's, must be at most the context length; each source must fit on its own.
+  target's (or a ``kv:insert`` puts its message, counted as the whole source),
+  must be at most the context length; each source must fit on its own.
 
 A prompt that breaks it is **refused** with a :class:`ContextError` naming it,
 its length, the context and the fix (shorten the prompt, lower
@@ -84,7 +85,8 @@ def check_generation(model, tgt_ids, src_ids, plans, max_new_tokens: int, flavou
     seed = 1 if flavour == "seed" else 0
     extras, prepends = [], False
     for s, plan in zip(src_ids, plans):
-        prepend = s is not None and any(getattr(i, "align", None) == "prepend" for i in plan)
+        # prepend and insert lengthen the cache by the source (insert: by its message, at most the source)
+        prepend = s is not None and any(getattr(i, "align", None) in ("prepend", "insert") for i in plan)
         prepends |= prepend
         extras.append(max_new_tokens + seed + (len(s) if prepend else 0))
     text_of = (lambda i: texts[i]) if texts is not None else None
