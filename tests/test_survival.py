@@ -412,3 +412,21 @@ def test_report_shows_survival_per_condition_and_warns_first_in_bold(tmp_path):
     }
     assert cells["kv_only"] == [f"{want_kv:.3f}", "0.100", "1.000", f"10/{n}"]
     assert cells["transfer"] == ["0", "0", "0.250", f"{n}/{n}"]
+
+
+def test_transfer_command_prints_survival_and_warns_below_half():
+    from helpers import flat
+    from typer.testing import CliRunner
+
+    from transferlab.cli import app
+
+    runner = CliRunner()
+    args = ["transfer", "-s", STORY, "-t", PROMPT, "-n", "3", "--greedy", "--format", "raw"]
+    out = runner.invoke(app, args + ["-p", "kv:all"])
+    assert out.exit_code == 0, out.output
+    text = flat(out.output)
+    assert "target survival: target_kept 0.11 " in text  # 1 of the 9 message tokens (its last) survives
+    assert "WARNING: the plan leaves less than half of the target's message in place" in text
+    out = runner.invoke(app, args + ["-p", "kv:all:insert"])
+    text = flat(out.output)
+    assert "target_kept 1.00" in text and "target_kept_any 1.00" in text and "less than half" not in text

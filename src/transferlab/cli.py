@@ -268,16 +268,7 @@ def transfer(
     note_ended_at_once(moved, ["the transferred continuation"], fmt)
     console.print(audit_table_view(moved.audit))
     warn_never_fired(moved.audit)
-    kept, kept_any = moved.target_kept()
-    console.print(
-        f"[bold]target survival[/]: target_kept {kept[0]:.2f} (share of the target's message tokens whose keys "
-        f"and values the plan left in every layer), target_kept_any {kept_any[0]:.2f} (in at least one layer)"
-    )
-    if kept[0] < 0.5:
-        console.print(
-            "[bold red]WARNING: the plan leaves less than half of the target's message in place: the "
-            "continuation answers what replaced it (a replacement, not a transfer into the target).[/]"
-        )
+    _print_survival(moved)
     if flavour == "seed" and len(parsed):
         console.print(
             "[bold red]WARNING: flavour 'seed': the transferred run re-feeds the last prompt token as its "
@@ -336,6 +327,22 @@ def generate_cmd(
     if len(parsed):
         console.print(audit_table_view(gen.audit))
         warn_never_fired(gen.audit)
+
+
+def _print_survival(gen) -> None:
+    """``transferlab transfer``'s target-survival line, and a warning when the plan keeps less than half."""
+    kept, kept_any = gen.target_kept()
+    if not kept:  # a generation without survival maps (nothing to say)
+        return
+    console.print(
+        f"[bold]target survival[/]: target_kept {kept[0]:.2f} (share of the target's message tokens whose keys "
+        f"and values the plan left in every layer), target_kept_any {kept_any[0]:.2f} (in at least one layer)"
+    )
+    if kept[0] < 0.5:
+        console.print(
+            "[bold red]WARNING: the plan leaves less than half of the target's message in place: the "
+            "continuation answers what replaced it (a replacement, not a transfer into the target).[/]"
+        )
 
 
 @app.command()
