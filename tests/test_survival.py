@@ -430,3 +430,10 @@ def test_transfer_command_prints_survival_and_warns_below_half():
     out = runner.invoke(app, args + ["-p", "kv:all:insert"])
     text = flat(out.output)
     assert "target_kept 1.00" in text and "target_kept_any 1.00" in text and "less than half" not in text
+
+
+def test_an_empty_message_has_an_empty_span_and_no_survival_share(stories):
+    (span,) = message_spans(stories.tokenizer, [""])
+    assert span == (1, 1)  # after BOS, nothing
+    g = _gen(stories, [""], [STORY], "kv:all:insert")
+    assert all(np.isnan(x[0]) for x in g.target_kept())

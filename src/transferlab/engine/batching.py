@@ -218,7 +218,11 @@ def message_spans(tokenizer, prompts: list, prompt_format: str = "raw") -> list[
             continue
         if prompt_format == "chat":
             text = chat_text(tokenizer, p)
+            if p.strip() and text.rfind(p) < 0:  # a template that strips the message's whitespace
+                p = p.strip()
             start = text.rfind(p)  # the user turn is the template's last message
+            if start < 0:
+                raise ValueError(f"prompt {p[:40]!r}: the chat template does not write the message verbatim")
             kw = {"add_special_tokens": False}
         else:
             text, start, kw = p, 0, {}
@@ -230,9 +234,12 @@ def message_spans(tokenizer, prompts: list, prompt_format: str = "raw") -> list[
             continue
         enc = tokenizer(text, return_offsets_mapping=True, **kw)
         stop = start + len(p)
-        inside = [j for j, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < stop and b > start]
-        if start < 0 or not inside:
-            raise ValueError(f"prompt {p[:40]!r}: its message was not found among its formatted tokens")
+        offsets = enc["offset_mapping"]
+        inside = [j for j, (a, b) in enumerate(offsets) if b > a and a < stop and b > start]
+        if not inside:  # an empty message: an empty span where it would start
+            before = sum(1 for a, b in offsets if b <= start and b > a) + sum(1 for a, b in offsets if a == b == 0)
+            out.append((before, before))
+            continue
         out.append((inside[0], inside[-1] + 1))
     return out
 
