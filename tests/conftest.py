@@ -29,6 +29,19 @@ GREEDY_TEXT = "Once upon a time, there was a little girl named Lily. She loved t
 SITES = ("q_proj", "k_proj", "v_proj", "attn_out", "resid_pre", "resid_post", "mlp_out")
 
 
+@pytest.fixture
+def short_dir():
+    """A directory with a short path, for Unix sockets (whose path is limited to about 100 bytes, whatever the
+    length of pytest's --basetemp)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp(prefix="tl-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -31,6 +31,7 @@ FLOORS = {
     "engine_settings": 0,
     "atomic": 0,
     "bench_results": 0,
+    "suggest": 0,
     "stats": 0,
     "prompts": 0,
     "models": 1,
@@ -46,6 +47,7 @@ FLOORS = {
     "cli_prompts": 7,
     "cli_models": 7,
     "cli_steer": 7,
+    "cli_output": 7,
 }
 
 

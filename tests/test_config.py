@@ -69,12 +69,18 @@ def test_malformed_toml(tmp_path):
 def test_unknown_key_has_its_path(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config("stories", ["prompts.nn=3"])
-    assert problems(e) == {"prompts.nn": "Extra inputs are not permitted"}
+    (message,) = problems(e).values()
+    assert list(problems(e)) == ["prompts.nn"] and "did you mean prompts.n?" in message  # the key that was meant
+    assert "Extra inputs" not in message and "keys of prompts: bank, sources, targets, n," in message
     path = tmp_path / "c.toml"
     path.write_text('[[conditions]]\nname = "baseline"\nplann = ""\n')
     with pytest.raises(ConfigError) as e:
         load_config(path)
-    assert list(problems(e)) == ["conditions.0.plann"]
+    assert problems(e) == {"conditions.0.plann": problems(e)["conditions.0.plann"]}
+    assert "did you mean conditions.0.plan?" in problems(e)["conditions.0.plann"]
+    with pytest.raises(ConfigError) as e:
+        load_config("stories", ["scoring.zzz=1"])  # nothing close: the keys that exist
+    assert problems(e)["scoring.zzz"] == "unknown key; keys of scoring: scorers, logit, logit_top_k"
 
 
 def test_several_problems_at_once():
@@ -139,8 +145,11 @@ def test_unknown_preset():
         load_config("no_such_preset")
     msg = problems(e)["no_such_preset"]
     assert "no such config file or preset" in msg and "seed_n300" in msg and "demo" in msg
+    assert "did you mean" not in msg  # nothing close to suggest
     res = CliRunner().invoke(app, ["run", "no_such_preset"])
-    assert res.exit_code == 2 and "no such config file or preset" in flat(res.output)
+    assert res.exit_code == 2 and "no such config file or preset" in res.stderr and res.stdout == ""
+    res = CliRunner().invoke(app, ["run", "storeis"])  # a typo: the preset that was meant
+    assert res.exit_code == 2 and "did you mean 'stories'?" in res.stderr
 
 
 def test_override_values_and_shorthands():

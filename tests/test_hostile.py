@@ -19,14 +19,6 @@ from transferlab.cli import app
 pytestmark = pytest.mark.filterwarnings("ignore:no vocabulary token spells:UserWarning")
 
 
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    """Tables wide enough that a cell's text stays on one line (rich folds long cells otherwise)."""
-    import transferlab.cli
-
-    monkeypatch.setattr(transferlab.cli.console, "width", 300)
-
-
 STORY = "Once upon a time there was a little girl named Lily who loved to play in the park with her dog"
 
 

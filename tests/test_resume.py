@@ -97,7 +97,7 @@ def _count_rows(db: Path) -> int:
 
 def test_kill_and_resume_subprocess(tmp_path, reference, monkeypatch):
     out = tmp_path / "runs"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": "200"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "transferlab.cli", "run", "stories", "--no-report"]
     for item in overrides(out, 8):
         cmd += ["--set", item]

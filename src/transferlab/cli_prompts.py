@@ -13,10 +13,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+
+from transferlab.cli_output import console, fail
+from transferlab.suggest import unknown
 
 if TYPE_CHECKING:  # the banks are imported when a command runs (pandas, pydantic): the CLI starts light
     from transferlab.prompts import PromptBank
@@ -32,17 +34,10 @@ BankOpt = Annotated[
 def _banks(bank: str | None) -> list[PromptBank]:
     from transferlab.prompts import BankError, available_banks, load_bank
 
-    err = Console(stderr=True)
     try:
         return [load_bank(bank)] if bank else [load_bank(name) for name in available_banks()]
     except (BankError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(code=1) from None
-
-
-def _fail(message: str) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {escape(message)}")
-    raise typer.Exit(code=1)
+        fail(exc)
 
 
 @prompts_app.command("list")
@@ -55,8 +50,7 @@ def list_prompts(
     banks = _banks(bank)
     if group is not None and not any(group in b.group_info for b in banks):
         known = sorted({g for b in banks for g in b.groups()})
-        _fail(f"no group {group!r}; groups: {', '.join(known)}")
-    console = Console()
+        fail(unknown("group", group, known))
     table = Table(show_lines=False)
     for col, kw in (
         ("bank", {}),
@@ -82,7 +76,6 @@ def list_prompts(
 @prompts_app.command("groups")
 def list_groups(bank: BankOpt = None) -> None:
     """List groups: pillar, size, length range and description."""
-    console = Console()
     table = Table()
     for col in ("bank", "group", "pillar", "n", "words", "description"):
         table.add_column(col, overflow="fold")
@@ -105,10 +98,6 @@ def show(
         if prompt_id in b:
             p = b.get(prompt_id)
             info = b.group_info[p.group]
-            console = Console()
-            table = Table(show_header=False, box=None)
-            table.add_column(style="bold", no_wrap=True)
-            table.add_column(overflow="fold")
             rows = [
                 ("id", p.id),
                 ("bank", b.name),
@@ -122,10 +111,9 @@ def show(
                 ("version", b.version),
                 ("text", p.text),
             ]
-            for k, v in rows:
+            for k, v in rows:  # "key  value" lines, soft-wrapped: an id, a path or the version copies whole
                 if v:
-                    table.add_row(k, Text(v))
-            console.print(table)
+                    console.print(Text.assemble((f"{k:<8}", "bold"), " ", v))
             return
     messages = []
     for b in banks:
@@ -133,4 +121,4 @@ def show(
             b.get(prompt_id)
         except KeyError as exc:
             messages.append(str(exc.args[0]))
-    _fail("; ".join(messages))
+    fail("; ".join(messages))

@@ -33,6 +33,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .suggest import unknown
+
 ACTIVATION_SITES = ("q_proj", "k_proj", "v_proj", "z", "attn_out", "resid_pre", "resid_post", "mlp_out", "mlp_hidden")
 HEAD_SITES = ("q_proj", "k_proj", "v_proj", "z")  # sites split into attention heads (z and q_proj: query heads)
 SITES = ACTIVATION_SITES + ("kv",)
@@ -97,7 +99,7 @@ class HookPoint:
 
 def check_site(site: str, allowed: tuple[str, ...] = SITES) -> str:
     if site not in allowed:
-        raise SiteError(f"unknown site {site!r}; known sites: {', '.join(allowed)}")
+        raise SiteError(unknown("site", site, allowed))
     return site
 
 

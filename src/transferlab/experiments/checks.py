@@ -24,6 +24,7 @@ from __future__ import annotations
 from ..interventions import InterventionError, KVSplice, steer_problem
 from ..interventions.splice import splice_layers
 from ..sites import ACTIVATION_SITES, SiteError
+from ..suggest import unknown
 from .config import ConfigError, ExperimentConfig
 
 
@@ -64,7 +65,7 @@ def preflight(config: ExperimentConfig) -> list:
                     problems.append(("prompts.n", f"{exc}; lower prompts.n{hint}"))
     for name in config.scoring.scorers:
         if name not in SCORERS:
-            problems.append(("scoring.scorers", f"unknown scorer {name!r}; registered: {', '.join(sorted(SCORERS))}"))
+            problems.append(("scoring.scorers", unknown("scorer", name, SCORERS)))
     columns = set(config.scoring.scorers) | ({"logit_markers"} if config.scoring.logit else set())
     if config.scoring.target_logprob:
         columns.add("target_answer_logprob")
@@ -88,7 +89,7 @@ def preflight(config: ExperimentConfig) -> list:
             )
         )
     if config.rv.enabled and config.rv.site not in ACTIVATION_SITES:
-        problems.append(("rv.site", f"unknown site {config.rv.site!r}; R_V reads one of {', '.join(ACTIVATION_SITES)}"))
+        problems.append(("rv.site", unknown("site", config.rv.site, ACTIVATION_SITES) + "; R_V reads one of them"))
     from ..models.devices import DeviceError, resolve_device
 
     for i, spec in enumerate(config.model_specs()):

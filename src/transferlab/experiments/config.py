@@ -13,15 +13,17 @@ from __future__ import annotations
 import copy
 import json
 import re
+import tomllib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..interventions import InterventionError, Plan, as_plan, load_steering
 from ..sites import SiteError
 from ..stats.family import ContrastError, parse_contrast
+from ..suggest import closest, did_you_mean
 
 
 class ConfigError(ValueError):
@@ -422,6 +424,35 @@ def _loc(loc) -> str:
     return ".".join(str(x) for x in loc) or "(top level)"
 
 
+def _section(annotation) -> type[BaseModel] | None:
+    """The config section (a model class) a field holds, through ``X | None`` and ``list[X]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _section(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _unknown_key(loc: tuple) -> str:
+    """What pydantic calls "Extra inputs are not permitted", said with the key that was probably meant."""
+    section: type[BaseModel] | None = ExperimentConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue  # an entry of a list of sections (conditions.1.name)
+        field = section.model_fields.get(part) if section else None
+        section = _section(field.annotation) if field else None
+    if section is None:
+        return "unknown key"
+    known = list(section.model_fields)
+    parent = ".".join(str(x) for x in loc[:-1])
+    found = closest(str(loc[-1]), known)
+    hint = " or ".join(f"{parent + '.' if parent else ''}{k}" for k in found)
+    listing = f"keys{' of ' + parent if parent else ''}: {', '.join(known)}"
+    return f"unknown key; {'did you mean ' + hint + '? (' + listing + ')' if hint else listing}"
+
+
 def _set_path(data: dict, path: str, value: Any) -> None:
     keys = path.split(".")
     if keys == ["model"] and not isinstance(value, dict):
@@ -491,6 +522,8 @@ def validate_config(data: dict, source: str = "config") -> ExperimentConfig:
             err = (e.get("ctx") or {}).get("error")
             if isinstance(err, _Problems):
                 problems.extend(err.problems)
+            elif e["type"] == "extra_forbidden":
+                problems.append((_loc(e["loc"]), _unknown_key(e["loc"])))
             else:
                 problems.append((_loc(e["loc"]), e["msg"].removeprefix("Value error, ")))
         config = None
@@ -513,8 +546,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except FileNotFoundError:
             from .presets import list_presets
 
+            hint = did_you_mean(Path(str(path)).name.removesuffix(".toml"), list_presets())
             raise ConfigError(
-                [(str(path), f"no such config file or preset (presets: {', '.join(list_presets())})")], "config"
+                [
+                    (
+                        str(path),
+                        f"no such config file or preset; {hint + ' ' if hint else ''}"
+                        f"(presets: {', '.join(list_presets())})",
+                    )
+                ],
+                "config",
             ) from None
     if p.is_dir():
         raise ConfigError([(str(p), "is a directory; give a config file (.toml) or a preset name")], "config")

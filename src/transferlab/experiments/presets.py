@@ -5,6 +5,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from ..suggest import unknown
+
 
 def presets_dir() -> Path:
     return Path(str(resources.files("transferlab") / "configs"))
@@ -19,5 +21,12 @@ def preset_path(name: str) -> Path:
     stem = Path(name).name.removesuffix(".toml")
     path = presets_dir() / f"{stem}.toml"
     if not path.is_file():
-        raise FileNotFoundError(f"no preset {name!r}; presets: {', '.join(list_presets())}")
+        raise FileNotFoundError(unknown("preset", name, list_presets()))
     return path
+
+
+def preset_description(name: str) -> str:
+    """The preset's own ``description`` (a whole sentence saying what it runs)."""
+    import tomllib
+
+    return str(tomllib.loads(preset_path(name).read_text(encoding="utf-8")).get("description", ""))

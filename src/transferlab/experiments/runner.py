@@ -97,6 +97,15 @@ def new_run_dir(config: ExperimentConfig) -> Path:
             ) from None
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: still a ``KeyboardInterrupt``, carrying the run directory to resume
+    (``transferlab run --resume run_dir``; every finished batch is in its store)."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(f"interrupted; resume with: transferlab run --resume {run_dir}")
+        self.run_dir = run_dir
+
+
 class Runner:
     """Drives one run directory (see the module docstring); the batches run on ``executor``'s workers."""
 
@@ -610,6 +619,8 @@ def _drive_batches(
             )
         except OSError:
             pass  # the ledger is not writable either: the error itself says what to do
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, RunInterrupted):
+            raise RunInterrupted(run_dir) from exc
         raise
     finally:
         runner.store.close()

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..sites import ACTIVATION_SITES, SiteError
+from ..suggest import did_you_mean
 from .steering import resolve_steer
 from .types import (
     ALIGNS,
@@ -162,7 +163,39 @@ def _head_opt(opt: str, where: str) -> dict | None:
     return None
 
 
-def _parse_patch_opts(opts: list[str], where: str) -> dict:
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_POSITIONS = re.compile(r"p(\d+)-(\d+)")
+
+# the option forms that carry a value, as the messages name them
+PATCH_FORMS = (
+    "wN (window)",
+    "fX (fraction)",
+    "pA-B (positions)",
+    "aX (alpha)",
+    "hI,J (kv heads)",
+    "qhI,J (query heads)",
+)
+PATCH_WORDS = PHASES + MODES + DECODE_VALUES
+KV_WORDS = ("all",) + ALIGNS + ROPES + tuple(f"{f}first" for f in FIRSTS)
+KV_FORMS = ("LAYERS (e.g. 18,25,27 or 0.5)", "wN (window)", "pA-B (positions)")
+
+
+def _valued(opt: str, prefix: str) -> str | None:
+    """The number after ``prefix`` in ``opt`` (``f0.5`` -> ``0.5``), or None if ``opt`` is not that form."""
+    rest = opt[len(prefix) :]
+    return rest if opt.startswith(prefix) and _NUMBER.fullmatch(rest) else None
+
+
+def unknown_option(where: str, opt: str, words: tuple[str, ...], forms: tuple[str, ...], kind: str = "") -> str:
+    """``<where>: unknown option 'x'; did you mean 'y'? (options: ...)``: the words and forms that are allowed."""
+    hint = did_you_mean(opt, words)
+    listing = f"options: {', '.join(words + forms)}"
+    return f"{where}: unknown {kind + ' ' if kind else ''}option {opt!r}; " + (
+        f"{hint} ({listing})" if hint else listing
+    )
+
+
+def _parse_patch_opts(opts: list[str], where: str, words: tuple[str, ...] = PATCH_WORDS, kind: str = "") -> dict:
     kw: dict = {}
     for opt in opts:
         if opt in PHASES:
@@ -175,15 +208,14 @@ def _parse_patch_opts(opts: list[str], where: str) -> dict:
             kw.update(heads)
         elif opt.startswith("w") and opt[1:].isdigit():
             kw["window"] = int(opt[1:])
-        elif opt.startswith("f"):
-            kw["fraction"] = float(opt[1:])
-        elif opt.startswith("p") and "-" in opt:
-            a, b = opt[1:].split("-", 1)
-            kw["positions"] = (int(a), int(b))
-        elif opt.startswith("a"):
-            kw["alpha"] = float(opt[1:])
+        elif (value := _valued(opt, "f")) is not None:
+            kw["fraction"] = float(value)
+        elif m := _POSITIONS.fullmatch(opt):
+            kw["positions"] = (int(m[1]), int(m[2]))
+        elif (value := _valued(opt, "a")) is not None:
+            kw["alpha"] = float(value)
         else:
-            raise InterventionError(f"{where}: unknown option {opt!r}")
+            raise InterventionError(unknown_option(where, opt, words, PATCH_FORMS, kind))
     return kw
 
 
@@ -223,11 +255,10 @@ def parse_intervention(text: str) -> Intervention:
                     kw["first"] = opt[: -len("first")]
                 elif opt.startswith("w") and opt[1:].isdigit():
                     kw["window"] = int(opt[1:])
-                elif opt.startswith("p") and "-" in opt:
-                    a, b = opt[1:].split("-", 1)
-                    kw["align"], kw["positions"] = "range", (int(a), int(b))
+                elif m := _POSITIONS.fullmatch(opt):
+                    kw["align"], kw["positions"] = "range", (int(m[1]), int(m[2]))
                 else:
-                    raise InterventionError(f"{where}: unknown kv option {opt!r}")
+                    raise InterventionError(unknown_option(where, opt, KV_WORDS, KV_FORMS, "kv"))
             return KVSplice(**kw)
         if head in ("ablate", "noise"):
             if not opts:
@@ -244,20 +275,28 @@ def parse_intervention(text: str) -> Intervention:
                     elif (heads := _head_opt(opt, where)) is not None:
                         kw.update(heads)
                     else:
-                        raise InterventionError(f"{where}: unknown ablate option {opt!r}")
+                        raise InterventionError(
+                            unknown_option(
+                                where,
+                                opt,
+                                ("zero", "mean") + PHASES,
+                                ("hI,J (kv heads)", "qhI,J (query heads)"),
+                                "ablate",
+                            )
+                        )
                 return Ablate(**kw)
             kw = {"site": site, "layer": layer}
             patch_opts = []
             for opt in rest:
                 if opt == "raw":
                     kw["norm_matched"] = False
-                elif opt.startswith("seed"):
+                elif opt.startswith("seed") and opt[4:].isdigit():
                     kw["seed"] = int(opt[4:])
-                elif opt.startswith("sd"):
-                    kw["std"] = float(opt[2:])
+                elif (value := _valued(opt, "sd")) is not None:
+                    kw["std"] = float(value)
                 else:
                     patch_opts.append(opt)
-            kw.update(_parse_patch_opts(patch_opts, where))
+            kw.update(_parse_patch_opts(patch_opts, where, ("raw", "seedN", "sdX") + PATCH_WORDS, "noise"))
             if "heads" in kw:
                 raise InterventionError(f"{where}: noise does not take heads")
             return Noise(**kw)

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..sites import ACTIVATION_SITES, HEAD_SITES, SiteError
+from ..suggest import did_you_mean
 
 PHASES = ("prompt", "decode", "both")
 MODES = ("replace", "add", "mix")
@@ -71,8 +72,10 @@ def _check(value, allowed, name):
 
 def _check_site(site: str) -> None:
     if site not in ACTIVATION_SITES:
+        hint = did_you_mean(site, ACTIVATION_SITES + ("kv",))
         raise SiteError(
-            f"unknown site {site!r}; activation sites are: {', '.join(ACTIVATION_SITES)} (and 'kv' for KVSplice)"
+            f"unknown site {site!r}; {hint + ' ' if hint else ''}"
+            f"(activation sites: {', '.join(ACTIVATION_SITES)}, and 'kv' for KVSplice)"
         )
 
 

@@ -49,6 +49,7 @@ from transferlab.metrics.collapse import CollapseScorer
 from transferlab.metrics.lexical import LexiconScorer, SourceLexiconScorer, SourceOverlapScorer, TargetOverlapScorer
 from transferlab.metrics.seed_v1 import SeedV1MarkersScorer, SeedV1Scorer
 from transferlab.metrics.strict import StrictScorer
+from transferlab.suggest import unknown
 
 Scorer = Callable[..., list[float]]
 
@@ -128,7 +129,7 @@ def get_scorer(name: str, **params) -> Scorer:
     try:
         spec = SCORERS[name]
     except KeyError:
-        raise KeyError(f"unknown scorer {name!r}; registered: {sorted(SCORERS)}") from None
+        raise KeyError(unknown("scorer", name, SCORERS)) from None
     return spec.factory(**params)
 
 
@@ -167,7 +168,7 @@ def score_table(
     for name in names:
         spec = SCORERS.get(name)
         if spec is None:
-            raise KeyError(f"unknown scorer {name!r}; registered: {sorted(SCORERS)}")
+            raise KeyError(unknown("scorer", name, SCORERS))
         scorer = spec.factory(**params.get(name, {}))
         kwargs = {}
         for need in spec.needs:

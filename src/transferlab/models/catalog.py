@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..suggest import unknown
+
 
 @dataclass(frozen=True)
 class WheelPart:
@@ -159,4 +161,4 @@ def lookup(name: str) -> CatalogModel:
     try:
         return CATALOG[name]
     except KeyError:
-        raise UnknownModelError(f"unknown model {name!r}; the catalog knows: {', '.join(names())}") from None
+        raise UnknownModelError(unknown("model", name, names()) + " (see transferlab models list)") from None

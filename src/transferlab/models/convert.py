@@ -71,6 +71,8 @@ from pathlib import Path
 
 import torch
 
+from .quiet import no_load_bars
+
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = ("llama", "qwen2", "gemma3")
 
 SUPPORTED_TENSOR_TYPES: frozenset[str] = frozenset(
@@ -185,7 +187,8 @@ def _load_dense(gguf_path: Path):
     kwargs: dict = {"gguf_file": gguf_path.name, "dtype": torch.float32, "local_files_only": True}
     if hasattr(transformers, "GgufConfig"):  # transformers >= 5.2x: ask for a dense model explicitly
         kwargs["quantization_config"] = transformers.GgufConfig(dequantize=True)
-    model, info = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), output_loading_info=True, **kwargs)
+    with no_load_bars():
+        model, info = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), output_loading_info=True, **kwargs)
     missing = list(info.get("missing_keys") or [])
     if missing:
         raise ConversionError(

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ..suggest import closest, did_you_mean
 from .adapters import make_adapter
 from .catalog import names as catalog_names
 from .devices import resolve_device
@@ -36,6 +37,7 @@ from .embedded import EMBEDDED, embedded, embedded_path
 from .gguf_check import GGUFError
 from .hub import endpoint, hub_answers, looks_like_path
 from .model import Model, runtime
+from .quiet import no_load_bars
 from .safety import check_weights_dir
 
 
@@ -120,6 +122,22 @@ def _cached(spec: str) -> bool:
         return False
 
 
+def _refuse_near_miss(spec: str) -> None:
+    """A spec that is no path and no cached hub id but close to a name transferlab knows (``smollm2-135m``,
+    ``stories260k``): refused with that name, before anything asks the hub about it."""
+    if "/" in spec or Path(spec).exists():
+        return  # ORG/NAME is a hub id, a path is a path: their own errors say what is wrong
+    from .tiny import TINY_FAMILIES
+
+    known = [*catalog_names(), EMBEDDED, *(f"tiny:{f}" for f in TINY_FAMILIES)]
+    found = closest(spec, known)
+    if found and not _cached(spec):
+        raise ModelLoadError(
+            f"unknown model {spec!r}; did you mean {' or '.join(repr(k) for k in found)}? "
+            f"(catalog models: {', '.join(catalog_names())}, see transferlab models list; a hub id is ORG/NAME)"
+        )
+
+
 def _check_reachable(spec: str) -> None:
     """Refuse a hub id that is neither a local path nor in the hub's cache while the hub does not answer."""
     if not Path(spec).exists() and not _cached(spec) and (os.environ.get("HF_HUB_OFFLINE") or not _hub_reachable()):
@@ -141,8 +159,9 @@ def _load_hf(spec: str, dtype: torch.dtype, device: torch.device, attn: str | No
     if device_map is not None:
         kwargs["device_map"] = device_map  # accelerate places the layers; no .to(device) afterwards
     try:
-        tok = AutoTokenizer.from_pretrained(spec)
-        hf = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
+        with no_load_bars():  # transformers' "Loading weights" bar would break into the command's output
+            tok = AutoTokenizer.from_pretrained(spec)
+            hf = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
     except (OSError, ValueError) as exc:
         if Path(spec).exists():
             raise ModelLoadError(f"could not load the local model directory {spec}: {exc}") from exc
@@ -238,8 +257,10 @@ def _tiny_parts(spec: str) -> tuple[str, str]:
 
     family, _, seed = spec[5:].partition(":")
     if family not in TINY_FAMILIES:
+        hint = did_you_mean(family, TINY_FAMILIES)
         raise ModelLoadError(
-            f"unknown tiny model {spec!r}; use tiny:<family> with a family in {', '.join(TINY_FAMILIES)}"
+            f"unknown tiny model {spec!r}; {hint + ' ' if hint else ''}"
+            f"use tiny:<family> with a family in {', '.join(TINY_FAMILIES)}"
         )
     if not (seed or "0").isdigit():
         raise ModelLoadError(f"tiny model {spec!r}: the seed after the second ':' must be a non-negative integer")
@@ -293,6 +314,7 @@ def check_spec(spec: str) -> None:
         # a plain llama file's sizes against its tensors need its vocabulary: checked with its shape (a run's
         # preflight reads it for the plans anyway)
     else:
+        _refuse_near_miss(spec)
         _check_local(spec)
         if not Path(spec).exists():
             _check_reachable(spec)
@@ -400,6 +422,7 @@ def _load(
         )
     if spec in catalog_names():
         return _load_catalog(spec, dt, dev, attn_implementation, device_map)
+    _refuse_near_miss(spec)
     _check_local(spec)
     hf, tok = _load_hf(spec, dt, dev, attn_implementation, device_map)
     source = {"kind": "hf", "id": spec, "revision": getattr(hf.config, "_commit_hash", None)}

@@ -46,7 +46,6 @@ it with every run.
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -56,6 +55,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..suggest import did_you_mean
 
 DATA_DIR = Path(__file__).parent / "data"
 SCHEMA_VERSION = 1
@@ -299,9 +300,8 @@ class PromptBank:
         try:
             return self._by_id[pid]
         except KeyError:
-            close = difflib.get_close_matches(pid, list(self._by_id), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise KeyError(f"no prompt {pid!r} in bank {self.name!r}{hint}") from None
+            hint = did_you_mean(pid, self._by_id)
+            raise KeyError(f"no prompt {pid!r} in bank {self.name!r}{'; ' + hint if hint else ''}") from None
 
     def select(
         self, groups: Sequence[str] | None = None, *, pillar: str | None = None, ids: Sequence[str] | None = None
@@ -313,7 +313,11 @@ class PromptBank:
         if groups is not None:
             unknown = [g for g in groups if g not in self.group_info]
             if unknown:
-                raise KeyError(f"unknown groups {unknown} in bank {self.name!r}; groups: {self.groups()}")
+                hints = "; ".join(f"{g!r}: {h}" for g in unknown if (h := did_you_mean(g, self.group_info)))
+                raise KeyError(
+                    f"unknown groups {unknown} in bank {self.name!r}; {hints + '; ' if hints else ''}"
+                    f"groups: {self.groups()}"
+                )
         if pillar is not None and pillar not in PILLARS:
             raise KeyError(f"unknown pillar {pillar!r}; pillars: {list(PILLARS)}")
         want_ids = None
