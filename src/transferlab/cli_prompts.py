@@ -23,7 +23,9 @@ from transferlab.suggest import unknown
 if TYPE_CHECKING:  # the banks are imported when a command runs (pandas, pydantic): the CLI starts light
     from transferlab.prompts import PromptBank
 
-prompts_app = typer.Typer(help="Browse the prompt banks (list, groups, show).", no_args_is_help=True)
+prompts_app = typer.Typer(
+    help="Browse the prompt banks (list, groups, show).", no_args_is_help=True, rich_markup_mode=None
+)
 
 BankOpt = Annotated[
     str | None,
@@ -54,8 +56,8 @@ def list_prompts(
     table = Table(show_lines=False)
     for col, kw in (
         ("bank", {}),
-        ("id", {"no_wrap": True}),
-        ("group", {"no_wrap": True}),
+        ("id", {"no_wrap": True, "overflow": "fold"}),
+        ("group", {"no_wrap": True, "overflow": "fold"}),
         ("words", {"justify": "right"}),
         ("text", {"overflow": "fold"}),
     ):

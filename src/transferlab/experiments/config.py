@@ -31,6 +31,10 @@ class ConfigError(ValueError):
 
     def __init__(self, problems: list[tuple[str, str]], source: str = "config"):
         self.problems = problems
+        if len(problems) == 1:  # one problem, one line
+            ((path, msg),) = problems
+            super().__init__(f"{source}: {path}: {msg}" if path != source else f"{source}: {msg}")
+            return
         lines = "\n".join(f"  - {path}: {msg}" for path, msg in problems)
         super().__init__(f"{source} has {len(problems)} problem(s):\n{lines}")
 

@@ -163,7 +163,8 @@ def _head_opt(opt: str, where: str) -> dict | None:
     return None
 
 
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+# what float() reads, nan and inf included (the intervention itself then says which values it takes)
+_NUMBER = re.compile(r"[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|nan|inf(inity)?)", re.IGNORECASE)
 _POSITIONS = re.compile(r"p(\d+)-(\d+)")
 
 # the option forms that carry a value, as the messages name them

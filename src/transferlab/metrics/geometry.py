@@ -81,6 +81,8 @@ def rv(
     """
     if short not in SHORT_POLICIES:
         raise ValueError(f"short must be one of {SHORT_POLICIES}, got {short!r}")
+    if formula not in FORMULAS:  # before any prompt: a short one would never reach the formula
+        raise ValueError(f"unknown PR formula {formula!r}; use one of {FORMULAS}")
     if window < 2:
         raise ValueError(f"the R_V window must be at least 2 tokens, got {window}")
     if isinstance(prompts, str):
