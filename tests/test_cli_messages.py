@@ -259,3 +259,24 @@ def test_the_python_floor_matches_what_the_code_imports():
         for module, since in needs.items():
             if re.search(rf"^\s*(import|from) {module}\b", text, re.MULTILINE):
                 assert minor >= since, f"{path.name} imports {module} (3.{since}+), requires-python says 3.{minor}"
+
+
+def test_transformers_loading_bar_stays_out_of_the_console(tmp_path, capfd):
+    """Loading a model directory draws no "Loading weights" bar; transformers' bars work again afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    from transferlab import load_model
+    from transferlab.models.tiny import build_tiny
+
+    tiny = build_tiny("llama")
+    tiny.hf.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    capfd.readouterr()
+    model = load_model(str(tmp_path))
+    assert model.adapter.n_layers == tiny.adapter.n_layers
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "it/s]" not in err, err
+    if hf_logging.is_progress_bar_enabled():  # unless the environment turned them off
+        for _ in hf_logging.tqdm(range(2), desc="after the load"):
+            pass
+        assert "after the load" in capfd.readouterr().err  # only the load was silenced
