@@ -21,6 +21,9 @@ BAD_INPUT = {
     "rv": (["Once upon a time", "--formula", "cubed"], "unknown PR formula 'cubed'"),
     "rv-study": (["-m", "tiny:llama", "--format", "bogus"], "prompt_format must be one of"),
     "transfer": (["-s", "a", "-t", "b", "-p", "v_proj@2:w4:decode:foo"], "unknown option 'foo'"),
+    "generate": (["Once upon a time", "-p", "v_proj@2:decod"], "did you mean 'decode'?"),
+    "steer build": (["--out", "{short}/v.safetensors", "--site", "v_prj"], "did you mean 'v_proj'"),
+    "steer show": (["{long}/v.safetensors"], "steering vector file not found"),
     "run": (["storeis"], "did you mean 'stories'?"),
     "serve": (["--stop", "--socket", "{short}/nobody.sock"], "start one with: transferlab serve"),
     "report": (["{long}/not-a-run"], "is not a run directory"),
@@ -211,7 +214,7 @@ def test_the_ray_extra_is_named_in_the_rendered_help():
     assert "pip install 'transferlab[ray]'" in flat(res.output)  # not eaten as markup, not cut
 
 
-@pytest.mark.parametrize("group", [[], ["prompts"], ["models"]])
+@pytest.mark.parametrize("group", [[], ["prompts"], ["models"], ["steer"]])
 def test_command_lists_show_each_summary_whole_at_a_narrow_width(group):
     res = CliRunner().invoke(app, [*group, "--help"], env={"COLUMNS": "40"})
     listing = res.output.split("Commands:")[1]

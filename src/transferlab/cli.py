@@ -292,11 +292,13 @@ def generate_cmd(
     source: Optional[str] = typer.Option(None, "--source", "-s", help="Source prompt, if the plan reads one."),
     model: str = typer.Option("stories260K", "--model", "-m", help=MODEL_HELP),
     seed: int = typer.Option(0, help="Sampling seed."),
-    max_new_tokens: int = typer.Option(60, "--max-new-tokens", "-n"),
-    temperature: float = typer.Option(0.8),
+    max_new_tokens: int = typer.Option(60, "--max-new-tokens", "-n", help="Tokens to generate after each prompt."),
+    temperature: float = typer.Option(0.8, help="Sampling temperature (unused with --greedy)."),
     greedy: bool = typer.Option(False, help="Greedy decoding instead of sampling."),
-    dtype: Optional[str] = typer.Option(None),
-    device: Optional[str] = typer.Option(None),
+    dtype: Optional[str] = typer.Option(
+        None, help="float32, bfloat16 or float16 (default: bfloat16 on CUDA, float32 on the CPU)."
+    ),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)."),
     prompt_format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
 ) -> None:
     """Continue each prompt (under a plan, if given) and print the continuations, with the audit."""
@@ -327,7 +329,7 @@ def generate_cmd(
     )
     table = Table(show_lines=True)
     for col in ("prompt", "continuation", "new tokens", "stopped"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for p, text, ids, why in zip(prompts, gen.texts, gen.token_ids, gen.finish_reasons):
         table.add_row(Text(p), Text(text, style="cyan"), str(len(ids)), why)
     console.print(table)

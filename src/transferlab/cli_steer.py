@@ -14,15 +14,18 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-steer_app = typer.Typer(help="Steering vectors (build, show).", no_args_is_help=True)
+from transferlab.cli_output import console, fail
+
+steer_app = typer.Typer(
+    help="Steering vectors from contrastive prompt groups (build, show).", no_args_is_help=True, rich_markup_mode=None
+)
 
 
 def _fail(exc: Exception | str) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}")
-    raise typer.Exit(code=2)
+    """Refuse: ``error: <exc>`` on standard error, exit 2 (see :mod:`transferlab.cli_output`)."""
+    fail(exc)
 
 
 def _split(text: str | None) -> list[str] | None:
@@ -58,16 +61,17 @@ def build(
     ] = "mean",
     dtype: Annotated[str | None, typer.Option(help="Model dtype (default: the loader's).")] = None,
     device: Annotated[str | None, typer.Option(help="Device (default: the loader's).")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads (1 on a small shared CPU box).")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch intra-op threads (1 on a small shared CPU box).")] = None,
 ) -> None:
     """Build a steering vector: mean activation of the positive groups minus the negative groups, per layer."""
     from transferlab.engine.steering import POSITIONS, build_steering_from_bank
     from transferlab.interventions import InterventionError, save_steering
     from transferlab.models import ModelLoadError, load_model
     from transferlab.sites import ACTIVATION_SITES, SiteError
+    from transferlab.suggest import unknown
 
     if site not in ACTIVATION_SITES:
-        _fail(f"unknown site {site!r}; sites: {', '.join(ACTIVATION_SITES)}")
+        _fail(unknown("site", site, ACTIVATION_SITES))
     if position not in POSITIONS:
         _fail(f"--position must be one of {', '.join(POSITIONS)}; got {position!r}")
     if prompt_format not in ("raw", "chat", "auto"):
@@ -98,7 +102,6 @@ def build(
     except OSError as exc:
         _fail(f"cannot write {out}: {exc.strerror or exc}")
     meta = vectors.meta
-    console = Console()
     console.print(
         f"{escape(str(path))}: {escape(vectors.site)} at layers {vectors.layers} of {escape(m.name)} "
         f"(width {vectors.width}), {meta['n_positive']} positive {escape(','.join(meta['positive_groups']))} - "
@@ -121,4 +124,4 @@ def show(path: Annotated[str, typer.Argument(help="A steering vector file.")]) -
         _fail(exc)
     meta = json.loads(json.dumps(vectors.meta))
     meta.get("model", {}).pop("probe", None)
-    Console().print_json(json.dumps(meta, sort_keys=True))
+    console.print_json(json.dumps(meta, sort_keys=True))
