@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from helpers import flat
+from helpers import flat, nows, table_columns
 from typer.testing import CliRunner
 
 from transferlab.cli import app
@@ -283,3 +283,35 @@ def test_transformers_loading_bar_stays_out_of_the_console(tmp_path, capfd):
         for _ in hf_logging.tqdm(range(2), desc="after the load"):
             pass
         assert "after the load" in capfd.readouterr().err  # only the load was silenced
+
+
+def test_the_audit_table_folds_long_cells_at_80_columns():
+    """Every cell whole (folded, never cut with an ellipsis) in a terminal of 80 columns."""
+    import io
+
+    import pandas as pd
+    from rich.console import Console
+
+    from transferlab.cli import audit_table_view
+
+    description = "noise:v_proj@0.84375:w16:both:sd1.0:seed7 + kv:all:keepfirst:reposition"
+    audit = pd.DataFrame(
+        [
+            {
+                "example": "pair_0012-seed_0",
+                "description": description,
+                "hook_point": "v_proj@25",
+                "phase": "both",
+                "fired_prompt": 16,
+                "fired_decode": 40,
+                "positions": "[12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27]",
+                "change_norm": 1.23456789,
+                "never_fired": False,
+            }
+        ]
+    )
+    out = io.StringIO()
+    Console(file=out, width=80, color_system=None).print(audit_table_view(audit))
+    columns = table_columns(out.getvalue())
+    assert "…" not in out.getvalue() and max(map(len, out.getvalue().splitlines())) <= 80
+    assert nows(description) in columns[1] and "pair_0012-seed_0" in columns[0] and "1.235" in columns[-1]
