@@ -9,8 +9,10 @@ typed by hand, so the numbers in the README are numbers a run produced::
     transferlab run                                     # configs/demo.toml
     python scripts/readme_demo_table.py runs/demo-...   # the run directory it printed
 
-``--readme PATH`` rewrites another file; ``--print`` writes the block to standard
-output and leaves every file alone.
+The README's figure of condition means (``docs/demo_condition_means.png``, beside
+the README) is copied from the same run's ``figures/condition_means.png``.
+``--readme PATH`` rewrites another file (and the figure beside it); ``--print``
+writes the block to standard output and leaves every file alone.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 
 BEGIN, END = "<!-- demo-output:begin -->", "<!-- demo-output:end -->"
+FIGURE = Path("docs") / "demo_condition_means.png"  # relative to the README
 WIDTH = 80  # the README's width, whatever the terminal running this
 
 
@@ -67,7 +71,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.write(block + "\n")
     else:
         rewrite(args.readme, block)
-        print(f"rewrote the demo output in {args.readme} from {args.run_dir}")
+        figure = args.run_dir / "figures" / "condition_means.png"
+        if figure.is_file():
+            (args.readme.parent / FIGURE).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(figure, args.readme.parent / FIGURE)
+        print(f"rewrote the demo output in {args.readme} (and {FIGURE}) from {args.run_dir}")
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def test_prepare_reports_plan_problems_as_data(tmp_path):
     assert facts.n_layers == 4 and facts.device == "cpu" and facts.rv == {}  # no R_V for a config that cannot run
     assert facts.plan_problems and "conditions.1.plan" in facts.plan_problems[0][0]
     facts = pickle.loads(pickle.dumps(facts))  # crosses process boundaries
-    with pytest.raises(Exception, match=r"plans on tiny:llama \(4 layers\) has 1 problem"):
+    with pytest.raises(Exception, match=r"^the config's plans on tiny:llama \(4 layers\): conditions\.1\.plan: "):
         facts.raise_problems()
 
 

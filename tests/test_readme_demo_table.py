@@ -60,6 +60,8 @@ def test_the_readme_is_rewritten_between_its_markers_only(small_run, tmp_path):
     script.main([str(small_run), "--readme", str(readme)])
     text = readme.read_text()
     assert text == before + script.demo_block(small_run) + after
+    figure = (small_run / "figures" / "condition_means.png").read_bytes()
+    assert (tmp_path / script.FIGURE).read_bytes() == figure  # the README's figure is the same run's
     script.main([str(small_run), "--readme", str(readme)])
     assert readme.read_text() == text  # regenerating from the same run changes nothing
     readme.write_text("no markers here\n")

@@ -31,6 +31,7 @@ class ConfigError(ValueError):
 
     def __init__(self, problems: list[tuple[str, str]], source: str = "config"):
         self.problems = problems
+        self.source = source
         if len(problems) == 1:  # one problem, one line
             ((path, msg),) = problems
             super().__init__(f"{source}: {path}: {msg}" if path != source else f"{source}: {msg}")

@@ -197,7 +197,7 @@ class Worker:
                 check_plans(cfg, model, request.model, expand_conditions(cfg, model.n_layers), ctx.pairs)
         except ConfigError as exc:  # returned as data: it crosses process boundaries
             problems = [list(p) for p in exc.problems]
-            source = str(exc).split("\n", 1)[0].rsplit(" has ", 1)[0]
+            source = exc.source
         with stage("rv"):
             rv_rows = self._rv(model, ctx, list(request.rv_prompts)) if cfg.rv.enabled and not problems else {}
         from .resume import model_identity
