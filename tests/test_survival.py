@@ -437,3 +437,30 @@ def test_an_empty_message_has_an_empty_span_and_no_survival_share(stories):
     assert span == (1, 1)  # after BOS, nothing
     g = _gen(stories, [""], [STORY], "kv:all:insert")
     assert all(np.isnan(x[0]) for x in g.target_kept())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_self_patch_decode_value_is_the_targets_own_last_token_value(dtype):
+    """``v_proj@L:both`` with the target as source writes, at every new token, the target's own last prompt
+    token value from its own forward: the new tokens' cached values at L are bitwise copies of the last prompt
+    token's, although its source was captured beside a much longer foreign one (another batch shape)."""
+    model = build_tiny("llama")
+    model.hf.to(dtype)
+    caches = []
+
+    def spy(module, args, kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is not None:
+            caches.append(cache)
+
+    h = model.hf.register_forward_pre_hook(spy, with_kwargs=True)
+    try:  # rows are sorted by target length: the self row (the longer target) is the batch's last
+        g = _gen(model, [STORY, PROMPT], [STORY, " ".join([STORY2] * 3)], ["kv:all + v_proj@1:w4:both", "kv:all"])
+    finally:
+        h.remove()
+    fed = N_NEW - 1  # new tokens fed back (the last one sampled is never fed)
+    v = caches[-1].layers[1].values[-1]  # [H, slots, hd] of the self row, after the last decode step
+    last = v[:, -fed - 1]
+    assert all(torch.equal(v[:, -fed + j], last) for j in range(fed))
+    assert not torch.equal(caches[-1].layers[0].values[-1][:, -1], caches[-1].layers[0].values[-1][:, -fed - 1])
+    assert g.audit[g.audit.example == 0].change_norm.tolist()[0] == 0.0  # the self-splice wrote its own slots

@@ -163,6 +163,16 @@ class BoundActivation:
         self.kv_layers = kv_layers_written(inter, point.layer, model.n_layers) if self.acts_prompt else range(0)
         self._prompt_hits: dict[torch.device, torch.Tensor] = {}  # activation device -> [B, T] writes per position
         self._prompt_width = max(target_lengths)
+        # a self row's decode value "last" is its own last prompt token's activation, read from its own forward
+        # at the prompt phase (the capture's was the same prompt in another batch shape: other bf16 rounding)
+        self._own_last = (
+            self.tables.self_rows is not None
+            and flavour != "seed"
+            and self.acts_decode
+            and getattr(inter, "decode", None) == "last"
+            and (self.tables.own or {}).get("decode_table") is not None
+        )
+        self._last_pos = torch.tensor([n - 1 for n in target_lengths], device=device)
 
     def _prompt_map(self, in_rows, target_lengths, target_bos, sources, src):
         """Each example's :class:`Span` (None where its plan does not hold this intervention), and ``index
@@ -212,6 +222,8 @@ class BoundActivation:
     def _values(self, x: torch.Tensor):
         """``(written [B, T], value [B, T, D])`` for the current call, or None."""
         ctx = self.ctx
+        if self._own_last and ctx.phase == "prompt":
+            self._read_own_last(x)
         if not (self.acts_prompt if ctx.phase == "prompt" else self.acts_decode):
             return None
         t = self._at(x.device)
@@ -224,6 +236,17 @@ class BoundActivation:
             written = (idx >= 0) & valid & t.rows[:, None]
             return written, self.op.prompt_value(x, t, ctx, idx)
         return self.op.decode_value(x, t, ctx, valid & t.rows[:, None])
+
+    def _read_own_last(self, x: torch.Tensor) -> None:
+        """Self rows: the decode table's row becomes the activation at the row's last prompt position, when this
+        prompt call holds it (no host synchronisation: a masked sum over at most one position per row)."""
+        t = self._at(x.device)
+        ctx = self.ctx
+        last = self._last_pos.to(x.device)
+        hit = (ctx.positions.to(x.device) == last[:, None]) & ctx.valid.to(x.device) & t.self_rows[:, None]
+        own = (x.detach() * hit[..., None]).sum(dim=1)  # [B, D]: zeros added, exact in any dtype
+        table = t.own["decode_table"]
+        t.own["decode_table"] = torch.where(hit.any(dim=1)[:, None, None], own[:, None].to(table.dtype), table)
 
     def __call__(self, x: torch.Tensor):
         out = self._values(x)

@@ -41,6 +41,10 @@ round differently -- on an H100 in bf16 the captured cache of the same prompt
 differed by change norms up to 12.8 and changed 3 of 6 greedy continuations
 (``benchmarks/self_splice_gpu.py``). Read from the target, the slot written is
 the slot read: bitwise the target's own, in every dtype and on every decode path.
+A self-sourced activation patch likewise reads its prompt-phase values from
+the target's own activation and, with ``decode="last"``, writes at decode the
+target's own last prompt token's activation (``mean`` and ``cycle`` decode
+values still come from the capture).
 
 On a model split over devices each layer's cache lives on its layer's device;
 source keys/values and the slot maps are moved to the device of the cache
