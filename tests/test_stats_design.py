@@ -219,3 +219,21 @@ def test_margin_must_be_positive():
     pairs = [(f"s{i}", f"t{i}") for i in range(5)]
     with pytest.raises(ValueError, match="margin must be positive"):
         paired_compare(_table(pairs), "x", "baseline", "score", margin=0, **KW)
+
+
+def test_paired_compare_uses_the_two_way_draws_when_targets_repeat():
+    """Targets shared by many pairs and a strong target effect: the row's interval is the pigeonhole one
+    (the same draws as twoway_draws on its codes) and wider than resampling sources alone."""
+    rng = np.random.default_rng(6)
+    s, t, d = _crossed(rng)
+    pairs = [(f"s{a}", f"t{b}") for a, b in zip(s, t)]
+    table = _table(pairs, (0,), lambda p, seed: d[p])
+    row, draws = paired_compare(table, "x", "baseline", "score", return_draws=True, **KW)
+    row = row.iloc[0]
+    assert row.design == "two-way" and (row.n_sources, row.n_targets, row.n_pairs) == (15, 10, 60)
+    codes = [pd.factorize(pd.Series([p[i] for p in pairs]))[0] for i in (0, 1)]
+    expect, _ = twoway_draws(d, codes[0], codes[1], 999, np.random.default_rng(0))
+    np.testing.assert_allclose(np.sort(draws), np.sort(expect), atol=1e-12)
+    one = paired_compare(table, "x", "baseline", "score", **{**KW, "target_col": None}).iloc[0]
+    assert one.design == "one-way"
+    assert row.ci_high - row.ci_low > 1.3 * (one.ci_high - one.ci_low)
