@@ -2,7 +2,7 @@
 
 The block between ``<!-- demo-output:begin -->`` and ``<!-- demo-output:end -->`` in
 README.md is what ``transferlab run`` prints for the demo: the config line, the
-headline tables (from the run's ``summary.json``, drawn at 80 columns) and where
+headline tables (from the run's ``summary.json``, drawn at 100 columns) and where
 the run directory and report are. It is generated from a fresh run's files, never
 typed by hand, so the numbers in the README are numbers a run produced::
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 BEGIN, END = "<!-- demo-output:begin -->", "<!-- demo-output:end -->"
 FIGURE = Path("docs") / "demo_condition_means.png"  # relative to the README
-WIDTH = 80  # the README's width, whatever the terminal running this
+WIDTH = 100  # the README's width (the deltas table needs it), whatever the terminal running this
 
 
 def demo_block(run_dir: Path) -> str:
