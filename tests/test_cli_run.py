@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 import transferlab
 from transferlab.cli import app
 from transferlab.experiments import list_presets
+from transferlab.experiments.exports import TEXT_COLUMNS
 from transferlab.experiments.metadata import ledger
 from transferlab.experiments.presets import preset_description
 from transferlab.experiments.schema import BASE_COLUMNS, TAIL_COLUMNS
@@ -73,10 +74,12 @@ def test_run_directory_is_complete(full_run):
     jsonl = pd.read_json(run_dir / "results.jsonl", lines=True)
     assert len(csv) == len(jsonl) == N_PAIRS * N_CONDITIONS
     assert list(csv.columns) == list(jsonl.columns)
-    assert (
-        list(csv.columns[: len(BASE_COLUMNS)]) == BASE_COLUMNS
-        and list(csv.columns[-len(TAIL_COLUMNS) :]) == TAIL_COLUMNS
-    )
+    stored = [c for c in csv.columns if c not in TEXT_COLUMNS]  # the exports join the prompts' texts in
+    assert stored[: len(BASE_COLUMNS)] == BASE_COLUMNS and stored[-len(TAIL_COLUMNS) :] == TAIL_COLUMNS
+    bank = load_bank("stories")
+    assert (csv["source_text"] == csv["source_id"].map(lambda i: bank.get(i).text)).all()
+    assert (csv["target_text"] == csv["target_id"].map(lambda i: bank.get(i).text)).all()
+    assert len(pd.read_parquet(run_dir / "results.parquet")) == len(csv)
     store = RunStore(run_dir / "store.sqlite")
     assert sorted(store.results()["unit"]) == sorted(csv["unit"])
     store.close()
@@ -94,6 +97,8 @@ def test_run_writes_the_report(full_run):
     assert "logit_markers" not in summary["scores"] and "seed_v1_markers" in summary["scores"]
     report = (run_dir / "report.md").read_text()
     assert "transfer" in report and "baseline" in report
+    assert nows(f"browse: {run_dir / 'report.html'}") in nows(output)
+    assert (run_dir / "report.html").stat().st_size > 10_000
     figures = list((run_dir / "figures").glob("*.png"))
     assert figures and all(f.stat().st_size > 1000 for f in figures)
 
@@ -116,6 +121,7 @@ def test_metadata(full_run):
     (model,) = meta["models"]
     assert model["spec"] == "stories260K" and model["sha256"] == file_sha256(embedded_path())
     assert meta["seeds"] == [0] and meta["name"] == "stories"
+    assert isinstance(meta["command"], str) and meta["command"]  # the process command line, shell-quoted
     started, finished = dt.datetime.fromisoformat(meta["started"]), dt.datetime.fromisoformat(meta["finished"])
     assert started <= finished
 

@@ -375,7 +375,7 @@ def test_overlap_and_seeds_match_pandas(table, summary):
 
 def test_figures_are_written(report):
     run, text = report
-    for name in ("condition_means", "pair_deltas", "layer_sweep", "rv_groups", "seeds"):
+    for name in ("condition_means", "pair_deltas", "condition_score_heatmap", "rv_groups", "seeds"):
         path = run / "figures" / f"{name}.png"
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
@@ -432,7 +432,8 @@ def test_sweep_table_and_path_are_printed(tmp_path, table):
     assert {r["condition"] for r in s["sweep"]["table"]} == {"transfer", "kv_only"}
     text = write_report(tmp_path, table, s).read_text()
     assert "## Layer sweep (minimal_layers)" in text and "[18, 25, 27]" in text
-    assert (tmp_path / "figures" / "layer_sweep.png").exists()  # a sweep draws the heatmap even with 3 conditions
+    # a sweep draws the heatmap even with 3 conditions
+    assert (tmp_path / "figures" / "condition_score_heatmap.png").exists()
 
 
 def test_md_table_escapes_pipes():

@@ -39,6 +39,7 @@ _WHERE = {  # public name -> the module that defines it
     "Model": ".models",
     "ModelLoadError": ".models",
     "load_model": ".models",
+    "load_results": ".experiments",
     "HookPoint": ".sites",
     "SiteError": ".sites",
 }

@@ -578,6 +578,8 @@ def _print_outcome(run_dir: Path, warnings: list[str]) -> None:
     report = run_dir / "report.md"
     if report.exists():
         console.print(f"report: {escape(str(report))}")
+    if (run_dir / "report.html").exists():
+        console.print(f"browse: {escape(str(run_dir / 'report.html'))}")
 
 
 def _print_headline(run_dir: Path, console=console) -> None:
@@ -631,7 +633,7 @@ def _print_headline(run_dir: Path, console=console) -> None:
 
 @app.command()
 def report(run_dir: str = typer.Argument(..., help="A run directory.")) -> None:
-    """Regenerate summary.json, report.md and figures/ from a run's stored results."""
+    """Regenerate summary.json, report.md, report.html, figures/ and the results exports from a run's store."""
     from pathlib import Path
 
     from .experiments import ConfigError
@@ -655,6 +657,7 @@ def report(run_dir: str = typer.Argument(..., help="A run directory.")) -> None:
     if progress and not progress.get("finished"):
         console.print(f"[bold red]WARNING: {escape(incomplete_message(path, progress))}[/]")
     console.print(f"report: {escape(str(path / 'report.md'))}")
+    console.print(f"browse: {escape(str(path / 'report.html'))}")
 
 
 def _live_status(entry: dict) -> tuple[str, str]:

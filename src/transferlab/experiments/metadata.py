@@ -65,6 +65,18 @@ def engine_setting_changes(metadata: dict) -> list[str]:
     ]
 
 
+def command_line() -> str:
+    """This process's command line, shell-quoted (``transferlab run demo --set prompts.n=8``; in a notebook, the
+    kernel's): the run's metadata records it so a report can say how the run was made."""
+    import shlex
+    import sys
+
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).name in ("transferlab", "cli.py", "__main__.py"):
+        argv[0] = "transferlab"
+    return shlex.join(argv)
+
+
 def environment() -> dict:
     """Versions, device, threads and the engine's settings (unset ones as ``"default"``) of this process."""
     import torch

@@ -12,8 +12,9 @@ finishes with exactly the table an uninterrupted run gives: units already done
 are skipped, and each unit's tokens depend only on the unit itself.
 
 A run directory holds ``config.json`` (resolved), ``metadata.json``,
-``store.sqlite`` (the results as they arrive), ``results.csv`` and
-``results.jsonl`` (exports), ``summary.json``, ``report.md`` and
+``store.sqlite`` (the results as they arrive), ``results.csv``,
+``results.jsonl`` and ``results.parquet`` (exports, the prompts' texts joined
+in: :mod:`.exports`), ``summary.json``, ``report.md``, ``report.html`` and
 ``figures/``; ``runs/index.jsonl`` is the ledger.
 """
 
@@ -29,15 +30,15 @@ from pathlib import Path
 import pandas as pd
 from rich.markup import escape
 
-from ..atomic import replace_file
 from ..interventions import never_fired
 from ..prompts import load_bank
 from ..timings import stage
 from .checks import model_tokenizer, preflight
 from .config import ConfigError, ExperimentConfig, run_name_problem, validate_config
 from .executors import Executor, InProcessExecutor, make_executor
+from .exports import PROMPTS_KEY, TOKENS_KEY, join_texts, prompt_records, run_prompts, run_tokens, write_exports
 from .lock import RunLock
-from .metadata import engine_setting_changes, environment, ledger_append, ledger_dir, now, write_json
+from .metadata import command_line, engine_setting_changes, environment, ledger_append, ledger_dir, now, write_json
 from .pairs import config_pairs
 from .progress import progress_text, run_progress
 from .resume import (
@@ -156,6 +157,8 @@ class Runner:
         if facts.rv:
             self.store.put_rv(name, facts.rv)
             cached.update(facts.rv)
+        if facts.tokens:
+            self.store.set(f"{TOKENS_KEY}:{name}", facts.tokens)
         return facts, cached
 
     # -- the run's record (see .resume) ------------------------------------------
@@ -186,6 +189,7 @@ class Runner:
         pairs = self.pairs()
         with stage("setup"):
             self.record()
+            self.store.set(PROMPTS_KEY, prompt_records(self.bank, pairs))
             done = self.store.done_units()
         for spec in cfg.model_specs():
             facts, rv_rows = self.prepare(spec.spec, pairs)
@@ -313,21 +317,20 @@ def import_report_soon() -> None:
 
 
 def export_results(run_dir: Path) -> pd.DataFrame:
-    """Write the store's table to ``results.csv`` and ``results.jsonl``; return it."""
+    """Write the store's table, with the prompts' texts joined in, to ``results.csv``, ``results.jsonl`` and
+    ``results.parquet`` (:mod:`.exports`); return it."""
     run_dir = Path(run_dir)
     store = RunStore(run_dir / "store.sqlite", create=False)
     try:
-        results = store.results()
+        results = join_texts(store.results(), run_prompts(run_dir, store)[0])
     finally:
         store.close()
-    # in place of whatever is at the names (a link is replaced, never written through)
-    replace_file(run_dir / "results.csv", lambda tmp: results.to_csv(tmp, index=False))
-    replace_file(run_dir / "results.jsonl", lambda tmp: results.to_json(tmp, orient="records", lines=True))
+    write_exports(run_dir, results)
     return results
 
 
 def finalize(run_dir: Path, console=None) -> dict:
-    """Export the store to CSV/JSONL and (re)write summary.json, report.md and figures."""
+    """Export the store (CSV, JSONL, Parquet) and (re)write summary.json, report.md, report.html and figures."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)  # first: a directory without its config gets a message, not a traceback
     with stage("export"):
@@ -339,6 +342,8 @@ def finalize(run_dir: Path, console=None) -> dict:
     store = RunStore(run_dir / "store.sqlite", create=False)
     try:
         sweep_info = store.get("minimal_layers")
+        prompts, prompts_note = run_prompts(run_dir, store)
+        tokens = run_tokens(store, results["model"].unique())
     finally:
         store.close()
     scores = [
@@ -378,7 +383,10 @@ def finalize(run_dir: Path, console=None) -> dict:
         metadata = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     except (ValueError, OSError):
         metadata = {}  # damaged: the report goes without it
-    write_report(run_dir, results, summary, config=config, metadata=metadata)
+    notes = [prompts_note] if prompts_note else []
+    write_report(
+        run_dir, results, summary, config=config, metadata=metadata, prompts=prompts, tokens=tokens, notes=notes
+    )
     return summary
 
 
@@ -546,6 +554,7 @@ def _start_record(config, run_dir: Path, resume, executor) -> dict:
                 metadata = {"name": config.name, "run_dir": str(run_dir), "started": None, "seeds": config.seeds}
                 metadata.update(environment())
             metadata.setdefault("resumed_at", []).append(now())
+            metadata.setdefault("resume_commands", []).append(command_line())
         else:
             write_json(run_dir / "config.json", config.to_dict())
             metadata = {
@@ -553,6 +562,7 @@ def _start_record(config, run_dir: Path, resume, executor) -> dict:
                 "run_dir": str(run_dir),
                 "started": now(),
                 "seeds": config.seeds,
+                "command": command_line(),
                 **environment(),
             }
         metadata["executor"] = executor.describe()

@@ -67,6 +67,12 @@ audit               JSON list of this example's audit rows
 ==================  ==========================================================
 
 ``summary.json`` lists the score columns under ``"scores"``.
+
+The exports (``results.csv``, ``results.jsonl``, ``results.parquet``) and
+``tl.load_results(RUN_DIR)`` also carry ``source_text`` and ``target_text``
+after ``target_group``: the pair's prompts, joined in from the run's record of
+them (:mod:`transferlab.experiments.exports`); the store's rows hold the ids
+only, so these columns change no row and no results version.
 """
 
 from __future__ import annotations

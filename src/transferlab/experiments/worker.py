@@ -75,6 +75,7 @@ class ModelFacts:
     plan_source: str = ""  # what the problems are about (the ConfigError's heading)
     identity: dict = field(default_factory=dict)  # what identifies its numbers (resume.model_identity)
     batch_size: int = 0  # units per batch that fit this worker's free GPU memory (0: no suggestion, a CPU model)
+    tokens: dict = field(default_factory=dict)  # prompt id -> token texts as fed (the HTML report's drilldown)
 
     def raise_problems(self) -> None:
         if self.plan_problems:
@@ -204,7 +205,10 @@ class Worker:
 
         identity = model_identity(model.source, str(model.dtype), str(model.device))
         size = self._batch_size(model, ctx, len(expand_conditions(cfg, model.n_layers))) if not problems else 0
-        return ModelFacts(request.model, model.n_layers, str(model.device), rv_rows, problems, source, identity, size)
+        tokens = self._tokens(model, ctx) if not problems else {}
+        return ModelFacts(
+            request.model, model.n_layers, str(model.device), rv_rows, problems, source, identity, size, tokens
+        )
 
     def run(self, batch: UnitBatch) -> list[dict]:
         """Generate and score one batch; one result row per unit (the columns of :mod:`.schema`)."""
@@ -380,6 +384,19 @@ class Worker:
         return {key: self._answers[key] for key in wanted}
 
     # -- helpers ----------------------------------------------------------------
+    @staticmethod
+    def _tokens(model, ctx: _Context) -> dict[str, list[str]]:
+        """Token texts of every prompt of the pairs, as fed; empty where the tokenizer cannot show its tokens
+        (the report then shows the prompt's text without token positions)."""
+        from .tokens import prompt_tokens
+
+        ids = {p.source_id for p in ctx.pairs} | {p.target_id for p in ctx.pairs}
+        try:
+            with stage("prompt_tokens"):
+                return prompt_tokens(model.tokenizer, {i: ctx.bank.get(i).text for i in ids}, ctx.config.prompts.format)
+        except Exception:  # display only: never a reason to fail a run
+            return {}
+
     def _batch_size(self, model, ctx: _Context, n_conditions: int) -> int:
         """Units per batch on a GPU: as many of one seed's units (pairs x conditions) as its free memory holds,
         from the longest prompts, sources and ``max_new_tokens`` (:func:`~transferlab.engine.auto_batch_size`)."""

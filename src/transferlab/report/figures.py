@@ -188,8 +188,9 @@ def plot_pair_deltas(results: pd.DataFrame, summary: dict, out_dir: Path) -> Pat
     return _save(fig, Path(out_dir), "pair_deltas")
 
 
-def plot_layer_sweep(summary: dict, out_dir: Path) -> Path | None:
-    """Heatmap: mean Δ vs the reference (text, with CI) per condition × score; colour is d_z.
+def plot_condition_score_heatmap(summary: dict, out_dir: Path) -> Path | None:
+    """Condition × score heatmap (``condition_score_heatmap.png``): mean Δ vs the reference (text, with CI) per
+    condition and score; colour is d_z.
 
     Drawn only for a sweep or when there are more than four conditions. The
     colour is d_z rather than the raw Δ so that scores of different ranges
@@ -242,7 +243,7 @@ def plot_layer_sweep(summary: dict, out_dir: Path) -> Path | None:
     cb.set_label("d_z = mean Δ / SD(Δ)  (unitless)")
     kind = (summary.get("sweep") or {}).get("kind", "conditions")
     ax.set_title(f"{kind}: mean Δ vs {summary['reference']} [95% bootstrap CI]; colour = d_z", fontsize=10)
-    return _save(fig, Path(out_dir), "layer_sweep")
+    return _save(fig, Path(out_dir), "condition_score_heatmap")
 
 
 def _num(x: float, sign: bool = False) -> str:
@@ -412,7 +413,7 @@ def make_figures(results: pd.DataFrame, summary: dict, out_dir: Path) -> dict[st
         "condition_means": plot_condition_means(summary, out_dir),
         "pair_deltas": plot_pair_deltas(results, summary, out_dir),
         "fidelity": plot_fidelity(results, summary, out_dir),
-        "layer_sweep": plot_layer_sweep(summary, out_dir),
+        "condition_score_heatmap": plot_condition_score_heatmap(summary, out_dir),
         "dose_response": plot_dose_response(summary, out_dir),
         "rv_groups": plot_rv_groups(summary, out_dir),
         "seeds": plot_seeds(summary, out_dir),

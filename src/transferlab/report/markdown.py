@@ -26,6 +26,7 @@ from .common import jsonable
 from .deltas_md import delta_section, family_section
 from .dose import dose_section
 from .figures import make_figures
+from .html import write_html
 from .mdtable import DASH, fmt, fmt_p, md_table
 from .mdtable import ci_text as _ci
 from .mdtable import pm as _pm
@@ -511,7 +512,7 @@ def _figures_section(figures: dict[str, Path], run_dir: Path) -> list[str]:
         "condition_means": "Mean of the primary score per condition, 95% bootstrap CI (the deltas' clustering)",
         "pair_deltas": "Per-unit deltas vs the reference, by condition",
         "fidelity": "Source behavior (primary score) vs target fidelity, per condition",
-        "layer_sweep": "Mean delta per condition and score (colour: d_z)",
+        "condition_score_heatmap": "Mean delta per condition and score (colour: d_z)",
         "rv_groups": "R_V by prompt group",
         "seeds": "Per-seed condition means",
     }
@@ -616,9 +617,19 @@ def render_markdown(
 
 
 def write_report(
-    run_dir: Path, results: pd.DataFrame, summary: dict, config: dict | None = None, metadata: dict | None = None
+    run_dir: Path,
+    results: pd.DataFrame,
+    summary: dict,
+    config: dict | None = None,
+    metadata: dict | None = None,
+    *,
+    prompts: dict | None = None,
+    tokens: dict | None = None,
+    notes: list[str] | None = None,
 ) -> Path:
-    """Write ``report.md`` and ``figures/*.png`` into ``run_dir``; return the report's path."""
+    """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``run_dir``; return report.md's path.
+
+    ``prompts``, ``tokens`` and ``notes`` go to report.html (:func:`~transferlab.report.html.write_html`)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = jsonable(summary)
@@ -626,4 +637,6 @@ def write_report(
         figures = make_figures(results, summary, run_dir / "figures")
     with stage("report"):
         path = write_text(run_dir / "report.md", render_markdown(summary, results, config, metadata, figures, run_dir))
+    with stage("report_html"):
+        write_html(run_dir, results, summary, config, metadata, prompts=prompts, tokens=tokens, notes=notes)
     return path
