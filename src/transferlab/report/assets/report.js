@@ -50,6 +50,13 @@
   }
   function sfmt(x) { return num(x) ? (x > 0 ? "+" : "") + fmt(x) : "–"; }
   function pfmt(p) { return num(p) ? (p < 1e-3 ? p.toExponential(1) : p.toFixed(3)) : "–"; }
+  // Round tick values (1, 2 or 5 times a power of ten) covering [lo, hi], zero among them when in range.
+  function ticks(lo, hi) {
+    var raw = (hi - lo) / 5, mag = Math.pow(10, Math.floor(Math.log10(raw))), f = raw / mag;
+    var step = (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * mag, out = [];
+    for (var v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+    return out;
+  }
   function mean(a) { var s = 0; a.forEach(function (x) { s += x; }); return a.length ? s / a.length : NaN; }
   function options(sel, values, labels, keep) {
     var old = sel.value;
@@ -236,12 +243,11 @@
       g.appendChild(svg("title", { text: label + ": Δ " + sfmt(r.mean_diff) + ", d_z " + fmt(r.d_z) + ", p_perm_cluster " + pfmt(r.p_perm_cluster) }));
       s.appendChild(g);
     });
-    var ticks = 5;
-    for (var t = 0; t <= ticks; t++) {
-      var v = lo + (hi - lo) * t / ticks, xx = x(v), yb = top + rows.length * H;
+    ticks(lo, hi).forEach(function (v) {
+      var xx = x(v), yb = top + rows.length * H;
       s.appendChild(svg("line", { x1: xx, x2: xx, y1: yb, y2: yb + 5, class: "tick" }));
-      s.appendChild(svg("text", { x: xx, y: yb + 18, "text-anchor": "middle", class: "axis", text: fmt(v, 2) }));
-    }
+      s.appendChild(svg("text", { x: xx, y: yb + 18, "text-anchor": "middle", class: "axis", text: String(+v.toPrecision(6)) }));
+    });
     box.appendChild(s);
   }
 
@@ -584,10 +590,11 @@
       if (st && num(st.mean_diff)) g.appendChild(svg("rect", { x: x(st.mean_diff) - 4, y: mid - 4, width: 8, height: 8, class: "mean" }));
       s.appendChild(g);
     });
-    for (var t = 0; t <= 5; t++) {
-      var v = lo + (hi - lo) * t / 5, yb = top + cs.length * H;
-      s.appendChild(svg("text", { x: x(v), y: yb + 18, "text-anchor": "middle", class: "axis", text: fmt(v, 2) }));
-    }
+    ticks(lo, hi).forEach(function (v) {
+      var yb = top + cs.length * H;
+      s.appendChild(svg("line", { x1: x(v), x2: x(v), y1: yb, y2: yb + 5, class: "tick" }));
+      s.appendChild(svg("text", { x: x(v), y: yb + 18, "text-anchor": "middle", class: "axis", text: String(+v.toPrecision(6)) }));
+    });
     box.appendChild(s);
     var c = cs[Number($("con-contrast").value) || 0];
     var bySource = clear($("by-source")), byGroup = clear($("by-group"));
