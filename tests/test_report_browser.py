@@ -305,3 +305,26 @@ def test_a_page_of_another_format_says_so(browser, run, tmp_path):
     open_page(browser, page)
     assert "this file holds format 99" in css(browser, "main p.warn")[0].text
     assert errors(browser) == []
+
+
+def test_a_confirmatory_family_is_marked_and_tabled(browser, run, tmp_path):
+    _, results, _ = run
+    analysis = {
+        "primary": "source_lexicon",
+        "confirmatory": ["transfer - baseline"],
+        "equivalence": [{"contrast": "transfer - kv_only", "margin": 0.5}],
+    }
+    summary = build_summary(results, ["source_lexicon", "source_overlap"], n_boot=200, n_perm=199, analysis=analysis)
+    page = tmp_path / "report.html"
+    page.write_text(render_html(html_data(results, summary)))
+    open_page(browser, page)
+    rows = css(browser, "#confirmatory table.family tbody tr")
+    contrasts = [r.find_elements("css selector", "td")[1].text for r in rows]
+    assert contrasts == ["transfer − baseline", "transfer − kv_only"]
+    claims = css(browser, "#forest g.frow.claim")
+    assert {(g.get_attribute("data-condition"), g.get_attribute("data-reference")) for g in claims} == {
+        ("transfer", "baseline"),
+        ("transfer", "kv_only"),
+    }
+    assert len(css(browser, "#reading p.reading")) == 2  # the primary line and the equivalence claims' line
+    assert errors(browser) == []

@@ -22,7 +22,15 @@ from transferlab.experiments.exports import PROMPTS_KEY, TOKENS_KEY, join_texts,
 from transferlab.experiments.store import RunStore
 from transferlab.prompts import load_bank
 from transferlab.report import build_summary, write_report
-from transferlab.report.html import HTML_FORMAT, _where, collect_warnings, html_data, reading, render_html
+from transferlab.report.html import (
+    HTML_FORMAT,
+    _where,
+    collect_warnings,
+    family_rows,
+    html_data,
+    reading,
+    render_html,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:no vocabulary token spells:UserWarning")
 
@@ -111,47 +119,65 @@ def test_a_page_of_another_format_is_refused_by_the_script():
 # -- the reading and the warnings ---------------------------------------------------------------------------------
 
 
-def _summary(mean, lo, hi, p, control=None):
-    deltas = [
-        {
-            "model": "m",
-            "family": "vs_reference",
-            "condition": "transfer",
-            "reference": "baseline",
-            "score": "x",
-            "mean_diff": mean,
-            "ci_low": lo,
-            "ci_high": hi,
-            "p_holm": p,
-            "n": 40,
-        }
-    ]
-    if control:
-        for name, (m2, lo2, hi2, p2) in control.items():
-            deltas.append(
-                {
-                    "model": "m",
-                    "family": "vs_control",
-                    "condition": "transfer",
-                    "reference": name,
-                    "score": "x",
-                    "mean_diff": m2,
-                    "ci_low": lo2,
-                    "ci_high": hi2,
-                    "p_holm": p2,
-                    "n": 40,
-                }
-            )
-    return {"primary": "transfer", "reference": "baseline", "primary_score": "x", "models": ["m"], "deltas": deltas}
+def _row(condition, reference, mean, lo, hi, family="vs_reference", role="exploratory", verdict="", p_holm=None):
+    return {
+        "model": "m",
+        "family": family,
+        "condition": condition,
+        "reference": reference,
+        "score": "x",
+        "mean_diff": mean,
+        "ci_low": lo,
+        "ci_high": hi,
+        "p_boot": 0.01,
+        "p_holm": p_holm,
+        "role": role,
+        "verdict": verdict,
+        "n": 40,
+    }
 
 
-def test_the_reading_says_only_what_the_ci_and_holm_p_support():
-    up = reading(_summary(0.5, 0.2, 0.8, 0.001, {"noise": (0.3, 0.1, 0.5, 0.01), "kv_only": (0.1, -0.1, 0.3, 0.4)}))
-    assert up[0].startswith("m: transfer raises x against baseline")
+def _summary(*rows, claims=()):
+    return {
+        "primary": "transfer",
+        "reference": "baseline",
+        "primary_score": "x",
+        "models": ["m"],
+        "deltas": list(rows),
+        "stats": {"family": {"claims": list(claims)}},
+    }
+
+
+def test_the_reading_says_only_what_the_rows_support():
+    up = reading(
+        _summary(
+            _row("transfer", "baseline", 0.5, 0.2, 0.8),
+            _row("transfer", "noise", 0.3, 0.1, 0.5, family="vs_control"),
+            _row("transfer", "kv_only", 0.1, -0.1, 0.3, family="vs_control"),
+        )
+    )
+    assert up[0].startswith("m: transfer raises x against baseline") and "exploratory: unadjusted p" in up[0]
     assert "above noise" in up[0] and "not above kv_only" in up[0]
-    assert "raises" not in reading(_summary(0.5, -0.1, 0.8, 0.3))[0]  # CI includes zero
-    assert "raises" not in reading(_summary(0.5, 0.1, 0.8, 0.2))[0]  # CI excludes zero, Holm p does not agree
-    assert "lowers" in reading(_summary(-0.5, -0.8, -0.2, 0.001))[0]
+    assert "raises" not in reading(_summary(_row("transfer", "baseline", 0.5, -0.1, 0.8)))[0]  # CI includes zero
+    assert "lowers" in reading(_summary(_row("transfer", "baseline", -0.5, -0.8, -0.2)))[0]
+    # a confirmatory claim reads its verdict (Holm within the family), not its 95% CI
+    shown = _row("transfer", "baseline", 0.5, 0.2, 0.8, role="confirmatory", verdict="different", p_holm=0.01)
+    assert "raises" in reading(_summary(shown))[0] and "confirmatory: Holm p 0.010" in reading(_summary(shown))[0]
+    held = _row("transfer", "baseline", 0.5, 0.2, 0.8, role="confirmatory", verdict="not shown", p_holm=0.08)
+    assert "raises" not in reading(_summary(held))[0]
+
+
+def test_equivalence_claims_get_their_own_line_and_table_rows():
+    eq = _row("transfer", "kv_only", 0.01, -0.1, 0.1, "vs_control", "equivalence", "equivalent", 0.004)
+    s = _summary(
+        _row("transfer", "baseline", 0.5, 0.2, 0.8),
+        eq,
+        claims=[{"contrast": "transfer - kv_only", "role": "equivalence", "margin": 0.5}],
+    )
+    lines = reading(s)
+    assert lines[1] == "m: equivalence claims: transfer − kv_only equivalent within ±0.5 (TOST Holm p 0.004)."
+    (row,) = family_rows(s)
+    assert row["claim"] == "equivalence" and row["margin"] == 0.5 and row["verdict"] == "equivalent"
 
 
 def test_target_erased_is_a_loud_warning_once():

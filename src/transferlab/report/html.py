@@ -149,12 +149,37 @@ def _p(p) -> str:
     return "–" if p is None else (f"{p:.2e}" if p < 1e-3 else f"{p:.3f}")
 
 
-def reading(summary: dict) -> list[str]:
-    """One line per model: what the primary score's paired deltas support, from the CIs and Holm p alone.
+def _direction(r: dict) -> int:
+    """+1 / -1 where a deltas row supports a change (0 where it does not): a confirmatory row by its verdict
+    ("different", Holm within the family), any other row by its 95% CI excluding zero (unadjusted)."""
+    mean = r.get("mean_diff")
+    if mean is None:
+        return 0
+    if r.get("role") == "confirmatory":
+        return (1 if mean > 0 else -1) if r.get("verdict") == "different" else 0
+    lo, hi = r.get("ci_low"), r.get("ci_high")
+    if lo is not None and hi is not None and (lo > 0 or hi < 0):
+        return 1 if mean > 0 else -1
+    return 0
 
-    "raises"/"lowers" only where the 95% cluster CI excludes zero and Holm p < 0.05; otherwise "no change the
-    CI can tell from zero". Then which controls the primary condition exceeds on the same criterion."""
+
+def _evidence(r: dict) -> str:
+    text = f"Δ {_fmt(r['mean_diff'])}, 95% CI [{_fmt(r.get('ci_low'))}, {_fmt(r.get('ci_high'))}]"
+    if r.get("role") in ("confirmatory", "equivalence"):
+        return text + f", confirmatory: Holm p {_p(r.get('p_holm'))}, n {r['n']}"
+    return text + f", exploratory: unadjusted p {_p(r.get('p_boot', r.get('p_perm_cluster')))}, n {r['n']}"
+
+
+def reading(summary: dict) -> list[str]:
+    """What the primary score's paired deltas support, one line per model (and one for its equivalence claims).
+
+    "raises"/"lowers" only where the row supports it (:func:`_direction`: a confirmatory row's verdict, with Holm
+    within the config's confirmatory family; any other row's 95% CI excluding zero, labelled exploratory), else
+    "no change ... tell from zero"; then the controls the primary condition exceeds on the same criterion; then
+    each equivalence claim's TOST verdict."""
     primary, ref, score = summary.get("primary"), summary["reference"], summary["primary_score"]
+    family = (summary.get("stats") or {}).get("family") or {}
+    margins = {c.get("contrast"): c.get("margin") for c in family.get("claims") or []}
     out = []
     if primary is None:
         return [f"No primary condition: the deltas below compare each condition with {ref}."]
@@ -164,31 +189,57 @@ def reading(summary: dict) -> list[str]:
         if main is None or main["mean_diff"] is None:
             out.append(f"{model}: no paired delta of {score} for {primary} vs {ref}.")
             continue
-        clear = (
-            main["ci_low"] is not None
-            and (main["ci_low"] > 0 or main["ci_high"] < 0)
-            and main.get("p_holm") is not None
-            and main["p_holm"] < 0.05
-        )
-        if clear:
-            head = f"{model}: {primary} {'raises' if main['mean_diff'] > 0 else 'lowers'} {score} against {ref}"
+        d = _direction(main)
+        if d:
+            head = f"{model}: {primary} {'raises' if d > 0 else 'lowers'} {score} against {ref}"
         else:
-            head = f"{model}: {primary} changes {score} against {ref} by nothing the CI can tell from zero"
-        line = (
-            head + f" (Δ {_fmt(main['mean_diff'])}, 95% cluster CI [{_fmt(main['ci_low'])}, {_fmt(main['ci_high'])}], "
-            f"Holm p {_p(main.get('p_holm'))}, n {main['n']})"
-        )
+            head = f"{model}: {primary} changes {score} against {ref} by nothing this run can tell from zero"
+        line = f"{head} ({_evidence(main)})"
         ctrl = [r for r in rows if r["family"] == "vs_control"]
-        beats = [
-            r["reference"] for r in ctrl if r["ci_low"] is not None and r["ci_low"] > 0 and (r["p_holm"] or 1) < 0.05
-        ]
+        beats = [r["reference"] for r in ctrl if _direction(r) > 0]
         not_beats = [r["reference"] for r in ctrl if r["reference"] not in beats]
-        if ctrl:
-            if beats:
-                line += f"; above {', '.join(beats)}"
-            if not_beats:
-                line += f"; not above {', '.join(not_beats)} (CI includes zero or lies below)"
+        if beats:
+            line += f"; above {', '.join(beats)}"
+        if not_beats:
+            line += f"; not above {', '.join(not_beats)}"
         out.append(line + ".")
+        eq = [r for r in rows if r.get("role") == "equivalence"]
+        if eq:
+            parts = []
+            for r in eq:
+                name = f"{r['condition']} − {r['reference']}"
+                margin = margins.get(f"{r['condition']} - {r['reference']}")
+                verdict = r.get("verdict") or "no verdict"
+                within = f" within ±{margin:g}" if verdict == "equivalent" and margin is not None else ""
+                parts.append(f"{name} {verdict}{within} (TOST Holm p {_p(r.get('p_holm'))})")
+            out.append(f"{model}: equivalence claims: " + "; ".join(parts) + ".")
+    return out
+
+
+def family_rows(summary: dict) -> list[dict]:
+    """The confirmatory family's rows (claimed differences and equivalences), as the page's table shows them."""
+    family = (summary.get("stats") or {}).get("family") or {}
+    margins = {c.get("contrast"): c.get("margin") for c in family.get("claims") or []}
+    out = []
+    for r in summary.get("deltas", []):
+        if r.get("role") not in ("confirmatory", "equivalence"):
+            continue
+        level = r.get("ci_family_level")
+        out.append(
+            {
+                "model": r["model"],
+                "contrast": f"{r['condition']} − {r['reference']}",
+                "score": r["score"],
+                "claim": r["role"],
+                "margin": margins.get(f"{r['condition']} - {r['reference']}"),
+                "Δ": r.get("mean_diff"),
+                "family CI": f"[{_fmt(r.get('ci_family_low'))}, {_fmt(r.get('ci_family_high'))}]"
+                + (f" at {level:.4g}" if level is not None else ""),
+                "Holm p": r.get("p_holm"),
+                "verdict": r.get("verdict") or "–",
+                "n": r.get("n"),
+            }
+        )
     return out
 
 
@@ -345,7 +396,7 @@ def html_data(
         "conditions_table": summary.get("conditions_table", []),
         "audit": summary.get("audit", []),
         "rv_groups": [{k: v for k, v in r.items() if k != "values"} for r in summary.get("rv_groups") or []],
-        "confirmatory": summary.get("confirmatory"),
+        "confirmatory": family_rows(summary),
         "reading": reading(summary),
         "warnings": collect_warnings(results, summary, config),
         "notes": notes,

@@ -181,15 +181,14 @@
   function drawVerdict() {
     var rd = $("reading");
     D.reading.forEach(function (line) { rd.appendChild(el("p", { class: "reading", text: line })); });
-    if (D.confirmatory && (Array.isArray(D.confirmatory) ? D.confirmatory.length : Object.keys(D.confirmatory).length)) {
+    if (D.confirmatory.length) {
       var c = $("confirmatory");
-      c.appendChild(el("h3", { text: "Confirmatory contrasts" }));
-      var list = Array.isArray(D.confirmatory) ? D.confirmatory : (D.confirmatory.contrasts || D.confirmatory.rows || [D.confirmatory]);
-      var keys = [];
-      list.forEach(function (r) { if (r && typeof r === "object") Object.keys(r).forEach(function (k) { if (keys.indexOf(k) < 0) keys.push(k); }); });
-      c.appendChild(table(keys, list.map(function (r) {
-        return keys.map(function (k) { var v = r[k]; return num(v) ? fmt(v) : (v === null || v === undefined ? "–" : typeof v === "object" ? JSON.stringify(v) : String(v)); });
-      })));
+      c.appendChild(el("h3", { text: "Confirmatory family" }));
+      c.appendChild(el("p", { class: "hint", text: "The contrasts the config claims before the run: Holm within them only, family intervals at Holm's level, TOST for equivalence claims. Every other row is exploratory (unadjusted)." }));
+      var keys = Object.keys(D.confirmatory[0]);
+      c.appendChild(table(keys, D.confirmatory.map(function (r) {
+        return keys.map(function (k) { var v = r[k]; return num(v) ? (k === "Holm p" ? pfmt(v) : k === "n" ? String(v) : fmt(v)) : (v === null || v === undefined ? "–" : String(v)); });
+      }), "grid family"));
     }
     var ul = $("warnings");
     if (!D.warnings.length) ul.appendChild(el("li", { class: "ok", text: "No warnings: every audited intervention fired, no condition differs from the reference in more than its plan, no score is missing." }));
@@ -208,7 +207,7 @@
     var box = clear($("forest"));
     var rows = [];
     D.models.forEach(function (m) {
-      ["vs_reference", "vs_control"].forEach(function (fam) {
+      ["vs_reference", "vs_control", "claim"].forEach(function (fam) {
         D.deltas.forEach(function (r) {
           if (r.model === m && r.family === fam && r.score === score) rows.push(r);
         });
@@ -227,20 +226,22 @@
     var s = svg("svg", { class: "forest", width: W, height: top + rows.length * H + 30, viewBox: "0 0 " + W + " " + (top + rows.length * H + 30) });
     s.appendChild(svg("line", { x1: x(0), x2: x(0), y1: top - 8, y2: top + rows.length * H, class: "zero" }));
     s.appendChild(svg("text", { x: L, y: 14, class: "axis", text: "Δ " + score }));
-    var COLX = [W - R + 10, W - R + 150, W - R + 210];
-    ["Δ [95% CI]", "Holm p", "n"].forEach(function (h, k) { s.appendChild(svg("text", { x: COLX[k], y: 14, class: "axis", text: h })); });
+    var COLX = [W - R + 10, W - R + 150, W - R + 232];
+    ["Δ [95% CI]", "p", "n"].forEach(function (h, k) { s.appendChild(svg("text", { x: COLX[k], y: 14, class: "axis", text: h })); });
     var multi = D.models.length > 1;
     rows.forEach(function (r, i) {
       var y = top + i * H + H / 2;
-      var label = (multi ? r.model + ": " : "") + r.condition + " − " + r.reference;
-      var g = svg("g", { class: "frow " + r.family, "data-condition": r.condition, "data-reference": r.reference });
+      var claim = r.role && r.role !== "exploratory";
+      var label = (multi ? r.model + ": " : "") + r.condition + " − " + r.reference + (claim ? " ★" : "");
+      var g = svg("g", { class: "frow " + r.family + (claim ? " claim" : ""), "data-condition": r.condition, "data-reference": r.reference });
       g.appendChild(svg("text", { x: L - 10, y: y + 4, class: "label", "text-anchor": "end", text: label }));
       if (num(r.ci_low) && num(r.ci_high)) g.appendChild(svg("line", { x1: x(r.ci_low), x2: x(r.ci_high), y1: y, y2: y, class: "ci" }));
       if (num(r.mean_diff)) g.appendChild(svg("circle", { cx: x(r.mean_diff), cy: y, r: 5, class: "pt" }));
-      [sfmt(r.mean_diff) + " [" + fmt(r.ci_low) + ", " + fmt(r.ci_high) + "]", pfmt(r.p_holm), String(r.n)].forEach(function (t, k) {
+      var p = claim ? pfmt(r.p_holm) + " Holm" : pfmt(num(r.p_boot) ? r.p_boot : r.p_perm_cluster) + " unadj.";
+      [sfmt(r.mean_diff) + " [" + fmt(r.ci_low) + ", " + fmt(r.ci_high) + "]", p, String(r.n)].forEach(function (t, k) {
         g.appendChild(svg("text", { x: COLX[k], y: y + 4, class: "num", text: t }));
       });
-      g.appendChild(svg("title", { text: label + ": Δ " + sfmt(r.mean_diff) + ", d_z " + fmt(r.d_z) + ", p_perm_cluster " + pfmt(r.p_perm_cluster) }));
+      g.appendChild(svg("title", { text: label + ": Δ " + sfmt(r.mean_diff) + ", d_z " + fmt(r.d_z) + (claim ? ", " + r.role + " claim, verdict " + (r.verdict || "–") : ", exploratory") }));
       s.appendChild(g);
     });
     ticks(lo, hi).forEach(function (v) {
