@@ -858,7 +858,7 @@ def test_a_gpt2_vocabulary_without_merges_is_a_clear_error(tmp_path, model_cache
 
 
 def test_report_never_writes_through_links_in_the_run_directory(tmp_path):
-    """report.md, results.csv, summary.json (and its temporary name) and figures/ as links to files elsewhere: the
+    """report.md/html, the results exports, summary.json (and its temporary name) and figures/ as links elsewhere: the
     report replaces the links with its own files; what they pointed at is untouched."""
     import os
 
@@ -868,7 +868,8 @@ def test_report_never_writes_through_links_in_the_run_directory(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
     victims = {}
-    for name in ("report.md", "results.csv", "results.jsonl", "summary.json", "summary.json.tmp"):
+    names = ("report.md", "report.html", "results.csv", "results.jsonl", "results.parquet", "summary.json")
+    for name in (*names, "summary.json.tmp"):
         victim = outside / name
         victim.write_text("precious")
         (run_dir / name).unlink(missing_ok=True)
@@ -880,7 +881,7 @@ def test_report_never_writes_through_links_in_the_run_directory(tmp_path):
     cli("report", run_dir)
     assert all(v.read_text() == "precious" for v in victims.values())
     assert list(elsewhere.iterdir()) == []
-    for name in ("report.md", "results.csv", "results.jsonl", "summary.json"):
+    for name in names:
         assert not (run_dir / name).is_symlink() and (run_dir / name).stat().st_size > 0
     assert (run_dir / "figures").is_dir() and not (run_dir / "figures").is_symlink()
     assert any((run_dir / "figures").glob("*.png"))
