@@ -159,6 +159,8 @@ def test_every_view_renders_without_console_errors(browser, run, artefacts):
     click_tab(browser, "overview")
     conds = results["condition"].nunique()
     assert len(css(browser, "#heatmap tbody tr")) == conds - 1  # every condition but the reference
+    if "target_kept" in results.columns:  # survival's table, one row per condition
+        assert len(css(browser, "#extra-tables table.survival tbody tr")) == conds
     click_tab(browser, "run")
     assert '"name": "stories"' in css(browser, "#run-info pre.json")[-1].text
     assert errors(browser) == []

@@ -107,9 +107,7 @@ def _markers(p: dict) -> list[str]:
 def _erased_warnings(results: pd.DataFrame, summary: dict) -> list[dict]:
     """Conditions whose mean ``target_kept`` is below :data:`ERASED_BELOW`: the target was mostly replaced, so
     its rows measure a replacement, not a transfer (skipped when the summary already warns about it)."""
-    if "target_kept" not in results.columns:
-        return []
-    if any(w.get("kind") == "target_erased" for w in summary.get("warnings", [])):
+    if "target_kept" not in results.columns or "survival" in summary:  # a summary with the section warns itself
         return []
     out = []
     for (model, cond), g in results.groupby(["model", "condition"], sort=False):
@@ -395,6 +393,8 @@ def html_data(
         "deltas": summary.get("deltas", []),
         "conditions_table": summary.get("conditions_table", []),
         "audit": summary.get("audit", []),
+        "survival": summary.get("survival") or [],
+        "fidelity": summary.get("fidelity") or [],
         "rv_groups": [{k: v for k, v in r.items() if k != "values"} for r in summary.get("rv_groups") or []],
         "confirmatory": family_rows(summary),
         "reading": reading(summary),

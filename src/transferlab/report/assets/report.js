@@ -663,6 +663,18 @@
       });
     });
     $("means").appendChild(table(["condition"].concat(ms.map(function (s) { return s + " mean ± SD [95% CI]"; })), mrows));
+    [["survival", "Target survival", "How much of the target's message keeps its own keys and values (target_kept: in every layer; below 0.5 the target was erased)."],
+     ["fidelity", "Target fidelity", "The primary score beside the scores of whether the continuation still does the target's task."]].forEach(function (sec) {
+      var rows = D[sec[0]];
+      if (!rows || !rows.length) return;
+      var box = $("extra-tables");
+      box.appendChild(el("h3", { text: sec[1] }));
+      box.appendChild(el("p", { class: "hint", text: sec[2] }));
+      var keys = Object.keys(rows[0]);
+      box.appendChild(table(keys, rows.map(function (r) {
+        return keys.map(function (k) { var v = r[k]; return num(v) ? (Number.isInteger(v) ? String(v) : fmt(v)) : (v === null || v === undefined ? "–" : typeof v === "object" ? JSON.stringify(v) : String(v)); });
+      }), "grid " + sec[0]));
+    });
     if (D.rv_groups.length) {
       $("rv").appendChild(table(["model", "role", "group", "prompts", "n", "NaN", "mean ± SD", "median", ""], D.rv_groups.map(function (r) {
         var bar = el("span", { class: "bar" });
