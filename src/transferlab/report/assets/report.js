@@ -553,6 +553,14 @@
     TIP.style.left = x + "px"; TIP.style.top = y + "px";
   }
   function untip() { TIP.hidden = true; }
+  // At most n items, evenly spaced through the list (a strip of thousands of points reads no better than n).
+  var MAX_DOTS = 1500, DOTS = [];
+  function spread(list, n) {
+    if (list.length <= n) return list;
+    var out = [];
+    for (var k = 0; k < n; k++) out.push(list[Math.floor(k * list.length / n)]);
+    return out;
+  }
   function drawContrasts() {
     var score = $("con-score").value, model = $("con-model").value;
     var cs = contrasts();
@@ -572,20 +580,14 @@
     cs.forEach(function (c, i) {
       var y0 = top + i * H, mid = y0 + H / 2;
       var g = svg("g", { class: "srow", "data-condition": c.cond, "data-reference": c.ref });
-      g.appendChild(svg("text", { x: L - 10, y: mid + 4, "text-anchor": "end", class: "label", text: c.cond + " − " + c.ref + " (n " + all[i].length + ")" }));
-      all[i].forEach(function (q, j) {
+      var pts = spread(all[i], MAX_DOTS);
+      var drawn = pts.length < all[i].length ? ", " + pts.length + " drawn" : "";
+      g.appendChild(svg("text", { x: L - 10, y: mid + 4, "text-anchor": "end", class: "label", text: c.cond + " − " + c.ref + " (n " + all[i].length + drawn + ")" }));
+      pts.forEach(function (q, j) {
         var jitter = ((j * 0.6180339887498949) % 1) - 0.5;  // golden-ratio spread: points never stack
-        var dot = svg("circle", { cx: x(q.d), cy: mid + jitter * (H - 14), r: 3, class: "dot" });
-        dot.addEventListener("mousemove", function (ev) {
-          tip(ev, [el("b", { text: c.cond + " − " + c.ref + " = " + sfmt(q.d) + " (" + score + ")" }),
-            el("div", { class: "pg", text: "pair " + q.p.pair_id + ", seed " + q.p.seed + " · source " + q.p.source_id + " · target " + q.p.target_id }),
-            el("div", { class: "pg", text: c.cond }), el("div", { class: "ctext" }, highlight(q.a.text, q.p.source_id, q.p.target_id)),
-            el("div", { class: "pg", text: c.ref }), el("div", { class: "ctext" }, highlight(q.b.text, q.p.source_id, q.p.target_id))]);
-        });
-        dot.addEventListener("mouseleave", untip);
-        dot.addEventListener("click", function () { untip(); openPair(q.p.model, q.p.seed, q.p.pair_id, c.cond !== REF ? c.cond : null); });
-        g.appendChild(dot);
+        g.appendChild(svg("circle", { cx: x(q.d), cy: mid + jitter * (H - 14), r: 3, class: "dot", "data-c": i, "data-j": j }));
       });
+      DOTS[i] = pts;
       var st = stats[c.cond + "|" + c.ref];
       if (st && num(st.ci_low) && num(st.ci_high)) g.appendChild(svg("line", { x1: x(st.ci_low), x2: x(st.ci_high), y1: mid, y2: mid, class: "ci" }));
       if (st && num(st.mean_diff)) g.appendChild(svg("rect", { x: x(st.mean_diff) - 4, y: mid - 4, width: 8, height: 8, class: "mean" }));
@@ -595,6 +597,26 @@
       var yb = top + cs.length * H;
       s.appendChild(svg("line", { x1: x(v), x2: x(v), y1: yb, y2: yb + 5, class: "tick" }));
       s.appendChild(svg("text", { x: x(v), y: yb + 18, "text-anchor": "middle", class: "axis", text: String(+v.toPrecision(6)) }));
+    });
+    var hit = function (ev) {
+      var t = ev.target;
+      if (!t.classList || !t.classList.contains("dot")) return null;
+      var ci = Number(t.getAttribute("data-c"));
+      return { c: cs[ci], q: DOTS[ci][Number(t.getAttribute("data-j"))] };
+    };
+    s.addEventListener("mousemove", function (ev) {
+      var h = hit(ev);
+      if (!h) { untip(); return; }
+      var c = h.c, q = h.q;
+      tip(ev, [el("b", { text: c.cond + " − " + c.ref + " = " + sfmt(q.d) + " (" + score + ")" }),
+        el("div", { class: "pg", text: "pair " + q.p.pair_id + ", seed " + q.p.seed + " · source " + q.p.source_id + " · target " + q.p.target_id }),
+        el("div", { class: "pg", text: c.cond }), el("div", { class: "ctext" }, highlight(q.a.text, q.p.source_id, q.p.target_id)),
+        el("div", { class: "pg", text: c.ref }), el("div", { class: "ctext" }, highlight(q.b.text, q.p.source_id, q.p.target_id))]);
+    });
+    s.addEventListener("mouseleave", untip);
+    s.addEventListener("click", function (ev) {
+      var h = hit(ev);
+      if (h) { untip(); openPair(h.q.p.model, h.q.p.seed, h.q.p.pair_id, h.c.cond !== REF ? h.c.cond : null); }
     });
     box.appendChild(s);
     var c = cs[Number($("con-contrast").value) || 0];
