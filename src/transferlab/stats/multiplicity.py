@@ -19,38 +19,40 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm step-down adjusted p-values; NaNs stay NaN and do not count in m."""
+def _on_present(pvalues: Sequence[float], ranked) -> np.ndarray:
+    """``ranked(sorted_p)`` applied to the non-NaN p-values in ascending order (ties kept in input order), its
+    per-rank result put back at each hypothesis' place; NaNs stay NaN and do not count in m."""
     p = np.asarray(pvalues, dtype=np.float64)
     out = np.full(p.shape, np.nan)
     ok = ~np.isnan(p)
-    m = int(ok.sum())
-    if m == 0:
+    if not ok.any():
         return out
     pv = p[ok]
     order = np.argsort(pv, kind="mergesort")
-    adj = np.maximum.accumulate((m - np.arange(m)) * pv[order])
-    res = np.empty(m)
-    res[order] = np.minimum(adj, 1.0)
+    res = np.empty(pv.size)
+    res[order] = ranked(pv[order])
     out[ok] = res
     return out
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm step-down adjusted p-values; NaNs stay NaN and do not count in m."""
+
+    def adjusted(ps: np.ndarray) -> np.ndarray:
+        m = ps.size
+        return np.minimum(np.maximum.accumulate((m - np.arange(m)) * ps), 1.0)
+
+    return _on_present(pvalues, adjusted)
 
 
 def holm_levels(pvalues: Sequence[float], alpha: float = 0.05) -> np.ndarray:
     """Per hypothesis, the level Holm's step-down tested it at (see the module docstring); NaN p: NaN."""
-    p = np.asarray(pvalues, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = ~np.isnan(p)
-    m = int(ok.sum())
-    if m == 0:
-        return out
-    pv = p[ok]
-    order = np.argsort(pv, kind="mergesort")
-    steps = alpha / (m - np.arange(m))  # rank i (0-based) is tested at alpha / (m - i)
-    failed = np.nonzero(pv[order] > steps * (1 + 1e-9))[0]
-    stop = int(failed[0]) if failed.size else m
-    levels = np.where(np.arange(m) < stop, steps, steps[min(stop, m - 1)])
-    res = np.empty(m)
-    res[order] = levels
-    out[ok] = res
-    return out
+
+    def levels(ps: np.ndarray) -> np.ndarray:
+        m = ps.size
+        steps = alpha / (m - np.arange(m))  # rank i (0-based) is tested at alpha / (m - i)
+        failed = np.nonzero(ps > steps * (1 + 1e-9))[0]
+        stop = int(failed[0]) if failed.size else m
+        return np.where(np.arange(m) < stop, steps, steps[min(stop, m - 1)])
+
+    return _on_present(pvalues, levels)
