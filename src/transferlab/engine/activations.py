@@ -47,14 +47,10 @@ class PromptActivations:
     n_layers: int = 0
 
     def __getitem__(self, key: str | HookPoint) -> torch.Tensor:
-        if str(key).strip() == "kv":
-            if self.kv is None:
-                raise KeyError("'kv' was not captured; pass 'kv' among the sites")
-            return self.kv
-        return self.points[_point_name(key, self.n_layers, self.points)]
+        return _by_point(self, key)
 
     def keys(self) -> list[str]:
-        return list(self.points) + (["kv"] if self.kv is not None else [])
+        return _captured(self)
 
 
 def _point_name(key, n_layers: int, points) -> str:
@@ -62,6 +58,20 @@ def _point_name(key, n_layers: int, points) -> str:
     if name not in points:
         raise KeyError(f"{key!r} was not captured; captured: {', '.join(points) or 'none'}")
     return name
+
+
+def _by_point(acts: PromptActivations | Activations, key):
+    """``acts[key]`` for a hook point or ``"kv"``: what one prompt, or every prompt, captured there."""
+    if str(key).strip() == "kv":
+        if acts.kv is None:
+            raise KeyError("'kv' was not captured; pass 'kv' among the sites")
+        return acts.kv
+    return acts.points[_point_name(key, acts.n_layers, acts.points)]
+
+
+def _captured(acts: PromptActivations | Activations) -> list[str]:
+    """The captured hook points, and ``"kv"`` when the cache was captured."""
+    return list(acts.points) + (["kv"] if acts.kv is not None else [])
 
 
 @dataclass
@@ -98,15 +108,11 @@ class Activations:
                 f"index Activations by hook point ('v_proj@3'), prompt (0), (prompt, hook point) or a slice; "
                 f"got {type(key).__name__}"
             )
-        if str(key).strip() == "kv":
-            if self.kv is None:
-                raise KeyError("'kv' was not captured; pass 'kv' among the sites")
-            return self.kv
-        return self.points[_point_name(key, self.n_layers, self.points)]
+        return _by_point(self, key)
 
     def keys(self) -> list[str]:
         """The captured hook points (and ``"kv"`` when the cache was captured)."""
-        return list(self.points) + (["kv"] if self.kv is not None else [])
+        return _captured(self)
 
     def prompt(self, i: int) -> PromptActivations:
         n = len(self)
