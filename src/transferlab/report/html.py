@@ -37,6 +37,7 @@ import json
 import math
 from importlib import resources
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import pandas as pd
 
@@ -334,6 +335,15 @@ def _run_info(config: dict | None, metadata: dict | None, summary: dict) -> dict
     }
 
 
+class PageInputs(TypedDict, total=False):
+    """What report.html can show beyond the results and summary; :func:`html_data` says what each means.
+    :func:`write_html` and :func:`~transferlab.report.markdown.write_report` pass them on as keywords."""
+
+    prompts: dict | None
+    tokens: dict | None
+    notes: list[str] | None
+
+
 def html_data(
     results: pd.DataFrame,
     summary: dict,
@@ -445,11 +455,8 @@ def write_html(
     summary: dict,
     config: dict | None = None,
     metadata: dict | None = None,
-    *,
-    prompts: dict | None = None,
-    tokens: dict | None = None,
-    notes: list[str] | None = None,
+    **page: Unpack[PageInputs],
 ) -> Path:
-    """Write ``report.html`` into ``run_dir``; return its path."""
-    data = html_data(results, summary, config, metadata, prompts=prompts, tokens=tokens, notes=notes)
+    """Write ``report.html`` into ``run_dir``; return its path. ``page``: :class:`PageInputs`."""
+    data = html_data(results, summary, config, metadata, **page)
     return write_text(Path(run_dir) / "report.html", render_html(data))

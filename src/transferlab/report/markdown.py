@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Unpack
 
 import pandas as pd
 
@@ -26,7 +27,7 @@ from .common import jsonable
 from .deltas_md import delta_section, family_section
 from .dose import dose_section
 from .figures import make_figures
-from .html import write_html
+from .html import PageInputs, write_html
 from .mdtable import DASH, fmt, fmt_p, md_table
 from .mdtable import ci_text as _ci
 from .mdtable import pm as _pm
@@ -622,14 +623,12 @@ def write_report(
     summary: dict,
     config: dict | None = None,
     metadata: dict | None = None,
-    *,
-    prompts: dict | None = None,
-    tokens: dict | None = None,
-    notes: list[str] | None = None,
+    **page: Unpack[PageInputs],
 ) -> Path:
     """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``run_dir``; return report.md's path.
 
-    ``prompts``, ``tokens`` and ``notes`` go to report.html (:func:`~transferlab.report.html.write_html`)."""
+    ``page`` (``prompts``, ``tokens``, ``notes``: :class:`~transferlab.report.html.PageInputs`) goes to
+    report.html (:func:`~transferlab.report.html.write_html`)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = jsonable(summary)
@@ -638,5 +637,5 @@ def write_report(
     with stage("report"):
         path = write_text(run_dir / "report.md", render_markdown(summary, results, config, metadata, figures, run_dir))
     with stage("report_html"):
-        write_html(run_dir, results, summary, config, metadata, prompts=prompts, tokens=tokens, notes=notes)
+        write_html(run_dir, results, summary, config, metadata, **page)
     return path
