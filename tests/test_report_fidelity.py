@@ -81,15 +81,14 @@ def test_no_fidelity_scores_no_section(tmp_path, table):
     assert "## Target fidelity" not in text and not (tmp_path / "figures" / "fidelity.png").exists()
 
 
-def test_the_command_lines_headline_shows_the_fidelity_scores(tmp_path, summary, monkeypatch):
+def test_the_command_lines_headline_shows_the_fidelity_scores(tmp_path, summary):
     from rich.console import Console
 
     from transferlab import cli
 
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     out = Console(width=400, record=True, color_system=None)
-    monkeypatch.setattr(cli, "console", out)
-    cli._print_headline(tmp_path)
+    cli._print_headline(tmp_path, console=out)  # the console is a parameter (its default is bound at definition)
     lines = [" ".join(ln.replace("│", " ").replace("┃", " ").split()) for ln in out.export_text().splitlines()]
     assert "condition seed_v1 95% CI source_overlap" in lines  # the headline table as before
     assert "condition target_overlap answer target_answer_logprob" in lines
